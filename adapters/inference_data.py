@@ -1,0 +1,96 @@
+"""Results -> ``arviz.InferenceData``: the one module that talks to ArviZ's converters.
+
+Written against arviz 0.2x (``InferenceData``); arviz 1.x (Python >= 3.12) returns a
+``DataTree`` and would be ported here alone.
+
+* :func:`from_mcmc` takes a NumPyro or a Pyro ``MCMC`` object and returns ArviZ's own
+  conversion (posterior, sample_stats, log_likelihood, observed_data), with the
+  library's extra per-draw statistics renamed to ArviZ's conventions.
+* :func:`from_samples` builds one from arrays shaped ``(chains, draws, *event)``, for the
+  library's own result objects (SMC, AIS, ...).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+# library / NumPyro names -> ArviZ sample_stats names
+SAMPLE_STAT_NAMES = {
+    "accept_prob": "acceptance_rate",
+    "num_steps": "n_steps",
+    "num_grad_evals": "n_grad_evals",
+    "potential_energy": "lp",  # negated on the way
+    "adapt_state.step_size": "step_size",
+}
+
+
+def _rename_stats(stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    out = {}
+    for key, value in stats.items():
+        value = np.asarray(value)
+        if key == "potential_energy":
+            value = -value
+        out[SAMPLE_STAT_NAMES.get(key, key)] = value
+    return out
+
+
+def from_mcmc(mcmc: Any, log_likelihood: bool = True, **kwargs: Any):
+    """ArviZ ``InferenceData`` of a NumPyro or Pyro ``MCMC`` run.
+
+    NumPyro: ``az.from_numpyro`` reads every field passed as ``extra_fields=`` to
+    ``mcmc.run``; this renames the library's own fields (e.g. DR-HMC's ``num_grad_evals``
+    -> ``n_grad_evals``).  Pyro: ``az.from_pyro`` (posterior, ``diverging``, log likelihood).
+    Extra keyword arguments go to the ArviZ converter (``coords``, ``dims``, ...).
+    """
+    import arviz as az
+
+    module = type(mcmc).__module__
+    if module.startswith("numpyro"):
+        idata = az.from_numpyro(mcmc, log_likelihood=log_likelihood, **kwargs)
+        renames = {k: v for k, v in SAMPLE_STAT_NAMES.items() if k in idata.sample_stats and v not in idata.sample_stats}
+        if renames:
+            idata.sample_stats = idata.sample_stats.rename(renames)
+        return idata
+    if module.startswith("pyro"):
+        return az.from_pyro(mcmc, log_likelihood=log_likelihood, **kwargs)
+    raise TypeError(f"mcmc must be a numpyro.infer.MCMC or pyro.infer.MCMC object, got {type(mcmc).__name__}")
+
+
+def from_samples(
+    samples: Mapping[str, Any],
+    sample_stats: Mapping[str, Any] | None = None,
+    log_likelihood: Mapping[str, Any] | None = None,
+    observed_data: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+):
+    """ArviZ ``InferenceData`` from dicts of arrays shaped ``(chains, draws, *event)``.
+
+    ``sample_stats`` keys are renamed to ArviZ's names (``accept_prob`` ->
+    ``acceptance_rate``, ``num_steps`` -> ``n_steps``, ``potential_energy`` -> ``lp``
+    negated, ...).  Arrays may be JAX or torch; they are converted to numpy.
+    """
+    import arviz as az
+
+    def to_numpy(d):
+        return None if d is None else {k: _numpy(v) for k, v in d.items()}
+
+    posterior = to_numpy(samples)
+    shapes = {k: v.shape[:2] for k, v in posterior.items()}
+    if any(len(s) < 2 for s in shapes.values()) or len(set(shapes.values())) > 1:
+        raise ValueError(f"samples must be arrays shaped (chains, draws, ...) with equal (chains, draws); got {shapes}")
+    return az.from_dict(
+        posterior=posterior,
+        sample_stats=None if sample_stats is None else _rename_stats(to_numpy(sample_stats)),
+        log_likelihood=to_numpy(log_likelihood),
+        observed_data=to_numpy(observed_data),
+        **kwargs,
+    )
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)

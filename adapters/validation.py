@@ -1,0 +1,77 @@
+"""Argument checks shared by both backends.
+
+Every check names the argument, shows the value it got and says what was expected, so
+that a user who passes ``num_chains=0`` to any algorithm of the library reads the same
+message.  The functions return the (possibly normalised) value so they can be used inline:
+``self.num_steps = check_positive_int("num_steps", num_steps)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def check_positive_int(name: str, value: Any, *, allow_zero: bool = False) -> int:
+    """``value`` as an ``int`` that is > 0 (or >= 0 with ``allow_zero``)."""
+    lower = 0 if allow_zero else 1
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < lower:
+        expected = "a non-negative integer" if allow_zero else "a positive integer"
+        raise ValueError(f"{name} must be {expected}, got {value!r}")
+    return int(value)
+
+
+def check_positive(name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` that is > 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_probability(name: str, value: Any, *, open_interval: bool = True) -> float:
+    """``value`` as a ``float`` in (0, 1) (or [0, 1] with ``open_interval=False``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        ok = 0 < value < 1 if open_interval else 0 <= value <= 1
+    if not ok:
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
+    """``value`` if it is one of ``choices``; otherwise an error that lists them."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_name(kind: str, value: str, known: Sequence[str]) -> str:
+    """``value`` if it is in ``known``; otherwise a ``KeyError`` listing the closest names.
+
+    Used for names a user types (posterior names, algorithm names), where a typo is the
+    usual cause, so the message suggests the near matches and says how to list all of them.
+    """
+    if value in known:
+        return value
+    close = difflib.get_close_matches(value, known, n=5, cutoff=0.4)
+    # substring matches catch "eight_schools" -> both eight_schools posteriors
+    close += [k for k in known if value.lower() in k.lower() and k not in close]
+    hint = f" Did you mean one of {close[:8]}?" if close else ""
+    raise KeyError(f"unknown {kind} {value!r}.{hint} ({len(known)} known; the full list: {sorted(known)})")
+
+
+def check_vector(name: str, value: Any, dim: int) -> np.ndarray:
+    """``value`` as a float array whose last axis has length ``dim``."""
+    arr = np.asarray(value)
+    if arr.ndim == 0 or arr.shape[-1] != dim:
+        raise ValueError(f"{name} must be an array with last axis of length {dim}, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float64)
+    return arr

@@ -1,0 +1,1 @@
+"""NumPyro models: ports of posteriordb models (``posteriordb``) and test problems."""

@@ -1,0 +1,1 @@
+"""Pyro models: ports of posteriordb models (``posteriordb``) and test problems."""
