@@ -254,7 +254,10 @@ class _NumPyroTarget(Target):
         self.name = _model_name(model, name)
         # substitute like NumPyro's own initialisation, so improper sites need no sampler
         seeded = handlers.substitute(handlers.seed(model, 0), substitute_fn=init_to_uniform)
-        trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+        try:
+            trace = handlers.trace(seeded).get_trace(*args, **kwargs)
+        except ValueError as err:  # e.g. a distribution's argument check
+            raise ValueError(f"target {self.name!r}: the model fails at an initial point: {err}") from err
         _raise_on_discrete(
             [
                 k
@@ -326,15 +329,17 @@ class _PyroTarget(Target):
         import pyro
         import torch
         from pyro import poutine
-        from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
+        from pyro.infer.autoguide.initialization import InitMessenger
         from pyro.infer.mcmc.util import initialize_model
         from pyro.poutine.util import site_is_subsample
 
         self.name = _model_name(model, name)
         with torch.random.fork_rng():
             pyro.set_rng_seed(0)
-            # initialise like Pyro's own MCMC, so improper sites need no sampler
-            trace = poutine.trace(InitMessenger(init_to_uniform)(model)).get_trace(*args, **kwargs)
+            try:
+                trace = poutine.trace(InitMessenger(_init_or_sample)(model)).get_trace(*args, **kwargs)
+            except ValueError as err:  # e.g. a distribution's argument check
+                raise ValueError(f"target {self.name!r}: the model fails at an initial point: {err}") from err
         _raise_on_discrete(
             [
                 k
@@ -377,7 +382,7 @@ class _PyroTarget(Target):
     def _log_density_and_grad_1d(self, x):
         import torch
 
-        xt = torch.as_tensor(np.asarray(x), dtype=self._dtype).requires_grad_(True)
+        xt = torch.tensor(np.asarray(x), dtype=self._dtype, requires_grad=True)
         value = self._torch_logdensity(xt)
         (grad,) = torch.autograd.grad(value, xt)
         return float(value.detach()), grad.detach().cpu().numpy().astype(np.float64)
@@ -386,7 +391,7 @@ class _PyroTarget(Target):
         import torch
 
         with torch.no_grad():
-            return float(self._torch_logdensity(torch.as_tensor(np.asarray(x), dtype=self._dtype)))
+            return float(self._torch_logdensity(torch.tensor(np.asarray(x), dtype=self._dtype)))
 
     def constrain(self, x):
         import torch
@@ -419,6 +424,15 @@ class _PyroTarget(Target):
 
     def as_torch(self):
         return self._torch_logdensity
+
+
+def _init_or_sample(site):
+    """Pyro's ``init_to_uniform`` for continuous sites; a prior draw for discrete ones (to report them)."""
+    from pyro.infer.autoguide.initialization import init_to_uniform
+
+    if site["fn"].support.is_discrete:
+        return site["fn"].sample().detach()
+    return init_to_uniform(site)
 
 
 class _FunctionTarget(Target):
