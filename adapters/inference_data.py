@@ -50,7 +50,8 @@ def from_mcmc(mcmc: Any, log_likelihood: bool = True, **kwargs: Any):
     module = type(mcmc).__module__
     if module.startswith("numpyro"):
         idata = az.from_numpyro(mcmc, log_likelihood=log_likelihood, **kwargs)
-        renames = {k: v for k, v in SAMPLE_STAT_NAMES.items() if k in idata.sample_stats and v not in idata.sample_stats}
+        stats = idata.sample_stats
+        renames = {k: v for k, v in SAMPLE_STAT_NAMES.items() if k in stats and v not in stats}
         if renames:
             idata.sample_stats = idata.sample_stats.rename(renames)
         return idata

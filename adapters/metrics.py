@@ -6,19 +6,26 @@ a NumPyro/Pyro ``get_samples(group_by_chain=True)`` dict).
 The reference score compares draws with reference draws parameter by parameter, in units of
 the reference standard deviation, so one rule fits every posterior:
 
-* ``z_mean``    = |mean - ref_mean| / ref_sd
-* ``z_m2``      = |mean(x^2) - ref_mean(x^2)| / ref_sd(x^2)   (second moment)
-* ``log_sd``    = |log(sd / ref_sd)|
-* ``q05``, ``q95`` = |q_p - ref_q_p| / ref_sd, the 5% and 95% quantiles,
+* ``z_mean``    = ``|mean - ref_mean| / ref_sd``
+* ``z_m2``      = ``|mean(x^2) - ref_mean(x^2)| / ref_sd(x^2)``   (second moment)
+* ``log_sd``    = ``|log(sd / ref_sd)|``
+* ``q05``, ``q95`` = ``|q_p - ref_q_p| / ref_sd``, the 5% and 95% quantiles,
 
-each on the raw scale and, for a parameter whose reference draws are all positive, also on
-the log scale (rows named ``log(tau)``): a check of raw means alone misses the centred
+each on the raw scale and, for a parameter whose reference draws and draws are all
+positive, also on the log scale (rows named ``log(tau)``): a check of raw means alone misses the centred
 eight-schools bias in ``tau``, which shows clearly on ``log(tau)``.
 
 The pass rule (:data:`DEFAULT_RULE`) holds at bulk ESS >= 400: max ``z_mean`` < 0.15, max
-``log_sd`` < 0.2, max quantile error < 0.2.  Its calibration (``python -m benchmarks
-score-calibration``) scores independent subsets of 400 reference draws against the full
-reference: see ``docs/metrics.rst`` for the numbers.
+``log_sd`` < 0.2, max quantile error < 0.4, the maxima taken over all parameters and both
+scales.  Calibration (``python -m benchmarks score-calibration``): an exact sampler (random
+subsets of 400 of the near-independent reference draws, scored against the other 9 600, 20
+subsets on each of the 27 posteriors of the shared subset) gives max ``z_mean`` 0.076 median
+/ 0.134 at the 95th percentile, max ``log_sd`` 0.063 / 0.142, and max quantile error 0.220 /
+0.356.  The quantile threshold of 0.2 first suggested would fail an exact sampler more often
+than not at ESS 400, hence 0.4.  The errors shrink like 1/sqrt(ESS), so the fixed
+thresholds get more lenient, relative to Monte Carlo error, as ESS grows; the centred
+eight-schools bias (z_mean 0.33 and quantile error 1.06 on ``log(tau)`` with NumPyro's NUTS)
+fails at any ESS.
 """
 
 from __future__ import annotations
@@ -71,7 +78,7 @@ class ScoreRule:
 
     max_z_mean: float = 0.15
     max_log_sd: float = 0.2
-    max_quantile: float = 0.2
+    max_quantile: float = 0.4
     min_ess: float = 400.0
 
 
@@ -130,7 +137,8 @@ class ReferenceScore:
         }
 
     def to_dict(self) -> dict[str, Any]:
-        return {"summary": self.summary(), "rule": asdict(self.rule), "parameters": [asdict(p) for p in self.parameters]}
+        rows = [asdict(p) for p in self.parameters]
+        return {"summary": self.summary(), "rule": asdict(self.rule), "parameters": rows}
 
     def __str__(self) -> str:
         head = f"{'parameter':<16}" + "".join(f"{m:>9}" for m in _METRICS)
@@ -183,10 +191,10 @@ def reference_score(
         x = np.asarray(draws[name], dtype=np.float64).ravel()
         ref = np.asarray(ref, dtype=np.float64).ravel()
         rows.append(_score_one(name, x, ref))
-        if np.all(ref > 0):
-            with np.errstate(divide="ignore", invalid="ignore"):
-                log_x = np.where(x > 0, np.log(np.where(x > 0, x, 1.0)), -np.inf)
-            rows.append(_score_one(f"log({name})", log_x, np.log(ref)))
+        # a coefficient that is positive in all 10 000 reference draws may still have a
+        # little mass below zero, so the log scale needs every draw positive on both sides
+        if np.all(ref > 0) and np.all(x > 0):
+            rows.append(_score_one(f"log({name})", np.log(x), np.log(ref)))
     rows = [_nan_to_inf(r) for r in rows]
     min_ess = min(ess({k: draws[k] for k in reference}).values())
     return ReferenceScore(parameters=rows, min_ess=min_ess, rule=rule)

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import adapters  # noqa: E402  (needs the repository root on sys.path)
+from adapters.metrics import DEFAULT_RULE  # noqa: E402
 
 project = "ppl-ext"
 author = "ppl-ext contributors"
@@ -41,3 +42,11 @@ autodoc_typehints = "signature"
 
 html_theme = "alabaster"
 html_title = f"ppl-ext {release}"
+
+# The pass rule's thresholds, read from the code so that docs/metrics.rst cannot drift.
+rst_epilog = f"""
+.. |rule_min_ess| replace:: {DEFAULT_RULE.min_ess:g}
+.. |rule_max_z_mean| replace:: {DEFAULT_RULE.max_z_mean:g}
+.. |rule_max_log_sd| replace:: {DEFAULT_RULE.max_log_sd:g}
+.. |rule_max_quantile| replace:: {DEFAULT_RULE.max_quantile:g}
+"""

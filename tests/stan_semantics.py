@@ -73,4 +73,7 @@ def garch11(u, d):
     return lp + stats.norm.logpdf(y, mu, sigma).sum()
 
 
-LOG_DENSITIES = {f.__name__: f for f in [eight_schools_centered, eight_schools_noncentered, kidscore_momiq, blr, arK, garch11]}
+LOG_DENSITIES = {
+    f.__name__: f
+    for f in [eight_schools_centered, eight_schools_noncentered, kidscore_momiq, blr, arK, garch11]
+}

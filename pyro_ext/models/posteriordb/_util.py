@@ -20,6 +20,6 @@ class Flat(dist.ImproperUniform):
     strategies start from, and is never a draw from the (improper) density.
     """
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
         return biject_to(self.support)(torch.rand(shape) * 4.0 - 2.0)

@@ -1,0 +1,23 @@
+"""The Sphinx documentation builds with warnings as errors, API pages included."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+
+def test_docs_build_without_warnings(tmp_path):
+    pytest.importorskip("sphinx", reason="sphinx is not installed (pip install -e '.[docs]')")
+    out = tmp_path / "html"
+    cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", str(DOCS), str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    log = f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    assert proc.returncode == 0, f"sphinx-build failed (exit {proc.returncode}):\n{log}"
+    assert (out / "index.html").is_file()
+    api = out / "api.html"
+    assert api.is_file()
+    assert "from_logdensity" in api.read_text(encoding="utf-8")
