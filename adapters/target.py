@@ -274,9 +274,7 @@ class _NumPyroTarget(Target):
             ) from err
         flat, self._unravel = ravel_pytree(info.param_info.z)
         self.dim = int(flat.shape[0])
-        self.names = [
-            n for site, value in sorted(info.param_info.z.items()) for n in stan_names(site, np.shape(value))
-        ]
+        self.names = [n for site, value in sorted(info.param_info.z.items()) for n in stan_names(site, np.shape(value))]
         potential = info.potential_fn
         unravel = self._unravel
 
@@ -372,9 +370,7 @@ class _PyroTarget(Target):
 
     def _unravel(self, x):
         parts = x.split(self._sizes, dim=-1)
-        return {
-            k: p.reshape(x.shape[:-1] + s) for k, p, s in zip(self._sites, parts, self._shapes, strict=True)
-        }
+        return {k: p.reshape(x.shape[:-1] + s) for k, p, s in zip(self._sites, parts, self._shapes, strict=True)}
 
     def _torch_logdensity(self, x):
         return -self._potential(self._unravel(x))

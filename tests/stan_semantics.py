@@ -74,6 +74,5 @@ def garch11(u, d):
 
 
 LOG_DENSITIES = {
-    f.__name__: f
-    for f in [eight_schools_centered, eight_schools_noncentered, kidscore_momiq, blr, arK, garch11]
+    f.__name__: f for f in [eight_schools_centered, eight_schools_noncentered, kidscore_momiq, blr, arK, garch11]
 }

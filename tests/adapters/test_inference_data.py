@@ -15,7 +15,9 @@ def test_numpyro_mcmc_to_arviz():
 
     port = posteriordb.numpyro_model("eight_schools-eight_schools_noncentered", EMBEDDED_PATH)
     mcmc = MCMC(NUTS(port.model), num_warmup=50, num_samples=30, num_chains=2, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0), extra_fields=("potential_energy", "accept_prob", "num_steps", "energy"), **port.data)
+    mcmc.run(
+        jax.random.PRNGKey(0), extra_fields=("potential_energy", "accept_prob", "num_steps", "energy"), **port.data
+    )
     idata = inference_data.from_mcmc(mcmc)
     assert idata.posterior["theta"].shape == (2, 30, 8)
     stats = idata.sample_stats
@@ -41,7 +43,11 @@ def test_pyro_mcmc_to_arviz():
 
 def test_from_samples_renames_stats_and_takes_tensors():
     samples = {"x": torch.zeros(2, 10, 3), "y": np.ones((2, 10))}
-    stats = {"accept_prob": np.full((2, 10), 0.5), "potential_energy": np.ones((2, 10)), "num_grad_evals": np.ones((2, 10))}
+    stats = {
+        "accept_prob": np.full((2, 10), 0.5),
+        "potential_energy": np.ones((2, 10)),
+        "num_grad_evals": np.ones((2, 10)),
+    }
     idata = inference_data.from_samples(samples, sample_stats=stats)
     assert idata.posterior["x"].shape == (2, 10, 3)
     assert set(idata.sample_stats.data_vars) == {"acceptance_rate", "lp", "n_grad_evals"}

@@ -12,4 +12,6 @@ def model(N, kid_score, mom_iq):
     beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
     sigma = numpyro.sample("sigma", dist.HalfCauchy(2.5))
     with numpyro.plate("N", N):
-        numpyro.sample("kid_score", dist.Normal(beta[..., 0] + beta[..., 1] * as_float(mom_iq), sigma), obs=as_float(kid_score))
+        numpyro.sample(
+            "kid_score", dist.Normal(beta[..., 0] + beta[..., 1] * as_float(mom_iq), sigma), obs=as_float(kid_score)
+        )

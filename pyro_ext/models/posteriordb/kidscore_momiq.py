@@ -12,4 +12,6 @@ def model(N, kid_score, mom_iq):
     beta = pyro.sample("beta", Flat(constraints.real, (), (2,)))
     sigma = pyro.sample("sigma", dist.HalfCauchy(2.5))
     with pyro.plate("N", N):
-        pyro.sample("kid_score", dist.Normal(beta[..., 0] + beta[..., 1] * as_float(mom_iq), sigma), obs=as_float(kid_score))
+        pyro.sample(
+            "kid_score", dist.Normal(beta[..., 0] + beta[..., 1] * as_float(mom_iq), sigma), obs=as_float(kid_score)
+        )

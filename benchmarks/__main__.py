@@ -1,0 +1,21 @@
+"""``python -m benchmarks <study> [options]``: run one study (``--help`` after a study for its options)."""
+
+import sys
+
+from benchmarks import posteriordb_baseline, score_calibration
+
+STUDIES = {
+    "posteriordb-baseline": posteriordb_baseline.main,
+    "score-calibration": score_calibration.main,
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in STUDIES:
+        print(f"usage: python -m benchmarks <study> [options]; studies: {', '.join(STUDIES)}", file=sys.stderr)
+        return 2
+    STUDIES[argv[0]](argv[1:])
+    return 0
+
+
+sys.exit(main(sys.argv[1:]))

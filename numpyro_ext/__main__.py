@@ -1,0 +1,5 @@
+import sys
+
+from numpyro_ext.quickstart import main
+
+sys.exit(main())
