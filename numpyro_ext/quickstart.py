@@ -6,14 +6,11 @@ posteriordb subset by default (no download).
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import arviz as az
 import jax
 from numpyro.infer import MCMC, NUTS
 
-from adapters import inference_data, metrics, posteriordb
+from adapters import inference_data, metrics, posteriordb, quickstart
 
 DEFAULT_POSTERIOR = "eight_schools-eight_schools_noncentered"
 
@@ -44,20 +41,4 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m numpyro_ext", description=__doc__.splitlines()[0])
-    parser.add_argument("--posterior", default=DEFAULT_POSTERIOR, help="posteriordb posterior name")
-    parser.add_argument("--num-warmup", type=int, default=1000)
-    parser.add_argument("--num-samples", type=int, default=1000)
-    parser.add_argument("--num-chains", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
-    args = parser.parse_args(argv)
-    print(f"database: {posteriordb.find_database(args.path)}")
-    print(f"NumPyro NUTS on {args.posterior}: {args.num_chains} chains x {args.num_samples} draws")
-    start = time.perf_counter()
-    idata, score = run(args.posterior, args.num_warmup, args.num_samples, args.num_chains, args.seed, args.path)
-    print(f"sampled in {time.perf_counter() - start:.1f} s\n")
-    print(az.summary(idata).to_string())
-    print("\nscore against the posteriordb reference draws (units of reference sd):")
-    print(score)
-    return 0 if score.passed else 1
+    return quickstart.main("python -m numpyro_ext", "NumPyro NUTS", run, argv)

@@ -8,16 +8,13 @@ are recovered with ``Predictive``.
 
 from __future__ import annotations
 
-import argparse
-import time
-
 import arviz as az
 import numpy as np
 import pyro
 import torch
 from pyro.infer import MCMC, NUTS, Predictive
 
-from adapters import inference_data, metrics, posteriordb
+from adapters import inference_data, metrics, posteriordb, quickstart
 
 DEFAULT_POSTERIOR = "eight_schools-eight_schools_noncentered"
 
@@ -60,20 +57,4 @@ def _deterministic_sites(port: posteriordb.ModelPort) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyro_ext", description=__doc__.splitlines()[0])
-    parser.add_argument("--posterior", default=DEFAULT_POSTERIOR, help="posteriordb posterior name")
-    parser.add_argument("--num-warmup", type=int, default=500)
-    parser.add_argument("--num-samples", type=int, default=500)
-    parser.add_argument("--num-chains", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
-    args = parser.parse_args(argv)
-    print(f"database: {posteriordb.find_database(args.path)}")
-    print(f"Pyro NUTS on {args.posterior}: {args.num_chains} chains x {args.num_samples} draws")
-    start = time.perf_counter()
-    idata, score = run(args.posterior, args.num_warmup, args.num_samples, args.num_chains, args.seed, args.path)
-    print(f"sampled in {time.perf_counter() - start:.1f} s\n")
-    print(az.summary(idata).to_string())
-    print("\nscore against the posteriordb reference draws (units of reference sd):")
-    print(score)
-    return 0 if score.passed else 1
+    return quickstart.main("python -m pyro_ext", "Pyro NUTS", run, argv)

@@ -39,7 +39,7 @@ def test_baseline_writes_consistent_json(tmp_path, capsys):
     assert "| posterior | algorithm |" in capsys.readouterr().out
 
 
-def test_result_file_keeps_finished_runs_when_interrupted(tmp_path):
+def test_result_file_keeps_finished_runs_after_a_crash(tmp_path):
     out = _harness.ResultFile("demo-study", {"x": 1}, tmp_path)
     out.add({"run": 1})
     # a crash after the first run: the file already holds it, marked incomplete
