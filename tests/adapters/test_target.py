@@ -7,6 +7,7 @@ import pytest
 from scipy import stats
 
 from adapters import Target, posteriordb
+from tests.adapters.test_posteriordb import EMBEDDED
 from tests.stan_semantics import LOG_DENSITIES
 
 jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
@@ -41,15 +42,8 @@ def targets():
     return get
 
 
-PORTED = [
-    "arK-arK",
-    "eight_schools-eight_schools_centered",
-    "eight_schools-eight_schools_noncentered",
-    "garch-garch11",
-    "kidiq-kidscore_momiq",
-    "sblrc-blr",
-    "sblri-blr",
-]
+# the embedded posteriors plus sblri-blr, the second data set of the blr port
+PORTED = sorted([*EMBEDDED, "sblri-blr"])
 
 
 @pytest.mark.parametrize("name", PORTED)
