@@ -50,12 +50,18 @@ class Target(ABC):
         names: Stan-style name of each coordinate of ``x`` (``tau`` for the coordinate
             that holds ``log(tau)``), length ``dim``.
         name: a label used in error messages and benchmark tables.
+        model, model_args, model_kwargs: the NumPyro or Pyro model and the arguments it is
+            bound to (``None``, ``()``, ``{}`` for a plain function), so a sampler of the
+            model's own backend can run the model natively.
     """
 
     dim: int
     names: list[str]
     name: str
     backend: str  # "numpyro", "pyro" or "function": which view is native
+    model: Callable | None = None
+    model_args: tuple = ()
+    model_kwargs: dict = {}  # class-level default, never mutated
 
     # ---- the part a source implements -------------------------------------------------
     @abstractmethod
@@ -252,6 +258,7 @@ class _NumPyroTarget(Target):
         from numpyro.infer.util import constrain_fn, initialize_model, unconstrain_fn
 
         self.name = _model_name(model, name)
+        self.model, self.model_args, self.model_kwargs = model, tuple(args), dict(kwargs)
         # substitute like NumPyro's own initialisation, so improper sites need no sampler
         seeded = handlers.substitute(handlers.seed(model, 0), substitute_fn=init_to_uniform)
         try:
@@ -332,6 +339,7 @@ class _PyroTarget(Target):
         from pyro.poutine.util import site_is_subsample
 
         self.name = _model_name(model, name)
+        self.model, self.model_args, self.model_kwargs = model, tuple(args), dict(kwargs)
         with torch.random.fork_rng():
             pyro.set_rng_seed(0)
             try:

@@ -33,6 +33,14 @@ def check_positive(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_greater(name: str, value: Any, lower: float, what: str = "") -> float:
+    """``value`` as a finite ``float`` that is > ``lower``; ``what`` says what it means."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= lower:
+        meaning = f" ({what})" if what else ""
+        raise ValueError(f"{name} must be a finite number > {lower:g}{meaning}, got {value!r}")
+    return float(value)
+
+
 def check_probability(name: str, value: Any, *, open_interval: bool = True) -> float:
     """``value`` as a ``float`` in (0, 1) (or [0, 1] with ``open_interval=False``)."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
