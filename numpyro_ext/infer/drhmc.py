@@ -465,15 +465,13 @@ class DRHMC(MCMCKernel):
 
         if (model is None) == (potential_fn is None):
             raise ValueError("DRHMC: give exactly one of `model` (NumPyro model or adapters.Target) and `potential_fn`")
-        self._target = None
+        self._target = self._target_args = None
         if isinstance(model, Target):
             if model.backend == "numpyro":
                 self._target_args = (model.model_args, model.model_kwargs)
                 model = model.model
             else:
                 self._target, model = model, None
-        else:
-            self._target_args = None
         self._model = model
         self._potential_fn_input = potential_fn
         self._step_size = check_positive("step_size", step_size)

@@ -1,0 +1,277 @@
+"""DR-HMC (NumPyro backend) against exact answers.
+
+Targets: a 2-D Gaussian with correlation 0.95, Neal's funnel in 3-D (v ~ N(0, 3),
+x_i | v ~ N(0, e^{v/2})), a Gaussian with scales (1, 0.1) for the too-large step size,
+and a truncated normal written as a log density that is NaN outside its support.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+import pytest
+from numpyro.infer import MCMC
+from scipy import stats
+
+from adapters import Target
+from adapters.inference_data import from_mcmc
+from numpyro_ext.infer import DRHMC
+from numpyro_ext.infer.drhmc import DRHMCState, build_kernel, delayed_rejection, init, stage_schedule
+from tests.mc_checks import assert_ks, assert_mean, assert_variance, fraction_moved
+
+RHO = 0.95
+COVARIANCE = np.array([[1.0, RHO], [RHO, 1.0]])
+
+
+def correlated_gaussian():
+    numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), covariance_matrix=jnp.asarray(COVARIANCE)))
+
+
+def funnel(dim=3):
+    v = numpyro.sample("v", dist.Normal(0.0, 3.0))
+    numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([dim - 1]).to_event(1))
+
+
+def run(kernel, num_warmup=500, num_samples=1500, num_chains=4, seed=0, **run_kwargs):
+    mcmc = MCMC(
+        kernel,
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.PRNGKey(seed), **run_kwargs)
+    return mcmc
+
+
+@pytest.mark.parametrize("max_proposals", [2, 3])
+@pytest.mark.parametrize("probabilistic", [True, False])
+def test_correlated_gaussian_marginals(max_proposals, probabilistic):
+    kernel = DRHMC(correlated_gaussian, trajectory_length=1.5, max_proposals=max_proposals, probabilistic=probabilistic)
+    x = np.asarray(run(kernel).get_samples(group_by_chain=True)["x"])
+    for i in range(2):
+        assert_mean(x[..., i], 0.0, 1.0, f"x[{i}]")
+        assert_variance(x[..., i], 0.0, 1.0, 0.0, f"x[{i}]")
+    product = x[..., 0] * x[..., 1]  # E[x0 x1] = rho, Var[x0 x1] = 1 + rho^2
+    assert_mean(product, RHO, np.sqrt(1 + RHO**2), "x0*x1")
+
+
+@pytest.mark.parametrize("max_proposals", [2, 3])
+@pytest.mark.parametrize("probabilistic", [True, False])
+def test_funnel_marginals(max_proposals, probabilistic):
+    kernel = DRHMC(funnel, trajectory_length=2.0, max_proposals=max_proposals, probabilistic=probabilistic)
+    mcmc = run(kernel, num_samples=2000)
+    v = np.asarray(mcmc.get_samples(group_by_chain=True)["v"])
+    assert_mean(v, 0.0, 3.0, "v")
+    assert_variance(v, 0.0, 9.0, 0.0, "v")
+    assert_ks(v, stats.norm(0.0, 3.0).cdf, "v")
+    stage = np.asarray(mcmc.get_extra_fields()["stage"])
+    assert (stage >= 1).any(), "the later stages were never needed on the funnel"
+
+
+def test_funnel_with_trajectory_length_from_nuts_warmup():
+    kernel = DRHMC(funnel)  # no trajectory_length or num_steps: NUTS warmup picks it
+    mcmc = run(kernel, num_samples=1500)
+    v = np.asarray(mcmc.get_samples(group_by_chain=True)["v"])
+    assert_mean(v, 0.0, 3.0, "v")
+    assert_ks(v, stats.norm(0.0, 3.0).cdf, "v")
+    length = np.asarray(mcmc.last_state.trajectory_length)
+    assert np.all((length > 0.1) & (length < 50)), f"unreasonable trajectory length {length}"
+
+
+def scaled_gaussian():
+    numpyro.sample("x", dist.Normal(0.0, jnp.array([1.0, 0.1])).to_event(1))
+
+
+def test_too_large_step_size_is_rescued_by_later_stages():
+    # leapfrog is unstable for step sizes above 2 * 0.1: plain HMC is stuck, stages 2-3 are not
+    fixed = dict(step_size=0.5, trajectory_length=1.5, adapt_step_size=False, adapt_mass_matrix=False)
+    plain = run(DRHMC(scaled_gaussian, max_proposals=1, **fixed), num_warmup=0, num_samples=2000)
+    x_plain = np.asarray(plain.get_samples(group_by_chain=True)["x"])
+    assert fraction_moved(x_plain[..., 1]) < 0.05
+
+    # warmup iterations only burn in here (adaptation is off): the start is ~10 sd out
+    dr = run(DRHMC(scaled_gaussian, max_proposals=3, **fixed), num_warmup=300, num_samples=2000)
+    x = np.asarray(dr.get_samples(group_by_chain=True)["x"])
+    assert fraction_moved(x[..., 1]) > 0.5
+    for i, scale in enumerate([1.0, 0.1]):
+        assert_mean(x[..., i], 0.0, scale, f"x[{i}]")
+        assert_variance(x[..., i], 0.0, scale**2, 0.0, f"x[{i}]")
+
+
+def _reference_hmc_step(key, position, logdensity_fn, step_size, num_steps):
+    """Textbook HMC with unit mass, consuming random numbers as documented in build_kernel."""
+    momentum_key, accept_key = jax.random.split(key)
+    momentum = jax.random.normal(momentum_key, position.shape)
+    log_u = jnp.log(jax.random.uniform(jax.random.split(accept_key)[0], (1,)))[0]
+    grad = jax.grad(logdensity_fn)
+    q, p = position, momentum + 0.5 * step_size * grad(position)
+    for i in range(num_steps):
+        q = q + step_size * p
+        p = p + (step_size if i < num_steps - 1 else 0.5 * step_size) * grad(q)
+    log_ratio = logdensity_fn(q) - 0.5 * p @ p - (logdensity_fn(position) - 0.5 * momentum @ momentum)
+    return jnp.where(log_u < log_ratio, q, position)
+
+
+def test_single_stage_is_plain_hmc():
+    def logdensity(x):
+        return -0.5 * jnp.sum(x**2 / jnp.array([1.0, 4.0, 0.25]))
+
+    step = jax.jit(build_kernel(max_proposals=1), static_argnums=2)
+    state = init(jnp.array([0.3, -1.0, 0.2]), logdensity)
+    position = state.position
+    key = jax.random.PRNGKey(7)
+    for _ in range(50):
+        key, step_key = jax.random.split(key)
+        state, info = step(step_key, state, logdensity, 0.4, jnp.ones(3), 6)
+        position = _reference_hmc_step(step_key, position, logdensity, 0.4, 6)
+        np.testing.assert_allclose(state.position, position, rtol=1e-10, atol=1e-12)
+        assert int(info.num_grad_evals) == 6 and int(info.num_proposals) == 1
+
+
+def test_random_walk_delayed_rejection_is_exact():
+    """The meta-algorithm with another involution family: (x, v) -> (x + s_k v, -v)."""
+    scales = (4.0, 1.0, 0.25)
+
+    def logdensity(x):  # a two-scale mixture: 0.5 N(-2, 0.3^2) + 0.5 N(2, 1)
+        return jnp.logaddexp(stats_norm_logpdf(x, -2.0, 0.3), stats_norm_logpdf(x, 2.0, 1.0)) - jnp.log(2.0)
+
+    def log_joint(point):
+        return logdensity(point[0]) - 0.5 * point[1] ** 2
+
+    proposals = [lambda p, s=s: ((p[0] + s * p[1], -p[1]), 1) for s in scales]
+
+    def transition(x, key):
+        key_v, key_dr = jax.random.split(key)
+        (x, _), info = delayed_rejection(key_dr, (x, jax.random.normal(key_v)), log_joint, proposals, True)
+        return x, (x, info.stage)
+
+    keys = jax.random.split(jax.random.PRNGKey(3), (4, 20000))
+    x, stage = jax.jit(jax.vmap(lambda k: jax.lax.scan(transition, jnp.array(0.0), k)[1]))(keys)
+    x = np.asarray(x)
+    mean, second = 0.0, 0.5 * (4 + 0.09) + 0.5 * (4 + 1)
+    assert_mean(x, mean, np.sqrt(second), "x")
+    assert_variance(x, mean, second, 0.0 + _mixture_excess_kurtosis(), "x")
+    assert len(np.unique(np.asarray(stage))) == 4  # stages 0, 1, 2 and none accepted all occur
+
+
+def stats_norm_logpdf(x, loc, scale):
+    return -0.5 * ((x - loc) / scale) ** 2 - jnp.log(scale) - 0.5 * jnp.log(2 * jnp.pi)
+
+
+def _mixture_excess_kurtosis():
+    # moments of 0.5 N(-2, 0.09) + 0.5 N(2, 1) about 0
+    m2 = 0.5 * (4 + 0.09) + 0.5 * (4 + 1)
+    m4 = 0.5 * (16 + 6 * 4 * 0.09 + 3 * 0.09**2) + 0.5 * (16 + 6 * 4 + 3)
+    return m4 / m2**2 - 3
+
+
+def test_nan_region_is_rejected_and_counted():
+    def truncated(x):  # N(0, 1) restricted to x < 1.5, NaN beyond
+        return jnp.where(x[0] < 1.5, -0.5 * x[0] ** 2, jnp.nan)
+
+    mcmc = MCMC(
+        DRHMC(potential_fn=lambda x: -truncated(x), trajectory_length=1.0, max_proposals=2),
+        num_warmup=300,
+        num_samples=3000,
+        num_chains=2,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.PRNGKey(1), init_params=jnp.zeros((2, 1)))
+    x = np.asarray(mcmc.get_samples(group_by_chain=True))[..., 0]
+    assert x.max() < 1.5
+    exact = stats.truncnorm(-np.inf, 1.5)
+    assert_mean(x, exact.mean(), exact.std(), "x")
+    assert_ks(x, exact.cdf, "x")
+    assert int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum()) > 0
+
+
+def test_stage_schedule_keeps_trajectory_length():
+    for k in range(4):
+        step, n = stage_schedule(jnp.array(0.3), jnp.array(5), k, 4.0)
+        assert int(n) == 5 * 4**k
+        np.testing.assert_allclose(float(step) * int(n), 1.5)
+    step, n = stage_schedule(jnp.array(0.3), jnp.array(5), 1, 2.5)
+    assert int(n) == 13 and np.isclose(float(step) * 13, 1.5)
+
+
+def test_same_seed_same_draws_and_arviz_stats():
+    kernel = DRHMC(funnel, trajectory_length=2.0)
+    first = run(kernel, num_warmup=100, num_samples=100, num_chains=2, seed=5)
+    second = run(DRHMC(funnel, trajectory_length=2.0), num_warmup=100, num_samples=100, num_chains=2, seed=5)
+    np.testing.assert_array_equal(first.get_samples()["v"], second.get_samples()["v"])
+
+    idata = from_mcmc(first)
+    for name in ("acceptance_rate", "diverging", "stage", "n_steps", "n_grad_evals", "energy", "lp", "step_size"):
+        assert name in idata.sample_stats, name
+        assert idata.sample_stats[name].shape == (2, 100), name
+    grads = idata.sample_stats["n_grad_evals"].values
+    assert (grads >= idata.sample_stats["n_steps"].values).all()
+    stage = idata.sample_stats["stage"].values
+    assert set(np.unique(stage)) <= {-1, 0, 1, 2}
+
+
+def test_parallel_and_sequential_chain_methods():
+    for method in ("sequential", "parallel"):
+        mcmc = MCMC(
+            DRHMC(correlated_gaussian, trajectory_length=1.5),
+            num_warmup=200,
+            num_samples=200,
+            num_chains=2,
+            chain_method=method,
+            progress_bar=False,
+        )
+        mcmc.run(jax.random.PRNGKey(0))
+        assert mcmc.get_samples(group_by_chain=True)["x"].shape == (2, 200, 2)
+
+
+def test_targets_of_other_backends_and_bound_models():
+    numpyro_target = Target.from_numpyro(funnel)
+    samples = run(DRHMC(numpyro_target, trajectory_length=2.0), num_samples=300, num_chains=2).get_samples()
+    assert set(samples) == {"v", "x"} and samples["x"].shape == (600, 2)
+
+    def logdensity(x):  # a numpy density with its gradient: sampled through pure_callback
+        return -0.5 * float(x @ x) / 4.0
+
+    function_target = Target.from_logdensity(logdensity, dim=2, grad=lambda x: -x / 4.0, names=["a", "b"])
+    # every gradient is a host callback here (~ms each), so this run is kept short
+    mcmc = run(DRHMC(function_target, trajectory_length=3.0), num_warmup=100, num_samples=600, num_chains=1)
+    draws = mcmc.get_samples(group_by_chain=True)
+    assert set(draws) == {"a", "b"}
+    assert_mean(np.asarray(draws["a"]), 0.0, 2.0, "a")
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        (dict(step_size=0.0), "step_size"),
+        (dict(step_size=-1.0), "step_size"),
+        (dict(reduction_factor=1), "reduction_factor"),
+        (dict(reduction_factor=0.5), "reduction_factor"),
+        (dict(max_proposals=0), "max_proposals"),
+        (dict(trajectory_length=0.0), "trajectory_length"),
+        (dict(num_steps=0), "num_steps"),
+        (dict(target_accept_prob=1.0), "target_accept_prob"),
+    ],
+)
+def test_bad_arguments_name_themselves(kwargs, argument):
+    with pytest.raises(ValueError, match=argument):
+        DRHMC(funnel, **kwargs)
+
+
+def test_discrete_latent_and_missing_inputs_are_refused():
+    def discrete():
+        numpyro.sample("k", dist.Poisson(3.0))
+
+    with pytest.raises(ValueError, match="'k'"):
+        run(DRHMC(discrete), num_warmup=10, num_samples=10, num_chains=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        DRHMC()
+    with pytest.raises(ValueError, match="init_params"):
+        run(DRHMC(potential_fn=lambda x: jnp.sum(x**2)), num_warmup=10, num_samples=10, num_chains=1)
+    with pytest.raises(ValueError, match="reduction_factor"):
+        build_kernel(reduction_factor=1.0)
+    assert isinstance(init(jnp.zeros(2), lambda x: -jnp.sum(x**2)), DRHMCState)
