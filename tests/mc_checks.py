@@ -38,7 +38,8 @@ def assert_variance(draws, mean: float, variance: float, kurtosis_excess: float,
     ess = float(az.ess(squares))
     sd_squares = variance * np.sqrt(2.0 + kurtosis_excess)
     z = (squares.mean() - variance) / (sd_squares / np.sqrt(ess))
-    assert abs(z) < z_max, f"{label}: variance {squares.mean():.4f} vs exact {variance:.4f} (z = {z:.2f}, ESS {ess:.0f})"
+    message = f"{label}: variance {squares.mean():.4f} vs exact {variance:.4f} (z = {z:.2f}, ESS {ess:.0f})"
+    assert abs(z) < z_max, message
 
 
 def assert_ks(draws, cdf, label: str, alpha: float = 1e-3) -> None:
