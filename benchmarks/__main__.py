@@ -2,9 +2,10 @@
 
 import sys
 
-from benchmarks import posteriordb_baseline, score_calibration
+from benchmarks import drhmc, posteriordb_baseline, score_calibration
 
 STUDIES = {
+    "drhmc": drhmc.main,
     "posteriordb-baseline": posteriordb_baseline.main,
     "score-calibration": score_calibration.main,
 }

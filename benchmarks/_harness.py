@@ -35,10 +35,11 @@ class ResultFile:
     ``"complete": false``.
     """
 
-    def __init__(self, study: str, config: dict[str, Any], out_dir: Path | None = None):
+    def __init__(self, study: str, config: dict[str, Any], out_dir: Path | None = None, tag: str | None = None):
         out_dir = Path(out_dir) if out_dir is not None else RESULTS_DIR
         out_dir.mkdir(parents=True, exist_ok=True)
-        self.path = out_dir / f"{study}-{_dt.date.today().isoformat()}.json"
+        stem = study if not tag else f"{study}-{tag}"
+        self.path = out_dir / f"{stem}-{_dt.date.today().isoformat()}.json"
         self.data = {
             "study": study,
             "started": _dt.datetime.now().isoformat(timespec="seconds"),

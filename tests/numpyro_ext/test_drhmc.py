@@ -17,6 +17,7 @@ from scipy import stats
 from adapters import Target
 from adapters.inference_data import from_mcmc
 from numpyro_ext.infer import DRHMC
+from numpyro_ext.models import test_problems
 from numpyro_ext.infer.drhmc import DRHMCState, build_kernel, delayed_rejection, init, stage_schedule
 from tests.mc_checks import assert_ks, assert_mean, assert_variance, fraction_moved
 
@@ -28,9 +29,8 @@ def correlated_gaussian():
     numpyro.sample("x", dist.MultivariateNormal(jnp.zeros(2), covariance_matrix=jnp.asarray(COVARIANCE)))
 
 
-def funnel(dim=3):
-    v = numpyro.sample("v", dist.Normal(0.0, 3.0))
-    numpyro.sample("x", dist.Normal(0.0, jnp.exp(v / 2)).expand([dim - 1]).to_event(1))
+def funnel():
+    test_problems.funnel(3)
 
 
 def run(kernel, num_warmup=500, num_samples=1500, num_chains=4, seed=0, **run_kwargs):

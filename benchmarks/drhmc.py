@@ -1,0 +1,241 @@
+"""Study ``drhmc``: DR-HMC against NUTS and tuned static HMC, side by side in one process.
+
+Targets: Neal's funnel (d = 10, 50, 100), a 2-D Gaussian with correlation 0.95 and the
+ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
+
+* ``nuts``   NumPyro NUTS (the peer);
+* ``hmc``    NumPyro static HMC, tuned: trajectory length = mean NUTS integration time
+  (``n_leapfrog * step_size``) of the ``nuts`` run on the same target, step size and
+  diagonal mass matrix adapted by its own warmup;
+* ``drhmc-k2``, ``drhmc-k3``          DR-HMC with 2 / 3 stages, probabilistic delayed rejection;
+* ``drhmc-k2-det``, ``drhmc-k3-det``  the same with every later stage always tried;
+* ``pyro-drhmc-k3`` (opt-in)          the Pyro kernel, for the per-gradient time of the two backends.
+
+Per run: gradient evaluations of the sampling phase (DR-HMC: ghost trajectories
+included), min bulk ESS over parameters and ESS per gradient (funnel: also for ``v``
+alone), divergences, wall time, and the reference score against exact draws (funnel,
+Gaussian) or posteriordb's reference draws.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+from tqdm import tqdm
+
+from benchmarks._harness import ResultFile, table
+
+ALGORITHMS = ("nuts", "hmc", "drhmc-k2", "drhmc-k3", "drhmc-k2-det", "drhmc-k3-det")
+OPTIONAL_ALGORITHMS = ("pyro-drhmc-k3",)
+SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
+
+
+def _target(name: str, path: str | None):
+    """(model, model kwargs, reference draws) of a synthetic target or a posteriordb posterior."""
+    import functools
+
+    from adapters import posteriordb
+    from numpyro_ext.models import test_problems
+
+    if name in SYNTHETIC:
+        problem, dim = name.rsplit("-", 1)
+        dim = int(dim)
+        if problem == "funnel":
+            return functools.partial(test_problems.funnel, dim), {}, test_problems.exact_draws("funnel", dim)
+        return (
+            functools.partial(test_problems.correlated_gaussian, dim),
+            {},
+            test_problems.exact_draws("correlated_gaussian", dim),
+        )
+    port = posteriordb.numpyro_model(name, path)
+    return port.model, port.data, posteriordb.load(name, path).reference_draws
+
+
+def _kernel(algorithm: str, model, nuts_length: float | None):
+    from numpyro.infer import HMC, NUTS
+
+    from numpyro_ext.infer import DRHMC
+
+    if algorithm == "nuts":
+        return NUTS(model)
+    if algorithm == "hmc":
+        if nuts_length is None:
+            raise SystemExit("--algorithms: 'hmc' takes its trajectory length from the 'nuts' run; list 'nuts' first")
+        return HMC(model, trajectory_length=nuts_length)
+    stages = int(algorithm.split("-k")[1][0])
+    return DRHMC(model, max_proposals=stages, probabilistic=not algorithm.endswith("-det"))
+
+
+def _run_pyro(target: str, num_warmup: int, num_samples: int, seed: int):
+    """The Pyro DR-HMC kernel on a synthetic target (one chain; Pyro runs chains in processes)."""
+    import pyro
+    import torch
+    from pyro_ext.infer import DRHMC
+
+    from pyro_ext.models import test_problems
+
+    if target not in SYNTHETIC:
+        raise SystemExit(f"pyro-drhmc-k3 runs on the synthetic targets {SYNTHETIC} only, got {target!r}")
+    torch.set_default_dtype(torch.float64)
+    problem, dim = target.rsplit("-", 1)
+    model = test_problems.funnel if problem == "funnel" else test_problems.correlated_gaussian
+    pyro.set_rng_seed(seed)
+    kernel = DRHMC(model, max_proposals=3)
+    mcmc = pyro.infer.MCMC(kernel, warmup_steps=num_warmup, num_samples=num_samples, disable_progbar=True)
+    start = time.perf_counter()
+    mcmc.run(int(dim))
+    wall = time.perf_counter() - start
+    samples = {k: v.detach().numpy()[None] for k, v in mcmc.get_samples().items()}
+    stats = kernel.get_sample_stats()
+    return samples, stats["num_grad_evals"][num_warmup:], stats["diverging"][num_warmup:], wall, stats
+
+
+def run_one(
+    target: str,
+    algorithm: str,
+    num_warmup: int,
+    num_samples: int,
+    num_chains: int,
+    seed: int,
+    nuts_length: float | None = None,
+    path: str | None = None,
+) -> dict[str, Any]:
+    """One (target, algorithm, seed) run: a pure function of its arguments."""
+    import jax
+    import numpy as np
+    from numpyro.infer import MCMC
+
+    from adapters import metrics
+
+    model, data, reference = _target(target, path)
+    if algorithm == "pyro-drhmc-k3":
+        samples, grads_per_draw, diverging, wall, all_stats = _run_pyro(target, num_warmup, num_samples, seed)
+        grads = int(np.sum(grads_per_draw))
+        divergences = int(np.sum(diverging))
+        grads_total = int(np.sum(all_stats["num_grad_evals"]))
+        extra_row = {"s_per_grad_all": wall / grads_total}
+    else:
+        mcmc = MCMC(
+            _kernel(algorithm, model, nuts_length),
+            num_warmup=num_warmup,
+            num_samples=num_samples,
+            num_chains=num_chains,
+            chain_method="vectorized",
+            progress_bar=False,
+        )
+        fields = ("num_steps", "diverging", "adapt_state.step_size")
+        start = time.perf_counter()
+        mcmc.run(jax.random.PRNGKey(seed), extra_fields=fields, **data)
+        samples = mcmc.get_samples(group_by_chain=True)
+        jax.block_until_ready(samples)
+        wall = time.perf_counter() - start
+        extra = mcmc.get_extra_fields(group_by_chain=True)
+        grads = int(np.sum(extra["num_grad_evals" if algorithm.startswith("drhmc") else "num_steps"]))
+        divergences = int(np.sum(extra["diverging"]))
+        extra_row = {}
+        if algorithm == "nuts":
+            extra_row["nuts_length"] = float(np.mean(extra["num_steps"] * extra["adapt_state.step_size"]))
+        if algorithm.startswith("drhmc"):
+            stage = np.asarray(extra["stage"]).ravel()
+            extra_row["stage_share"] = [float(np.mean(stage == k)) for k in range(-1, 3)]
+            extra_row["trajectory_length"] = float(np.mean(mcmc.last_state.trajectory_length))
+        extra_row["s_per_grad_all"] = None  # warmup gradients are not counted for NumPyro runs
+    draws = metrics.flatten_draws(samples)
+    score = metrics.reference_score(draws, reference)
+    summary = score.summary()
+    row = {
+        "target": target,
+        "algorithm": algorithm,
+        "seed": seed,
+        "wall_s": wall,
+        "grad_evals": grads,
+        "divergences": divergences,
+        "min_ess_bulk": summary["min_ess"],
+        "ess_per_grad": summary["min_ess"] / grads,
+        "max_z_mean": summary["max_z_mean"],
+        "max_log_sd": summary["max_log_sd"],
+        "max_quantile": summary["max_quantile"],
+        "worst": summary["worst"],
+        "passed": summary["passed"],
+        **extra_row,
+    }
+    if "v" in draws and target.startswith("funnel"):
+        row["ess_v_per_grad"] = metrics.ess({"v": draws["v"]})["v"] / grads
+    return row
+
+
+def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
+    from adapters import posteriordb
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks drhmc", description=__doc__)
+    parser.add_argument("--targets", default="all", help="comma-separated; 'all' = synthetic + ported posteriordb")
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--num-warmup", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=1000)
+    parser.add_argument("--num-chains", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
+    parser.add_argument("--tag", default=None, help="result file drhmc-<tag>-<date>.json (default drhmc-<date>.json)")
+    args = parser.parse_args(argv)
+
+    import jax
+
+    jax.config.update("jax_enable_x64", True)  # scores against references run in float64
+
+    ported = posteriordb.ported_posteriors("numpyro", args.path)
+    known = list(SYNTHETIC) + list(ported)
+    targets = known if args.targets == "all" else args.targets.split(",")
+    for t in targets:
+        if t not in known:
+            raise SystemExit(f"--targets: unknown {t!r}; known: {known}")
+    algorithms = args.algorithms.split(",")
+    for a in algorithms:
+        if a not in ALGORITHMS + OPTIONAL_ALGORITHMS:
+            raise SystemExit(f"--algorithms: unknown {a!r}; known: {list(ALGORITHMS + OPTIONAL_ALGORITHMS)}")
+    config = {k: v for k, v in vars(args).items() if k != "path"}
+    config["database"] = str(posteriordb.find_database(args.path))
+    out = ResultFile("drhmc", config, out_dir, tag=args.tag)
+    nuts_length: dict[str, float] = {}
+    try:
+        for target, algorithm in tqdm([(t, a) for t in targets for a in algorithms], desc="drhmc", unit="run"):
+            if algorithm == "pyro-drhmc-k3" and target not in SYNTHETIC:
+                continue
+            row = run_one(
+                target,
+                algorithm,
+                args.num_warmup,
+                args.num_samples,
+                args.num_chains,
+                args.seed,
+                nuts_length.get(target),
+                args.path,
+            )
+            if algorithm == "nuts":
+                nuts_length[target] = row["nuts_length"]
+            out.add(row)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(out.data['runs'])} finished runs kept in {out.path}")
+        raise
+    rows = out.data["runs"]
+    _add_ratios(rows)
+    out.finish({"runs": len(rows), "passed": sum(r["passed"] for r in rows)})
+    columns = ["target", "algorithm", "grad_evals", "ess_per_grad", "vs_nuts", "vs_hmc", "ess_v_per_grad"]
+    columns += ["v_vs_nuts", "divergences", "max_z_mean", "passed", "wall_s"]
+    print(table(rows, columns))
+    print(f"\nwritten: {out.path}")
+    return out.data
+
+
+def _add_ratios(rows: list[dict[str, Any]]) -> None:
+    """ESS/grad of every run as a ratio to NUTS and to tuned HMC on the same target."""
+    by = {(r["target"], r["algorithm"]): r for r in rows}
+    for r in rows:
+        for peer, key in (("nuts", "vs_nuts"), ("hmc", "vs_hmc")):
+            other = by.get((r["target"], peer))
+            if other is not None and other["ess_per_grad"] > 0:
+                r[key] = r["ess_per_grad"] / other["ess_per_grad"]
+        nuts = by.get((r["target"], "nuts"))
+        if nuts is not None and r.get("ess_v_per_grad") and nuts.get("ess_v_per_grad"):
+            r["v_vs_nuts"] = r["ess_v_per_grad"] / nuts["ess_v_per_grad"]
