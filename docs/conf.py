@@ -26,7 +26,14 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
+    "matplotlib.sphinxext.plot_directive",
 ]
+
+# the ``.. plot::`` examples run at build time (offline, on CPU) and embed their figures
+plot_html_show_source_link = False
+plot_html_show_formats = False
+plot_formats = [("png", 90)]
+plot_pre_code = "import jax\njax.config.update('jax_platform_name', 'cpu')\n"
 
 root_doc = "index"
 source_suffix = {".rst": "restructuredtext"}

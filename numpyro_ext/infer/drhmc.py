@@ -64,16 +64,16 @@ Array = jax.Array
 class DelayedRejectionInfo(NamedTuple):
     """What one delayed-rejection transition did (all scalars).
 
-    acceptance_rate: acceptance probability of the last stage tried.
-    first_acceptance_rate: acceptance probability of stage 0 (what step-size adaptation targets).
-    is_accepted: whether some stage was accepted.
-    stage: 0-based index of the accepted stage, -1 when every tried stage was rejected.
-    num_proposals: stages tried on the chain (not counting ghosts).
-    is_divergent: nothing was accepted and the last stage tried diverged (non-finite or
-        energy error above ``max_delta_energy``).
-    num_evals: cost units (gradient evaluations for HMC) of all proposals tried, ghosts included.
-    chain_evals: the part of ``num_evals`` spent on the chain's own proposals.
-    log_joint: log density of the extended state the chain moved to.
+    * ``acceptance_rate``: acceptance probability of the last stage tried.
+    * ``first_acceptance_rate``: acceptance probability of stage 0 (what step-size adaptation targets).
+    * ``is_accepted``: whether some stage was accepted.
+    * ``stage``: 0-based index of the accepted stage, -1 when every tried stage was rejected.
+    * ``num_proposals``: stages tried on the chain (not counting ghosts).
+    * ``is_divergent``: nothing was accepted and the last stage tried diverged (non-finite or
+      energy error above ``max_delta_energy``).
+    * ``num_evals``: cost units (gradient evaluations for HMC) of all proposals tried, ghosts included.
+    * ``chain_evals``: the part of ``num_evals`` spent on the chain's own proposals.
+    * ``log_joint``: log density of the extended state the chain moved to.
     """
 
     acceptance_rate: Array
