@@ -17,8 +17,8 @@ from scipy import stats
 from adapters import Target
 from adapters.inference_data import from_mcmc
 from numpyro_ext.infer import DRHMC
-from numpyro_ext.models import test_problems
 from numpyro_ext.infer.drhmc import DRHMCState, build_kernel, delayed_rejection, init, stage_schedule
+from numpyro_ext.models import test_problems
 from tests.mc_checks import assert_ks, assert_mean, assert_variance, fraction_moved
 
 RHO = 0.95
