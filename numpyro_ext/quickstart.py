@@ -1,4 +1,4 @@
-"""Quick start: NUTS on a posteriordb posterior, an ArviZ summary and the reference score.
+"""Quick start: DR-HMC (or NUTS) on a posteriordb posterior, an ArviZ summary and the reference score.
 
 ``python -m numpyro_ext [--posterior NAME] [--num-samples N] ...`` runs on the embedded
 posteriordb subset by default (no download).
@@ -11,8 +11,10 @@ import jax
 from numpyro.infer import MCMC, NUTS
 
 from adapters import inference_data, metrics, posteriordb, quickstart
+from numpyro_ext.infer import DRHMC
 
 DEFAULT_POSTERIOR = "eight_schools-eight_schools_noncentered"
+SAMPLERS = {"drhmc": "NumPyro DR-HMC (ppl-ext, 3 stages)", "nuts": "NumPyro NUTS"}
 
 
 def run(
@@ -22,18 +24,21 @@ def run(
     num_chains: int = 4,
     seed: int = 0,
     path: str | None = None,
+    sampler: str = "drhmc",
 ) -> tuple[az.InferenceData, metrics.ReferenceScore]:
-    """Sample ``posterior`` with NumPyro's NUTS; return the ArviZ data and the reference score."""
+    """Sample ``posterior`` with DR-HMC or NUTS; return the ArviZ data and the reference score."""
     port = posteriordb.numpyro_model(posterior, path)
+    kernel = DRHMC(port.model) if sampler == "drhmc" else NUTS(port.model)
     mcmc = MCMC(
-        NUTS(port.model),
+        kernel,
         num_warmup=num_warmup,
         num_samples=num_samples,
         num_chains=num_chains,
         chain_method="vectorized",
         progress_bar=False,
     )
-    mcmc.run(jax.random.PRNGKey(seed), extra_fields=("potential_energy", "accept_prob", "num_steps"), **port.data)
+    fields = () if sampler == "drhmc" else ("potential_energy", "accept_prob", "num_steps")  # DRHMC collects its own
+    mcmc.run(jax.random.PRNGKey(seed), extra_fields=fields, **port.data)
     idata = inference_data.from_mcmc(mcmc)
     draws = metrics.flatten_draws(mcmc.get_samples(group_by_chain=True))
     reference = posteriordb.load(posterior, path).reference_draws
@@ -41,4 +46,4 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return quickstart.main("python -m numpyro_ext", "NumPyro NUTS", run, argv)
+    return quickstart.main("python -m numpyro_ext", "NumPyro", run, SAMPLERS, argv)

@@ -17,6 +17,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 from adapters import inference_data, metrics, posteriordb, quickstart
 
 DEFAULT_POSTERIOR = "eight_schools-eight_schools_noncentered"
+SAMPLERS = {"nuts": "Pyro NUTS"}
 
 
 def run(
@@ -26,6 +27,7 @@ def run(
     num_chains: int = 2,
     seed: int = 0,
     path: str | None = None,
+    sampler: str = "nuts",
 ) -> tuple[az.InferenceData, metrics.ReferenceScore]:
     """Sample ``posterior`` with Pyro's NUTS (chains one after another, float64)."""
     torch.set_default_dtype(torch.float64)
@@ -57,4 +59,4 @@ def _deterministic_sites(port: posteriordb.ModelPort) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return quickstart.main("python -m pyro_ext", "Pyro NUTS", run, argv)
+    return quickstart.main("python -m pyro_ext", "Pyro", run, SAMPLERS, argv)
