@@ -4,9 +4,10 @@ Targets: Neal's funnel (d = 10, 50, 100), a 2-D Gaussian with correlation 0.95 a
 ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
 
 * ``nuts``   NumPyro NUTS (the peer);
-* ``hmc``    NumPyro static HMC, tuned: trajectory length = mean NUTS integration time
-  (``n_leapfrog * step_size``) of the ``nuts`` run on the same target, step size and
-  diagonal mass matrix adapted by its own warmup;
+* ``hmc``    NumPyro static HMC, tuned: ``L = round(T / eps)`` leapfrog steps with ``T`` the
+  mean NUTS integration time (``n_leapfrog * step_size``) and ``eps`` the step size of the
+  ``nuts`` run on the same target; step size (from ``eps``) and diagonal mass matrix
+  adapted by its own warmup;
 * ``drhmc-k2``, ``drhmc-k3``          DR-HMC with 2 / 3 stages, probabilistic delayed rejection;
 * ``drhmc-k2-det``, ``drhmc-k3-det``  the same with every later stage always tried;
 * ``pyro-drhmc-k3`` (opt-in)          the Pyro kernel, for the per-gradient time of the two backends.
@@ -53,7 +54,7 @@ def _target(name: str, path: str | None):
     return port.model, port.data, posteriordb.load(name, path).reference_draws
 
 
-def _kernel(algorithm: str, model, nuts_length: float | None):
+def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
     from numpyro.infer import HMC, NUTS
 
     from numpyro_ext.infer import DRHMC
@@ -63,7 +64,10 @@ def _kernel(algorithm: str, model, nuts_length: float | None):
     if algorithm == "hmc":
         if nuts_length is None:
             raise SystemExit("--algorithms: 'hmc' takes its trajectory length from the 'nuts' run; list 'nuts' first")
-        return HMC(model, trajectory_length=nuts_length)
+        length, step_size = nuts_length
+        # a fixed step count: NumPyro's HMC with a fixed trajectory length takes length / step_size
+        # steps, which is unbounded while early warmup shrinks the step size (hours on kidscore)
+        return HMC(model, step_size=step_size, num_steps=max(1, round(length / step_size)), trajectory_length=None)
     stages = int(algorithm.split("-k")[1][0])
     return DRHMC(model, max_proposals=stages, probabilistic=not algorithm.endswith("-det"))
 
@@ -99,7 +103,7 @@ def run_one(
     num_samples: int,
     num_chains: int,
     seed: int,
-    nuts_length: float | None = None,
+    nuts_length: tuple[float, float] | None = None,
     path: str | None = None,
 ) -> dict[str, Any]:
     """One (target, algorithm, seed) run: a pure function of its arguments."""
@@ -137,6 +141,7 @@ def run_one(
         extra_row = {}
         if algorithm == "nuts":
             extra_row["nuts_length"] = float(np.mean(extra["num_steps"] * extra["adapt_state.step_size"]))
+            extra_row["nuts_step_size"] = float(np.mean(extra["adapt_state.step_size"]))
         if algorithm.startswith("drhmc"):
             stage = np.asarray(extra["stage"]).ravel()
             extra_row["stage_share"] = [float(np.mean(stage == k)) for k in range(-1, 3)]
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     config = {k: v for k, v in vars(args).items() if k != "path"}
     config["database"] = str(posteriordb.find_database(args.path))
     out = ResultFile("drhmc", config, out_dir, tag=args.tag)
-    nuts_length: dict[str, float] = {}
+    nuts_length: dict[str, tuple[float, float]] = {}
     try:
         for target, algorithm in tqdm([(t, a) for t in targets for a in algorithms], desc="drhmc", unit="run"):
             if algorithm == "pyro-drhmc-k3" and target not in SYNTHETIC:
@@ -213,7 +218,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
                 args.path,
             )
             if algorithm == "nuts":
-                nuts_length[target] = row["nuts_length"]
+                nuts_length[target] = (row["nuts_length"], row["nuts_step_size"])
             out.add(row)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(out.data['runs'])} finished runs kept in {out.path}")
