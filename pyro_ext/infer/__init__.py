@@ -1,0 +1,5 @@
+"""Pyro-native inference objects of ``ppl-ext``."""
+
+from pyro_ext.infer.drhmc import DRHMC
+
+__all__ = ["DRHMC"]
