@@ -304,6 +304,22 @@ def build_kernel(
 # ---------------------------------------------------------------------------------------
 # Pyro kernel
 # ---------------------------------------------------------------------------------------
+def _target_model(target) -> Callable[[], None]:
+    """A Pyro model of a Target of another backend: one unconstrained site ``"x"`` of length ``dim``."""
+    import pyro.distributions as dist
+
+    from pyro_ext.models.posteriordb._util import Flat
+
+    logdensity = target.as_torch()
+
+    def model() -> None:
+        x = pyro.sample("x", Flat(dist.constraints.real_vector, (), (target.dim,)))
+        pyro.factor("log_density", logdensity(x))
+
+    model.__name__ = target.name
+    return model
+
+
 class _CountingPotential:
     """A potential function that counts its calls (one per leapfrog step in Pyro)."""
 
@@ -328,8 +344,8 @@ class DRHMC(NUTS):
 
     Args:
         model: a Pyro model or an :class:`adapters.Target`. A Target of another backend is
-            sampled through ``Target.as_torch()`` as one unconstrained site ``"x"`` (map
-            draws to named parameters with ``target.constrain``).
+            sampled through ``Target.as_torch()`` as one unconstrained site ``"x"`` of
+            length ``target.dim`` (map draws to named parameters with ``target.constrain``).
         potential_fn: instead of ``model``, a potential energy of a dict of unconstrained
             tensors (``MCMC(..., initial_params=...)`` is then needed).
 
@@ -363,14 +379,11 @@ class DRHMC(NUTS):
 
         if (model is None) == (potential_fn is None):
             raise ValueError("DRHMC: give exactly one of `model` (Pyro model or adapters.Target) and `potential_fn`")
-        self._target = None
         if isinstance(model, Target):
             if model.backend == "pyro":
                 model = functools.partial(model.model, *model.model_args, **model.model_kwargs)
             else:
-                self._target, model = model, None
-                logdensity = self._target.as_torch()
-                potential_fn = lambda params: -logdensity(params["x"])  # noqa: E731
+                model = _target_model(model)
         check_positive("step_size", step_size)
         if trajectory_length is not None:
             check_positive("trajectory_length", trajectory_length)
@@ -398,10 +411,6 @@ class DRHMC(NUTS):
         )
         self._stats: list[dict[str, Any]] = []
         self._dr_step = build_kernel(self.max_proposals, self.reduction_factor, self.probabilistic, max_delta_energy)
-        if self._target is not None:
-            seed = int(torch.randint(0, 2**31 - 1, ()).item())
-            position = self._target.initial_position(seed)
-            self.initial_params = {"x": torch.as_tensor(position, dtype=torch.get_default_dtype())}
 
     # ---- Pyro MCMCKernel interface -----------------------------------------------------
     def setup(self, warmup_steps, *args, **kwargs):
@@ -531,7 +540,10 @@ class DRHMC(NUTS):
         return sites, inverse_mass_matrix
 
     def _check_continuous(self, args, kwargs):
-        trace = pyro.poutine.trace(self.model).get_trace(*args, **kwargs)
+        from pyro.infer.autoguide.initialization import InitMessenger
+
+        # initialise like Pyro's HMC, so improper sites (which cannot be sampled) are fine
+        trace = pyro.poutine.trace(InitMessenger(self._init_strategy)(self.model)).get_trace(*args, **kwargs)
         discrete = [
             name
             for name, site in trace.nodes.items()
