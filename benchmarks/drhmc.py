@@ -10,7 +10,8 @@ ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
   adapted by its own warmup;
 * ``drhmc-k2``, ``drhmc-k3``          DR-HMC with 2 / 3 stages, probabilistic delayed rejection;
 * ``drhmc-k2-det``, ``drhmc-k3-det``  the same with every later stage always tried;
-* ``pyro-drhmc-k3`` (opt-in)          the Pyro kernel, for the per-gradient time of the two backends.
+* ``backend-timing``                  seconds per gradient of the NumPyro and the Pyro DR-HMC
+  kernel with identical fixed settings (on ``funnel-10`` and ``gaussian-2`` only).
 
 Per run: gradient evaluations of the sampling phase (DR-HMC: ghost trajectories
 included), min bulk ESS over parameters and ESS per gradient (funnel: also for ``v``
@@ -29,7 +30,7 @@ from tqdm import tqdm
 from benchmarks._harness import ResultFile, table
 
 ALGORITHMS = ("nuts", "hmc", "drhmc-k2", "drhmc-k3", "drhmc-k2-det", "drhmc-k3-det")
-OPTIONAL_ALGORITHMS = ("pyro-drhmc-k3",)
+TIMING = "backend-timing"
 SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
 
 
@@ -72,28 +73,57 @@ def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
     return DRHMC(model, max_proposals=stages, probabilistic=not algorithm.endswith("-det"))
 
 
-def _run_pyro(target: str, num_warmup: int, num_samples: int, seed: int):
-    """The Pyro DR-HMC kernel on a synthetic target (one chain; Pyro runs chains in processes)."""
+PYRO_TARGETS = ("funnel-10", "gaussian-2")
+
+
+def backend_timing(target: str, num_iterations: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Seconds per gradient of the NumPyro and the Pyro DR-HMC kernel, one chain, same settings.
+
+    Fixed step size 0.2, trajectory length 2, unit mass, no warmup, K = 3: the two kernels run
+    the same transition, so their gradient counts agree in distribution and the time per
+    gradient compares the backends' overheads.  NumPyro is timed on a second, compiled run
+    (its per-run set-up, about a second, is included).
+    """
+    import functools
+
+    import jax
+    import numpy as np
     import pyro
     import torch
-    from pyro_ext.infer import DRHMC
+    from numpyro.infer import MCMC as NumPyroMCMC
 
-    from pyro_ext.models import test_problems
+    from numpyro_ext.infer import DRHMC as NumPyroDRHMC
+    from numpyro_ext.models import test_problems as numpyro_problems
+    from pyro_ext.infer import DRHMC as PyroDRHMC
+    from pyro_ext.models import test_problems as pyro_problems
 
-    if target not in SYNTHETIC:
-        raise SystemExit(f"pyro-drhmc-k3 runs on the synthetic targets {SYNTHETIC} only, got {target!r}")
-    torch.set_default_dtype(torch.float64)
     problem, dim = target.rsplit("-", 1)
-    model = test_problems.funnel if problem == "funnel" else test_problems.correlated_gaussian
+    settings = dict(step_size=0.2, trajectory_length=2.0, adapt_step_size=False, adapt_mass_matrix=False)
+    model = functools.partial(
+        getattr(numpyro_problems, "funnel" if problem == "funnel" else "correlated_gaussian"), int(dim)
+    )
+    timings = {}
+    mcmc = NumPyroMCMC(NumPyroDRHMC(model, **settings), num_warmup=0, num_samples=num_iterations, progress_bar=False)
+    for attempt in range(2):  # the first run compiles; the second reuses the compiled chain
+        start = time.perf_counter()
+        mcmc.run(jax.random.PRNGKey(seed + attempt))
+        jax.block_until_ready(mcmc.get_samples())
+        wall = time.perf_counter() - start
+        grads = int(np.sum(mcmc.get_extra_fields()["num_grad_evals"]))
+    timings["numpyro_s_per_grad"] = wall / grads
+
+    torch.set_default_dtype(torch.float64)
     pyro.set_rng_seed(seed)
-    kernel = DRHMC(model, max_proposals=3)
-    mcmc = pyro.infer.MCMC(kernel, warmup_steps=num_warmup, num_samples=num_samples, disable_progbar=True)
+    pyro_model = pyro_problems.funnel if problem == "funnel" else pyro_problems.correlated_gaussian
+    kernel = PyroDRHMC(pyro_model, **settings)
+    # Pyro's time per gradient is steady after a few iterations: a quarter of the run is enough
+    mcmc = pyro.infer.MCMC(kernel, warmup_steps=0, num_samples=num_iterations // 4, disable_progbar=True)
     start = time.perf_counter()
     mcmc.run(int(dim))
     wall = time.perf_counter() - start
-    samples = {k: v.detach().numpy()[None] for k, v in mcmc.get_samples().items()}
-    stats = kernel.get_sample_stats()
-    return samples, stats["num_grad_evals"][num_warmup:], stats["diverging"][num_warmup:], wall, stats
+    timings["pyro_s_per_grad"] = wall / int(np.sum(kernel.get_sample_stats()["num_grad_evals"]))
+    timings["pyro_vs_numpyro_time_per_grad"] = timings["pyro_s_per_grad"] / timings["numpyro_s_per_grad"]
+    return {"target": target, "algorithm": "backend-timing", **timings}
 
 
 def run_one(
@@ -114,39 +144,31 @@ def run_one(
     from adapters import metrics
 
     model, data, reference = _target(target, path)
-    if algorithm == "pyro-drhmc-k3":
-        samples, grads_per_draw, diverging, wall, all_stats = _run_pyro(target, num_warmup, num_samples, seed)
-        grads = int(np.sum(grads_per_draw))
-        divergences = int(np.sum(diverging))
-        grads_total = int(np.sum(all_stats["num_grad_evals"]))
-        extra_row = {"s_per_grad_all": wall / grads_total}
-    else:
-        mcmc = MCMC(
-            _kernel(algorithm, model, nuts_length),
-            num_warmup=num_warmup,
-            num_samples=num_samples,
-            num_chains=num_chains,
-            chain_method="vectorized",
-            progress_bar=False,
-        )
-        fields = ("num_steps", "diverging", "adapt_state.step_size")
-        start = time.perf_counter()
-        mcmc.run(jax.random.PRNGKey(seed), extra_fields=fields, **data)
-        samples = mcmc.get_samples(group_by_chain=True)
-        jax.block_until_ready(samples)
-        wall = time.perf_counter() - start
-        extra = mcmc.get_extra_fields(group_by_chain=True)
-        grads = int(np.sum(extra["num_grad_evals" if algorithm.startswith("drhmc") else "num_steps"]))
-        divergences = int(np.sum(extra["diverging"]))
-        extra_row = {}
-        if algorithm == "nuts":
-            extra_row["nuts_length"] = float(np.mean(extra["num_steps"] * extra["adapt_state.step_size"]))
-            extra_row["nuts_step_size"] = float(np.mean(extra["adapt_state.step_size"]))
-        if algorithm.startswith("drhmc"):
-            stage = np.asarray(extra["stage"]).ravel()
-            extra_row["stage_share"] = [float(np.mean(stage == k)) for k in range(-1, 3)]
-            extra_row["trajectory_length"] = float(np.mean(mcmc.last_state.trajectory_length))
-        extra_row["s_per_grad_all"] = None  # warmup gradients are not counted for NumPyro runs
+    mcmc = MCMC(
+        _kernel(algorithm, model, nuts_length),
+        num_warmup=num_warmup,
+        num_samples=num_samples,
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    fields = ("num_steps", "diverging", "adapt_state.step_size")
+    start = time.perf_counter()
+    mcmc.run(jax.random.PRNGKey(seed), extra_fields=fields, **data)
+    samples = mcmc.get_samples(group_by_chain=True)
+    jax.block_until_ready(samples)
+    wall = time.perf_counter() - start
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    grads = int(np.sum(extra["num_grad_evals" if algorithm.startswith("drhmc") else "num_steps"]))
+    divergences = int(np.sum(extra["diverging"]))
+    extra_row = {}
+    if algorithm == "nuts":
+        extra_row["nuts_length"] = float(np.mean(extra["num_steps"] * extra["adapt_state.step_size"]))
+        extra_row["nuts_step_size"] = float(np.mean(extra["adapt_state.step_size"]))
+    if algorithm.startswith("drhmc"):
+        stage = np.asarray(extra["stage"]).ravel()
+        extra_row["stage_share"] = [float(np.mean(stage == k)) for k in range(-1, 3)]
+        extra_row["trajectory_length"] = float(np.mean(mcmc.last_state.trajectory_length))
     draws = metrics.flatten_draws(samples)
     score = metrics.reference_score(draws, reference)
     summary = score.summary()
@@ -176,7 +198,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks drhmc", description=__doc__)
     parser.add_argument("--targets", default="all", help="comma-separated; 'all' = synthetic + ported posteriordb")
-    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--algorithms", default=",".join(ALGORITHMS + (TIMING,)))
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--num-chains", type=int, default=4)
@@ -197,15 +219,17 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
             raise SystemExit(f"--targets: unknown {t!r}; known: {known}")
     algorithms = args.algorithms.split(",")
     for a in algorithms:
-        if a not in ALGORITHMS + OPTIONAL_ALGORITHMS:
-            raise SystemExit(f"--algorithms: unknown {a!r}; known: {list(ALGORITHMS + OPTIONAL_ALGORITHMS)}")
+        if a not in ALGORITHMS + (TIMING,):
+            raise SystemExit(f"--algorithms: unknown {a!r}; known: {list(ALGORITHMS + (TIMING,))}")
     config = {k: v for k, v in vars(args).items() if k != "path"}
     config["database"] = str(posteriordb.find_database(args.path))
     out = ResultFile("drhmc", config, out_dir, tag=args.tag)
     nuts_length: dict[str, tuple[float, float]] = {}
     try:
         for target, algorithm in tqdm([(t, a) for t in targets for a in algorithms], desc="drhmc", unit="run"):
-            if algorithm == "pyro-drhmc-k3" and target not in SYNTHETIC:
+            if algorithm == TIMING:
+                if target in PYRO_TARGETS:
+                    out.add(backend_timing(target, seed=args.seed))
                 continue
             row = run_one(
                 target,
@@ -223,12 +247,16 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(out.data['runs'])} finished runs kept in {out.path}")
         raise
-    rows = out.data["runs"]
+    rows = [r for r in out.data["runs"] if r["algorithm"] != TIMING]
+    timing = [r for r in out.data["runs"] if r["algorithm"] == TIMING]
     _add_ratios(rows)
     out.finish({"runs": len(rows), "passed": sum(r["passed"] for r in rows)})
     columns = ["target", "algorithm", "grad_evals", "ess_per_grad", "vs_nuts", "vs_hmc", "ess_v_per_grad"]
     columns += ["v_vs_nuts", "divergences", "max_z_mean", "passed", "wall_s"]
     print(table(rows, columns))
+    if timing:
+        print()
+        print(table(timing, ["target", "numpyro_s_per_grad", "pyro_s_per_grad", "pyro_vs_numpyro_time_per_grad"]))
     print(f"\nwritten: {out.path}")
     return out.data
 
