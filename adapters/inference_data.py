@@ -42,7 +42,9 @@ def from_mcmc(mcmc: Any, log_likelihood: bool = True, **kwargs: Any):
 
     NumPyro: ``az.from_numpyro`` reads every field passed as ``extra_fields=`` to
     ``mcmc.run``; this renames the library's own fields (e.g. DR-HMC's ``num_grad_evals``
-    -> ``n_grad_evals``).  Pyro: ``az.from_pyro`` (posterior, ``diverging``, log likelihood).
+    -> ``n_grad_evals``).  Pyro: ``az.from_pyro`` (posterior, ``diverging``, log likelihood),
+    plus the per-draw statistics a library kernel keeps (``kernel.get_sample_stats()``, e.g.
+    DR-HMC's ``stage``) when the chain ran in this process (one chain).
     Extra keyword arguments go to the ArviZ converter (``coords``, ``dims``, ...).
     """
     import arviz as az
@@ -56,7 +58,8 @@ def from_mcmc(mcmc: Any, log_likelihood: bool = True, **kwargs: Any):
             idata.sample_stats = idata.sample_stats.rename(renames)
         return idata
     if module.startswith("pyro"):
-        return az.from_pyro(mcmc, log_likelihood=log_likelihood, **kwargs)
+        idata = az.from_pyro(mcmc, log_likelihood=log_likelihood, **kwargs)
+        return _add_kernel_stats(idata, mcmc)
     raise TypeError(f"mcmc must be a numpyro.infer.MCMC or pyro.infer.MCMC object, got {type(mcmc).__name__}")
 
 
@@ -95,3 +98,26 @@ def _numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _add_kernel_stats(idata, mcmc):
+    """Sampling-phase statistics a Pyro kernel of this library kept, as ``sample_stats``."""
+    import xarray as xr
+
+    get_stats = getattr(mcmc.kernel, "get_sample_stats", None)
+    stats = get_stats() if get_stats is not None else {}
+    num_chains = idata.posterior.sizes["chain"]
+    if not stats or num_chains != 1 or "warmup" not in stats:
+        return idata  # chains that ran in worker processes took their kernels' statistics with them
+    sampling = ~np.asarray(stats["warmup"], dtype=bool)
+    renamed = _rename_stats({k: np.asarray(v)[sampling][None] for k, v in stats.items() if k != "warmup"})
+    draws = idata.posterior.sizes["draw"]
+    if any(v.shape[1] != draws for v in renamed.values()):
+        return idata
+    extra = xr.Dataset({k: (("chain", "draw"), v) for k, v in renamed.items()}, coords=idata.posterior.coords)
+    if "sample_stats" in idata.groups():
+        merged = idata.sample_stats.drop_vars([k for k in renamed if k in idata.sample_stats]).merge(extra)
+        idata.sample_stats = merged
+    else:
+        idata.add_groups(sample_stats=extra)
+    return idata

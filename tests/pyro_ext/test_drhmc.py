@@ -15,6 +15,7 @@ from pyro.infer import MCMC
 from scipy import stats
 
 from adapters import Target
+from adapters.inference_data import from_mcmc
 from pyro_ext.infer import DRHMC
 from pyro_ext.infer.drhmc import build_kernel, delayed_rejection, init
 from pyro_ext.models import test_problems
@@ -167,6 +168,9 @@ def test_same_seed_same_draws_diagnostics_and_arviz():
     assert "divergences" in diagnostics and "acceptance rate" in diagnostics
     idata = az.from_pyro(first, log_likelihood=False)
     assert idata.posterior["v"].shape == (1, 50)
+    idata = from_mcmc(first, log_likelihood=False)
+    for name in ("acceptance_rate", "diverging", "stage", "n_steps", "n_grad_evals", "energy", "step_size"):
+        assert idata.sample_stats[name].shape == (1, 50), name
     stats_ = first.kernel.get_sample_stats()
     assert len(stats_["stage"]) == 100 and (stats_["num_grad_evals"] >= stats_["num_steps"]).all()
 
@@ -211,3 +215,53 @@ def test_discrete_latent_is_refused():
 
     with pytest.raises(ValueError, match="'k'"):
         run(DRHMC(discrete), warmup=5, samples=5)
+
+
+def test_matches_the_numpyro_kernel():
+    """Same fixed settings, same transition: stage frequencies and moments agree statistically."""
+    jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
+    import arviz as az
+    import numpyro
+    import numpyro.distributions as ndist
+    from numpyro.infer import MCMC as NumPyroMCMC
+
+    from numpyro_ext.infer import DRHMC as NumPyroDRHMC
+
+    scales = [1.0, 0.1]
+    fixed = dict(step_size=0.5, num_steps=1, adapt_step_size=False, adapt_mass_matrix=False, max_proposals=3)
+
+    def numpyro_model():
+        numpyro.sample("x", ndist.Normal(0.0, jax.numpy.array(scales)).to_event(1))
+
+    def pyro_model():
+        pyro.sample("x", dist.Normal(torch.zeros(2), torch.tensor(scales)).to_event(1))
+
+    jax_mcmc = NumPyroMCMC(
+        NumPyroDRHMC(numpyro_model, **fixed),
+        num_warmup=200,
+        num_samples=4000,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    jax_mcmc.run(jax.random.PRNGKey(0))
+    jax_stage = np.asarray(jax_mcmc.get_extra_fields(group_by_chain=True)["stage"])
+    jax_x = np.asarray(jax_mcmc.get_samples(group_by_chain=True)["x"])
+
+    kernel = DRHMC(pyro_model, **fixed)
+    torch_x = run(kernel, warmup=200, samples=1500).get_samples()["x"].numpy()[None]
+    torch_stage = kernel.get_sample_stats()["stage"][~kernel.get_sample_stats()["warmup"]][None]
+
+    def share_and_error(indicator):
+        indicator = indicator.astype(float)
+        p = indicator.mean()
+        return p, math.sqrt(max(p * (1 - p), 1e-12) / float(az.ess(indicator)))
+
+    for stage in (-1, 0, 1, 2):
+        (p_jax, e_jax), (p_torch, e_torch) = share_and_error(jax_stage == stage), share_and_error(torch_stage == stage)
+        z = (p_jax - p_torch) / math.sqrt(e_jax**2 + e_torch**2)
+        assert abs(z) < 4, f"stage {stage}: NumPyro {p_jax:.3f} vs Pyro {p_torch:.3f} (z = {z:.2f})"
+    assert (torch_stage == 2).any() and (jax_stage == 2).any()
+    for i, scale in enumerate(scales):
+        assert_variance(torch_x[..., i], 0.0, scale**2, 0.0, f"Pyro x[{i}]")
+        assert_variance(jax_x[..., i], 0.0, scale**2, 0.0, f"NumPyro x[{i}]")
