@@ -41,7 +41,8 @@ from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 
-from adapters.validation import check_greater, check_positive, check_positive_int, check_probability
+from adapters.configs import DRHMCConfig, check_model_or_potential
+from adapters.validation import check_greater, check_positive_int
 
 __all__ = [
     "DRHMC",
@@ -463,8 +464,21 @@ class DRHMC(MCMCKernel):
     ):
         from adapters.target import Target
 
-        if (model is None) == (potential_fn is None):
-            raise ValueError("DRHMC: give exactly one of `model` (NumPyro model or adapters.Target) and `potential_fn`")
+        check_model_or_potential("DRHMC", model, potential_fn)
+        self.config = DRHMCConfig(
+            step_size=step_size,
+            trajectory_length=trajectory_length,
+            num_steps=num_steps,
+            max_proposals=max_proposals,
+            reduction_factor=reduction_factor,
+            probabilistic=probabilistic,
+            adapt_step_size=adapt_step_size,
+            target_accept_prob=target_accept_prob,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            max_delta_energy=max_delta_energy,
+            max_tree_depth=max_tree_depth,
+        )
         self._target = self._target_args = None
         if isinstance(model, Target):
             if model.backend == "numpyro":
@@ -474,30 +488,10 @@ class DRHMC(MCMCKernel):
                 self._target, model = model, None
         self._model = model
         self._potential_fn_input = potential_fn
-        self._step_size = check_positive("step_size", step_size)
-        self._trajectory_length = (
-            None if trajectory_length is None else check_positive("trajectory_length", trajectory_length)
-        )
-        self._fixed_num_steps = None if num_steps is None else check_positive_int("num_steps", num_steps)
-        self._max_proposals = check_positive_int("max_proposals", max_proposals)
-        self._reduction_factor = check_greater(
-            "reduction_factor", reduction_factor, 1, "the step-size ratio between stages"
-        )
-        self._probabilistic = bool(probabilistic)
-        self._adapt_step_size = bool(adapt_step_size)
-        self._target_accept_prob = check_probability("target_accept_prob", target_accept_prob)
-        self._adapt_mass_matrix = bool(adapt_mass_matrix)
-        if not isinstance(dense_mass, bool):
-            raise ValueError(f"dense_mass must be True or False, got {dense_mass!r}")
-        self._dense_mass = dense_mass
         self._inverse_mass_matrix = inverse_mass_matrix
         self._init_strategy = init_strategy
-        self._max_delta_energy = check_positive("max_delta_energy", max_delta_energy)
-        self._max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
-        self._choose_length = self._trajectory_length is None and self._fixed_num_steps is None
-        self._dr_step = build_kernel(
-            self._max_proposals, self._reduction_factor, self._probabilistic, self._max_delta_energy
-        )
+        cfg = self.config
+        self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
         self._potential_fn_gen = None
         self._postprocess_fn = None
         self._unravel = None
@@ -555,11 +549,13 @@ class DRHMC(MCMCKernel):
             adapt_state = wa_init(
                 NumPyroIntegratorState(position, None, potential_energy, potential_grad),
                 wa_key,
-                self._step_size,
+                self.config.step_size,
                 inverse_mass_matrix=self._inverse_mass_matrix,
                 mass_matrix_size=self._dim,
             )
-            trajectory_length = self._trajectory_length if self._trajectory_length is not None else 2 * math.pi
+            trajectory_length = (
+                self.config.trajectory_length if self.config.trajectory_length is not None else 2 * math.pi
+            )
             zero = jnp.zeros((), position.dtype)
             zero_int = jnp.zeros((), jnp.int32)
             return DRHMCKernelState(
@@ -604,7 +600,7 @@ class DRHMC(MCMCKernel):
             step_size,
             inverse_mass_matrix,
         )
-        if self._choose_length and self._num_warmup > 0:
+        if self.config.choose_length and self._num_warmup > 0:
             in_warmup = state.i < self._num_warmup
             new = jax.lax.cond(
                 in_warmup,
@@ -628,7 +624,7 @@ class DRHMC(MCMCKernel):
                 lambda s: s,
                 adapt_state,
             )
-            if self._choose_length:
+            if self.config.choose_length:
                 counted = in_warmup & (state.i >= self._length_window_start)
                 length_sum = length_sum + jnp.where(counted, new.num_steps * step_size, 0.0)
                 length_count = length_count + counted
@@ -661,10 +657,10 @@ class DRHMC(MCMCKernel):
 
     # ---- transitions ----------------------------------------------------------------
     def _first_stage_num_steps(self, step_size, trajectory_length):
-        if self._fixed_num_steps is not None:
-            return jnp.asarray(self._fixed_num_steps, jnp.int32)
+        if self.config.num_steps is not None:
+            return jnp.asarray(self.config.num_steps, jnp.int32)
         num_steps = jnp.ceil(trajectory_length / step_size - 1e-6)
-        return jnp.clip(num_steps, 1, 2**self._max_tree_depth).astype(jnp.int32)
+        return jnp.clip(num_steps, 1, 2**self.config.max_tree_depth).astype(jnp.int32)
 
     def _dr_transition(
         self,
@@ -712,8 +708,8 @@ class DRHMC(MCMCKernel):
             inverse_mass_matrix,
             step_size,
             tree_key,
-            max_delta_energy=self._max_delta_energy,
-            max_tree_depth=self._max_tree_depth,
+            max_delta_energy=self.config.max_delta_energy,
+            max_tree_depth=self.config.max_tree_depth,
         )
         accept_prob = tree.sum_accept_probs / tree.num_proposals
         num_steps = jnp.asarray(tree.num_proposals, jnp.int32)
@@ -753,10 +749,10 @@ class DRHMC(MCMCKernel):
         return warmup_adapter(
             self._num_warmup,
             find_reasonable_step_size=reasonable_step_size,
-            adapt_step_size=self._adapt_step_size,
-            adapt_mass_matrix=self._adapt_mass_matrix,
-            dense_mass=self._dense_mass,
-            target_accept_prob=self._target_accept_prob,
+            adapt_step_size=self.config.adapt_step_size,
+            adapt_mass_matrix=self.config.adapt_mass_matrix,
+            dense_mass=self.config.dense_mass,
+            target_accept_prob=self.config.target_accept_prob,
         )
 
     def _bound_args(self, model_args, model_kwargs):

@@ -37,7 +37,8 @@ from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro.infer.mcmc import NUTS
 from pyro.ops.integrator import potential_grad
 
-from adapters.validation import check_greater, check_positive, check_positive_int, check_probability
+from adapters.configs import DRHMCConfig, check_model_or_potential
+from adapters.validation import check_greater, check_positive_int
 
 __all__ = [
     "DRHMC",
@@ -377,26 +378,26 @@ class DRHMC(NUTS):
     ):
         from adapters.target import Target
 
-        if (model is None) == (potential_fn is None):
-            raise ValueError("DRHMC: give exactly one of `model` (Pyro model or adapters.Target) and `potential_fn`")
+        check_model_or_potential("DRHMC", model, potential_fn)
+        self.config = DRHMCConfig(
+            step_size=step_size,
+            trajectory_length=trajectory_length,
+            num_steps=num_steps,
+            max_proposals=max_proposals,
+            reduction_factor=reduction_factor,
+            probabilistic=probabilistic,
+            adapt_step_size=adapt_step_size,
+            target_accept_prob=target_accept_prob,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            max_delta_energy=max_delta_energy,
+            max_tree_depth=max_tree_depth,
+        )
         if isinstance(model, Target):
             if model.backend == "pyro":
                 model = functools.partial(model.model, *model.model_args, **model.model_kwargs)
             else:
                 model = _target_model(model)
-        check_positive("step_size", step_size)
-        if trajectory_length is not None:
-            check_positive("trajectory_length", trajectory_length)
-        self._fixed_length = trajectory_length
-        self._fixed_num_steps = None if num_steps is None else check_positive_int("num_steps", num_steps)
-        self.max_proposals = check_positive_int("max_proposals", max_proposals)
-        self.reduction_factor = check_greater("reduction_factor", reduction_factor, 1, "step-size ratio of stages")
-        self.probabilistic = bool(probabilistic)
-        check_probability("target_accept_prob", target_accept_prob)
-        if not isinstance(dense_mass, bool):
-            raise ValueError(f"dense_mass must be True or False, got {dense_mass!r}")
-        self._max_delta_energy = check_positive("max_delta_energy", max_delta_energy)
-        check_positive_int("max_tree_depth", max_tree_depth)
         super().__init__(
             model,
             potential_fn,
@@ -410,15 +411,20 @@ class DRHMC(NUTS):
             init_strategy=init_strategy,
         )
         self._stats: list[dict[str, Any]] = []
-        self._dr_step = build_kernel(self.max_proposals, self.reduction_factor, self.probabilistic, max_delta_energy)
+        cfg = self.config
+        self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
 
     # ---- Pyro MCMCKernel interface -----------------------------------------------------
     def setup(self, warmup_steps, *args, **kwargs):
         if self.model is not None:
             self._check_continuous(args, kwargs)
         super().setup(warmup_steps, *args, **kwargs)
-        self.trajectory_length = self._fixed_length if self._fixed_length is not None else 2 * math.pi
-        self._choose_length = self._fixed_length is None and self._fixed_num_steps is None and warmup_steps > 0
+        self.trajectory_length = (
+            self.config.trajectory_length if self.config.trajectory_length is not None else 2 * math.pi
+        )
+        self._choose_length = (
+            self.config.trajectory_length is None and self.config.num_steps is None and warmup_steps > 0
+        )
         self._length_sum = self._length_count = 0.0
         schedule = list(self._adapter.adaptation_schedule)
         self._length_window_start = schedule[-2].start if len(schedule) >= 2 else 0
@@ -527,8 +533,8 @@ class DRHMC(NUTS):
         )
 
     def _first_stage_num_steps(self) -> int:
-        if self._fixed_num_steps is not None:
-            return self._fixed_num_steps
+        if self.config.num_steps is not None:
+            return self.config.num_steps
         return int(min(max(math.ceil(self.trajectory_length / self.step_size - 1e-6), 1), 2**self._max_tree_depth))
 
     def _flat_layout(self) -> tuple[tuple[str, ...], torch.Tensor]:

@@ -1,0 +1,63 @@
+"""Validated hyperparameters shared by an algorithm's NumPyro and Pyro shells.
+
+One frozen dataclass per algorithm: both backends build it from their constructor
+arguments, so the two read the same values and reject bad input with the same message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.validation import check_greater, check_positive, check_positive_int, check_probability
+
+
+@dataclass(frozen=True)
+class DRHMCConfig:
+    """DR-HMC's hyperparameters (Modi, Barnett & Carpenter 2023); see ``numpyro_ext.infer.DRHMC``.
+
+    ``trajectory_length`` and ``num_steps`` may both be ``None``: warmup then chooses the
+    trajectory length (``choose_length``).
+    """
+
+    step_size: float = 1.0
+    trajectory_length: float | None = None
+    num_steps: int | None = None
+    max_proposals: int = 3
+    reduction_factor: float = 4.0
+    probabilistic: bool = True
+    adapt_step_size: bool = True
+    target_accept_prob: float = 0.8
+    adapt_mass_matrix: bool = True
+    dense_mass: bool = False
+    max_delta_energy: float = 1000.0
+    max_tree_depth: int = 10
+
+    def __post_init__(self) -> None:
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        set_("step_size", check_positive("step_size", self.step_size))
+        if self.trajectory_length is not None:
+            set_("trajectory_length", check_positive("trajectory_length", self.trajectory_length))
+        if self.num_steps is not None:
+            set_("num_steps", check_positive_int("num_steps", self.num_steps))
+        set_("max_proposals", check_positive_int("max_proposals", self.max_proposals))
+        ratio = check_greater("reduction_factor", self.reduction_factor, 1, "the step-size ratio between stages")
+        set_("reduction_factor", ratio)
+        set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
+        for flag in ("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
+        set_("max_tree_depth", check_positive_int("max_tree_depth", self.max_tree_depth))
+
+    @property
+    def choose_length(self) -> bool:
+        """Whether warmup picks the trajectory length (neither it nor ``num_steps`` given)."""
+        return self.trajectory_length is None and self.num_steps is None
+
+
+def check_model_or_potential(algorithm: str, model: object, potential_fn: object) -> None:
+    """Exactly one of ``model`` and ``potential_fn``, as NumPyro's and Pyro's HMC require."""
+    if (model is None) == (potential_fn is None):
+        raise ValueError(f"{algorithm}: give exactly one of `model` (a model or adapters.Target) and `potential_fn`")
