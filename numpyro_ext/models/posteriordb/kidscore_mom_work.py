@@ -1,0 +1,24 @@
+"""kidscore_mom_work: child's test score on indicators of the mother's work category 2-4, flat priors.
+
+Follows ``posterior_database/models/stan/kidscore_mom_work.stan`` in ``stan-dev/posteriordb``: the
+transformed data are computed once with numpy, the mean is ``x @ beta`` with ``x``'s
+columns in the order of Stan's ``beta[1..4]``.
+"""
+
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from numpyro_ext.models.posteriordb._util import as_float
+
+
+def model(N, kid_score, mom_work):
+    mom_work = np.asarray(mom_work)
+    x = np.stack([np.ones(N), mom_work == 2, mom_work == 3, mom_work == 4], axis=-1)
+    x, y = as_float(x), as_float(kid_score)
+    # Stan gives beta and sigma no prior: flat densities on R^4 and (0, inf)
+    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (4,)))
+    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
+    with numpyro.plate("N", N):
+        numpyro.sample("kid_score", dist.Normal(x @ beta, sigma), obs=y)

@@ -1,0 +1,33 @@
+"""logmesquite_logvas: log(weight) of mesquite bushes on log canopy volume, area, shape, height, density, group.
+
+Follows ``posterior_database/models/stan/logmesquite_logvas.stan`` in ``stan-dev/posteriordb``: the
+transformed data are computed once with numpy, the mean is ``x @ beta`` with ``x``'s
+columns in the order of Stan's ``beta[1..7]``.
+"""
+
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from numpyro_ext.models.posteriordb._util import as_float
+
+
+def model(N, weight, diam1, diam2, canopy_height, total_height, density, group):
+    diam1, diam2 = np.asarray(diam1, dtype=np.float64), np.asarray(diam2, dtype=np.float64)
+    columns = [
+        np.ones(N),
+        np.log(diam1 * diam2 * np.asarray(canopy_height, dtype=np.float64)),  # log canopy volume
+        np.log(diam1 * diam2),  # log canopy area
+        np.log(diam1 / diam2),  # log canopy shape
+        np.log(np.asarray(total_height, dtype=np.float64)),
+        np.log(np.asarray(density, dtype=np.float64)),
+        np.asarray(group, dtype=np.float64),
+    ]
+    x = np.stack(columns, axis=-1)
+    x, y = as_float(x), as_float(np.log(np.asarray(weight, dtype=np.float64)))
+    # Stan gives beta and sigma no prior: flat densities on R^7 and (0, inf)
+    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (7,)))
+    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
+    with numpyro.plate("N", N):
+        numpyro.sample("log_weight", dist.Normal(x @ beta, sigma), obs=y)
