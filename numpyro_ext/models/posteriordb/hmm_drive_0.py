@@ -1,0 +1,34 @@
+"""hmm_drive_0: a two-state HMM of basketball drives with exponential emissions (1/speed, hoop distance).
+
+Follows ``posterior_database/models/stan/hmm_drive_0.stan``: the transition rows ``theta1``
+and ``theta2`` are simplexes with ``dirichlet(alpha[k])`` priors; the emission rates ``phi``
+(of ``u``) and ``lambda`` (of ``v``) are ``positive_ordered`` (which stops label switching)
+with normal(0, 1) and normal(3, 1) densities on their first and second entries.  The hidden
+states are summed out with Stan's forward algorithm in log space (``numpyro.factor``).
+
+NumPyro unconstrains ``positive_ordered`` as ``log(x)`` ordered, where Stan uses
+``x[1] = exp(u[1])``, ``x[k] = x[k-1] + exp(u[k])``: same density on ``x``, different
+unconstrained coordinates.
+"""
+
+import jax.numpy as jnp
+import numpyro
+import numpyro.distributions as dist
+from numpyro.distributions import constraints
+
+from numpyro_ext.models.posteriordb._util import as_float
+from numpyro_ext.models.posteriordb.hmm_example import forward_log_likelihood
+
+
+def model(K, N, u, v, alpha):
+    u, v, alpha = as_float(u), as_float(v), as_float(alpha)
+    theta1 = numpyro.sample("theta1", dist.Dirichlet(alpha[0]))
+    theta2 = numpyro.sample("theta2", dist.Dirichlet(alpha[1]))
+    phi = numpyro.sample("phi", dist.ImproperUniform(constraints.positive_ordered_vector, (), (K,)))
+    lam = numpyro.sample("lambda", dist.ImproperUniform(constraints.positive_ordered_vector, (), (K,)))
+    first, second = dist.Normal(0.0, 1.0), dist.Normal(3.0, 1.0)
+    numpyro.factor("phi_prior", first.log_prob(phi[0]) + second.log_prob(phi[1]))
+    numpyro.factor("lambda_prior", first.log_prob(lam[0]) + second.log_prob(lam[1]))
+    log_theta = jnp.log(jnp.stack([theta1, theta2]))
+    log_emission = dist.Exponential(phi).log_prob(u[:, None]) + dist.Exponential(lam).log_prob(v[:, None])
+    numpyro.factor("forward", forward_log_likelihood(log_theta, log_emission))
