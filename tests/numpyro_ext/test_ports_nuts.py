@@ -9,7 +9,8 @@ jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
 from numpyro.infer import MCMC, NUTS  # noqa: E402
 
 
-def _nuts(name, seed=0, **kernel_kwargs):
+def nuts_score(name, seed=0, **kernel_kwargs):
+    """NUTS (4 vectorized chains x 1000 + 1000) on a NumPyro port, scored against the reference draws."""
     port = posteriordb.numpyro_model(name)
     mcmc = MCMC(
         NUTS(port.model, **kernel_kwargs),
@@ -36,7 +37,7 @@ def _nuts(name, seed=0, **kernel_kwargs):
     ],
 )
 def test_nuts_on_port_matches_reference(name, shared_db):
-    score = _nuts(name)
+    score = nuts_score(name)
     assert score.passed, f"{name}\n{score}"
 
 
@@ -46,7 +47,7 @@ def test_centred_eight_schools_bias_is_caught(shared_db):
     This is the known failure (Betancourt & Girolami 2015), not a port error: the port's
     log density equals Stan's (tests/adapters/test_target.py).  It shows on log(tau).
     """
-    score = _nuts("eight_schools-eight_schools_centered")
+    score = nuts_score("eight_schools-eight_schools_centered")
     assert not score.passed
     worst = score.worst("q05").name
     assert worst in ("log(tau)", "tau"), str(score)

@@ -7,25 +7,8 @@ the chains on one labelling, so no chain sees the mirror mode.  Runs over 30 s (
 
 import pytest
 
-from adapters import metrics, posteriordb
-
-jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
-from numpyro.infer import MCMC, NUTS  # noqa: E402
-
-
-def _nuts(name, seed=0, **kernel_kwargs):
-    port = posteriordb.numpyro_model(name)
-    mcmc = MCMC(
-        NUTS(port.model, **kernel_kwargs),
-        num_warmup=1000,
-        num_samples=1000,
-        num_chains=4,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    mcmc.run(jax.random.PRNGKey(seed), **port.data)
-    draws = metrics.flatten_draws(mcmc.get_samples(group_by_chain=True))
-    return metrics.reference_score(draws, posteriordb.load(name).reference_draws)
+pytest.importorskip("jax", reason="the numpyro extra is not installed")
+from tests.numpyro_ext.test_ports_nuts import nuts_score  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -39,5 +22,5 @@ def _nuts(name, seed=0, **kernel_kwargs):
     ],
 )
 def test_nuts_on_port_matches_reference(name, shared_db):
-    score = _nuts(name)
+    score = nuts_score(name)
     assert score.passed, f"{name}\n{score}"

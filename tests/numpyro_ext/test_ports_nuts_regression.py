@@ -14,25 +14,10 @@ this is a sampler start, not a port error.
 
 import pytest
 
-from adapters import metrics, posteriordb
+pytest.importorskip("jax", reason="the numpyro extra is not installed")
+from numpyro.infer import init_to_uniform  # noqa: E402
 
-jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
-from numpyro.infer import MCMC, NUTS, init_to_uniform  # noqa: E402
-
-
-def _nuts(name, seed=0, **kernel_kwargs):
-    port = posteriordb.numpyro_model(name)
-    mcmc = MCMC(
-        NUTS(port.model, **kernel_kwargs),
-        num_warmup=1000,
-        num_samples=1000,
-        num_chains=4,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    mcmc.run(jax.random.PRNGKey(seed), **port.data)
-    draws = metrics.flatten_draws(mcmc.get_samples(group_by_chain=True))
-    return metrics.reference_score(draws, posteriordb.load(name).reference_draws)
+from tests.numpyro_ext.test_ports_nuts import nuts_score  # noqa: E402
 
 
 @pytest.mark.parametrize(
@@ -54,5 +39,5 @@ def _nuts(name, seed=0, **kernel_kwargs):
     ],
 )
 def test_nuts_on_port_matches_reference(name, kernel_kwargs, shared_db):
-    score = _nuts(name, **kernel_kwargs)
+    score = nuts_score(name, **kernel_kwargs)
     assert score.passed, f"{name}\n{score}"
