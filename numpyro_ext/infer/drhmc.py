@@ -31,6 +31,7 @@ probabilities is one more factor of the same product).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -580,11 +581,26 @@ class DRHMC(MCMCKernel):
         return jax.vmap(init_one)(init_params, rng_key) if batched else init_one(init_params, rng_key)
 
     def sample(self, state: DRHMCKernelState, model_args, model_kwargs) -> DRHMCKernelState:
-        if self._vectorized:  # chain_method="vectorized": init got a batch of keys
-            return jax.vmap(self._sample_one, in_axes=(0, None, None))(state, model_args, model_kwargs)
-        return self._sample_one(state, model_args, model_kwargs)
+        def transition(state, nuts_warmup):
+            sample_one = functools.partial(self._sample_one, nuts_warmup=nuts_warmup)
+            if self._vectorized:  # chain_method="vectorized": init got a batch of keys
+                return jax.vmap(sample_one, in_axes=(0, None, None))(state, model_args, model_kwargs)
+            return sample_one(state, model_args, model_kwargs)
 
-    def _sample_one(self, state: DRHMCKernelState, model_args, model_kwargs) -> DRHMCKernelState:
+        if not (self.config.choose_length and self._num_warmup > 0):
+            return transition(state, nuts_warmup=False)
+        # The NUTS-or-DR choice is made on the unbatched iteration counter (all chains share
+        # it): a predicate batched by vmap would turn the cond into a select that builds a
+        # NUTS tree at every sampling iteration.
+        iteration = state.i[0] if self._vectorized else state.i
+        return jax.lax.cond(
+            iteration < self._num_warmup,
+            lambda s: transition(s, nuts_warmup=True),
+            lambda s: transition(s, nuts_warmup=False),
+            state,
+        )
+
+    def _sample_one(self, state: DRHMCKernelState, model_args, model_kwargs, nuts_warmup: bool) -> DRHMCKernelState:
         model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
         potential_fn = self._make_potential_fn(model_args, model_kwargs)
         rng_key, transition_key = jax.random.split(state.rng_key)
@@ -600,14 +616,8 @@ class DRHMC(MCMCKernel):
             step_size,
             inverse_mass_matrix,
         )
-        if self.config.choose_length and self._num_warmup > 0:
-            in_warmup = state.i < self._num_warmup
-            new = jax.lax.cond(
-                in_warmup,
-                lambda a: self._nuts_transition(potential_fn, *a),
-                lambda a: self._dr_transition(potential_fn, *a, state.trajectory_length),
-                args,
-            )
+        if nuts_warmup:
+            new = self._nuts_transition(potential_fn, *args)
         else:
             new = self._dr_transition(potential_fn, *args, state.trajectory_length)
 
