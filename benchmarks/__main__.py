@@ -2,12 +2,14 @@
 
 import sys
 
-from benchmarks import drhmc, posteriordb_baseline, score_calibration
+from benchmarks import drhmc, posteriordb_baseline, report, score_calibration, sweep
 
 STUDIES = {
     "drhmc": drhmc.main,
     "posteriordb-baseline": posteriordb_baseline.main,
     "score-calibration": score_calibration.main,
+    "sweep": sweep.main,
+    "report": report.main,
 }
 
 

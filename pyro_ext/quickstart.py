@@ -12,9 +12,10 @@ import arviz as az
 import numpy as np
 import pyro
 import torch
-from pyro.infer import MCMC, NUTS, Predictive
+from pyro.infer import MCMC, NUTS
 
 from adapters import inference_data, metrics, posteriordb, quickstart
+from pyro_ext.infer.sweep_runs import with_deterministic_sites
 
 DEFAULT_POSTERIOR = "eight_schools-eight_schools_noncentered"
 SAMPLERS = {"nuts": "Pyro NUTS"}
@@ -43,19 +44,12 @@ def run(
     )
     mcmc.run(**port.data)
     idata = inference_data.from_mcmc(mcmc, log_likelihood=False)
-    samples = mcmc.get_samples()
-    deterministic = Predictive(port.model, posterior_samples=samples, return_sites=_deterministic_sites(port))
-    samples.update(deterministic(**port.data))
+    samples = with_deterministic_sites(port.model, mcmc.get_samples(), **port.data)
     grouped = {
         k: np.asarray(v.detach()).reshape((num_chains, num_samples) + tuple(v.shape[1:])) for k, v in samples.items()
     }
     draws = metrics.flatten_draws(grouped)
     return idata, metrics.reference_score(draws, posteriordb.load(posterior, path).reference_draws)
-
-
-def _deterministic_sites(port: posteriordb.ModelPort) -> list[str]:
-    trace = pyro.poutine.trace(port.model).get_trace(**port.data)
-    return [k for k, s in trace.nodes.items() if s["type"] == "sample" and s["infer"].get("_deterministic")]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -762,6 +762,7 @@ class DRHMC(NUTS):
 
     def _check_continuous(self, args: tuple, kwargs: dict) -> None:
         from pyro.infer.autoguide.initialization import InitMessenger
+        from pyro.poutine.util import site_is_subsample
 
         def init_fn(site):  # discrete sites get a draw, so they reach the trace and the message below
             if site["fn"].support.is_discrete:
@@ -779,7 +780,10 @@ class DRHMC(NUTS):
         discrete = [
             name
             for name, site in trace.nodes.items()
-            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete
+            if site["type"] == "sample"
+            and not site["is_observed"]
+            and not site_is_subsample(site)  # a plate's index site, not a latent
+            and site["fn"].support.is_discrete
         ]
         if discrete:
             raise ValueError(

@@ -1,0 +1,99 @@
+"""Study ``sweep``: posteriors x algorithms x seeds on Dask (or serially) into a resumable SQLite store.
+
+``python -m benchmarks sweep --posteriors all --algorithms nuts,hmc,drhmc --seeds 0-2 --store sweep.sqlite``
+
+Rerunning the same command skips the runs the store already holds; ``python -m benchmarks
+report --store sweep.sqlite`` renders the table and figures.  The algorithms are those of
+:func:`adapters.sweep.algorithms`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from adapters import sweep
+
+
+def _parse_set(items: list[str], algorithm_names: list[str]) -> dict[str, dict[str, Any]]:
+    """``["drhmc.max_proposals=2", ...]`` -> ``{"drhmc": {"max_proposals": 2}}`` (values as JSON, else strings)."""
+    out: dict[str, dict[str, Any]] = {name: {} for name in algorithm_names}
+    for item in items:
+        lhs, sep, value = item.partition("=")
+        name, dot, key = lhs.rpartition(".")
+        if not sep or not dot or not key:
+            raise SystemExit(f"--set: expected ALGORITHM.KEY=VALUE, got {item!r}")
+        if name not in out:
+            raise SystemExit(f"--set {item!r}: algorithm {name!r} is not in --algorithms {algorithm_names}")
+        try:
+            out[name][key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name][key] = value
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks sweep", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--posteriors", default="all", help="'all', a keyword, or comma-separated posterior names")
+    parser.add_argument("--algorithms", default="nuts,hmc,drhmc", help="comma-separated registered algorithms")
+    parser.add_argument("--seeds", default="0", help="e.g. '0-4' or '0,3,7'")
+    parser.add_argument("--engine", choices=("dask", "serial"), default="dask")
+    parser.add_argument("--scheduler", default=None, help="address of a running Dask scheduler (default: LocalCluster)")
+    parser.add_argument("--workers", type=int, default=None, help="LocalCluster workers (default: one per core)")
+    parser.add_argument("--store", required=True, help="SQLite file of finished runs (created if absent)")
+    parser.add_argument("--timeout-per-run", type=float, default=None, help="seconds; runs then go to child processes")
+    parser.add_argument("--retries", type=int, default=1, help="Dask re-submissions of a run whose worker died")
+    parser.add_argument("--retry-failed", action="store_true", help="rerun the runs stored as failed")
+    parser.add_argument("--route", choices=sweep.ROUTES, default="auto", help="port, Stan program, or port if any")
+    parser.add_argument("--num-warmup", type=int, default=None)
+    parser.add_argument("--num-samples", type=int, default=None)
+    parser.add_argument("--num-chains", type=int, default=None)
+    parser.add_argument("--set", action="append", default=[], metavar="ALG.KEY=VALUE", help="an algorithm's option")
+    parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="one line per finished run")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    try:
+        posteriors = sweep.select_posteriors(args.posteriors, args.path)
+        seeds = sweep.parse_seeds(args.seeds)
+        names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
+        registry = sweep.algorithms()
+        unknown = [a for a in names if a not in registry]
+        if unknown:
+            raise ValueError(f"--algorithms: unknown {unknown}; registered algorithms: {sorted(registry)}")
+        overrides = _parse_set(args.set, names)
+        common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
+        for name in names:
+            overrides[name] = {**{k: v for k, v in common.items() if v is not None}, **overrides[name]}
+        tasks = sweep.build_tasks(posteriors, overrides, seeds, args.path, args.route, args.timeout_per_run)
+        store = sweep.SweepStore(args.store)
+    except (ValueError, sweep.StoreError) as err:
+        raise SystemExit(str(err)) from None
+
+    if args.engine == "serial":
+        executor: sweep.Executor = sweep.SerialExecutor()
+    else:
+        executor = sweep.DaskExecutor(args.scheduler, args.workers, args.retries)
+    start = time.perf_counter()
+    try:
+        counts = sweep.run_sweep(
+            tasks, store, executor, args.retry_failed, progress=not args.no_progress, verbose=args.verbose
+        )
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished runs are in {args.store}; rerun the same command to complete the grid")
+        raise
+    finally:
+        executor.close()
+        store.close()
+    counts["wall_s"] = time.perf_counter() - start
+    print(
+        f"sweep: {counts['total']} runs, {counts['skipped']} already in the store, "
+        f"{counts['ok']} ok, {counts['failed']} failed, {counts['wall_s']:.1f} s -> {args.store}"
+    )
+    return counts

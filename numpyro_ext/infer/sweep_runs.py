@@ -1,0 +1,128 @@
+"""NumPyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): NUTS, HMC and DR-HMC.
+
+Registered names: ``nuts`` and ``hmc`` (NumPyro's own kernels, the peers) and ``drhmc``.
+Every run uses ``MCMC(..., chain_method="vectorized")`` under float64 and counts the
+gradient evaluations of the sampling phase (``num_steps`` for NUTS/HMC, DR-HMC's
+``num_grad_evals``, ghost trajectories included).  A posterior with a NumPyro port is run
+on the model; any other :class:`~adapters.target.Target` (e.g. the Stan route) through its
+JAX view as a ``potential_fn``, with draws constrained by the target afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from adapters.sweep import RunOutput, register_algorithm
+
+# HMC's fixed 16 leapfrog steps (step size and diagonal mass matrix adapted): NumPyro's
+# default trajectory length 2*pi costs 2*pi/step_size gradients a draw, which on badly
+# scaled posteriors (kidscore_momiq) runs for hours in warmup.
+HMC_NUM_STEPS = 16
+
+
+def enable_x64() -> None:
+    """posteriordb's reference draws are float64; so are the sweep's JAX runs."""
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+
+
+def run_mcmc(
+    make_kernel: Callable[..., Any], grad_field: str, target: Any, config: Mapping[str, Any], seed: int
+) -> RunOutput:
+    """``MCMC(make_kernel(model=... | potential_fn=...))`` on ``target``: the sweep's run function.
+
+    ``make_kernel(model=None, potential_fn=None)`` builds the kernel; ``grad_field`` is the
+    extra field that counts gradient evaluations per draw.
+    """
+    import jax
+    from numpyro.infer import MCMC
+
+    native = target.backend == "numpyro"
+    if native:
+        kernel = make_kernel(model=target.model)
+    else:
+        logdensity = target.as_jax()
+        kernel = make_kernel(potential_fn=lambda x: -logdensity(x))
+    num_chains = int(config["num_chains"])
+    mcmc = MCMC(
+        kernel,
+        num_warmup=int(config["num_warmup"]),
+        num_samples=int(config["num_samples"]),
+        num_chains=num_chains,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    rng_key = jax.random.PRNGKey(seed)
+    fields = (grad_field, "diverging")
+    if native:
+        mcmc.run(rng_key, *target.model_args, extra_fields=fields, **target.model_kwargs)
+        draws = mcmc.get_samples(group_by_chain=True)
+    else:
+        init = np.stack([target.initial_position(seed=1000 * seed + c) for c in range(num_chains)])
+        mcmc.run(rng_key, init_params=init if num_chains > 1 else init[0], extra_fields=fields)
+        draws = target.constrain(np.asarray(mcmc.get_samples(group_by_chain=True)))
+    extra = mcmc.get_extra_fields(group_by_chain=True)
+    return RunOutput(draws, int(np.sum(extra[grad_field])), int(np.sum(extra["diverging"])))
+
+
+def _nuts(config: Mapping[str, Any]) -> Callable[..., Any]:
+    from numpyro.infer import NUTS
+
+    return lambda **source: NUTS(**source, target_accept_prob=config["target_accept_prob"])
+
+
+def _hmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+    from numpyro.infer import HMC
+
+    return lambda **source: HMC(
+        **source, num_steps=config["num_steps"], trajectory_length=None, target_accept_prob=config["target_accept_prob"]
+    )
+
+
+def _drhmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+    from numpyro_ext.infer.drhmc import DRHMC
+
+    return lambda **source: DRHMC(
+        **source,
+        max_proposals=config["max_proposals"],
+        reduction_factor=config["reduction_factor"],
+        probabilistic=config["probabilistic"],
+        target_accept_prob=config["target_accept_prob"],
+    )
+
+
+def run_nuts(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
+    return run_mcmc(_nuts(config), "num_steps", target, config, seed)
+
+
+def run_hmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
+    return run_mcmc(_hmc(config), "num_steps", target, config, seed)
+
+
+def run_drhmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
+    return run_mcmc(_drhmc(config), "num_grad_evals", target, config, seed)
+
+
+register_algorithm(
+    "nuts", "numpyro", run_nuts, {"target_accept_prob": 0.8}, "NumPyro NUTS (the peer)", setup=enable_x64
+)
+register_algorithm(
+    "hmc",
+    "numpyro",
+    run_hmc,
+    {"num_steps": HMC_NUM_STEPS, "target_accept_prob": 0.8},
+    "NumPyro static HMC, 16 leapfrog steps",
+    setup=enable_x64,
+)
+register_algorithm(
+    "drhmc",
+    "numpyro",
+    run_drhmc,
+    {"max_proposals": 3, "reduction_factor": 4, "probabilistic": True, "target_accept_prob": 0.8},
+    "DR-HMC (numpyro_ext.infer.DRHMC), trajectory length from NUTS warmup",
+    setup=enable_x64,
+)

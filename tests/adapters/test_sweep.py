@@ -1,0 +1,262 @@
+"""Sweeps: serial and Dask engines agree, a killed sweep resumes without loss or duplicates,
+failures are recorded, and bad stores / names get clear errors."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("jax", reason="the numpyro extra is not installed")
+
+from adapters import sweep  # noqa: E402
+from adapters.posteriordb import EMBEDDED_PATH  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+POSTERIORS = ["eight_schools-eight_schools_noncentered", "kidiq-kidscore_momiq"]
+SMALL = {"num_warmup": 100, "num_samples": 100, "num_chains": 1}
+COMPARED = ("status", "grad_evals", "divergences", "min_ess_bulk", "max_z_mean", "max_quantile", "passed", "route")
+
+
+def _tasks(algorithms=("nuts", "hmc"), seeds=(0, 1), **kwargs):
+    return sweep.build_tasks(POSTERIORS, {a: SMALL for a in algorithms}, seeds, str(EMBEDDED_PATH), **kwargs)
+
+
+def _by_key(store):
+    return {row["key"]: row for row in store.rows()}
+
+
+@pytest.fixture(scope="module")
+def serial_rows(tmp_path_factory):
+    store = sweep.SweepStore(tmp_path_factory.mktemp("serial") / "runs.sqlite")
+    counts = sweep.run_sweep(_tasks(), store, sweep.SerialExecutor(), progress=False)
+    assert counts == {"total": 8, "skipped": 0, "ok": 8, "failed": 0}
+    return _by_key(store)
+
+
+def test_serial_rows_are_complete_and_consistent(serial_rows):
+    assert len(serial_rows) == 8
+    for row in serial_rows.values():
+        assert row["status"] == "ok" and row["route"] == "port"
+        assert row["ess_per_grad"] == pytest.approx(row["min_ess_bulk"] / row["grad_evals"])
+        assert row["config"] == {**sweep.COMMON_DEFAULTS, **SMALL, "target_accept_prob": 0.8, **row["config"]}
+        assert row["versions"]["numpyro"] and row["machine"]["cpus"]
+        if row["algorithm"] == "hmc":  # 16 leapfrog steps a draw, exactly
+            assert row["grad_evals"] == 16 * SMALL["num_samples"]
+    # different seeds are different runs
+    seeds = {(r["posterior"], r["algorithm"]): set() for r in serial_rows.values()}
+    for r in serial_rows.values():
+        seeds[r["posterior"], r["algorithm"]].add(r["min_ess_bulk"])
+    assert all(len(v) == 2 for v in seeds.values())
+
+
+def test_dask_engine_gives_the_serial_numbers(serial_rows, tmp_path):
+    pytest.importorskip("distributed", reason="the distributed extra is not installed")
+    store = sweep.SweepStore(tmp_path / "runs.sqlite")
+    executor = sweep.DaskExecutor(n_workers=2)
+    try:
+        counts = sweep.run_sweep(_tasks(), store, executor, progress=False)
+    finally:
+        executor.close()
+    assert counts["ok"] == 8
+    dask_rows = _by_key(store)
+    assert dask_rows.keys() == serial_rows.keys()
+    for key, row in dask_rows.items():
+        assert {c: row[c] for c in COMPARED} == {c: serial_rows[key][c] for c in COMPARED}
+
+
+def test_rerun_skips_finished_keys(serial_rows, tmp_path):
+    store = sweep.SweepStore(tmp_path / "runs.sqlite")
+    tasks = _tasks()
+    for row in list(serial_rows.values())[:5]:
+        store.add(row)
+    calls = []
+
+    class Recording(sweep.SerialExecutor):
+        def map_unordered(self, tasks):
+            calls.extend(t.key for t in tasks)
+            return super().map_unordered(tasks)
+
+    counts = sweep.run_sweep(tasks, store, Recording(), progress=False)
+    assert counts["skipped"] == 5 and counts["ok"] == 3
+    assert set(calls) == {t.key for t in tasks} - set(list(serial_rows)[:5])
+    assert _by_key(store).keys() == serial_rows.keys()
+
+
+def test_killed_driver_loses_nothing_and_rerun_completes(tmp_path):
+    store_path = tmp_path / "runs.sqlite"
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "sweep",
+        "--posteriors",
+        POSTERIORS[0],
+        "--algorithms",
+        "hmc",
+        "--seeds",
+        "0-3",
+        "--engine",
+        "serial",
+        "--store",
+        str(store_path),
+        "--num-warmup",
+        "100",
+        "--num-samples",
+        "100",
+        "--num-chains",
+        "1",
+        "--path",
+        str(EMBEDDED_PATH),
+        "--no-progress",
+    ]
+    driver = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    finished = 0
+    while time.time() < deadline and finished < 1 and driver.poll() is None:
+        time.sleep(0.5)
+        if store_path.exists():
+            finished = len(sweep.SweepStore(store_path).finished())
+    assert finished >= 1, driver.stderr.read().decode()[-2000:] if driver.poll() is not None else "no row in 240 s"
+    driver.send_signal(signal.SIGKILL)  # the hardest stop: no handler runs
+    driver.wait()
+    before = _by_key(sweep.SweepStore(store_path))
+    assert 1 <= len(before) < 4
+    rerun = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{len(before)} already in the store" in rerun.stdout
+    after = _by_key(sweep.SweepStore(store_path))
+    assert len(after) == 4 and sorted(r["seed"] for r in after.values()) == [0, 1, 2, 3]
+    for key, row in before.items():  # finished rows are untouched
+        assert after[key]["finished"] == row["finished"] and after[key]["min_ess_bulk"] == row["min_ess_bulk"]
+    with sqlite3.connect(store_path) as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM runs").fetchone() == (4, 4)
+
+
+def test_raising_run_is_recorded_as_failed(tmp_path):
+    store = sweep.SweepStore(tmp_path / "runs.sqlite")
+    bad = sweep.Task(
+        POSTERIORS[0],
+        "drhmc",
+        {**sweep.get_algorithm("drhmc").resolve(SMALL), "max_proposals": 0},
+        0,
+        str(EMBEDDED_PATH),
+    )
+    good = _tasks(algorithms=("hmc",), seeds=(0,))[:1]
+    counts = sweep.run_sweep([bad, *good], store, sweep.SerialExecutor(), progress=False)
+    assert counts == {"total": 2, "skipped": 0, "ok": 1, "failed": 1}
+    row = _by_key(store)[bad.key]
+    assert row["status"] == "failed" and "max_proposals" in row["error"]
+    assert row["ess_per_grad"] is None
+    # a stored failure is finished: a rerun skips it unless asked to retry it
+    assert sweep.run_sweep([bad], store, sweep.SerialExecutor(), progress=False)["skipped"] == 1
+    assert sweep.run_sweep([bad], store, sweep.SerialExecutor(), retry_failed=True, progress=False)["failed"] == 1
+
+
+def test_run_past_its_timeout_is_recorded_as_failed(tmp_path):
+    store = sweep.SweepStore(tmp_path / "runs.sqlite")
+    (task,) = _tasks(algorithms=("nuts",), seeds=(0,), timeout=0.5)[:1]
+    counts = sweep.run_sweep([task], store, sweep.SerialExecutor(), progress=False)
+    assert counts["failed"] == 1
+    row = _by_key(store)[task.key]
+    assert row["status"] == "failed" and "timed out after 0.5 s" in row["error"]
+
+
+def test_child_process_run_gives_the_in_process_numbers(serial_rows):
+    (task,) = _tasks(algorithms=("hmc",), seeds=(1,), timeout=300)[:1]
+    row = sweep.execute(task)
+    reference = serial_rows[task.key]
+    assert {c: row[c] for c in COMPARED} == {c: reference[c] for c in COMPARED}
+
+
+def test_corrupt_store_is_refused_clearly(tmp_path):
+    path = tmp_path / "runs.sqlite"
+    path.write_bytes(os.urandom(4096))
+    with pytest.raises(sweep.StoreError, match=r"--store .*runs.sqlite: not a usable SQLite sweep store"):
+        sweep.SweepStore(path)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE runs (x INTEGER)")
+    with pytest.raises(sweep.StoreError, match=r"not a sweep table \(missing columns"):
+        sweep.SweepStore(other)
+
+
+def test_locked_store_is_refused_clearly(serial_rows, tmp_path):
+    path = tmp_path / "runs.sqlite"
+    sweep.SweepStore(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        store = sweep.SweepStore(path, timeout=0.1)
+    except sweep.StoreError as err:  # the lock may already bite when the table is checked
+        assert "locked by another process" in str(err)
+    else:
+        with pytest.raises(sweep.StoreError, match="locked by another process"):
+            store.add(next(iter(serial_rows.values())))
+    finally:
+        holder.rollback()
+        holder.close()
+
+
+def test_unknown_names_list_the_valid_ones(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown algorithm 'mala'; registered algorithms: \[.*'drhmc'.*'nuts'"):
+        sweep.get_algorithm("mala")
+    with pytest.raises(ValueError, match=r"--posteriors: 'nope' matches no posterior.*arK-arK"):
+        sweep.select_posteriors("nope", str(EMBEDDED_PATH))
+    with pytest.raises(ValueError, match=r"unknown key\(s\) \['num_step'\]; known keys: .*'num_steps'"):
+        sweep.get_algorithm("hmc").resolve({"num_step": 3})
+    with pytest.raises(ValueError, match="--seeds"):
+        sweep.parse_seeds("3-1")
+    store = str(tmp_path / "s.sqlite")
+    with pytest.raises(SystemExit, match=r"--algorithms: unknown \['mala'\]; registered algorithms"):
+        from benchmarks import sweep as sweep_cli
+
+        sweep_cli.main(["--algorithms", "nuts,mala", "--store", store, "--path", str(EMBEDDED_PATH)])
+
+
+def test_posterior_selection_by_keyword_and_seed_ranges():
+    assert sweep.select_posteriors("eight_schools", str(EMBEDDED_PATH)) == [
+        "eight_schools-eight_schools_centered",
+        "eight_schools-eight_schools_noncentered",
+    ]
+    assert sweep.parse_seeds("0-2,7") == [0, 1, 2, 7]
+
+
+def test_report_renders_table_json_and_figures(serial_rows, tmp_path):
+    from benchmarks import report
+
+    store = sweep.SweepStore(tmp_path / "runs.sqlite")
+    for row in serial_rows.values():
+        store.add(row)
+    store.add(
+        {
+            **next(iter(serial_rows.values())),
+            "key": "x",
+            "algorithm": "drhmc",
+            "status": "failed",
+            "error": "ValueError: boom",
+            "ess_per_grad": None,
+            "passed": None,
+        }
+    )
+    store.close()
+    summary = report.main(["--store", str(tmp_path / "runs.sqlite"), "--out", str(tmp_path / "out")])
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert "| posterior | nuts | drhmc | hmc |" in table
+    assert "failed 1/1" in table and "ValueError: boom" in table
+    for name in ("report.rst", "report.json", "ess_per_grad_vs_nuts.png", "z_scores.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    nuts = [e for e in summary["entries"] if e["algorithm"] == "nuts"]
+    assert all(e["ess_per_grad_vs_nuts"] == 1.0 for e in nuts)
+    hmc = {e["posterior"]: e for e in summary["entries"] if e["algorithm"] == "hmc"}
+    for e in nuts:
+        runs = [
+            r["ess_per_grad"]
+            for r in serial_rows.values()
+            if r["posterior"] == e["posterior"] and r["algorithm"] == "hmc"
+        ]
+        assert hmc[e["posterior"]]["ess_per_grad"] == pytest.approx(sum(runs) / 2)  # median of two
