@@ -1,86 +1,44 @@
-"""Study ``posteriordb-baseline``: NumPyro NUTS and HMC on every ported posteriordb posterior.
+"""Study ``posteriordb-baseline``: NUTS and HMC on every posteriordb port, NUTS on the Stan route.
 
 Per posterior and algorithm: gradient evaluations of the sampling phase, the smallest bulk
 ESS, ESS per gradient, the reference score (max z_mean, max |log sd ratio|, max quantile
 error, worst parameter, pass/fail) and wall time.  The peer of every later algorithm is
 NUTS: the table reports each algorithm's ESS/grad as a ratio to NUTS on the same posterior.
+
+Algorithms: ``nuts`` and ``hmc`` (NumPyro, on the NumPyro port) and ``stan-nuts`` (NumPyro's
+NUTS on the Stan program through :meth:`adapters.Target.from_stan`; needs the ``stan`` extra,
+g++, and a database that holds the Stan programs, i.e. a full posteriordb clone).  Runs go
+through :mod:`adapters.sweep`, so they are the same runs a sweep makes.
 """
 
 from __future__ import annotations
 
 import argparse
-import time
 from typing import Any
 
-from tqdm import tqdm
-
+from adapters import sweep
 from benchmarks._harness import ResultFile, table
 
-ALGORITHMS = ("nuts", "hmc")
-HMC_NUM_STEPS = 16
+ALGORITHMS = ("nuts", "hmc", "stan-nuts")
+COLUMNS = [
+    "posterior",
+    "algorithm",
+    "grad_evals",
+    "min_ess_bulk",
+    "ess_per_grad",
+    "ess_per_grad_vs_nuts",
+    "max_z_mean",
+    "max_quantile",
+    "worst",
+    "passed",
+    "wall_s",
+]
 
 
-def _kernel(name: str, model):
-    from numpyro.infer import HMC, NUTS
-
-    if name == "nuts":
-        return NUTS(model)
-    # static HMC: 16 leapfrog steps, step size (dual averaging) and diagonal mass matrix adapted.
-    # NumPyro's default fixed trajectory length 2*pi costs 2*pi/step_size gradients per draw,
-    # which on kidscore_momiq's badly scaled posterior (mom_iq ~ 100) runs for hours in warmup.
-    return HMC(model, num_steps=HMC_NUM_STEPS, trajectory_length=None)
-
-
-def run_one(
-    posterior: str,
-    algorithm: str,
-    num_warmup: int,
-    num_samples: int,
-    num_chains: int,
-    seed: int,
-    path: str | None = None,
-) -> dict[str, Any]:
-    """One (posterior, algorithm, seed) run: a pure function of its arguments."""
-    import jax
-    import numpy as np
-    from numpyro.infer import MCMC
-
-    from adapters import metrics, posteriordb
-
-    port = posteriordb.numpyro_model(posterior, path)
-    mcmc = MCMC(
-        _kernel(algorithm, port.model),
-        num_warmup=num_warmup,
-        num_samples=num_samples,
-        num_chains=num_chains,
-        chain_method="vectorized",
-        progress_bar=False,
-    )
-    start = time.perf_counter()
-    mcmc.run(jax.random.PRNGKey(seed), extra_fields=("num_steps", "diverging"), **port.data)
-    samples = mcmc.get_samples(group_by_chain=True)
-    jax.block_until_ready(samples)
-    wall = time.perf_counter() - start
-    extra = mcmc.get_extra_fields(group_by_chain=True)
-    grads = int(np.sum(extra["num_steps"]))
-    draws = metrics.flatten_draws(samples)
-    score = metrics.reference_score(draws, posteriordb.load(posterior, path).reference_draws)
-    summary = score.summary()
-    return {
-        "posterior": posterior,
-        "algorithm": algorithm,
-        "seed": seed,
-        "wall_s": wall,
-        "grad_evals": grads,
-        "divergences": int(np.sum(extra["diverging"])),
-        "min_ess_bulk": summary["min_ess"],
-        "ess_per_grad": summary["min_ess"] / grads,
-        "max_z_mean": summary["max_z_mean"],
-        "max_log_sd": summary["max_log_sd"],
-        "max_quantile": summary["max_quantile"],
-        "worst": summary["worst"],
-        "passed": summary["passed"],
-    }
+def _task(posterior: str, algorithm: str, config: dict[str, Any], seed: int, path: str | None) -> sweep.Task:
+    if algorithm == "stan-nuts":
+        return sweep.Task(posterior, "nuts", config["nuts"], seed, path, route="stan")
+    return sweep.Task(posterior, algorithm, config[algorithm], seed, path, route="port")
 
 
 def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
@@ -88,17 +46,14 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks posteriordb-baseline", description=__doc__)
     parser.add_argument("--posteriors", default="all", help="comma-separated names, or 'all' ported posteriors")
-    parser.add_argument("--algorithms", default=",".join(ALGORITHMS))
+    parser.add_argument("--algorithms", default="nuts,hmc", help=f"comma-separated, from {list(ALGORITHMS)}")
     parser.add_argument("--num-warmup", type=int, default=1000)
     parser.add_argument("--num-samples", type=int, default=1000)
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engine", choices=("serial", "dask"), default="serial")
     parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
     args = parser.parse_args(argv)
-
-    import jax
-
-    jax.config.update("jax_enable_x64", True)  # scores against posteriordb run in float64
 
     ported = posteriordb.ported_posteriors("numpyro", args.path)
     names = ported if args.posteriors == "all" else args.posteriors.split(",")
@@ -109,41 +64,38 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     for a in algorithms:
         if a not in ALGORITHMS:
             raise SystemExit(f"--algorithms: unknown {a!r}; known: {list(ALGORITHMS)}")
-    config = {k: v for k, v in vars(args).items() if k != "path"}
-    config["database"] = str(posteriordb.find_database(args.path))
-    out = ResultFile("posteriordb-baseline", config, out_dir)
-    grid = [(p, a) for p in names for a in algorithms]
+    common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
+    config = {a: sweep.get_algorithm(a).resolve(common) for a in ("nuts", "hmc")}
+    run_config = {k: v for k, v in vars(args).items() if k not in ("path", "engine")}
+    run_config["database"] = str(posteriordb.find_database(args.path))
+    out = ResultFile("posteriordb-baseline", run_config, out_dir)
+    tasks = {_task(p, a, config, args.seed, args.path).key: (p, a) for p in names for a in algorithms}
+    grid = [_task(p, a, config, args.seed, args.path) for p, a in tasks.values()]
+    executor = sweep.SerialExecutor() if args.engine == "serial" else sweep.DaskExecutor()
     try:
-        for posterior, algorithm in tqdm(grid, desc="posteriordb-baseline", unit="run"):
-            out.add(
-                run_one(posterior, algorithm, args.num_warmup, args.num_samples, args.num_chains, args.seed, args.path)
-            )
+        from tqdm.auto import tqdm
+
+        for row in tqdm(executor.map_unordered(grid), total=len(grid), desc="posteriordb-baseline", unit="run"):
+            row["algorithm"] = tasks[row["key"]][1]
+            out.add({k: v for k, v in row.items() if k not in ("key", "machine", "versions")})
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(out.data['runs'])} finished runs kept in {out.path}")
         raise
-    rows = out.data["runs"]
-    nuts = {r["posterior"]: r["ess_per_grad"] for r in rows if r["algorithm"] == "nuts"}
+    finally:
+        executor.close()
+    order = {key: i for i, key in enumerate((p, a) for p in names for a in algorithms)}
+    rows = sorted(out.data["runs"], key=lambda r: order[r["posterior"], r["algorithm"]])
+    out.data["runs"] = rows
+    nuts = {r["posterior"]: r["ess_per_grad"] for r in rows if r["algorithm"] == "nuts" and r["status"] == "ok"}
     for r in rows:
-        if r["posterior"] in nuts:
+        if r["status"] == "ok" and r["posterior"] in nuts:
             r["ess_per_grad_vs_nuts"] = r["ess_per_grad"] / nuts[r["posterior"]]
-    out.finish({"passed": sum(r["passed"] for r in rows), "runs": len(rows)})
-    print(
-        table(
-            rows,
-            [
-                "posterior",
-                "algorithm",
-                "grad_evals",
-                "min_ess_bulk",
-                "ess_per_grad",
-                "ess_per_grad_vs_nuts",
-                "max_z_mean",
-                "max_quantile",
-                "worst",
-                "passed",
-                "wall_s",
-            ],
-        )
-    )
-    print(f"\nwritten: {out.path}")
+    passed = {a: sum(bool(r.get("passed")) for r in rows if r["algorithm"] == a) for a in algorithms}
+    out.finish({"passed": passed, "posteriors": len(names), "failed_runs": sum(r["status"] != "ok" for r in rows)})
+    print(table(rows, COLUMNS))
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['posterior']} / {r['algorithm']}: {r['error'].splitlines()[-1]}")
+    print("\npassed the reference score: " + ", ".join(f"{a} {n}/{len(names)}" for a, n in passed.items()))
+    print(f"written: {out.path}")
     return out.data

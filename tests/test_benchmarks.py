@@ -52,7 +52,7 @@ def test_result_file_keeps_finished_runs_after_a_crash(tmp_path):
 def test_bad_names_are_listed(tmp_path):
     with pytest.raises(SystemExit, match="has no NumPyro port; ported posteriors: .*arK-arK"):
         posteriordb_baseline.main(["--posteriors", "nope", "--path", str(EMBEDDED_PATH)], out_dir=tmp_path)
-    with pytest.raises(SystemExit, match=r"unknown 'mala'; known: \['nuts', 'hmc'\]"):
+    with pytest.raises(SystemExit, match=r"unknown 'mala'; known: \['nuts', 'hmc', 'stan-nuts'\]"):
         posteriordb_baseline.main(["--algorithms", "mala", "--path", str(EMBEDDED_PATH)], out_dir=tmp_path)
 
 
