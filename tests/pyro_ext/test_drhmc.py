@@ -143,6 +143,22 @@ def test_funnel_model_with_two_sites():
     assert_ks(v, stats.norm(0.0, 3.0).cdf, "v")
 
 
+def test_model_with_a_plate_has_the_conjugate_posterior():
+    """A plate's index site is not a latent (the discrete-site check skips it); mu | y is normal."""
+
+    def model(y):
+        mu = pyro.sample("mu", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", len(y)):
+            pyro.sample("y", dist.Normal(mu, 1.0), obs=y)
+
+    y = torch.tensor([0.3, 1.1, -0.4, 2.0], dtype=torch.float64)
+    precision = 1.0 + len(y)
+    kernel = DRHMC(model, trajectory_length=1.5, max_proposals=2)
+    mu = run(kernel, y, warmup=200, samples=800, seed=2).get_samples()["mu"].numpy()
+    assert_mean(mu, float(y.sum()) / precision, precision**-0.5, "mu")
+    assert_variance(mu, float(y.sum()) / precision, 1.0 / precision, 0.0, "mu")
+
+
 def test_constrained_site_through_pyro_transforms():
     """sigma ~ HalfNormal(1), x | sigma ~ N(0, sigma): sampled as log(sigma) with its Jacobian."""
 
