@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=("serial", "dask"), default="serial")
     parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
+    parser.add_argument(
+        "--store", default=None, help="a sweep store: take finished runs from it (same keys) and add the new ones"
+    )
     args = parser.parse_args(argv)
 
     ported = posteriordb.ported_posteriors("numpyro", args.path)
@@ -71,18 +74,32 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     out = ResultFile("posteriordb-baseline", run_config, out_dir)
     tasks = {_task(p, a, config, args.seed, args.path).key: (p, a) for p in names for a in algorithms}
     grid = [_task(p, a, config, args.seed, args.path) for p, a in tasks.values()]
+    store = sweep.SweepStore(args.store) if args.store else None
+    stored = {r["key"]: r for r in store.rows()} if store else {}
     executor = sweep.SerialExecutor() if args.engine == "serial" else sweep.DaskExecutor()
+
+    def record(row: dict[str, Any]) -> None:
+        row = {**row, "algorithm": tasks[row["key"]][1]}
+        out.add({k: v for k, v in row.items() if k not in ("key", "machine", "versions")})
+
     try:
         from tqdm.auto import tqdm
 
-        for row in tqdm(executor.map_unordered(grid), total=len(grid), desc="posteriordb-baseline", unit="run"):
-            row["algorithm"] = tasks[row["key"]][1]
-            out.add({k: v for k, v in row.items() if k not in ("key", "machine", "versions")})
+        for task in grid:
+            if task.key in stored:
+                record(stored[task.key])
+        todo = [t for t in grid if t.key not in stored]
+        for row in tqdm(executor.map_unordered(todo), total=len(todo), desc="posteriordb-baseline", unit="run"):
+            if store is not None:
+                store.add(row)
+            record(row)
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(out.data['runs'])} finished runs kept in {out.path}")
         raise
     finally:
         executor.close()
+        if store is not None:
+            store.close()
     order = {key: i for i, key in enumerate((p, a) for p in names for a in algorithms)}
     rows = sorted(out.data["runs"], key=lambda r: order[r["posterior"], r["algorithm"]])
     out.data["runs"] = rows

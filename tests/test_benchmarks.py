@@ -67,3 +67,34 @@ def test_score_calibration_pass_rate(tmp_path):
 def test_table_formats_floats():
     text = _harness.table([{"a": 0.123456, "b": "x"}], ["a", "b"])
     assert text.splitlines()[2] == "| 0.123 | x |"
+
+
+def test_baseline_reuses_the_runs_of_a_sweep_store(tmp_path, monkeypatch):
+    from adapters import sweep
+
+    args = [
+        "--posteriors",
+        "eight_schools-eight_schools_noncentered",
+        "--algorithms",
+        "hmc",
+        "--num-warmup",
+        "100",
+        "--num-samples",
+        "100",
+        "--num-chains",
+        "1",
+        "--path",
+        str(EMBEDDED_PATH),
+        "--store",
+        str(tmp_path / "runs.sqlite"),
+    ]
+    first = posteriordb_baseline.main(args, out_dir=tmp_path / "a")
+    assert len(sweep.SweepStore(tmp_path / "runs.sqlite").rows()) == 1
+
+    def no_new_runs(task):
+        raise AssertionError(f"ran {task} again")
+
+    monkeypatch.setattr(sweep, "run_task", no_new_runs)
+    second = posteriordb_baseline.main(args, out_dir=tmp_path / "b")
+    fields = ("posterior", "algorithm", "seed", "grad_evals", "min_ess_bulk", "max_z_mean", "passed", "status")
+    assert [{k: r[k] for k in fields} for r in second["runs"]] == [{k: r[k] for k in fields} for r in first["runs"]]
