@@ -220,15 +220,47 @@ class Target(ABC):
         return _FunctionTarget(fn, dim, grad, names, name)
 
     @staticmethod
+    def from_stan(stan_code: str, data: Mapping[str, Any] | None = None, name: str | None = None) -> Target:
+        """The posterior of a Stan program given its data (a mapping from the data block's names to values).
+
+        The program is translated by httpstan's stanc and compiled once with g++ into a small
+        in-process module (30-60 s; cached on disk, see ``docs/stan.rst``).  The
+        log density is Stan's ``log_prob`` with the Jacobian of the constraining transforms;
+        ``x`` is Stan's unconstrained vector (parameters in declaration order, column-major),
+        ``constrain`` returns the parameters, transformed parameters and generated quantities.
+
+        A program that does not compile raises a ``ValueError`` with stanc's message, data
+        that do not match the data block a ``ValueError`` with Stan's message, a missing C++
+        compiler a ``RuntimeError``, and a missing pystan an ``ImportError``
+        (``pip install ppl-ext[stan]``).
+        """
+        from adapters.stan import _StanTarget
+
+        return _StanTarget(stan_code, {} if data is None else data, name)
+
+    @staticmethod
     def from_posteriordb(name: str, backend: str = "numpyro", path: str | None = None) -> Target:
         """The posterior ``name`` of a posteriordb database through its port in ``backend``.
 
-        ``backend`` is ``"numpyro"`` or ``"pyro"``; the database is found as in
-        :func:`adapters.posteriordb.find_database`.
+        ``backend`` is ``"numpyro"``, ``"pyro"`` or ``"stan"``; the database is found as in
+        :func:`adapters.posteriordb.find_database`.  ``"stan"`` compiles the database's own
+        Stan program (``models/stan/<model>.stan``, held by a full clone of
+        stan-dev/posteriordb) with :meth:`from_stan`, so it needs no port.
         """
         from adapters import posteriordb
 
-        check_choice("backend", backend, ("numpyro", "pyro"))
+        check_choice("backend", backend, ("numpyro", "pyro", "stan"))
+        if backend == "stan":
+            posterior = posteriordb.load(name, path)
+            if posterior.stan_code is None:
+                folder = posterior.database or posteriordb.find_database(path)
+                raise FileNotFoundError(
+                    f"the posteriordb database at {folder} has no Stan program for model {posterior.model_name!r} "
+                    f"(expected {folder / 'models' / 'stan' / (posterior.model_name + '.stan')}): use a full clone "
+                    "of stan-dev/posteriordb (path=... or $POSTERIOR_DB_PATH), or pass the program to "
+                    "Target.from_stan(stan_code, data)"
+                )
+            return Target.from_stan(posterior.stan_code, posterior.data, name=name)
         port = posteriordb.numpyro_model(name, path) if backend == "numpyro" else posteriordb.pyro_model(name, path)
         factory = Target.from_numpyro if backend == "numpyro" else Target.from_pyro
         return factory(port.model, name=name, **port.data)
