@@ -447,7 +447,7 @@ class DaskExecutor:
                 threads_per_worker=1,
                 processes=True,
                 env=dict(SINGLE_THREAD_ENV),
-                dashboard_address=None,
+                dashboard_address=":0",  # a free port: no clash with a running dashboard
             )
             self.client = Client(self._cluster)
         else:
