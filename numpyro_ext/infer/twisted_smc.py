@@ -243,6 +243,7 @@ class SMCOutput(NamedTuple):
     ancestors: jax.Array
     ess: jax.Array
     resampled: jax.Array
+    extras: dict | None = None
 
 
 def _stack_args(step_args: Sequence[Any], num_steps: int | None) -> tuple[tuple, int]:
@@ -374,6 +375,165 @@ def run_filter(
         ancestors=ancestors,
         ess=jnp.concatenate([effective_sample_size(first.log_weight)[None], ess]),
         resampled=resampled,
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Autoregressive token models (the language-model case)
+# ---------------------------------------------------------------------------------------
+class TokenModel:
+    """An autoregressive model over token sequences ``x_{1:T}`` in ``{0..V-1}`` and a potential.
+
+    ``next_token_log_probs(tokens, position) -> (V,)``: ``log p0(x_{position+1} = v | prefix)``
+    where the prefix is ``tokens[:position]`` of the fixed-length buffer ``tokens`` (shape
+    ``(T,)``, int; entries from ``position`` on are padding and must be ignored);
+    ``log_potential(tokens) -> ()``: ``log phi(x_{1:T})`` of a full sequence (``-inf`` allowed).
+    The target is ``sigma(x) ∝ p0(x) phi(x)`` and ``Z = E_{p0}[phi]``.
+
+    Twists for token models are ``twist(tokens, position) -> (V,)`` (or, learnable,
+    ``twist(params, tokens, position)``): ``log psi_{position+1}`` of the prefix extended by
+    each candidate next token.  ``psi_T = phi`` is used at the last position.
+    """
+
+    def __init__(self, next_token_log_probs: Callable, log_potential: Callable, vocab_size: int, length: int):
+        if not callable(next_token_log_probs) or not callable(log_potential):
+            raise TypeError("TokenModel: next_token_log_probs and log_potential must be callables")
+        self.next_token_log_probs = next_token_log_probs
+        self.log_potential = log_potential
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.length = check_positive_int("length", length)
+
+
+class TabularTwist:
+    """Learnable token twist ``log psi_t(x_{1:t}) = sum_{s<=t} u[s, x_s] + w[t, x_t]`` (params ``(T, V)`` each).
+
+    Exact for Markov ``p0`` with an additive log-potential ``sum_t g[t, x_t]`` (``u = g``,
+    ``w = log E[exp(sum_{s>t} g[s, x_s]) | x_t]``), so tests can check learned twists
+    against the optimal ones.
+    """
+
+    def __init__(self, vocab_size: int, length: int):
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.length = check_positive_int("length", length)
+
+    def init(self, rng_key: jax.Array) -> dict[str, jax.Array]:
+        del rng_key
+        shape = (self.length, self.vocab_size)
+        return {"u": jnp.zeros(shape), "w": jnp.zeros(shape)}
+
+    def __call__(self, params: Mapping[str, jax.Array], tokens: jax.Array, position: jax.Array) -> jax.Array:
+        past = jnp.arange(self.length) < position
+        history = jnp.sum(jnp.where(past, params["u"][jnp.arange(self.length), tokens], 0.0))
+        return history + params["u"][position] + params["w"][position]
+
+
+def run_token_filter(
+    rng_key: jax.Array,
+    model: TokenModel,
+    num_particles: int,
+    *,
+    proposal: str | None = None,
+    twist: Callable | None = None,
+    twist_params: Any = None,
+    resampling: str = "systematic",
+    ess_threshold: float = 0.5,
+    clamp: tuple[tuple, tuple] | None = None,
+) -> SMCOutput:
+    """(Twisted, conditional) SMC over the tokens of a :class:`TokenModel` (the paper's Alg. 1).
+
+    At position ``t`` each particle's prefix ``s`` is extended by ``v`` from the
+    twist-induced proposal ``q(v | s) ∝ p0(v | s) psi_{t+1}(s, v)`` (``proposal=None``; its
+    incremental weight ``sum_v p0(v | s) psi_{t+1}(s, v) / psi_t(s)`` does not depend on
+    ``v``) or from ``p0`` (``proposal="prior"``, weight ``psi_{t+1}(s, v) / psi_t(s)``).
+    ``extras`` holds, per position, the prefixes the moves started from (``(T, N, T)``) and
+    the log weights of every (prefix, next token) pair under ``pi_{t+1}`` and under the
+    untwisted ``p0`` (``(T, N, V)``), which twist learning uses to average over ``v`` exactly.
+    """
+    T, V = model.length, model.vocab_size
+
+    def log_twist_next(tokens, position):
+        if twist is None:
+            return jnp.zeros(V)
+        value = twist(tokens, position) if twist_params is None else twist(twist_params, tokens, position)
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    def log_phi_next(tokens, position):
+        candidates = jax.vmap(lambda v: tokens.at[position].set(v))(jnp.arange(V, dtype=tokens.dtype))
+        value = jax.vmap(model.log_potential)(candidates)
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    def body(carry, inputs):
+        tokens, log_w, log_psi, log_Z, key = carry
+        position, clamp_token = inputs
+        key, resample_key, move_key = jax.random.split(key, 3)
+        ess = effective_sample_size(log_w)
+        do_resample = ess < ess_threshold * num_particles
+        index = jnp.where(do_resample, resample(resample_key, log_w, resampling), jnp.arange(num_particles))
+        if clamp is not None:
+            index = index.at[0].set(0)
+        log_w = jnp.where(do_resample, jnp.zeros_like(log_w), log_w)
+        tokens, log_psi = tokens[index], log_psi[index]
+        log_p0 = jax.vmap(model.next_token_log_probs, in_axes=(0, None))(tokens, position)
+        log_p0 = jnp.where(jnp.isnan(log_p0), -jnp.inf, log_p0)
+        log_psi_next = jax.lax.cond(
+            position == T - 1,
+            lambda tk: jax.vmap(log_phi_next, in_axes=(0, None))(tk, position),
+            lambda tk: jax.vmap(log_twist_next, in_axes=(0, None))(tk, position),
+            tokens,
+        )
+        log_target = log_p0 + log_psi_next  # (N, V): pi_{t+1}(s, v) / pi-normaliser, up to psi_t(s)
+        if proposal is None:
+            total = logsumexp(log_target, axis=1)
+            log_q = jnp.where(jnp.isfinite(total)[:, None], log_target - total[:, None], -math.log(V))
+        else:
+            log_q = log_p0
+        choice = jax.random.categorical(move_key, log_q, axis=1).astype(tokens.dtype)
+        if clamp is not None:
+            choice = choice.at[0].set(clamp_token)
+        chosen_psi = jnp.take_along_axis(log_psi_next, choice[:, None], axis=1)[:, 0]
+        if proposal is None:
+            increment = logsumexp(log_target, axis=1) - log_psi
+        else:
+            increment = chosen_psi - log_psi
+        increment = jnp.where(jnp.isnan(increment), -jnp.inf, increment)
+        pair_log_w = log_w[:, None] + log_target - log_psi[:, None]
+        pair_log_w_base = log_w[:, None] - log_psi[:, None] + log_p0
+        new_tokens = tokens.at[:, position].set(choice)
+        new_log_w = log_w + increment
+        before = _safe_logsumexp(log_w)
+        log_Z = jnp.where(jnp.isfinite(before), log_Z + _safe_logsumexp(new_log_w) - before, -jnp.inf)
+        out = (
+            choice,
+            new_tokens,
+            new_log_w,
+            chosen_psi,
+            index,
+            effective_sample_size(new_log_w),
+            do_resample,
+            tokens,
+            pair_log_w,
+            pair_log_w_base,
+        )
+        return (new_tokens, new_log_w, chosen_psi, log_Z, key), out
+
+    tokens = jnp.zeros((num_particles, T), dtype=jnp.int32)
+    zeros = jnp.zeros(num_particles)
+    clamp_tokens = jnp.zeros(T, dtype=jnp.int32) if clamp is None else jnp.asarray(clamp[1][0], dtype=jnp.int32)
+    carry = (tokens, zeros, zeros, jnp.zeros(()), rng_key)
+    (_, log_w, _, log_Z, _), outs = jax.lax.scan(body, carry, (jnp.arange(T), clamp_tokens))
+    choice, states, step_log_w, step_psi, ancestors, ess, resampled, prefixes, pair_w, pair_w_base = outs
+    return SMCOutput(
+        log_Z=log_Z,
+        log_weights=log_w,
+        init_latents=(),
+        step_latents=(choice,),
+        states={"tokens": jnp.concatenate([tokens[None], states])},
+        step_log_weights=jnp.concatenate([zeros[None], step_log_w]),
+        log_twists=jnp.concatenate([zeros[None], step_psi]),
+        ancestors=ancestors,
+        ess=jnp.concatenate([jnp.full((1,), float(num_particles)), ess]),
+        resampled=resampled,
+        extras={"prefixes": prefixes, "pair_log_weights": pair_w, "pair_log_weights_untwisted": pair_w_base},
     )
 
 
@@ -517,8 +677,11 @@ class TwistedSMC:
         ess_threshold: float = 0.5,
         twist_params: Any = None,
     ):
+        self.tokens = isinstance(model, TokenModel)
+        if self.tokens and proposal not in (None, "prior"):
+            raise ValueError(f"proposal: for a TokenModel expected None (twist-induced) or 'prior', got {proposal!r}")
         for obj, role in ((model, "model"), (proposal, "proposal")):
-            if obj is None and role == "proposal":
+            if (obj is None and role == "proposal") or self.tokens:
                 continue
             if not (callable(getattr(obj, "init", None)) and callable(getattr(obj, "step", None))):
                 raise TypeError(
@@ -548,6 +711,19 @@ class TwistedSMC:
             names: dict = {}
 
             def fn(key, step_args, init_args, params, clamp):
+                if self.tokens:
+                    names.update(init=[], step=["token"])
+                    return run_token_filter(
+                        key,
+                        self.model,
+                        num_particles,
+                        proposal=self.proposal,
+                        twist=self.twist,
+                        twist_params=params if self.learnable else None,
+                        resampling=self.resampling,
+                        ess_threshold=ess_threshold,
+                        clamp=clamp,
+                    )
                 return run_filter(
                     key,
                     self.model,
@@ -678,10 +854,33 @@ class TwistedSMC:
         step_args, init_args = tuple(step_args), tuple(init_args)
         single, _, names = self._filter(num_particles, self.ess_threshold, False)
         positives = None
-        if exact_samples is not None:
+        if exact_samples is not None and self.tokens:
+            positives = jnp.asarray(_clamp_paths(exact_samples, None)[1][0], dtype=jnp.int32)
+        elif exact_samples is not None:
             positives = self._replay_states(exact_samples, step_args, init_args)
 
+        def token_loss_fn(params, output, positive_tokens, positive_weights):
+            positions = jnp.arange(self.model.length - 1)  # psi_T = phi is not learned
+            twist = jax.vmap(self.twist, in_axes=(None, 0, None))  # over sequences
+
+            def positive(position):
+                chosen = positive_tokens[:, position]
+                return jnp.take_along_axis(twist(params, positive_tokens, position), chosen[:, None], 1)[:, 0]
+
+            log_psi_pos = jax.vmap(positive)(positions)  # (T - 1, M)
+            log_psi_pairs = jax.vmap(lambda p: twist(params, output.extras["prefixes"][p], p))(positions)  # (T-1, N, V)
+            key = "pair_log_weights" if method == "ctl" else "pair_log_weights_untwisted"
+            pairs = jax.lax.stop_gradient(output.extras[key][:-1])
+            w_pairs = jax.vmap(lambda w: normalized_weights(w.ravel()).reshape(w.shape))(pairs)
+            if method == "ctl":
+                return -jnp.sum(positive_weights * log_psi_pos) + jnp.sum(w_pairs * log_psi_pairs)
+            return -jnp.sum(positive_weights * jax.nn.log_sigmoid(log_psi_pos)) - jnp.sum(
+                w_pairs * jax.nn.log_sigmoid(-log_psi_pairs)
+            )
+
         def loss_fn(params, output, positive_states, positive_weights):
+            if self.tokens:
+                return token_loss_fn(params, output, positive_states, positive_weights)
             T1 = output.step_log_weights.shape[0]
             ts = jnp.arange(T1 - 1)  # psi_T = 1 is not learned
             twist = jax.vmap(jax.vmap(self.twist, in_axes=(None, None, 0)), in_axes=(None, 0, 0))
@@ -701,7 +900,10 @@ class TwistedSMC:
         @jax.jit
         def update(params, opt_state, key):
             output = jax.lax.stop_gradient(single(key, step_args, init_args, params, None))
-            if positives is None:
+            if positives is None and self.tokens:
+                states = output.states["tokens"][-1]
+                weights = normalized_weights(output.log_weights)[None, :]
+            elif positives is None:
                 _, _, states = paths(output)
                 weights = normalized_weights(output.log_weights)[None, :]
             else:

@@ -19,6 +19,8 @@ import optax  # noqa: E402
 from numpyro_ext.infer import TwistedSMC  # noqa: E402
 from numpyro_ext.infer.twisted_smc import (  # noqa: E402
     QuadraticTwist,
+    TabularTwist,
+    TokenModel,
     normalized_weights,
     resample,
     run_filter,
@@ -321,3 +323,99 @@ def test_impossible_observations_give_minus_inf_and_a_warning():
         result = TwistedSMC(Impossible(), num_particles=8).run(jax.random.PRNGKey(0), jnp.zeros(3))
     assert result.log_Z == -math.inf
     assert not np.any(np.isnan(np.asarray(result.log_weights)))
+
+
+# ---------------------------------------------------------------------------------------
+# Token models: a Markov "toy language model" with an additive potential (exact answers)
+# ---------------------------------------------------------------------------------------
+V, LENGTH = 4, 6
+
+
+@pytest.fixture(scope="module")
+def toy_lm():
+    rng = np.random.default_rng(0)
+    hmm = ref.random_token_hmm(rng, V)
+    g = 1.5 * rng.normal(size=(LENGTH, V))
+    log_pi, log_M, G = jnp.asarray(hmm.log_pi), jnp.asarray(hmm.log_M), jnp.asarray(g)
+
+    def next_token_log_probs(tokens, position):
+        return jnp.where(position == 0, log_pi, log_M[tokens[jnp.maximum(position - 1, 0)]])
+
+    def log_potential(tokens):
+        return jnp.sum(G[jnp.arange(LENGTH), tokens])
+
+    exact = ref.sample_exact_additive(hmm, g, rng, 512)
+    return {
+        "model": TokenModel(next_token_log_probs, log_potential, V, LENGTH),
+        "log_Z": ref.exact_log_Z_additive(hmm, g),
+        "optimal": {"u": G, "w": jnp.asarray(ref.optimal_log_twists_additive(hmm, g))},
+        "exact": {"init": {}, "step": {"token": jnp.asarray(exact)}},
+        "target": ref.enumerate_target(hmm, ref.additive_log_phi(g), LENGTH),
+    }
+
+
+@pytest.mark.parametrize("proposal", [None, "prior"])
+def test_token_Z_hat_is_unbiased(toy_lm, proposal):
+    smc = TwistedSMC(toy_lm["model"], num_particles=64, proposal=proposal)
+    ratio = np.exp(np.asarray(smc.log_Z_samples(jax.random.PRNGKey(0), num_runs=400)) - toy_lm["log_Z"])
+    assert abs(ratio.mean() - 1.0) < 4 * ratio.std(ddof=1) / math.sqrt(len(ratio)), ratio.mean()
+
+
+@pytest.mark.parametrize("resampling", ["multinomial", "stratified"])
+def test_optimal_token_twists_give_exact_log_Z_and_exact_samples(toy_lm, resampling):
+    smc = TwistedSMC(
+        toy_lm["model"],
+        num_particles=4000,
+        twist=TabularTwist(V, LENGTH),
+        twist_params=toy_lm["optimal"],
+        resampling=resampling,
+    )
+    np.testing.assert_allclose(
+        np.asarray(smc.log_Z_samples(jax.random.PRNGKey(1), num_runs=4)), toy_lm["log_Z"], atol=1e-10, rtol=0
+    )
+    result = smc.run(jax.random.PRNGKey(2))
+    assert np.ptp(np.asarray(result.log_weights)) < 1e-9  # every particle an exact, equally weighted draw
+    tokens = np.asarray(result.get_samples()["step"]["token"])
+    sequences, probs = toy_lm["target"]
+    for position in range(LENGTH):
+        exact = np.array([probs[sequences[:, position] == v].sum() for v in range(V)])
+        freq = np.bincount(tokens[:, position], minlength=V) / len(tokens)
+        se = np.sqrt(exact * (1 - exact) / len(tokens)) + 1e-12
+        assert np.all(np.abs(freq - exact) < 4 * se), (position, freq, exact)
+
+
+def test_token_bounds_sandwich_the_exact_log_Z(toy_lm):
+    bounds = TwistedSMC(toy_lm["model"], num_particles=4).log_Z_bounds(
+        jax.random.PRNGKey(3), exact_samples=toy_lm["exact"], num_runs=64
+    )
+    assert bounds.smc_lower + 4 * bounds.smc_lower_se < toy_lm["log_Z"]
+    assert bounds.csmc_upper - 4 * bounds.csmc_upper_se > toy_lm["log_Z"]
+    assert bounds.iwae_upper - 4 * bounds.iwae_upper_se > toy_lm["log_Z"]
+
+
+@pytest.mark.parametrize("method", ["ctl", "sixo"])
+def test_learned_token_twists_cut_the_variance_tenfold(toy_lm, method):
+    plain = TwistedSMC(toy_lm["model"], num_particles=64)
+    smc = TwistedSMC(toy_lm["model"], num_particles=64, twist=TabularTwist(V, LENGTH))
+    smc.fit_twists(
+        jax.random.PRNGKey(4), method=method, num_steps=400, optimizer=optax.adam(5e-2), exact_samples=toy_lm["exact"]
+    )
+    var_plain = float(jnp.var(plain.log_Z_samples(jax.random.PRNGKey(5), num_runs=200)))
+    var_learned = float(jnp.var(smc.log_Z_samples(jax.random.PRNGKey(5), num_runs=200)))
+    assert var_learned < 0.1 * var_plain, (var_learned, var_plain)
+
+
+def test_ctl_without_exact_samples_learns_from_its_own_particles(toy_lm):
+    plain = TwistedSMC(toy_lm["model"], num_particles=64)
+    smc = TwistedSMC(toy_lm["model"], num_particles=64, twist=TabularTwist(V, LENGTH))
+    smc.fit_twists(jax.random.PRNGKey(6), num_steps=400, optimizer=optax.adam(5e-2))
+    var_plain = float(jnp.var(plain.log_Z_samples(jax.random.PRNGKey(5), num_runs=200)))
+    var_learned = float(jnp.var(smc.log_Z_samples(jax.random.PRNGKey(5), num_runs=200)))
+    assert var_learned < 0.25 * var_plain, (var_learned, var_plain)
+
+
+def test_token_model_arguments_are_checked(toy_lm):
+    with pytest.raises(ValueError, match="proposal: for a TokenModel expected None"):
+        TwistedSMC(toy_lm["model"], proposal="guide")
+    with pytest.raises(ValueError, match="vocab_size"):
+        TokenModel(lambda t, p: t, lambda t: 0.0, 0, 3)
