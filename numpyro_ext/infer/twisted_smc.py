@@ -57,6 +57,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 from numpyro import handlers
 
+from adapters.smc import LogZBounds, combine_bounds
 from adapters.validation import check_choice, check_positive_int
 
 RESAMPLING = ("multinomial", "systematic", "stratified")
@@ -622,35 +623,6 @@ class SMCResult:
         return idata
 
 
-class LogZBounds(NamedTuple):
-    """Bounds on ``log Z`` (means over repeats, each with its Monte Carlo standard error).
-
-    ``sis_lower``: IWAE/SIS (no resampling); ``smc_lower``: SMC; ``iwae_upper``: SIS with one
-    sample exact; ``csmc_upper``: conditional SMC (NaN without exact samples).
-    ``kl_q_sigma`` and ``kl_sigma_q``: ``(low, high)`` intervals for ``KL(q || sigma)`` and
-    ``KL(sigma || q)`` of the one-particle (twisted) proposal path distribution, from the
-    single-sample bounds ``E_q log w`` and ``E_sigma log w`` and the sandwich on ``log Z``.
-    """
-
-    sis_lower: float
-    sis_lower_se: float
-    smc_lower: float
-    smc_lower_se: float
-    iwae_upper: float
-    iwae_upper_se: float
-    csmc_upper: float
-    csmc_upper_se: float
-    kl_q_sigma: tuple[float, float]
-    kl_sigma_q: tuple[float, float]
-
-
-def _mean_se(values: jax.Array) -> tuple[float, float]:
-    values = np.asarray(values, dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        return float(np.mean(values)), math.nan
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else math.nan
-
-
 # ---------------------------------------------------------------------------------------
 # The user-facing object
 # ---------------------------------------------------------------------------------------
@@ -799,24 +771,14 @@ class TwistedSMC:
         never = 0.0  # SIS/IWAE: no resampling
         sis = self.log_Z_samples(keys[0], *step_args, ess_threshold=never, **common)
         smc = self.log_Z_samples(keys[1], *step_args, **common)
-        nan2 = (math.nan, math.nan)
         if exact_samples is None:
-            return LogZBounds(*_mean_se(sis), *_mean_se(smc), *nan2, *nan2, nan2, nan2)
+            return combine_bounds(sis, smc)
         iwae = self.log_Z_samples(keys[2], *step_args, ess_threshold=never, exact_samples=exact_samples, **common)
         csmc = self.log_Z_samples(keys[3], *step_args, exact_samples=exact_samples, **common)
         one = dict(num_runs=num_runs, num_particles=1, init_args=init_args, ess_threshold=never)
-        elbo = float(jnp.mean(self.log_Z_samples(keys[4], *step_args, **one)))
-        eubo = float(jnp.mean(self.log_Z_samples(keys[5], *step_args, exact_samples=exact_samples, **one)))
-        lower = max(float(jnp.mean(sis)), float(jnp.mean(smc)))
-        upper = min(float(jnp.mean(iwae)), float(jnp.mean(csmc)))
-        return LogZBounds(
-            *_mean_se(sis),
-            *_mean_se(smc),
-            *_mean_se(iwae),
-            *_mean_se(csmc),
-            kl_q_sigma=(max(lower - elbo, 0.0), max(upper - elbo, 0.0)),
-            kl_sigma_q=(max(eubo - upper, 0.0), max(eubo - lower, 0.0)),
-        )
+        elbo = self.log_Z_samples(keys[4], *step_args, **one)
+        eubo = self.log_Z_samples(keys[5], *step_args, exact_samples=exact_samples, **one)
+        return combine_bounds(sis, smc, iwae, csmc, elbo, eubo)
 
     # ---- twist learning ---------------------------------------------------------------
     def fit_twists(
