@@ -2,7 +2,7 @@
 
 import sys
 
-from benchmarks import drhmc, posteriordb_baseline, report, score_calibration, sweep
+from benchmarks import drhmc, posteriordb_baseline, report, score_calibration, sweep, twisted_smc
 
 STUDIES = {
     "drhmc": drhmc.main,
@@ -10,6 +10,7 @@ STUDIES = {
     "score-calibration": score_calibration.main,
     "sweep": sweep.main,
     "report": report.main,
+    "twisted-smc": twisted_smc.main,
 }
 
 
