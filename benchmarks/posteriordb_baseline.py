@@ -35,10 +35,10 @@ COLUMNS = [
 ]
 
 
-def _task(posterior: str, algorithm: str, config: dict[str, Any], seed: int, path: str | None) -> sweep.Task:
+def _task(posterior: str, algorithm: str, config: dict[str, Any], seed: int, path: str | None, timeout=None):
     if algorithm == "stan-nuts":
-        return sweep.Task(posterior, "nuts", config["nuts"], seed, path, route="stan")
-    return sweep.Task(posterior, algorithm, config[algorithm], seed, path, route="port")
+        return sweep.Task(posterior, "nuts", config["nuts"], seed, path, route="stan", timeout=timeout)
+    return sweep.Task(posterior, algorithm, config[algorithm], seed, path, route="port", timeout=timeout)
 
 
 def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=("serial", "dask"), default="serial")
+    parser.add_argument("--timeout-per-run", type=float, default=None, help="seconds; runs then go to child processes")
     parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
     parser.add_argument(
         "--store", default=None, help="a sweep store: take finished runs from it (same keys) and add the new ones"
@@ -69,11 +70,11 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
             raise SystemExit(f"--algorithms: unknown {a!r}; known: {list(ALGORITHMS)}")
     common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
     config = {a: sweep.get_algorithm(a).resolve(common) for a in ("nuts", "hmc")}
-    run_config = {k: v for k, v in vars(args).items() if k not in ("path", "engine")}
+    run_config = {k: v for k, v in vars(args).items() if k not in ("path", "engine", "timeout_per_run")}
     run_config["database"] = str(posteriordb.find_database(args.path))
     out = ResultFile("posteriordb-baseline", run_config, out_dir)
     tasks = {_task(p, a, config, args.seed, args.path).key: (p, a) for p in names for a in algorithms}
-    grid = [_task(p, a, config, args.seed, args.path) for p, a in tasks.values()]
+    grid = [_task(p, a, config, args.seed, args.path, args.timeout_per_run) for p, a in tasks.values()]
     store = sweep.SweepStore(args.store) if args.store else None
     stored = {r["key"]: r for r in store.rows()} if store else {}
     executor = sweep.SerialExecutor() if args.engine == "serial" else sweep.DaskExecutor()
