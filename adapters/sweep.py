@@ -195,14 +195,7 @@ def _pin_threads() -> None:
 
 def run_task(task: Task) -> dict[str, Any]:
     """Execute one run in this process and return its store row (never raises)."""
-    row: dict[str, Any] = {
-        "key": task.key,
-        "posterior": task.posterior,
-        "algorithm": task.algorithm,
-        "config": dict(task.config),
-        "seed": task.seed,
-        "route": task.route,
-    }
+    row = _key_row(task)
     start = time.perf_counter()
     try:
         from adapters import metrics, posteriordb
@@ -272,29 +265,27 @@ def _run_in_child(task: Task) -> dict[str, Any]:
     return json.loads(last[0])
 
 
+def _key_row(task: Task) -> dict[str, Any]:
+    """The columns of a row that identify its run."""
+    fields = ("posterior", "algorithm", "seed", "route")
+    return {"key": task.key, "config": dict(task.config), **{f: getattr(task, f) for f in fields}}
+
+
 def _failed_row(task: Task, error: str, wall: float) -> dict[str, Any]:
-    return {
-        "key": task.key,
-        "posterior": task.posterior,
-        "algorithm": task.algorithm,
-        "config": dict(task.config),
-        "seed": task.seed,
-        "route": task.route,
-        "status": "failed",
-        "error": error,
-        "wall_s": wall,
-    }
+    return {**_key_row(task), "status": "failed", "error": error, "wall_s": wall}
 
 
 def machine() -> dict[str, Any]:
+    """Platform, Python version and CPU count of this machine."""
     return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
 
 
-def versions() -> dict[str, str | None]:
+def versions(packages: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
+    """Installed versions of ``packages`` (``None`` for a missing one)."""
     import importlib.metadata
 
     out: dict[str, str | None] = {}
-    for name in _PACKAGES:
+    for name in packages:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:

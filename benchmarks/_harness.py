@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.metadata
 import json
-import os
-import platform
 from pathlib import Path
 from typing import Any
+
+from adapters import sweep
 
 RESULTS_DIR = Path(__file__).parent / "results"
 _PACKAGES = ["ppl-ext", "numpy", "jax", "numpyro", "torch", "pyro-ppl", "arviz", "posteriordb"]
 
 
 def machine() -> dict[str, Any]:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()}
+    return sweep.machine()
 
 
 def versions() -> dict[str, str | None]:
-    out = {}
-    for name in _PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return sweep.versions(_PACKAGES)
 
 
 class ResultFile:
