@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     parser.add_argument("--num-chains", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--engine", choices=("serial", "dask"), default="serial")
+    parser.add_argument("--csv", default=None, help="also write the table as CSV (for the docs' csv-table)")
     parser.add_argument("--timeout-per-run", type=float, default=None, help="seconds; runs then go to child processes")
     parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
     parser.add_argument(
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
             raise SystemExit(f"--algorithms: unknown {a!r}; known: {list(ALGORITHMS)}")
     common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
     config = {a: sweep.get_algorithm(a).resolve(common) for a in ("nuts", "hmc")}
-    run_config = {k: v for k, v in vars(args).items() if k not in ("path", "engine", "timeout_per_run")}
+    run_config = {k: v for k, v in vars(args).items() if k not in ("path", "engine", "timeout_per_run", "csv")}
     run_config["database"] = str(posteriordb.find_database(args.path))
     out = ResultFile("posteriordb-baseline", run_config, out_dir)
     tasks = {_task(p, a, config, args.seed, args.path).key: (p, a) for p in names for a in algorithms}
@@ -111,9 +112,31 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     passed = {a: sum(bool(r.get("passed")) for r in rows if r["algorithm"] == a) for a in algorithms}
     out.finish({"passed": passed, "posteriors": len(names), "failed_runs": sum(r["status"] != "ok" for r in rows)})
     print(table(rows, COLUMNS))
+    if args.csv:
+        _write_csv(rows, args.csv)
     for r in rows:
         if r["status"] != "ok":
             print(f"{r['posterior']} / {r['algorithm']}: {r['error'].splitlines()[-1]}")
     print("\npassed the reference score: " + ", ".join(f"{a} {n}/{len(names)}" for a, n in passed.items()))
     print(f"written: {out.path}")
     return out.data
+
+
+def _write_csv(rows: list[dict[str, Any]], path: str) -> None:
+    import csv
+
+    def fmt(v: Any) -> Any:
+        return f"{v:.3g}" if isinstance(v, float) else ("" if v is None else v)
+
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(COLUMNS)
+        for r in rows:
+            writer.writerow(
+                [
+                    fmt(r.get(c))
+                    if r["status"] == "ok" or c in ("posterior", "algorithm")
+                    else ("failed" if c == "passed" else "")
+                    for c in COLUMNS
+                ]
+            )
