@@ -9,6 +9,7 @@ STUDIES = {
     "posteriordb-baseline": posteriordb_baseline.main,
     "score-calibration": score_calibration.main,
     "sweep": sweep.main,
+    "sweep-engines": sweep.engines_main,
     "report": report.main,
     "twisted-smc": twisted_smc.main,
 }

@@ -97,3 +97,64 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"{counts['ok']} ok, {counts['failed']} failed, {counts['wall_s']:.1f} s -> {args.store}"
     )
     return counts
+
+
+def engines_main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
+    """Study ``sweep-engines``: the same small grid on the serial engine and on a local Dask cluster.
+
+    Reports both wall times, the speed-up, and Dask's overhead per run: workers x wall time
+    minus the runs' own wall times, divided by the number of runs.
+    """
+    import tempfile
+    from pathlib import Path
+
+    from benchmarks._harness import ResultFile, table
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks sweep-engines", description=engines_main.__doc__)
+    parser.add_argument("--posteriors", default="arK,eight_schools_noncentered,kidscore_momiq,garch11")
+    parser.add_argument("--algorithms", default="hmc,nuts")
+    parser.add_argument("--seeds", default="0-1")
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--num-warmup", type=int, default=300)
+    parser.add_argument("--num-samples", type=int, default=300)
+    parser.add_argument("--num-chains", type=int, default=2)
+    parser.add_argument("--path", default=None)
+    args = parser.parse_args(argv)
+    common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
+    names = args.algorithms.split(",")
+    tasks = sweep.build_tasks(
+        sweep.select_posteriors(args.posteriors, args.path),
+        {a: common for a in names},
+        sweep.parse_seeds(args.seeds),
+        args.path,
+    )
+    out = ResultFile("sweep-engines", vars(args), out_dir)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for engine in ("serial", "dask"):
+            store = sweep.SweepStore(Path(tmp) / f"{engine}.sqlite")
+            executor = sweep.SerialExecutor() if engine == "serial" else sweep.DaskExecutor(n_workers=args.workers)
+            workers = 1 if engine == "serial" else len(executor.client.scheduler_info()["workers"])
+            start = time.perf_counter()
+            try:
+                sweep.run_sweep(tasks, store, executor, progress=False)
+            finally:
+                executor.close()
+            wall = time.perf_counter() - start
+            run_seconds = sum(r["wall_s"] for r in store.rows())
+            rows.append(
+                {
+                    "engine": engine,
+                    "workers": workers,
+                    "runs": len(tasks),
+                    "wall_s": wall,
+                    "sum_run_s": run_seconds,
+                    "overhead_per_run_s": (workers * wall - run_seconds) / len(tasks),
+                }
+            )
+            out.add(rows[-1])
+    speedup = rows[0]["wall_s"] / rows[1]["wall_s"]
+    out.finish({"speedup": speedup})
+    print(table(rows, ["engine", "workers", "runs", "wall_s", "sum_run_s", "overhead_per_run_s"]))
+    print(f"\nDask speed-up over serial: {speedup:.2f}x -> {out.path}")
+    return out.data
