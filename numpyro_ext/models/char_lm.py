@@ -2,7 +2,7 @@
 
 The example the twisted-SMC guide refers to (``python -m numpyro_ext.models.char_lm``):
 
-1. a corpus that needs no download -- the docstrings of 30 standard-library modules of the
+1. a corpus that needs no download -- the docstrings of 29 standard-library modules of the
    running Python, lower-cased, letters, space, ``.``, ``,`` and newline (30 symbols; the
    text differs a little between Python versions);
 2. a one-layer GRU (:func:`gru_log_probs`) trained on it with optax (:func:`train`);
@@ -20,10 +20,7 @@ The example the twisted-SMC guide refers to (``python -m numpyro_ext.models.char
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import math
-import re
 import time
 from typing import Any
 
@@ -31,38 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapters.char_corpus import ALPHABET, BOS, CORPUS_MODULES, corpus, decode, encode  # noqa: F401 (re-exported)
 from adapters.validation import check_positive_int
-
-ALPHABET = "\n ,.abcdefghijklmnopqrstuvwxyz"
-BOS = 0  # the newline starts every sequence
-CORPUS_MODULES = (
-    "string", "textwrap", "json", "collections", "itertools", "functools", "re", "math", "random", "statistics",
-    "datetime", "fractions", "decimal", "pathlib", "shutil", "heapq", "bisect", "difflib", "csv", "argparse",
-    "logging", "os", "inspect", "typing", "enum", "dataclasses", "contextlib", "subprocess", "threading", "queue",
-)  # fmt: skip
-
-
-def corpus() -> str:
-    """The standard library's docstrings (module and public members), reduced to :data:`ALPHABET`."""
-    docs = []
-    for name in CORPUS_MODULES:
-        module = importlib.import_module(name)
-        docs.append(inspect.getdoc(module) or "")
-        for member in sorted(m for m in dir(module) if not m.startswith("_")):
-            obj = getattr(module, member)
-            if inspect.isfunction(obj) or inspect.isclass(obj) or inspect.isbuiltin(obj):
-                docs.append(inspect.getdoc(obj) or "")
-    text = re.sub(r"[^a-z .,\n]", " ", "\n".join(docs).lower())
-    return re.sub(r" +", " ", text)
-
-
-def encode(text: str) -> np.ndarray:
-    lookup = {c: i for i, c in enumerate(ALPHABET)}
-    return np.array([lookup[c] for c in text], dtype=np.int32)
-
-
-def decode(tokens: Any) -> str:
-    return "".join(ALPHABET[int(t)] for t in np.asarray(tokens))
 
 
 # ---------------------------------------------------------------------------------------

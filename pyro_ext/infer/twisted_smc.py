@@ -46,6 +46,21 @@ resampling) and the conditional-SMC upper bound (one particle clamped to the exa
 both ``>= log Z`` in expectation, so the user gets a sandwich on ``log Z`` and intervals on
 ``KL(q || sigma)`` and ``KL(sigma || q)`` (:mod:`adapters.smc`).
 
+Autoregressive token models (the language-model case, :class:`TokenModel`).  A prior
+``p0(x_{1:T}) = prod_t p0(x_t | x_{1:t-1})`` over tokens in ``{0..V-1}`` and a potential
+``phi(x_{1:T}) >= 0`` define ``sigma(x) ∝ p0(x) phi(x)`` and ``Z = E_{p0}[phi]``; the twists
+``psi_t(x_{1:t})`` (``psi_0 = 1``, ``psi_T = phi``) are given for all ``V`` continuations of
+a prefix at once.  A prefix ``s = x_{1:t}`` is extended by ``v`` from the twist-induced
+proposal (the default) or from ``p0`` (``proposal="prior"``),
+
+    q(v | s) = p0(v | s) psi_{t+1}(s, v) / sum_v' p0(v' | s) psi_{t+1}(s, v'),
+    w_{t+1} = sum_v p0(v | s) psi_{t+1}(s, v) / psi_t(s)     (twist-induced: no dependence on v),
+    w_{t+1} = psi_{t+1}(s, v) / psi_t(s)                      (prior),
+
+and twist learning averages over the ``V`` continuations exactly (Rao-Blackwellised): the
+negative term of CTL weighs each (particle, next token) pair by its weight under
+``pi_{t+1}``, SIXO's by its weight under the untwisted ``p0``.
+
 Shapes: ``N`` particles, ``T`` steps.  Step arguments carry a leading time axis ``T``.
 Several independent runs (:meth:`TwistedSMC.log_Z_samples`) are batched as ``R`` groups of
 ``N`` particles inside one particle plate of size ``R N``; resampling stays within a group.
@@ -80,6 +95,8 @@ __all__ = [
     "QuadraticTwist",
     "SMCOutput",
     "SMCResult",
+    "TabularTwist",
+    "TokenModel",
     "TwistedSMC",
     "effective_sample_size",
     "genealogy",
@@ -87,11 +104,13 @@ __all__ = [
     "paths",
     "resample",
     "run_filter",
+    "run_token_filter",
 ]
 
 RESAMPLING = ("multinomial", "systematic", "stratified")
 TWIST_METHODS = ("ctl", "sixo")
 _MAX_BATCH = 1 << 16  # particles per plate when runs are batched
+_MAX_TOKEN_PAIRS = 1 << 20  # (particle, next token) pairs per batch of token-model runs
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,7 +357,10 @@ class SMCOutput(NamedTuple):
     * ``step_log_weights``: ``(T + 1, N)`` log weights after each move (target ``pi_t``);
     * ``log_twists``: ``(T + 1, N)`` ``log psi_t`` of each particle after each move (0 at ``T``);
     * ``ancestors``: ``(T, N)`` index, in the particles of step ``t - 1``, of each particle's parent;
-    * ``ess``: ``(T + 1,)`` effective sample size after each move; ``resampled``: ``(T,)`` flags.
+    * ``ess``: ``(T + 1,)`` effective sample size after each move; ``resampled``: ``(T,)`` flags;
+    * ``extras``: ``None``, or for a :class:`TokenModel` (see :func:`run_token_filter`) the
+      prefixes ``(T, N, T)`` each move started from and the log weights ``(T, N, V)`` of every
+      (prefix, next token) pair under ``pi_{t+1}`` and under the untwisted ``p0``.
 
     Batched runs (the internal filter) put a run axis ``R`` before the particle axis
     (``log_Z`` ``(R,)``, ``log_weights`` ``(R, N)``, ``states`` ``(T + 1, R, N, ...)``, ...).
@@ -354,6 +376,7 @@ class SMCOutput(NamedTuple):
     ancestors: torch.Tensor
     ess: torch.Tensor
     resampled: torch.Tensor
+    extras: dict | None = None
 
 
 def _as_tensor(value: Any) -> Any:
@@ -526,6 +549,7 @@ def _select(output: SMCOutput, group: int) -> SMCOutput:
         ancestors=output.ancestors[:, group],
         ess=output.ess[:, group],
         resampled=output.resampled[:, group],
+        extras=None if output.extras is None else {k: v[:, group] for k, v in output.extras.items()},
     )
 
 
@@ -583,6 +607,261 @@ def run_filter(
         num_steps=num_steps,
         max_plate_nesting=max_plate_nesting,
         names=names,
+    )
+    return _select(output, 0)
+
+
+# ---------------------------------------------------------------------------------------
+# Autoregressive token models (the language-model case)
+# ---------------------------------------------------------------------------------------
+class TokenModel:
+    """An autoregressive model over token sequences ``x_{1:T}`` in ``{0..V-1}`` and a potential.
+
+    ``next_token_log_probs(tokens, position) -> (N, V)``: row ``i`` is
+    ``log p0(x_{position+1} = v | prefix_i)``, the prefix being ``tokens[i, :position]`` of the
+    fixed-length buffer ``tokens`` (``(N, T)``, ``torch.long``, batched over particles;
+    entries from ``position`` on are padding and must be ignored; ``position`` a Python
+    ``int``).  ``log_potential(tokens) -> (N,)``: ``log phi(x_{1:T})`` of full sequences
+    ``(N, T)`` (``-inf`` allowed).  The target is ``sigma(x) ∝ p0(x) phi(x)``, ``Z = E_{p0}[phi]``.
+
+    Twists for token models are ``twist(tokens, position) -> (N, V)``: ``log psi_{position+1}``
+    of each prefix extended by each candidate next token (a ``torch.nn.Module`` such as
+    :class:`TabularTwist` is learnable).  ``psi_T = phi`` is used at the last position.
+    """
+
+    def __init__(self, next_token_log_probs: Callable, log_potential: Callable, vocab_size: int, length: int):
+        if not callable(next_token_log_probs) or not callable(log_potential):
+            raise TypeError("TokenModel: next_token_log_probs and log_potential must be callables")
+        self.next_token_log_probs = next_token_log_probs
+        self.log_potential = log_potential
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.length = check_positive_int("length", length)
+
+
+class TabularTwist(torch.nn.Module):
+    """Learnable token twist ``log psi_{t+1}(x_{1:t}, v) = sum_{s<t} u[s, x_{s+1}] + u[t, v] + w[t, v]``.
+
+    Parameters ``u``, ``w``: ``(T, V)``, initialised to zero (``psi = 1``); rows are 0-based
+    positions (row ``t`` belongs to the token at ``position = t``).  Exact for a Markov ``p0``
+    with an additive log-potential ``sum_t g[t, x_t]``: ``u = g`` and
+    ``w[t, v] = log E_{p0}[exp(sum_{s>t} g[s, x_s]) | x_t = v]``, so tests can check learned
+    twists against the optimal ones.  Called as ``twist(tokens (N, T), position) -> (N, V)``.
+    """
+
+    def __init__(self, vocab_size: int, length: int):
+        super().__init__()
+        self.vocab_size = check_positive_int("vocab_size", vocab_size)
+        self.length = check_positive_int("length", length)
+        self.u = torch.nn.Parameter(torch.zeros(self.length, self.vocab_size))
+        self.w = torch.nn.Parameter(torch.zeros(self.length, self.vocab_size))
+
+    def forward(self, tokens: torch.Tensor, position: int) -> torch.Tensor:
+        position = int(position)
+        if not 0 <= position < self.length:
+            raise ValueError(f"position: expected an int in 0..{self.length - 1}, got {position}")
+        tokens = torch.as_tensor(tokens)
+        if tokens.dim() != 2 or tokens.shape[1] != self.length:
+            raise ValueError(f"tokens: expected shape (N, {self.length}), got {tuple(tokens.shape)}")
+        history = self.u[torch.arange(position), tokens[:, :position].long()].sum(-1)  # (N,)
+        return history[:, None] + (self.u[position] + self.w[position])[None, :]
+
+
+def _token_values(value: Any, shape: tuple[int, ...], role: str, dtype: torch.dtype) -> torch.Tensor:
+    """A user callable's output checked for ``shape``, in ``dtype``, NaN -> ``-inf``."""
+    value = torch.as_tensor(value)
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{role}: expected a tensor of shape {shape}, got {tuple(value.shape)}")
+    value = value.to(dtype)
+    return torch.where(torch.isnan(value), torch.full_like(value, -math.inf), value)
+
+
+def _log_phi_candidates(model: TokenModel, tokens: torch.Tensor, position: int, dtype: torch.dtype) -> torch.Tensor:
+    """``(N, V)``: ``log phi`` of every particle's sequence with ``tokens[:, position]`` set to each ``v``."""
+    total, V = tokens.shape[0], model.vocab_size
+    candidates = tokens.repeat_interleave(V, dim=0)  # row i V + v: particle i with token v
+    candidates[:, position] = torch.arange(V, device=tokens.device).repeat(total)
+    value = _token_values(model.log_potential(candidates), (total * V,), "log_potential", dtype)
+    return value.reshape(total, V)
+
+
+def _check_token_proposal(proposal: Any) -> None:
+    if not (proposal is None or (isinstance(proposal, str) and proposal == "prior")):
+        raise ValueError(f"proposal: for a TokenModel expected None (twist-induced) or 'prior', got {proposal!r}")
+
+
+@torch.no_grad()
+def _token_filter(
+    model: TokenModel,
+    num_groups: int,
+    num_particles: int,
+    *,
+    proposal: str | None = None,
+    twist: Callable | None = None,
+    resampling: str = "systematic",
+    ess_threshold: float = 0.5,
+    clamp: torch.Tensor | None = None,
+    record: bool = True,
+) -> SMCOutput:
+    """``num_groups`` independent token-model runs of ``num_particles`` particles, batched.
+
+    ``clamp``: ``(G, T)`` token paths; particle 0 of group ``g`` follows path ``g``.  Returns
+    an :class:`SMCOutput` with a run axis; with ``record=False`` only ``log_Z``,
+    ``log_weights`` and ``ess``/``resampled`` are filled.
+    """
+    T, V = model.length, model.vocab_size
+    G, N = num_groups, num_particles
+    total = G * N
+    dtype = torch.get_default_dtype()
+    tokens = torch.zeros((total, T), dtype=torch.long)
+    log_w = torch.zeros((G, N), dtype=dtype)
+    log_psi = torch.zeros((G, N), dtype=dtype)
+    log_Z = torch.zeros(G, dtype=dtype)
+    offsets = (torch.arange(G) * N)[:, None]
+    arange = torch.arange(N).expand(G, N)
+    rec: dict[str, list] = {k: [] for k in ("choice", "tokens", "log_w", "psi", "index", "prefix", "pair", "base")}
+    rec["tokens"].append(tokens.reshape(G, N, T))
+    rec["log_w"].append(log_w)
+    rec["psi"].append(log_psi)
+    rec_ess, rec_resampled = [torch.full((G,), float(N), dtype=dtype)], []
+    for position in range(T):
+        ess = effective_sample_size(log_w)
+        do_resample = ess < ess_threshold * N
+        if bool(do_resample.any()):
+            index = torch.where(do_resample[:, None], resample(log_w, resampling), arange)
+            log_w = torch.where(do_resample[:, None], torch.zeros_like(log_w), log_w)
+        else:
+            index = arange.clone()
+        if clamp is not None:
+            index[:, 0] = 0
+        if bool(do_resample.any()) or clamp is not None:
+            tokens = tokens[(index + offsets).reshape(-1)]
+            log_psi = torch.gather(log_psi, 1, index)
+        log_p0 = _token_values(model.next_token_log_probs(tokens, position), (total, V), "next_token_log_probs", dtype)
+        if position == T - 1:  # psi_T = phi
+            log_next = _log_phi_candidates(model, tokens, position, dtype)
+        elif twist is None:
+            log_next = torch.zeros((total, V), dtype=dtype)
+        else:
+            log_next = _token_values(twist(tokens, position), (total, V), "twist", dtype)
+        log_target = log_p0 + log_next  # (N, V): pi_{t+1}(s, v) up to pi_t's normaliser and psi_t(s)
+        log_norm = torch.logsumexp(log_target, dim=-1)  # -inf where every continuation is impossible
+        # q: the twist-induced proposal (uniform where it is undefined) or p0
+        probs = normalized_weights(log_target if proposal is None else log_p0)
+        choice = torch.multinomial(probs, 1).squeeze(-1)
+        if clamp is not None:
+            choice = choice.reshape(G, N)
+            choice[:, 0] = clamp[:, position]
+            choice = choice.reshape(total)
+        chosen_psi = torch.gather(log_next, 1, choice[:, None]).reshape(G, N)
+        increment = (log_norm.reshape(G, N) if proposal is None else chosen_psi) - log_psi
+        increment = torch.where(torch.isnan(increment), torch.full_like(increment, -math.inf), increment)
+        if record:
+            prefix_log_w = (log_w - log_psi)[..., None]
+            pair = prefix_log_w + log_target.reshape(G, N, V)
+            base = prefix_log_w + log_p0.reshape(G, N, V)
+            rec["pair"].append(torch.where(torch.isnan(pair), torch.full_like(pair, -math.inf), pair))
+            rec["base"].append(torch.where(torch.isnan(base), torch.full_like(base, -math.inf), base))
+            rec["prefix"].append(tokens.reshape(G, N, T))
+        tokens = tokens.clone()
+        tokens[:, position] = choice
+        new_log_w = log_w + increment
+        before = _safe_logsumexp(log_w)
+        after = _safe_logsumexp(new_log_w)
+        log_Z = torch.where(torch.isfinite(before), log_Z + after - before, torch.full_like(log_Z, -math.inf))
+        log_w, log_psi = new_log_w, chosen_psi
+        rec_ess.append(effective_sample_size(log_w))
+        rec_resampled.append(do_resample)
+        if record:
+            rec["choice"].append(choice.reshape(G, N))
+            rec["tokens"].append(tokens.reshape(G, N, T))
+            rec["log_w"].append(log_w)
+            rec["psi"].append(log_psi)
+            rec["index"].append(index)
+    empty = torch.zeros((0, G, N), dtype=dtype)
+    return SMCOutput(
+        log_Z=log_Z,
+        log_weights=log_w,
+        init_latents=(),
+        step_latents=(torch.stack(rec["choice"]),) if record else (),
+        states={"tokens": torch.stack(rec["tokens"])} if record else {},
+        step_log_weights=torch.stack(rec["log_w"]) if record else empty,
+        log_twists=torch.stack(rec["psi"]) if record else empty,
+        ancestors=torch.stack(rec["index"]) if record else torch.zeros((0, G, N), dtype=torch.long),
+        ess=torch.stack(rec_ess),
+        resampled=torch.stack(rec_resampled),
+        extras=(
+            {
+                "prefixes": torch.stack(rec["prefix"]),
+                "pair_log_weights": torch.stack(rec["pair"]),
+                "pair_log_weights_untwisted": torch.stack(rec["base"]),
+            }
+            if record
+            else None
+        ),
+    )
+
+
+def _token_paths(clamp: tuple[tuple, tuple], model: TokenModel) -> torch.Tensor:
+    """``(M, T)`` token paths (``long``) from ``_clamp_paths``' ``(init, steps)``, checked against the model."""
+    init, steps = clamp
+    if init or len(steps) != 1:
+        raise ValueError(
+            "exact_samples: a TokenModel's paths are {'init': {}, 'step': {'token': (M, T)}}, got "
+            f"{len(init)} init and {len(steps)} step site(s)"
+        )
+    tokens = torch.as_tensor(steps[0])
+    T, V = model.length, model.vocab_size
+    if tokens.dim() != 2 or tokens.shape[1] != T:
+        raise ValueError(f"exact_samples: token paths must have shape (M, {T}), got {tuple(tokens.shape)}")
+    if tokens.is_floating_point() or tokens.is_complex():
+        raise ValueError(f"exact_samples: token paths must be integers, got {tokens.dtype}")
+    tokens = tokens.long()
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= V):
+        raise ValueError(f"exact_samples: tokens must lie in 0..{V - 1}")
+    return tokens
+
+
+def run_token_filter(
+    model: TokenModel,
+    num_particles: int,
+    *,
+    proposal: str | None = None,
+    twist: Callable | None = None,
+    resampling: str = "systematic",
+    ess_threshold: float = 0.5,
+    clamp: tuple[tuple, tuple] | None = None,
+) -> SMCOutput:
+    """(Twisted, conditional) SMC over the tokens of a :class:`TokenModel` (the paper's Alg. 1).
+
+    At position ``t`` each particle's prefix ``s`` is extended by ``v`` from the
+    twist-induced proposal ``q(v | s) ∝ p0(v | s) psi_{t+1}(s, v)`` (``proposal=None``; its
+    incremental weight ``sum_v p0(v | s) psi_{t+1}(s, v) / psi_t(s)`` does not depend on
+    ``v``) or from ``p0`` (``proposal="prior"``, weight ``psi_{t+1}(s, v) / psi_t(s)``), with
+    ``psi_0 = 1`` and ``psi_T = phi`` (evaluated for the last token's ``V`` candidates).
+    ``twist``: ``None`` or ``twist(tokens (N, T), position) -> (N, V)``.  ``clamp``:
+    ``((), (tokens (T,),))``: particle 0 follows that path (conditional SMC).  ``extras``
+    holds, per position, the prefixes the moves started from (``(T, N, T)``) and the log
+    weights of every (prefix, next token) pair under ``pi_{t+1}`` and under the untwisted
+    ``p0`` (``(T, N, V)``), which twist learning uses to average over ``v`` exactly.
+    Randomness: torch's global generator.
+    """
+    if not isinstance(model, TokenModel):
+        raise TypeError(f"model: expected a TokenModel, got {type(model).__name__}")
+    _check_token_proposal(proposal)
+    check_positive_int("num_particles", num_particles)
+    check_choice("resampling", resampling, RESAMPLING)
+    path = None
+    if clamp is not None:
+        path = _token_paths((tuple(clamp[0]), tuple(torch.as_tensor(v)[None] for v in clamp[1])), model)
+    output = _token_filter(
+        model,
+        1,
+        num_particles,
+        proposal=proposal,
+        twist=twist,
+        resampling=resampling,
+        ess_threshold=ess_threshold,
+        clamp=path,
     )
     return _select(output, 0)
 
@@ -708,6 +987,12 @@ class TwistedSMC:
     ``torch.nn.Module`` twist (e.g. :class:`QuadraticTwist`) that :meth:`fit_twists` trains;
     ``twist_params`` (``{name: tensor}``) loads its parameters.  See the module docstring for
     the equations.
+
+    For a :class:`TokenModel` (the language-model case) ``run()`` etc. take no step or init
+    arguments, ``proposal`` is ``None`` (twist-induced) or ``"prior"``, twists are
+    ``twist(tokens (N, T), position) -> (N, V)`` (e.g. :class:`TabularTwist`), exact samples
+    are ``{"init": {}, "step": {"token": (M, T)}}``, and :meth:`fit_twists` uses the
+    Rao-Blackwellised CTL/SIXO losses over every (particle, next token) pair.
     """
 
     def __init__(
@@ -721,8 +1006,11 @@ class TwistedSMC:
         twist_params: Mapping[str, Any] | None = None,
         max_plate_nesting: int = 0,
     ):
+        self.tokens = isinstance(model, TokenModel)
+        if self.tokens:
+            _check_token_proposal(proposal)
         for obj, role in ((model, "model"), (proposal, "proposal")):
-            if obj is None and role == "proposal":
+            if (obj is None and role == "proposal") or self.tokens:
                 continue
             if not (callable(getattr(obj, "init", None)) and callable(getattr(obj, "step", None))):
                 raise TypeError(
@@ -774,6 +1062,25 @@ class TwistedSMC:
 
     # ---- running ----------------------------------------------------------------------
     def _run(self, step_args, init_args, num_groups, num_particles, ess_threshold, clamp, record, names=None):
+        if self.tokens:
+            if tuple(step_args) or tuple(init_args):
+                raise ValueError(
+                    "step_args: a TokenModel takes no step or init arguments (its length is TokenModel.length), got "
+                    f"{len(tuple(step_args))} step and {len(tuple(init_args))} init argument(s)"
+                )
+            if names is not None:
+                names.update(init=[], step=["token"])
+            return _token_filter(
+                self.model,
+                num_groups,
+                num_particles,
+                proposal=self.proposal,
+                twist=self.twist,
+                resampling=self.resampling,
+                ess_threshold=ess_threshold,
+                clamp=None if clamp is None else _token_paths(clamp, self.model),
+                record=record,
+            )
         return _filter(
             self.model,
             tuple(step_args),
@@ -822,7 +1129,10 @@ class TwistedSMC:
         num_particles = check_positive_int("num_particles", num_particles or self.num_particles)
         threshold = self.ess_threshold if ess_threshold is None else float(ess_threshold)
         clamp = None if exact_samples is None else _clamp_paths(exact_samples, num_runs)
-        per_batch = max(1, _MAX_BATCH // num_particles)
+        if self.tokens:
+            per_batch = max(1, _MAX_TOKEN_PAIRS // (num_particles * self.model.vocab_size))
+        else:
+            per_batch = max(1, _MAX_BATCH // num_particles)
         out = []
         for start in range(0, num_runs, per_batch):
             stop = min(start + per_batch, num_runs)
@@ -878,6 +1188,12 @@ class TwistedSMC:
         ``lr``, or a ``functools.partial``).  Positive (target) samples are ``exact_samples``
         when given (the ``get_samples`` layout, any number of paths), else the filter's final
         weighted paths.  Returns ``(twist module, losses (num_steps,))``.
+
+        For a :class:`TokenModel` the losses are Rao-Blackwellised over the next token: at each
+        position ``t < T - 1`` the negative term averages ``log psi_{t+1}(s, v)`` over every
+        (particle prefix ``s``, token ``v``) pair, weighted under ``pi_{t+1}`` (CTL) or under the
+        untwisted ``p0`` (SIXO); positives are ``exact_samples["step"]["token"]`` ``(M, T)``
+        (uniform weights) or the final particles' sequences with their weights.
         """
         from tqdm.auto import trange
 
@@ -886,22 +1202,33 @@ class TwistedSMC:
             raise TypeError("twist: fit_twists needs a learnable twist (a torch.nn.Module with parameters)")
         num_steps = check_positive_int("num_steps", num_steps)
         num_particles = check_positive_int("num_particles", num_particles or self.num_particles)
+        if self.tokens and self.model.length < 2:
+            raise ValueError("length: fit_twists needs a TokenModel of length >= 2 (psi_T = phi is not learned)")
         params = [p for p in self.twist.parameters() if p.requires_grad]
         step = _optimizer_step(optimizer, params)
         positives = None
-        if exact_samples is not None:
+        if exact_samples is not None and self.tokens:
+            positives = _token_paths(_clamp_paths(exact_samples, None), self.model)
+            count = positives.shape[0]
+            positive_weights = torch.full((count,), 1.0 / count, dtype=torch.get_default_dtype())
+        elif exact_samples is not None:
             positives = self._replay_states(exact_samples, step_args, init_args)
             count = next(iter(positives.values())).shape[0]
             positive_weights = torch.full((count,), 1.0 / count, dtype=torch.get_default_dtype())
         losses = np.empty(num_steps)
         for i in trange(num_steps, disable=not progress_bar, desc=f"fit_twists ({method})"):
             output = _select(self._run(step_args, init_args, 1, num_particles, self.ess_threshold, None, True), 0)
-            if positives is None:
+            if positives is not None:
+                states, weights = positives, positive_weights
+            elif self.tokens:
+                states, weights = output.states["tokens"][-1], normalized_weights(output.log_weights)
+            else:
                 _, _, states = paths(output)
                 weights = normalized_weights(output.log_weights)
+            if self.tokens:
+                loss = self._token_twist_loss(method, output, states, weights)
             else:
-                states, weights = positives, positive_weights
-            loss = self._twist_loss(method, output, states, weights)
+                loss = self._twist_loss(method, output, states, weights)
             for p in params:
                 p.grad = None
             loss.backward()
@@ -928,6 +1255,38 @@ class TwistedSMC:
                     loss
                     - _weighted_sum(w_pos, torch.nn.functional.logsigmoid(log_psi_pos))
                     - _weighted_sum(w_base, torch.nn.functional.logsigmoid(-log_psi_neg))
+                )
+        return loss
+
+    def _token_twist_loss(
+        self, method: str, output: SMCOutput, positive_tokens: torch.Tensor, positive_weights: torch.Tensor
+    ) -> torch.Tensor:
+        """Rao-Blackwellised CTL / SIXO loss of a token model, summed over positions ``t < T - 1``.
+
+        ``positive_tokens`` ``(M, T)`` with weights ``(M,)``; negatives: every (prefix, next
+        token) pair of ``output.extras`` (``(N, V)`` per position), the pair weights normalised
+        over all ``N V`` pairs (no gradient through them)::
+
+            CTL:  - sum_m w_m log psi(x^m_{1:t+1}) + sum_{i,v} W_{iv} log psi(s_i, v),   W under pi_{t+1}
+            SIXO: - sum_m w_m log sig(log psi(x^m_{1:t+1})) - sum_{i,v} B_{iv} log sig(-log psi(s_i, v)),
+                  B under the untwisted p0.
+        """
+        key = "pair_log_weights" if method == "ctl" else "pair_log_weights_untwisted"
+        loss = torch.zeros(())
+        for position in range(self.model.length - 1):  # psi_T = phi is not learned
+            chosen = positive_tokens[:, position]
+            log_psi_pos = torch.gather(self.twist(positive_tokens, position), 1, chosen[:, None])[:, 0]
+            log_psi_pairs = self.twist(output.extras["prefixes"][position], position)  # (N, V)
+            pairs = output.extras[key][position]
+            w_pairs = normalized_weights(pairs.reshape(-1)).reshape(pairs.shape).to(log_psi_pairs)
+            w_pos = positive_weights.to(log_psi_pos)
+            if method == "ctl":
+                loss = loss - _weighted_sum(w_pos, log_psi_pos) + _weighted_sum(w_pairs, log_psi_pairs)
+            else:
+                loss = (
+                    loss
+                    - _weighted_sum(w_pos, torch.nn.functional.logsigmoid(log_psi_pos))
+                    - _weighted_sum(w_pairs, torch.nn.functional.logsigmoid(-log_psi_pairs))
                 )
         return loss
 

@@ -385,8 +385,9 @@ def test_optimal_token_twists_give_exact_log_Z_and_exact_samples(toy_lm, resampl
 
 
 def test_token_bounds_sandwich_the_exact_log_Z(toy_lm):
+    # 256 runs: the bounds sit about 0.4 nats off log Z, 7-10 standard errors at this size
     bounds = TwistedSMC(toy_lm["model"], num_particles=4).log_Z_bounds(
-        jax.random.PRNGKey(3), exact_samples=toy_lm["exact"], num_runs=64
+        jax.random.PRNGKey(3), exact_samples=toy_lm["exact"], num_runs=256
     )
     assert bounds.smc_lower + 4 * bounds.smc_lower_se < toy_lm["log_Z"]
     assert bounds.csmc_upper - 4 * bounds.csmc_upper_se > toy_lm["log_Z"]

@@ -19,9 +19,13 @@ import pyro.distributions as dist  # noqa: E402
 from pyro_ext.infer import TwistedSMC  # noqa: E402
 from pyro_ext.infer.twisted_smc import (  # noqa: E402
     QuadraticTwist,
+    TabularTwist,
+    TokenModel,
+    genealogy,
     normalized_weights,
     resample,
     run_filter,
+    run_token_filter,
 )
 from tests import smc_references as ref  # noqa: E402
 
@@ -548,3 +552,178 @@ def test_impossible_observations_give_minus_inf_and_a_warning():
     assert not torch.any(torch.isnan(result.log_weights))
     log_Z = TwistedSMC(Impossible(), num_particles=8).log_Z_samples(torch.zeros(3), num_runs=3)
     assert torch.all(log_Z == -math.inf)
+
+
+# ---------------------------------------------------------------------------------------
+# Token models: a Markov "toy language model" with an additive potential (exact answers)
+# ---------------------------------------------------------------------------------------
+V, LENGTH = 4, 6
+
+
+def _toy_hmm():
+    """The NumPyro tests' toy LM: a random Markov chain over ``V`` tokens and ``g`` ``(LENGTH, V)``."""
+    rng = np.random.default_rng(0)
+    hmm = ref.random_token_hmm(rng, V)
+    g = 1.5 * rng.normal(size=(LENGTH, V))
+    return hmm, g, rng
+
+
+@pytest.fixture(scope="module")
+def toy_lm():
+    hmm, g, rng = _toy_hmm()
+    log_pi, log_M, G = _t(hmm.log_pi), _t(hmm.log_M), _t(g)
+
+    def next_token_log_probs(tokens, position):  # (N, T) -> (N, V)
+        return log_pi.expand(tokens.shape[0], V) if position == 0 else log_M[tokens[:, position - 1]]
+
+    def log_potential(tokens):  # (N, T) -> (N,)
+        return G[torch.arange(LENGTH), tokens].sum(-1)
+
+    exact = ref.sample_exact_additive(hmm, g, rng, 512)
+    return {
+        "model": TokenModel(next_token_log_probs, log_potential, V, LENGTH),
+        "log_Z": ref.exact_log_Z_additive(hmm, g),
+        "optimal": {"u": G, "w": _t(ref.optimal_log_twists_additive(hmm, g))},
+        "exact": {"init": {}, "step": {"token": torch.as_tensor(exact)}},
+        "target": ref.enumerate_target(hmm, ref.additive_log_phi(g), LENGTH),
+    }
+
+
+@pytest.mark.parametrize("proposal", [None, "prior"])
+def test_token_Z_hat_is_unbiased(toy_lm, proposal):
+    pyro.set_rng_seed(0)
+    smc = TwistedSMC(toy_lm["model"], num_particles=64, proposal=proposal)
+    ratio = np.exp(smc.log_Z_samples(num_runs=400).numpy() - toy_lm["log_Z"])
+    assert abs(ratio.mean() - 1.0) < 4 * ratio.std(ddof=1) / math.sqrt(len(ratio)), ratio.mean()
+
+
+@pytest.mark.parametrize("resampling", ["multinomial", "stratified"])
+def test_optimal_token_twists_give_exact_log_Z_and_exact_samples(toy_lm, resampling):
+    smc = TwistedSMC(
+        toy_lm["model"],
+        num_particles=4000,
+        twist=TabularTwist(V, LENGTH),
+        twist_params=toy_lm["optimal"],
+        resampling=resampling,
+    )
+    pyro.set_rng_seed(1)
+    np.testing.assert_allclose(smc.log_Z_samples(num_runs=4).numpy(), toy_lm["log_Z"], atol=1e-10, rtol=0)
+    pyro.set_rng_seed(2)
+    result = smc.run()
+    assert np.ptp(result.log_weights.numpy()) < 1e-9  # every particle an exact, equally weighted draw
+    tokens = result.get_samples()["step"]["token"].numpy()
+    sequences, probs = toy_lm["target"]
+    for position in range(LENGTH):
+        exact = np.array([probs[sequences[:, position] == v].sum() for v in range(V)])
+        freq = np.bincount(tokens[:, position], minlength=V) / len(tokens)
+        se = np.sqrt(exact * (1 - exact) / len(tokens)) + 1e-12
+        assert np.all(np.abs(freq - exact) < 4 * se), (position, freq, exact)
+
+
+def test_conditional_token_smc_keeps_the_clamped_path(toy_lm):
+    pyro.set_rng_seed(3)
+    path = toy_lm["exact"]["step"]["token"][0]
+    output = run_token_filter(toy_lm["model"], 16, ess_threshold=1.0, clamp=((), (path,)))
+    assert torch.equal(output.states["tokens"][-1, 0], path)
+    assert torch.all(genealogy(output)[:, 0] == 0)
+    assert output.extras["pair_log_weights"].shape == (LENGTH, 16, V)
+    assert output.extras["prefixes"].shape == (LENGTH, 16, LENGTH)
+
+
+def test_token_bounds_sandwich_the_exact_log_Z(toy_lm):
+    # 256 runs: the gaps are about 0.43 and one run's SE about 0.8, so each bound is ~8 SEs from log Z
+    # (with the NumPyro test's 64 runs the expected margin, ~4 SEs, would pass only about half the seeds)
+    pyro.set_rng_seed(3)
+    bounds = TwistedSMC(toy_lm["model"], num_particles=4).log_Z_bounds(exact_samples=toy_lm["exact"], num_runs=256)
+    assert bounds.smc_lower + 4 * bounds.smc_lower_se < toy_lm["log_Z"]
+    assert bounds.csmc_upper - 4 * bounds.csmc_upper_se > toy_lm["log_Z"]
+    assert bounds.iwae_upper - 4 * bounds.iwae_upper_se > toy_lm["log_Z"]
+
+
+def _token_variances(toy_lm, smc):
+    plain = TwistedSMC(toy_lm["model"], num_particles=64)
+    pyro.set_rng_seed(5)
+    var_plain = float(plain.log_Z_samples(num_runs=200).var())
+    pyro.set_rng_seed(5)
+    var_learned = float(smc.log_Z_samples(num_runs=200).var())
+    return var_learned, var_plain
+
+
+@pytest.mark.parametrize("method", ["ctl", "sixo"])
+def test_learned_token_twists_cut_the_variance_tenfold(toy_lm, method):
+    twist = TabularTwist(V, LENGTH)
+    smc = TwistedSMC(toy_lm["model"], num_particles=64, twist=twist)
+    pyro.set_rng_seed(4)
+    smc.fit_twists(
+        method=method,
+        num_steps=400,
+        optimizer=torch.optim.Adam(twist.parameters(), lr=5e-2),
+        exact_samples=toy_lm["exact"],
+    )
+    var_learned, var_plain = _token_variances(toy_lm, smc)
+    assert var_learned < 0.1 * var_plain, (var_learned, var_plain)
+
+
+def test_ctl_without_exact_samples_learns_from_its_own_particles(toy_lm):
+    twist = TabularTwist(V, LENGTH)
+    smc = TwistedSMC(toy_lm["model"], num_particles=64, twist=twist)
+    pyro.set_rng_seed(6)
+    smc.fit_twists(num_steps=400, optimizer=torch.optim.Adam(twist.parameters(), lr=5e-2))
+    var_learned, var_plain = _token_variances(toy_lm, smc)
+    assert var_learned < 0.25 * var_plain, (var_learned, var_plain)
+
+
+def test_token_model_arguments_are_checked(toy_lm):
+    with pytest.raises(ValueError, match="proposal: for a TokenModel expected None"):
+        TwistedSMC(toy_lm["model"], proposal="guide")
+    with pytest.raises(ValueError, match="vocab_size"):
+        TokenModel(lambda t, p: t, lambda t: t, 0, 3)
+    smc = TwistedSMC(toy_lm["model"], num_particles=4)
+    with pytest.raises(ValueError, match="step_args: a TokenModel takes no step"):
+        smc.run(torch.zeros(3))
+    with pytest.raises(ValueError, match=r"exact_samples: token paths must have shape \(M, 6\)"):
+        short = torch.zeros(2, LENGTH - 1, dtype=torch.long)
+        smc.log_Z_samples(num_runs=2, exact_samples={"init": {}, "step": {"token": short}})
+    with pytest.raises(ValueError, match="twist: expected a tensor of shape"):
+        TwistedSMC(toy_lm["model"], num_particles=4, twist=lambda tokens, position: torch.zeros(4)).run()
+
+
+def test_numpyro_and_pyro_agree_on_the_token_model():
+    jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
+    import jax.numpy as jnp
+
+    from numpyro_ext.infer import TwistedSMC as NumPyroTwistedSMC
+    from numpyro_ext.infer.twisted_smc import TokenModel as NumPyroTokenModel
+
+    hmm, g, _ = _toy_hmm()
+    runs, n = 400, 8
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        log_pi, log_M, G = jnp.asarray(hmm.log_pi), jnp.asarray(hmm.log_M), jnp.asarray(g)
+
+        def next_token_log_probs(tokens, position):  # one particle: (T,) -> (V,)
+            return jnp.where(position == 0, log_pi, log_M[tokens[jnp.maximum(position - 1, 0)]])
+
+        def log_potential(tokens):
+            return jnp.sum(G[jnp.arange(LENGTH), tokens])
+
+        smc = NumPyroTwistedSMC(NumPyroTokenModel(next_token_log_probs, log_potential, V, LENGTH), num_particles=n)
+        jax_log_Z = np.asarray(smc.log_Z_samples(jax.random.PRNGKey(12), num_runs=runs))
+    finally:
+        jax.config.update("jax_enable_x64", x64)
+    t_log_pi, t_log_M, t_G = _t(hmm.log_pi), _t(hmm.log_M), _t(g)
+    model = TokenModel(
+        lambda tokens, position: t_log_pi.expand(len(tokens), V) if position == 0 else t_log_M[tokens[:, position - 1]],
+        lambda tokens: t_G[torch.arange(LENGTH), tokens].sum(-1),
+        V,
+        LENGTH,
+    )
+    pyro.set_rng_seed(12)
+    torch_log_Z = TwistedSMC(model, num_particles=n).log_Z_samples(num_runs=runs).numpy()
+    se = math.sqrt(jax_log_Z.var(ddof=1) / runs + torch_log_Z.var(ddof=1) / runs)
+    assert abs(jax_log_Z.mean() - torch_log_Z.mean()) < 4 * se, (jax_log_Z.mean(), torch_log_Z.mean(), se)
+    log_ratio = math.log(jax_log_Z.var(ddof=1) / torch_log_Z.var(ddof=1))
+    assert abs(log_ratio) < 4 * math.hypot(_log_var_se(jax_log_Z), _log_var_se(torch_log_Z)), log_ratio
+    exact = ref.exact_log_Z_additive(hmm, g)
+    assert max(jax_log_Z.mean(), torch_log_Z.mean()) < exact  # both below log Z (Jensen)
