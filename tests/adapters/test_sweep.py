@@ -260,3 +260,26 @@ def test_report_renders_table_json_and_figures(serial_rows, tmp_path):
             if r["posterior"] == e["posterior"] and r["algorithm"] == "hmc"
         ]
         assert hmc[e["posterior"]]["ess_per_grad"] == pytest.approx(sum(runs) / 2)  # median of two
+
+
+def test_cli_options_of_one_algorithm():
+    from benchmarks import sweep as sweep_cli
+
+    parsed = sweep_cli._parse_set(
+        ["drhmc.max_proposals=2", "drhmc.probabilistic=false", "hmc.num_steps=8"], ["drhmc", "hmc"]
+    )
+    assert parsed == {"drhmc": {"max_proposals": 2, "probabilistic": False}, "hmc": {"num_steps": 8}}
+    with pytest.raises(SystemExit, match=r"--set: expected ALGORITHM.KEY=VALUE, got 'max_proposals=2'"):
+        sweep_cli._parse_set(["max_proposals=2"], ["drhmc"])
+    with pytest.raises(SystemExit, match=r"algorithm 'nuts' is not in --algorithms \['drhmc'\]"):
+        sweep_cli._parse_set(["nuts.target_accept_prob=0.9"], ["drhmc"])
+
+
+def test_report_needs_a_store_with_runs(tmp_path):
+    from benchmarks import report
+
+    with pytest.raises(SystemExit, match="no such file"):
+        report.main(["--store", str(tmp_path / "missing.sqlite")])
+    sweep.SweepStore(tmp_path / "empty.sqlite").close()
+    with pytest.raises(SystemExit, match="holds no finished run yet"):
+        report.main(["--store", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "out")])
