@@ -30,13 +30,6 @@ from tests import smc_references as ref  # noqa: E402
 T = 50
 
 
-@pytest.fixture(autouse=True, scope="module")
-def x64():
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", False)
-
-
 class LinearGaussian:
     """The LGSSM of ``tests/smc_references.py`` in Pyro's SMCFilter convention (NumPyro)."""
 
