@@ -206,6 +206,7 @@ def test_bounds_sandwich_the_exact_log_Z():
     assert 0 < low <= high
 
 
+@pytest.mark.slow  # the twisted-smc benchmark measures the gap at 16..1024 particles too
 def test_bounds_tighten_with_particles():
     model, ys, kalman, _ = _problem(1, 1)
     exact_paths = _exact_paths(model, ys, 32)
@@ -238,7 +239,7 @@ def test_ctl_keeps_the_optimal_twist_fixed():
     assert np.max(np.abs(J - info.J[:T, 0, 0])) < 0.05
 
 
-@pytest.mark.parametrize("method", ["ctl", "sixo"])
+@pytest.mark.parametrize("method", ["ctl", pytest.param("sixo", marks=pytest.mark.slow)])
 def test_learned_twists_lower_the_variance_of_log_Z(method):
     model, ys, _, info = _problem(4, 2)
     ys = jnp.asarray(ys)

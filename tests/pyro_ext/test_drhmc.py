@@ -82,6 +82,7 @@ def test_correlated_gaussian_marginals(max_proposals, probabilistic):
     assert (stats_["num_grad_evals"] >= stats_["num_steps"]).all()
 
 
+@pytest.mark.slow  # one chain in Pyro: 1500 draws gave ESS(v) anywhere from 2 to 140 across seeds
 @pytest.mark.parametrize("max_proposals, probabilistic", SETTINGS)
 def test_funnel_marginals(max_proposals, probabilistic):
     import arviz as az
@@ -96,7 +97,7 @@ def test_funnel_marginals(max_proposals, probabilistic):
         adapt_mass_matrix=False,
     )
     initial = {"v": torch.tensor(0.0), "x": torch.zeros(2)}
-    v = run(kernel, warmup=300, samples=1500, seed=3, initial_params=initial).get_samples()["v"].numpy()
+    v = run(kernel, warmup=500, samples=8000, seed=3, initial_params=initial).get_samples()["v"].numpy()
     assert float(az.ess(v[None])) > 50, "too few effective draws for the checks below to mean anything"
     assert_mean(v, 0.0, 3.0, "v")
     assert_variance(v, 0.0, 9.0, 0.0, "v")
