@@ -10,7 +10,8 @@ Targets with exact answers: linear-Gaussian state-space models (d = 4, m = 2, T 
 * ``ctl``        twists learned by contrastive twist learning from the filter's own particles
   (no exact samples), ``QuadraticTwist`` / ``TabularTwist``, trained once at 128 particles;
 * ``sixo``       the same twists learned by SIXO;
-* ``pyro-smcfilter``  Pyro's ``SMCFilter`` (bootstrap guide), the peer, state-space only.
+* ``pyro-smcfilter``  Pyro's ``SMCFilter`` (bootstrap guide), the peer, state-space only (a
+  slow Python loop: ``runs / 8`` runs, at least 4).
 
 Per (target, method, particles N): over ``--runs`` independent runs, the bias and variance
 of log Z_hat, the variance ratio to ``bootstrap`` at the same N, the bound gap (conditional
@@ -187,7 +188,7 @@ def run_target(name: str, methods: list[str], particles: list[int], runs: int, t
             if method == "pyro-smcfilter":
                 if name == "toy-lm":
                     continue
-                log_Z_hat, seconds = _pyro_smcfilter_log_Z(problem, n, max(4, runs // 4), seed)
+                log_Z_hat, seconds = _pyro_smcfilter_log_Z(problem, n, max(4, runs // 8), seed)
                 gap = math.nan
             else:
                 kwargs = {"num_particles": n}
