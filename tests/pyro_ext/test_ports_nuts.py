@@ -22,7 +22,8 @@ def _check(name, num_samples):
 
 @pytest.mark.parametrize("name", FAST)
 def test_pyro_nuts_on_port_matches_reference(name, shared_db):
-    _check(name, num_samples=1000)
+    # 2000 draws: at 1000 (ESS ~600) the 5%/95% quantile errors sit too close to the rule's 0.4
+    _check(name, num_samples=2000)
 
 
 @pytest.mark.slow
