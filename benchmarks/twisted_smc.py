@@ -156,8 +156,8 @@ def _pyro_smcfilter_log_Z(problem: dict[str, Any], num_particles: int, runs: int
         for r in range(runs):
             pyro.set_rng_seed(seed * 1000 + r)
             smc = CountingFilter(Model(), Guide(), num_particles=num_particles, max_plate_nesting=0)
+            smc.log_Z = 0.0  # init's weight update adds log mean exp of the initial weights
             smc.init()
-            smc.log_Z = float(torch.logsumexp(smc.state._log_weights, -1) - math.log(num_particles))
             for y in ys:
                 smc.step(y)
             out[r] = smc.log_Z
