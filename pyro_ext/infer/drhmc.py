@@ -756,7 +756,7 @@ class DRHMC(NUTS):
         """Site order of the flat vector and its inverse mass matrix, ``(d,)`` or ``(d, d)``."""
         blocks = self.inverse_mass_matrix
         if len(blocks) != 1:
-            raise NotImplementedError(f"DRHMC uses one mass-matrix block (dense_mass=True or False), got {len(blocks)}")
+            raise ValueError(f"dense_mass: DRHMC takes True or False (one mass-matrix block), got {len(blocks)} blocks")
         ((sites, inverse_mass_matrix),) = blocks.items()
         return sites, inverse_mass_matrix
 

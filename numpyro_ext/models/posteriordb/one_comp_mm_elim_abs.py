@@ -72,7 +72,7 @@ def positive_or_reject(name, values, ok):
 
     Stan rejects a proposal whose ODE solve throws, or where ``log`` of a non-positive
     solution makes the lognormal's location NaN; here the log density is ``-inf`` instead.
-    The placeholder ones keep the likelihood finite (and NumPyro's argument checks quiet).
+    The filler ones keep the likelihood finite (and NumPyro's argument checks quiet).
     """
     ok = ok & jnp.all(values > 0)
     numpyro.factor(name, jnp.where(ok, 0.0, -jnp.inf))

@@ -81,7 +81,7 @@ def positive_or_reject(name, values, like):
 
     Stan rejects a proposal whose ODE solve throws, or where ``log`` of a non-positive
     solution makes the lognormal's location NaN; here the log density is ``-inf`` instead.
-    The placeholder ones keep the likelihood finite (and Pyro's argument checks quiet).
+    The filler ones keep the likelihood finite (and Pyro's argument checks quiet).
     """
     ok = values is not None and bool((values > 0).all())
     pyro.factor(name, like.new_tensor(0.0 if ok else -float("inf")))
