@@ -52,6 +52,24 @@ def check_probability(name: str, value: Any, *, open_interval: bool = True) -> f
     return float(value)
 
 
+def check_non_negative(name: str, value: Any) -> float:
+    """``value`` as a finite ``float`` that is >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_betas(name: str, value: Any) -> tuple[float, ...]:
+    """``value`` as a tuple of floats, each in [0, 1) (optimizer moment decay rates)."""
+    try:
+        betas = tuple(float(b) for b in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a tuple of numbers in [0, 1), got {value!r}") from None
+    if not all(math.isfinite(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"{name} must be a tuple of numbers in [0, 1), got {value!r}")
+    return betas
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``; otherwise an error that lists them."""
     choices = list(choices)

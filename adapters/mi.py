@@ -1,0 +1,137 @@
+"""Backend-free pieces of AIS and the mutual-information bounds (Brekelmans et al., ICLR 2022).
+
+* :class:`BoundEstimate` — what every estimator returns in both backends: the estimate, its
+  Monte Carlo standard error, and whether it is a lower bound, an upper bound or a plain estimate;
+* annealing schedules (:func:`linear_schedule`, :func:`sigmoid_schedule`) and
+  :func:`check_schedule`, one validation for a user-given array;
+* exact answers used by the tests and the ``mi-bounds`` benchmark:
+  :func:`linear_gaussian_log_marginal`, :func:`linear_gaussian_mi`, :func:`correlated_gaussian_mi`.
+
+Everything here is NumPy; the backends turn schedules into their own arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from adapters.validation import check_choice, check_positive, check_positive_int
+
+BoundKind = Literal["lower", "upper", "estimate"]
+
+
+@dataclass(frozen=True)
+class BoundEstimate:
+    """An estimate with its Monte Carlo standard error and the direction it is a bound in.
+
+    ``value`` is the sample mean of per-sample estimates (nats), ``stderr`` their standard
+    deviation over ``sqrt(num_samples)``.  ``kind`` is ``"lower"`` or ``"upper"`` when the
+    *expectation* of the estimator is a bound on the true value (a stochastic bound: a single
+    estimate may cross the truth by a few ``stderr``), ``"estimate"`` otherwise.
+    """
+
+    value: float
+    stderr: float
+    kind: BoundKind
+    estimator: str
+    num_samples: int
+
+    def __post_init__(self) -> None:
+        check_choice("kind", self.kind, ("lower", "upper", "estimate"))
+
+    @classmethod
+    def from_samples(cls, samples: Any, kind: BoundKind, estimator: str) -> BoundEstimate:
+        """Mean and standard error of per-sample estimates (any array-like, flattened)."""
+        values = np.asarray(samples, dtype=np.float64).reshape(-1)
+        n = values.size
+        stderr = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+        return cls(float(values.mean()), stderr, kind, estimator, n)
+
+    def interval(self, z: float = 2.0) -> tuple[float, float]:
+        """``value ± z * stderr``."""
+        return self.value - z * self.stderr, self.value + z * self.stderr
+
+    def __str__(self) -> str:
+        return f"{self.estimator}: {self.value:.4f} ± {self.stderr:.4f} ({self.kind} bound, n={self.num_samples})"
+
+
+def linear_schedule(num_steps: int) -> np.ndarray:
+    """``beta_t = t / T`` for ``t = 0..T``; shape ``(num_steps + 1,)``."""
+    num_steps = check_positive_int("num_steps", num_steps)
+    return np.linspace(0.0, 1.0, num_steps + 1)
+
+
+def sigmoid_schedule(num_steps: int, delta: float = 4.0) -> np.ndarray:
+    """Sigmoid schedule of Grosse, Ghahramani & Adams (2015, BDMC), shape ``(num_steps + 1,)``.
+
+    ``beta_t = (s(delta (2t/T - 1)) - s(-delta)) / (s(delta) - s(-delta))`` with the logistic
+    ``s``: denser near both ends, where the geometric path changes fastest.
+    """
+    num_steps = check_positive_int("num_steps", num_steps)
+    delta = check_positive("delta", delta)
+    s = 1.0 / (1.0 + np.exp(-delta * np.linspace(-1.0, 1.0, num_steps + 1)))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+def check_schedule(schedule: Any, num_steps: int | None = None) -> np.ndarray:
+    """A schedule name (``"linear"``, ``"sigmoid"``, needs ``num_steps``) or array, as float64 betas.
+
+    An array must be 1-D with at least two entries, start at exactly 0, end at exactly 1 and
+    increase strictly; the error says which of these fails.
+    """
+    if isinstance(schedule, str):
+        check_choice("schedule", schedule, ("linear", "sigmoid"))
+        if num_steps is None:
+            raise ValueError(f"schedule={schedule!r} needs num_steps")
+        return linear_schedule(num_steps) if schedule == "linear" else sigmoid_schedule(num_steps)
+    betas = np.asarray(schedule, dtype=np.float64)
+    if betas.ndim != 1 or betas.size < 2:
+        raise ValueError(f"schedule must be a 1-D array of at least 2 inverse temperatures, got shape {betas.shape}")
+    if not np.all(np.isfinite(betas)):
+        raise ValueError("schedule must contain only finite values")
+    if betas[0] != 0.0 or betas[-1] != 1.0:
+        raise ValueError(f"schedule must start at 0 and end at 1, got {float(betas[0])!r} ... {float(betas[-1])!r}")
+    if not np.all(np.diff(betas) > 0):
+        first = int(np.argmax(np.diff(betas) <= 0))
+        raise ValueError(
+            f"schedule must increase strictly, but schedule[{first + 1}] = {betas[first + 1]!r} <= "
+            f"schedule[{first}] = {float(betas[first])!r}"
+        )
+    if num_steps is not None and betas.size != num_steps + 1:
+        raise ValueError(f"schedule has {betas.size} entries, expected num_steps + 1 = {num_steps + 1}")
+    return betas
+
+
+def linear_gaussian_log_marginal(x: Any, weight: Any, noise_scale: float) -> np.ndarray:
+    """``log p(x)`` of ``z ~ N(0, I_dz)``, ``x = W z + eps``, ``eps ~ N(0, noise_scale^2 I_dx)``.
+
+    ``x``: ``(..., dx)``; ``weight``: ``(dx, dz)``.  ``p(x) = N(0, W W^T + noise_scale^2 I)``.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    weight = np.asarray(weight, dtype=np.float64)
+    noise_scale = check_positive("noise_scale", noise_scale)
+    dx = weight.shape[0]
+    cov = weight @ weight.T + noise_scale**2 * np.eye(dx)
+    chol = np.linalg.cholesky(cov)
+    white = np.linalg.solve(chol, x[..., None])[..., 0]
+    log_det = 2.0 * np.sum(np.log(np.diag(chol)))
+    return -0.5 * (np.sum(white**2, axis=-1) + log_det + dx * math.log(2.0 * math.pi))
+
+
+def linear_gaussian_mi(weight: Any, noise_scale: float) -> float:
+    """``I(x; z) = 0.5 log det(I_dz + W^T W / noise_scale^2)`` for the linear-Gaussian model above (nats)."""
+    weight = np.asarray(weight, dtype=np.float64)
+    noise_scale = check_positive("noise_scale", noise_scale)
+    gram = np.eye(weight.shape[1]) + weight.T @ weight / noise_scale**2
+    return 0.5 * float(np.linalg.slogdet(gram)[1])
+
+
+def correlated_gaussian_mi(rho: float, dim: int) -> float:
+    """``I(x; z) = -dim/2 log(1 - rho^2)`` for ``dim`` independent pairs of unit Gaussians with correlation ``rho``."""
+    dim = check_positive_int("dim", dim)
+    if not (isinstance(rho, int | float) and -1.0 < rho < 1.0):
+        raise ValueError(f"rho must be a number in (-1, 1), got {rho!r}")
+    return -0.5 * dim * math.log1p(-(rho**2))

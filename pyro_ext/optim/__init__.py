@@ -1,0 +1,5 @@
+"""torch optimizers of ``ppl-ext`` (``torch.optim.Optimizer`` subclasses) and their ``PyroOptim`` wrappers.
+
+Each method lives in its own module; this package re-exports the optimizer class
+(e.g. ``SWANOptimizer``) and the Pyro-style factory (e.g. ``SWAN({"lr": 1e-3})``).
+"""
