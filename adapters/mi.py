@@ -5,7 +5,10 @@
 * annealing schedules (:func:`linear_schedule`, :func:`sigmoid_schedule`) and
   :func:`check_schedule`, one validation for a user-given array;
 * exact answers used by the tests and the ``mi-bounds`` benchmark:
-  :func:`linear_gaussian_log_marginal`, :func:`linear_gaussian_mi`, :func:`correlated_gaussian_mi`.
+  :func:`linear_gaussian_log_marginal`, :func:`linear_gaussian_mi`, :func:`correlated_gaussian_mi`;
+* what both AIS shells share: :class:`AISConfig` (validated hyperparameters),
+  :func:`log_mean_exp_bound` (``log Z`` bounds from AIS log weights, delta-method standard error)
+  and :func:`effective_sample_size`.
 
 Everything here is NumPy; the backends turn schedules into their own arrays.
 """
@@ -18,7 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from adapters.validation import check_choice, check_positive, check_positive_int
+from adapters.validation import check_choice, check_positive, check_positive_int, check_probability
 
 BoundKind = Literal["lower", "upper", "estimate"]
 
@@ -76,32 +79,32 @@ def sigmoid_schedule(num_steps: int, delta: float = 4.0) -> np.ndarray:
     return (s - s[0]) / (s[-1] - s[0])
 
 
-def check_schedule(schedule: Any, num_steps: int | None = None) -> np.ndarray:
+def check_schedule(schedule: Any, num_steps: int | None = None, name: str = "schedule") -> np.ndarray:
     """A schedule name (``"linear"``, ``"sigmoid"``, needs ``num_steps``) or array, as float64 betas.
 
     An array must be 1-D with at least two entries, start at exactly 0, end at exactly 1 and
-    increase strictly; the error says which of these fails.
+    increase strictly; the error says which of these fails and names the argument ``name``.
     """
     if isinstance(schedule, str):
-        check_choice("schedule", schedule, ("linear", "sigmoid"))
+        check_choice(name, schedule, ("linear", "sigmoid"))
         if num_steps is None:
-            raise ValueError(f"schedule={schedule!r} needs num_steps")
+            raise ValueError(f"{name}={schedule!r} needs num_steps")
         return linear_schedule(num_steps) if schedule == "linear" else sigmoid_schedule(num_steps)
     betas = np.asarray(schedule, dtype=np.float64)
     if betas.ndim != 1 or betas.size < 2:
-        raise ValueError(f"schedule must be a 1-D array of at least 2 inverse temperatures, got shape {betas.shape}")
+        raise ValueError(f"{name} must be a 1-D array of at least 2 inverse temperatures, got shape {betas.shape}")
     if not np.all(np.isfinite(betas)):
-        raise ValueError("schedule must contain only finite values")
+        raise ValueError(f"{name} must contain only finite values")
     if betas[0] != 0.0 or betas[-1] != 1.0:
-        raise ValueError(f"schedule must start at 0 and end at 1, got {float(betas[0])!r} ... {float(betas[-1])!r}")
+        raise ValueError(f"{name} must start at 0 and end at 1, got {float(betas[0])!r} ... {float(betas[-1])!r}")
     if not np.all(np.diff(betas) > 0):
         first = int(np.argmax(np.diff(betas) <= 0))
         raise ValueError(
-            f"schedule must increase strictly, but schedule[{first + 1}] = {betas[first + 1]!r} <= "
-            f"schedule[{first}] = {float(betas[first])!r}"
+            f"{name} must increase strictly, but {name}[{first + 1}] = {float(betas[first + 1])!r} <= "
+            f"{name}[{first}] = {float(betas[first])!r}"
         )
     if num_steps is not None and betas.size != num_steps + 1:
-        raise ValueError(f"schedule has {betas.size} entries, expected num_steps + 1 = {num_steps + 1}")
+        raise ValueError(f"{name} has {betas.size} entries, expected num_steps + 1 = {num_steps + 1}")
     return betas
 
 
@@ -135,3 +138,101 @@ def correlated_gaussian_mi(rho: float, dim: int) -> float:
     if not (isinstance(rho, int | float) and -1.0 < rho < 1.0):
         raise ValueError(f"rho must be a number in (-1, 1), got {rho!r}")
     return -0.5 * dim * math.log1p(-(rho**2))
+
+
+def log_mean_exp_bound(log_weights: Any, kind: BoundKind, estimator: str) -> BoundEstimate:
+    """``log Z`` from ``K`` AIS log weights ``log w_k`` (shape ``(K,)``), with its standard error.
+
+    ``kind="lower"`` (forward chains, ``E[w] = Z``): ``log((1/K) sum_k w_k)``, a stochastic lower
+    bound by Jensen's inequality.  ``kind="upper"`` (reverse chains started from exact posterior
+    samples, ``E[1/w] = 1/Z``): ``-log((1/K) sum_k 1/w_k)``, a stochastic upper bound (Grosse,
+    Ghahramani & Adams 2015).
+
+    The standard error is the delta method's: with ``v_k = w_k`` (lower) or ``1/w_k`` (upper)
+    and ``v_bar`` their mean, ``se(log v_bar) ~ sd(v) / (sqrt(K) v_bar)``, computed in log space.
+    It is NaN for ``K = 1``, and ``value`` is ``-inf`` (lower) / ``+inf`` (upper) when every
+    weight is zero.  Non-finite log weights count as zero weights (``-inf``).
+    """
+    check_choice("kind", kind, ("lower", "upper"))
+    values = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    if values.size == 0:
+        raise ValueError("log_weights: need at least one chain, got an empty array")
+    sign = 1.0 if kind == "lower" else -1.0
+    logs = np.where(np.isfinite(values), sign * values, -np.inf)
+    count = logs.size
+    if not np.any(np.isfinite(logs)):
+        return BoundEstimate(-sign * math.inf, math.nan, kind, estimator, count)
+    top = float(np.max(logs))
+    scaled = np.exp(logs - top)
+    mean = float(scaled.mean())
+    value = top + math.log(mean)
+    stderr = float(scaled.std(ddof=1) / (math.sqrt(count) * mean)) if count > 1 else math.nan
+    return BoundEstimate(sign * value, stderr, kind, estimator, count)
+
+
+def effective_sample_size(log_weights: Any) -> float:
+    """Kish's ``(sum w)^2 / sum w^2`` of the weights ``exp(log_weights)`` (0 when all are zero)."""
+    values = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    values = np.where(np.isfinite(values), values, -np.inf)
+    if not np.any(np.isfinite(values)):
+        return 0.0
+    scaled = np.exp(values - np.max(values))
+    return float(scaled.sum() ** 2 / np.sum(scaled**2))
+
+
+@dataclass(frozen=True)
+class AISConfig:
+    """AIS hyperparameters shared by the NumPyro and Pyro shells (``numpyro_ext.infer.AIS``).
+
+    ``schedule`` is ``"linear"``, ``"sigmoid"`` or an array of inverse temperatures
+    ``0 = beta_0 < ... < beta_T = 1``; an array sets ``num_steps = len(schedule) - 1``.
+    ``transition`` is ``"hmc"`` or a user kernel (a callable, checked by the backend).
+    ``step_size`` is the HMC step size (the start of the pilot's adaptation when
+    ``adapt_step_size``), ``adaptation_rate`` the gain ``kappa`` of the pilot's multiplicative
+    update ``log eps <- log eps + kappa (a - target_accept_prob)``.
+    """
+
+    num_steps: int = 100
+    num_chains: int = 16
+    schedule: Any = "sigmoid"
+    transition: Any = "hmc"
+    step_size: float = 0.1
+    num_leapfrog: int = 10
+    adapt_step_size: bool = True
+    target_accept_prob: float = 0.65
+    adaptation_rate: float = 1.0
+    max_delta_energy: float = 1000.0
+
+    def __post_init__(self) -> None:
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        num_steps = check_positive_int("num_steps", self.num_steps)
+        if isinstance(self.schedule, str):
+            betas = check_schedule(self.schedule, num_steps)
+        else:
+            betas = check_schedule(self.schedule)
+            num_steps = betas.size - 1
+        set_("num_steps", num_steps)
+        set_("schedule", self.schedule if isinstance(self.schedule, str) else tuple(float(b) for b in betas))
+        set_("num_chains", check_positive_int("num_chains", self.num_chains))
+        if not (self.transition == "hmc" or callable(self.transition)):
+            raise ValueError(
+                "transition must be 'hmc' or a kernel function "
+                f"transition(rng_key, position, logdensity_fn, step_size) -> (position, acceptance_rate), "
+                f"got {self.transition!r}"
+            )
+        set_("step_size", check_positive("step_size", self.step_size))
+        set_("num_leapfrog", check_positive_int("num_leapfrog", self.num_leapfrog))
+        if not isinstance(self.adapt_step_size, bool):
+            raise ValueError(f"adapt_step_size must be True or False, got {self.adapt_step_size!r}")
+        set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
+        set_("adaptation_rate", check_positive("adaptation_rate", self.adaptation_rate))
+        set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
+
+    @property
+    def betas(self) -> np.ndarray:
+        """The inverse temperatures, float64, shape ``(num_steps + 1,)``."""
+        if isinstance(self.schedule, str):
+            return check_schedule(self.schedule, self.num_steps)
+        return np.asarray(self.schedule, dtype=np.float64)
