@@ -3,3 +3,5 @@
 Each method lives in its own module; this package re-exports the optimizer class
 (e.g. ``SWANOptimizer``) and the Pyro-style factory (e.g. ``SWAN({"lr": 1e-3})``).
 """
+
+from .singd import SINGD, SINGDOptimizer  # noqa: F401
