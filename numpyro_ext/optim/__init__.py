@@ -2,3 +2,6 @@
 
 Each method lives in its own module; this package re-exports its public constructors.
 """
+from .rootfree import rootfree_adam, rootfree_adamw, rootfree_rmsprop  # noqa: F401
+from .rootfree import scale_by_rootfree_adam, scale_by_rootfree_rmsprop  # noqa: F401
+from .ifshampoo import ifshampoo, scale_by_ifshampoo  # noqa: F401
