@@ -5,3 +5,16 @@ from numpyro_ext.infer.drhmc import DRHMC
 from numpyro_ext.infer.twisted_smc import TwistedSMC
 
 __all__ = ["DRHMC", "TwistedSMC"]
+
+from numpyro_ext.infer.mi_bounds import (  # noqa: E402
+    GIWAE,
+    MINEAIS,
+    MINEDV,
+    NWJ,
+    BarberAgakov,
+    InfoNCE,
+    fit_critic,
+    mine_ais,
+)
+
+__all__ += ["BarberAgakov", "GIWAE", "InfoNCE", "MINEAIS", "MINEDV", "NWJ", "fit_critic", "mine_ais"]
