@@ -10,8 +10,9 @@
   eight orders of magnitude give one trajectory in standardized units), which Adam's are not.
 * state_dict round trips, PyroOptim get_state/set_state/save/load, PyroLRScheduler, bfloat16.
 * Pyro SVI on a conjugate multi-output Bayesian linear regression whose mean-field ELBO optimum
-  and the exact ELBO of any guide are closed forms: every optimizer ends within 1 nat of Adam's
-  ELBO and within 5 nats of the optimum (the initial gap is ~6700 nats).
+  and the exact ELBO of any guide are closed forms: after 300 full-batch steps every optimizer
+  ends within 1.5 nats of Adam's ELBO and within 3 nats of the optimum (the initial gap is ~6700
+  nats; over seeds 0-2 all four end 0.5-1.5 nats below the optimum, within 0.6 nat of Adam).
 """
 
 from __future__ import annotations
@@ -501,7 +502,7 @@ def optimal_elbo(x, y):
     return exact_elbo(x, y, loc[:, :D_IN], scale[:, :D_IN], loc[:, D_IN], scale[:, D_IN])
 
 
-STEPS = 200
+STEPS = 300
 # loss_scale = batch_size = N: Pyro's ELBO sums the N data points and each step sees all of them
 SVI_CONFIGS = {
     "adam": (torch.optim.Adam, {"lr": 0.1}),
@@ -553,7 +554,7 @@ def test_pyro_svi_reaches_adams_elbo(name, adam_elbo):
     x, y = _regression_data()
     best = optimal_elbo(x, y)
     elbo = _svi_final_elbo(name)
-    assert best - 10.0 < adam_elbo <= best  # the baseline converged (from ~6700 nats below)
+    assert best - 3.0 < adam_elbo <= best  # the baseline converged (from ~6700 nats below)
     assert elbo <= best
-    assert elbo > adam_elbo - 1.0, (elbo, adam_elbo, best)
-    assert elbo > best - 5.0, (elbo, best)
+    assert elbo > adam_elbo - 1.5, (elbo, adam_elbo, best)
+    assert elbo > best - 3.0, (elbo, best)
