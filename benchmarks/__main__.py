@@ -2,10 +2,11 @@
 
 import sys
 
-from benchmarks import drhmc, posteriordb_baseline, report, score_calibration, sweep, twisted_smc
+from benchmarks import drhmc, optimizers, posteriordb_baseline, report, score_calibration, sweep, twisted_smc
 
 STUDIES = {
     "drhmc": drhmc.main,
+    "optimizers": optimizers.main,
     "posteriordb-baseline": posteriordb_baseline.main,
     "score-calibration": score_calibration.main,
     "sweep": sweep.main,

@@ -98,3 +98,118 @@ def test_baseline_reuses_the_runs_of_a_sweep_store(tmp_path, monkeypatch):
     second = posteriordb_baseline.main(args, out_dir=tmp_path / "b")
     fields = ("posterior", "algorithm", "seed", "grad_evals", "min_ess_bulk", "max_z_mean", "passed", "status")
     assert [{k: r[k] for k in fields} for r in second["runs"]] == [{k: r[k] for k in fields} for r in first["runs"]]
+
+
+# --- the optimizers study (issue 9): plumbing on a tiny configuration -------------------------
+
+
+def _fresh_torch_state_bytes(optimizer_class, shapes, **kwargs) -> int:
+    """Bytes of the state a torch optimizer holds after one step on float32 tensors of ``shapes``."""
+    import torch
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)  # the study trains in float32 (scalar step counters follow it)
+    try:
+        params = [torch.zeros(s, requires_grad=True) for s in shapes]
+        opt = optimizer_class(params, lr=1e-3, **kwargs)
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        return sum(v.nbytes for state in opt.state.values() for v in state.values() if torch.is_tensor(v))
+    finally:
+        torch.set_default_dtype(default)
+
+
+def test_optimizers_study_reports_what_its_runs_measured(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pyro")
+    pytest.importorskip("sklearn")
+    import dataclasses
+    import math
+
+    import torch
+
+    from benchmarks import optimizer_tasks, optimizers
+
+    # an optimizer whose module is not there is a "skipped" row, not a crash
+    missing = dataclasses.replace(optimizers.REGISTRY["swan"], name="missing", torch="pyro_ext.optim.no_such:X")
+    monkeypatch.setitem(optimizers.REGISTRY, "missing", missing)
+    argv = ["--quick", "--tasks", "bnn", "--optimizers", "sgd-momentum,swan,missing", "--seeds", "0,1"]
+    data = optimizers.main(argv, out_dir=tmp_path)
+    saved = json.loads(next(tmp_path.glob("optimizers-quick-*.json")).read_text())
+    assert saved["complete"] and saved["runs"] == data["runs"]
+    assert saved["config"]["optimizers"] == ["adam", "sgd-momentum", "swan", "missing"]  # Adam always runs
+    assert (tmp_path / optimizers.FIGURE).stat().st_size > 0
+    out = capsys.readouterr().out
+    assert "| task | optimizer | lr | final_loss |" in out
+    rows = {r["optimizer"]: r for r in saved["summary"]["table"]}
+    assert rows["missing"]["status"].startswith("skipped: not available (ModuleNotFoundError")
+    runs = saved["runs"]
+
+    # the full runs use the grid's best rate, and the reported numbers come from their curves
+    adam_full = [r for r in runs if r["optimizer"] == "adam" and r["kind"] == "full"]
+    adam_final = np.mean([r["curve"]["loss"][-1] for r in adam_full])
+    for name in ("adam", "sgd-momentum", "swan"):
+        grid = [r for r in runs if r["optimizer"] == name and r["kind"] == "grid"]
+        full = [r for r in runs if r["optimizer"] == name and r["kind"] == "full"]
+        assert len(grid) >= 3 and [r["seed"] for r in full] == [0, 1]
+        assert {r["lr"] for r in full} == {min(grid, key=lambda r: r["final_loss"])["lr"]}
+        assert rows[name]["final_loss"] == pytest.approx(np.mean([r["curve"]["loss"][-1] for r in full]))
+        curve = np.mean([r["curve"]["loss"] for r in full], axis=0)
+        hit = np.nonzero(curve <= adam_final)[0]
+        expected = full[0]["curve"]["step"][hit[0]] if len(hit) else "not reached"
+        assert rows[name]["steps_to_adam"] == expected
+    assert rows["adam"]["steps_to_adam"] <= adam_full[0]["steps"]
+
+    # state bytes per parameter, measured: Adam's two moments and step counters, SGD's momentum
+    # buffer, SWAN nothing on matrices (only the AdamW of the vectors)
+    named = optimizer_tasks.PyroBNN(0, hidden=16).named_params()
+    shapes = [tuple(p.shape) for _, p in named]
+    vectors = [s for s in shapes if not optimizer_tasks.is_matrix(torch.empty(s))]
+    n = sum(math.prod(s) for s in shapes)
+    adam_bytes = _fresh_torch_state_bytes(torch.optim.Adam, shapes)
+    assert rows["adam"]["state_bytes_per_param"] == pytest.approx(adam_bytes / n)
+    assert adam_bytes > 8 * n  # the two moments plus the counters
+    sgd_bytes = _fresh_torch_state_bytes(torch.optim.SGD, shapes, momentum=0.9)
+    assert rows["sgd-momentum"]["state_bytes_per_param"] == pytest.approx(sgd_bytes / n) == pytest.approx(4.0)
+    assert rows["swan"]["method_state_bytes_per_param"] == 0.0
+    rest_bytes = _fresh_torch_state_bytes(torch.optim.AdamW, vectors, weight_decay=0.01)
+    assert rows["swan"]["state_bytes_per_param"] == pytest.approx(rest_bytes / n)
+
+
+@pytest.mark.slow  # NumPyro's eager SVI set-up and two XLA compilations cost ~80 s of CPU
+def test_optimizers_study_numpyro_state_is_the_optax_state(tmp_path):
+    pytest.importorskip("sklearn")
+    import math
+
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from benchmarks import optimizer_tasks, optimizers
+
+    argv = ["--quick", "--no-grid", "--tasks", "numpyro-bnn", "--optimizers", "adam,swan", "--seeds", "0"]
+    data = optimizers.main(argv, out_dir=tmp_path)
+    rows = {r["optimizer"]: r for r in data["summary"]["table"]}
+    runs = {r["optimizer"]: r for r in data["runs"]}
+    shapes = {"w1": (64, 16), "b1": (16,), "w2": (16, 10), "b2": (10,)}  # --quick's hidden width 16
+    parts = ("auto_loc", "auto_scale")
+    params = {f"{k}_{part}": jnp.zeros(s, jnp.float32) for k, s in shapes.items() for part in parts}
+    n = 2 * sum(math.prod(s) for s in shapes.values())
+    adam_bytes = sum(leaf.nbytes for leaf in jax.tree_util.tree_leaves(optax.adam(1e-3).init(params)))
+    assert rows["adam"]["state_bytes_per_param"] == pytest.approx(adam_bytes / n)
+    assert rows["adam"]["lr"] == optimizers.REGISTRY["adam"].grid_svi[1]  # --no-grid: the grid's middle value
+    # SWAN keeps nothing per matrix entry (only optax's scalar step counters); the vectors' AdamW
+    # keeps two float32 moments and a count
+    assert runs["swan"]["method_state_bytes"] <= 16
+    vector_size = sum(math.prod(s) for s in shapes.values() if len(s) == 1) * 2
+    assert 8 * vector_size / n <= rows["swan"]["state_bytes_per_param"] <= (8 * vector_size + 16) / n
+    assert optimizer_tasks.NumPyroBNN.backend == "numpyro"
+
+
+def test_optimizers_study_rejects_unknown_names(tmp_path):
+    from benchmarks import optimizers
+
+    with pytest.raises(SystemExit, match=r"--optimizers: unknown 'adamax'; known: \['adam', 'adamw'"):
+        optimizers.main(["--optimizers", "adamax"], out_dir=tmp_path)
+    with pytest.raises(SystemExit, match=r"--tasks: unknown 'mnist'"):
+        optimizers.main(["--tasks", "mnist"], out_dir=tmp_path)
