@@ -1,0 +1,117 @@
+"""SinkGD: stateless gradient descent with square-root Sinkhorn multi-normalisation, as optax transforms.
+
+Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM
+Training" (arXiv:2502.06742).
+
+For a matrix leaf whose gradient ``G`` is viewed as ``m x n`` (a ``(d0, *rest)`` leaf as
+``d0 x prod(rest)``), SR-Sinkhorn (the paper's Algorithm 3) runs ``L = sinkhorn_steps``
+rounds of
+
+    X <- sqrt(n) Q(X)^{-1} X,      X <- sqrt(m) X R(X)^{-1},
+
+from ``X_0 = G`` (``Q``, ``R``: diagonal matrices of the row and column l2 norms), and
+SinkGD (Algorithm 4) updates ``W <- W - learning_rate * X_L``.  The fixed point has row
+norms ``sqrt(n)`` and column norms ``sqrt(m)`` (so ``||X||_F = sqrt(m n)``, unit RMS entries);
+see :mod:`pyro_ext.optim.sinkgd` (the torch twin, same update) for the fixed point and the
+convergence.
+
+* :func:`scale_by_sinkgd` — the matrix-only transform (the direction ``X_L``), stateless.
+* :func:`sinkgd` — ``scale_by_sinkgd`` (+ decoupled weight decay) and ``-learning_rate`` on
+  matrix leaves, Adam(W) on the others; usable directly in ``numpyro.infer.SVI``.
+
+Half-precision leaves are normalised in float32 and cast back.  Non-finite gradients give
+non-finite updates (wrap with ``optax.apply_if_finite`` to skip such steps).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from adapters.validation import check_betas, check_non_negative, check_positive_int
+
+from ._common import as_matrix, is_matrix, with_adam_fallback
+from .swan import _check_learning_rate, _floor, _work_dtype
+
+__all__ = ["scale_by_sinkgd", "sinkgd", "sinkgd_direction", "sr_sinkhorn"]
+
+
+def sr_sinkhorn(grad: jax.Array, sinkhorn_steps: int = 5, eps: float = 1e-8) -> jax.Array:
+    """SR-Sinkhorn (the paper's Algorithm 3) on an ``(m, n)`` matrix: ``sinkhorn_steps`` row-then-column rounds.
+
+    Row and column norms are floored at ``eps`` (an all-zero row or column stays zero).
+    """
+    m, n = grad.shape[-2], grad.shape[-1]
+    floor = _floor(eps, grad.dtype)
+
+    def body(_, x):
+        x = x * (math.sqrt(n) / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), floor))
+        return x * (math.sqrt(m) / jnp.maximum(jnp.linalg.norm(x, axis=-2, keepdims=True), floor))
+
+    return jax.lax.fori_loop(0, sinkhorn_steps, body, grad)
+
+
+def sinkgd_direction(grad: jax.Array, sinkhorn_steps: int = 5, eps: float = 1e-8) -> jax.Array:
+    """SR-Sinkhorn of a leaf of any shape ``(d0, *rest)`` viewed as ``d0 x prod(rest)``; same shape back."""
+    x = sr_sinkhorn(as_matrix(grad).astype(_work_dtype(grad.dtype)), sinkhorn_steps, eps)
+    return jnp.reshape(x, grad.shape).astype(grad.dtype)
+
+
+def scale_by_sinkgd(sinkhorn_steps: int = 5, eps: float = 1e-8) -> optax.GradientTransformation:
+    """The SR-Sinkhorn direction on every leaf (all must be matrices); stateless.
+
+    :param sinkhorn_steps: SR-Sinkhorn rounds ``L``, an integer >= 1 (the paper uses 5).
+    :param eps: floor of the row and column norms (>= 0).
+    """
+    sinkhorn_steps = check_positive_int("sinkhorn_steps", sinkhorn_steps)
+    eps = check_non_negative("eps", eps)
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+
+        def leaf(g: jax.Array) -> jax.Array:
+            if not is_matrix(g):
+                raise ValueError(
+                    f"scale_by_sinkgd acts on matrices (>= 2 axes, two of length > 1), got a leaf of shape "
+                    f"{jnp.shape(g)}; use sinkgd(...), which sends other leaves to Adam, or optax.partition"
+                )
+            return sinkgd_direction(g, sinkhorn_steps, eps)
+
+        return jax.tree_util.tree_map(leaf, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def sinkgd(
+    learning_rate: optax.ScalarOrSchedule,
+    sinkhorn_steps: int = 5,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+) -> optax.GradientTransformation:
+    """SinkGD (Scetbon et al. 2025, Algorithm 4) on matrix leaves, Adam(W) on the others.
+
+    :param learning_rate: a number > 0 or an optax schedule, shared by both parts.
+    :param sinkhorn_steps: SR-Sinkhorn rounds ``L``, an integer >= 1.
+    :param b1: the Adam fallback's first-moment decay, in ``[0, 1)``.
+    :param b2: the Adam fallback's second-moment decay, in ``[0, 1)``.
+    :param eps: Adam's epsilon, and the floor of the row and column norms (>= 0).
+    :param weight_decay: decoupled weight decay on every leaf (>= 0).
+    """
+    _check_learning_rate(learning_rate)
+    check_betas("(b1, b2)", (b1, b2))
+    weight_decay = check_non_negative("weight_decay", weight_decay)
+    parts = [scale_by_sinkgd(sinkhorn_steps, eps)]
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return with_adam_fallback(optax.chain(*parts), learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
