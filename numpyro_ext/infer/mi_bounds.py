@@ -298,7 +298,8 @@ def nwj_terms(scores: Array) -> Array:
     """
     mask, diag = _off_diagonal(scores)
     k = scores.shape[-1]
-    marginal = jnp.sum(jnp.where(mask, jnp.exp(scores - 1.0), 0.0), axis=-1) / (k - 1)
+    # mask before exponentiating: an overflowing diagonal must not turn the gradient into NaN
+    marginal = jnp.sum(jnp.exp(jnp.where(mask, scores - 1.0, -jnp.inf)), axis=-1) / (k - 1)
     return diag - marginal
 
 
@@ -400,7 +401,7 @@ def _dv_linearised(matrix: Array) -> tuple[Array, Array]:
     mask, diag = _off_diagonal(matrix)
     k = matrix.shape[-1]
     shift = jnp.max(jnp.where(mask, matrix, -jnp.inf))
-    rows = jnp.sum(jnp.where(mask, jnp.exp(matrix - shift), 0.0), axis=-1) / (k - 1)
+    rows = jnp.sum(jnp.exp(jnp.where(mask, matrix - shift, -jnp.inf)), axis=-1) / (k - 1)
     value = mine_dv_value(matrix)
     # influence of row i on the value: (diag_i - mean diag) - (b_i - mean b) / mean b
     return value, value + (diag - diag.mean()) - (rows - rows.mean()) / rows.mean()
@@ -469,8 +470,8 @@ def hmc_chain(
     """
 
     def value_and_grad(position):
-        value, grad = jax.value_and_grad(lambda p: jnp.sum(log_density_fn(p)))(position)
-        return log_density_fn(position), grad
+        values, vjp = jax.vjp(log_density_fn, position)
+        return values, vjp(jnp.ones_like(values))[0]
 
     def leapfrog(position, momentum, grad):
         def body(_, carry):

