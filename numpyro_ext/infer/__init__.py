@@ -6,6 +6,11 @@ from numpyro_ext.infer.twisted_smc import TwistedSMC
 
 __all__ = ["DRHMC", "TwistedSMC"]
 
+from numpyro_ext.infer.ais import AIS, AISResult  # noqa: E402
+from numpyro_ext.infer.ais_mi import ais_mi_lower, ais_mi_upper, iwae_mi_lower, iwae_mi_upper  # noqa: E402
+
+__all__ += ["AIS", "AISResult", "ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
+
 from numpyro_ext.infer.mi_bounds import (  # noqa: E402
     GIWAE,
     MINEAIS,
