@@ -20,6 +20,7 @@ the same noise), and without touching the training's random stream.  Everything 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -28,6 +29,14 @@ import numpy as np
 LM_VAL_FRACTION = 0.1
 
 
+@functools.lru_cache(maxsize=1)
+def _corpus_tokens() -> np.ndarray:
+    from adapters.char_corpus import corpus, encode
+
+    return encode(corpus())
+
+
+@functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
 
@@ -123,9 +132,9 @@ class CharLM:
     ):
         import torch
 
-        from adapters.char_corpus import ALPHABET, corpus, encode
+        from adapters.char_corpus import ALPHABET
 
-        tokens = torch.as_tensor(encode(corpus()), dtype=torch.long)
+        tokens = torch.as_tensor(_corpus_tokens(), dtype=torch.long)
         split = int(len(tokens) * (1 - LM_VAL_FRACTION))
         self.train_text, val_text = tokens[:split], tokens[split:]
         self.context, self.batch = context, batch
