@@ -2,10 +2,33 @@
 
 Each method lives in its own module; this package re-exports the optimizer class
 (e.g. ``SWANOptimizer``) and the Pyro-style factory (e.g. ``SWAN({"lr": 1e-3})``).
+``SINGD`` differs: it needs whole layers, so its Pyro wrapper takes the module
+(``SINGD(net, {"lr": ...})``, see ``docs/optim/singd.rst``).
 """
 
-from .singd import SINGD, SINGDOptimizer  # noqa: F401
-from .rootfree import RootFreeAdamW, RootFreeAdamWOptimizer, RootFreeRMSProp, RootFreeRMSPropOptimizer  # noqa: F401
-from .ifshampoo import IFShampoo, IFShampooOptimizer  # noqa: F401
-from .sinkgd import SinkGD, SinkGDOptimizer  # noqa: F401
-from .swan import SWAN, SWANOptimizer  # noqa: F401
+from pyro_ext.optim.alice import Alice, AliceOptimizer
+from pyro_ext.optim.ifshampoo import IFShampoo, IFShampooOptimizer
+from pyro_ext.optim.racs import RACS, RACSOptimizer
+from pyro_ext.optim.rootfree import RootFreeAdamW, RootFreeAdamWOptimizer, RootFreeRMSProp, RootFreeRMSPropOptimizer
+from pyro_ext.optim.singd import SINGD, SINGDOptimizer
+from pyro_ext.optim.sinkgd import SinkGD, SinkGDOptimizer
+from pyro_ext.optim.swan import SWAN, SWANOptimizer
+
+__all__ = [
+    "RACS",
+    "SINGD",
+    "SWAN",
+    "Alice",
+    "AliceOptimizer",
+    "IFShampoo",
+    "IFShampooOptimizer",
+    "RACSOptimizer",
+    "RootFreeAdamW",
+    "RootFreeAdamWOptimizer",
+    "RootFreeRMSProp",
+    "RootFreeRMSPropOptimizer",
+    "SINGDOptimizer",
+    "SWANOptimizer",
+    "SinkGD",
+    "SinkGDOptimizer",
+]

@@ -21,8 +21,16 @@ import torch
 
 from adapters.validation import check_betas, check_non_negative, check_positive
 
-__all__ = ["adam_fallback_", "as_matrix", "check_betas", "check_finite_grad", "check_lr", "check_non_negative",
-           "is_matrix", "pyro_optim"]
+__all__ = [
+    "adam_fallback_",
+    "as_matrix",
+    "check_betas",
+    "check_finite_grad",
+    "check_lr",
+    "check_non_negative",
+    "is_matrix",
+    "pyro_optim",
+]
 
 
 def check_lr(lr: Any) -> float:
