@@ -77,6 +77,7 @@ __all__ = [
     "ais_init",
     "ais_reverse",
     "ais_step",
+    "pilot_step_sizes",
     "tune_step_sizes",
 ]
 
