@@ -72,7 +72,7 @@ from pyro_ext.optim._common import (
     is_matrix,
     pyro_optim,
 )
-from pyro_ext.optim.racs import check_gamma, check_pair, compute_dtype
+from pyro_ext.optim.racs import check_gamma, check_pair, compute_dtype, keep_state_dtypes
 
 __all__ = [
     "Alice",
@@ -271,6 +271,7 @@ class AliceOptimizer(torch.optim.Optimizer):
             fallback_betas=check_pair("fallback_betas", fallback_betas),
         )
         super().__init__(params, defaults)
+        keep_state_dtypes(self)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)

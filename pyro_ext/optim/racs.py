@@ -90,6 +90,33 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:
+    """Make ``load_state_dict`` keep the saved dtypes of the state (float32 state of bfloat16 parameters).
+
+    ``torch.optim.Optimizer.load_state_dict`` casts floating-point state to each parameter's dtype, which would
+    round a low-precision parameter's float32 state; these hooks put the saved tensors back (on the
+    parameter's device), so a resumed run is the uninterrupted one for every dtype.
+    """
+    stash: dict[str, Any] = {}
+
+    def pre_hook(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        stash["ids"] = [i for group in state_dict["param_groups"] for i in group["params"]]
+        stash["state"] = {
+            key: {name: value for name, value in entry.items() if torch.is_tensor(value)}
+            for key, entry in state_dict["state"].items()
+        }
+
+    def post_hook(opt: torch.optim.Optimizer) -> None:
+        params = [param for group in opt.param_groups for param in group["params"]]
+        for key, param in zip(stash.pop("ids", []), params, strict=False):
+            for name, value in stash["state"].get(key, {}).items():
+                opt.state[param][name] = value.to(device=param.device)
+        stash.clear()
+
+    optimizer.register_load_state_dict_pre_hook(pre_hook)
+    optimizer.register_load_state_dict_post_hook(post_hook)
+
+
 def racs_fixed_point(sq_grad: torch.Tensor, q: torch.Tensor, num_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``num_iterations`` sweeps of Eq. 16 on ``A = sq_grad`` (``m × n``, non-negative) from the row factor ``q``.
 
@@ -188,6 +215,7 @@ class RACSOptimizer(torch.optim.Optimizer):
             fallback_betas=check_pair("fallback_betas", fallback_betas),
         )
         super().__init__(params, defaults)
+        keep_state_dtypes(self)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

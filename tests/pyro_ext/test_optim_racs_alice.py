@@ -19,7 +19,7 @@ import pyro.optim
 import pytest
 import torch
 from pyro.infer import SVI, Trace_ELBO
-from pyro.infer.autoguide import AutoNormal
+from pyro.infer.autoguide import AutoNormal, init_to_value
 
 from pyro_ext.optim import RACS, Alice, AliceOptimizer, RACSOptimizer
 from pyro_ext.optim.alice import alice_direction, switch_basis
@@ -312,20 +312,23 @@ def test_one_dimensional_parameters_get_adamw(cls):
         torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize(
     "cls,kwargs",
     [(RACSOptimizer, {}), (AliceOptimizer, dict(rank=2, leading_basis=1, update_interval=2))],
 )
-def test_state_dict_round_trip_resumes_the_uninterrupted_run(cls, kwargs):
+def test_state_dict_round_trip_resumes_the_uninterrupted_run(cls, kwargs, dtype):
+    # bfloat16: the float32 state survives load_state_dict (torch would cast it to the parameter's dtype)
     shapes = [(5, 8), (9, 4), (3,)]
-    grads = random_grads(shapes, 10, seed=11)
-    init = [torch.randn(shape, generator=torch.Generator().manual_seed(12)) for shape in shapes]
+    grads = [[g.to(dtype) for g in gs] for gs in random_grads(shapes, 10, seed=11)]
+    init = [torch.randn(shape, generator=torch.Generator().manual_seed(12)).to(dtype) for shape in shapes]
     ref, _ = run(cls, grads, init, **kwargs)
     first, opt = run(cls, grads[:5], init, **kwargs)
-    saved = opt.state_dict()
+    saved = copy.deepcopy(opt.state_dict())
     params = [p.detach().clone().requires_grad_(True) for p in first]
     resumed = cls(params, **kwargs)
     resumed.load_state_dict(saved)
+    assert resumed.state[params[0]]["step"] == 5
     for step_grads in grads[5:]:
         for p, g in zip(params, step_grads, strict=True):
             p.grad = g.clone()
@@ -398,10 +401,18 @@ def test_clip_rank_uses_the_layer_size():
 
 # --------------------------------------------------------------------------------------- Pyro
 def bnn_data(seed=0, n=50, din=4, hidden=8, dout=3):
+    """Data from a tanh MLP, and a starting point near its weights (shared by every optimizer)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, din, generator=gen)
     w1, w2 = torch.randn(din, hidden, generator=gen), torch.randn(hidden, dout, generator=gen) / hidden**0.5
-    return x, torch.tanh(x @ w1) @ w2 + 0.3 * torch.randn(n, dout, generator=gen)
+    y = torch.tanh(x @ w1) @ w2 + 0.3 * torch.randn(n, dout, generator=gen)
+    start = {
+        "w1": w1 + 0.3 * torch.randn(din, hidden, generator=gen),
+        "b1": 0.3 * torch.randn(hidden, generator=gen),
+        "w2": w2 + 0.3 * torch.randn(hidden, dout, generator=gen),
+        "b2": 0.3 * torch.randn(dout, generator=gen),
+    }
+    return x, y, start
 
 
 def bnn(x, y, hidden=8):
@@ -414,51 +425,68 @@ def bnn(x, y, hidden=8):
     pyro.sample("y", dist.Normal(mean, 0.3).to_event(2), obs=y)
 
 
-def fit_bnn(optim, steps):
-    """Negative ELBO after ``steps`` SVI steps, estimated with 2000 particles (Monte Carlo s.e. about 0.1 nat)."""
-    x, y = bnn_data()
+SVI_STEPS, SVI_LR = 200, 0.05
+
+
+def fit_bnn(optimizer_class, optim_args, steps=SVI_STEPS):
+    """Negative ELBO after ``steps`` SVI steps (8 particles each), estimated with 2000 particles (s.e. ~0.1 nat).
+
+    The learning rate decays from ``SVI_LR`` to a tenth (``pyro.optim.ExponentialLR``, a ``PyroLRScheduler``), so
+    the final iterate is not dominated by gradient noise; the guide starts with its locations near the
+    data-generating weights and broad scales (0.5), so every optimizer works in the same basin of this multimodal
+    posterior and the comparison is one of convergence.
+    """
+    x, y, start = bnn_data()
     pyro.clear_param_store()
     pyro.set_rng_seed(1)
-    guide = AutoNormal(bnn, init_scale=0.05)
-    svi = SVI(bnn, guide, optim, Trace_ELBO(max_plate_nesting=0))
+    guide = AutoNormal(bnn, init_loc_fn=init_to_value(values=start), init_scale=0.5)
+    optim = pyro.optim.ExponentialLR(
+        {"optimizer": optimizer_class, "optim_args": {"lr": SVI_LR, **optim_args}, "gamma": 0.1 ** (1 / steps)}
+    )
+    svi = SVI(bnn, guide, optim, Trace_ELBO(num_particles=8, vectorize_particles=True, max_plate_nesting=0))
     for _ in range(steps):
         svi.step(x, y)
+        optim.step()
     pyro.set_rng_seed(2)
     with torch.no_grad():
         return Trace_ELBO(num_particles=2000, vectorize_particles=True, max_plate_nesting=0).loss(bnn, guide, x, y)
 
 
-SVI_STEPS = 300
-
-
 @pytest.fixture(scope="module")
 def adam_bnn_loss():
-    return fit_bnn(pyro.optim.Adam({"lr": 0.05}), SVI_STEPS)
+    return fit_bnn(torch.optim.Adam, {})
 
 
 @pytest.mark.parametrize(
-    "optim",
+    "optimizer_class,optim_args",
     [
-        RACS({"lr": 0.05, "alpha": 1.0}),
-        Alice({"lr": 0.05, "alpha": 1.0, "alpha_c": 1.0, "rank": 2, "leading_basis": 1, "update_interval": 10}),
+        (RACSOptimizer, {"alpha": 1.0}),
+        (AliceOptimizer, {"alpha": 1.0, "alpha_c": 1.0, "rank": 2, "leading_basis": 1, "update_interval": 10}),
     ],
     ids=["racs", "alice"],
 )
-def test_pyro_svi_bayesian_mlp_reaches_adams_elbo(optim, adam_bnn_loss):
-    # same budget (300 steps, lr 0.05) as Adam; the initial negative ELBO is ~530, Adam ends at ~166 nats.
-    # Tolerance: within 2% of Adam's negative ELBO (~3.3 nats, about 30 Monte Carlo standard errors)
-    loss = fit_bnn(optim, SVI_STEPS)
+def test_pyro_svi_bayesian_mlp_reaches_adams_elbo(optimizer_class, optim_args, adam_bnn_loss):
+    # same budget and schedule as Adam (200 steps, lr 0.05 -> 0.005), from a negative ELBO of ~2000.  Tolerance:
+    # within 2% of Adam's negative ELBO (~4 nats; the 2000-particle estimates' error is ~0.1 nat).  Measured over SVI
+    # seeds 1-3: Adam 187.0-190.9, RACS 168.9-172.4, Alice 165.5-172.8 (at a constant lr 0.05 all three end at
+    # 150-158, within 3.5 nats of Adam, but that final iterate is noisier).
+    loss = fit_bnn(optimizer_class, optim_args)
     assert loss <= adam_bnn_loss + 0.02 * abs(adam_bnn_loss)
 
 
-def test_pyro_optim_get_set_state_and_save_load(tmp_path):
-    x, y = bnn_data()
+@pytest.mark.parametrize(
+    "factory,args",
+    [(RACS, {"lr": 0.02}), (Alice, {"lr": 0.02, "rank": 2, "leading_basis": 1, "update_interval": 2})],
+    ids=["racs", "alice"],
+)
+def test_pyro_optim_get_set_state_and_save_load(tmp_path, factory, args):
+    x, y, _ = bnn_data()
 
     def make():
         pyro.clear_param_store()
         pyro.set_rng_seed(5)
         guide = AutoNormal(bnn, init_scale=0.05)
-        optim = Alice({"lr": 0.02, "rank": 2, "leading_basis": 1, "update_interval": 2})
+        optim = factory(args)
         return guide, optim, SVI(bnn, guide, optim, Trace_ELBO(max_plate_nesting=0))
 
     guide, optim, svi = make()
@@ -466,27 +494,31 @@ def test_pyro_optim_get_set_state_and_save_load(tmp_path):
         svi.step(x, y)
     params = {k: v.detach().clone() for k, v in pyro.get_param_store().items()}
     saved = copy.deepcopy(optim.get_state())  # state_dict() shares the live (in-place updated) tensors
+    assert all(int(state["state"][0]["step"]) == 4 for state in saved.values())
     optim.save(tmp_path / "optim.pt")
     pyro.set_rng_seed(6)
     reference = [svi.step(x, y) for _ in range(3)]
 
-    for restore in ("set_state", "load"):
+    for restore in ("set_state", "load", None):
         guide, optim, svi = make()
         guide(x, y)
         for k, v in params.items():
             pyro.get_param_store()[k] = v.clone()
         if restore == "set_state":
             optim.set_state(saved)
-        else:
+        elif restore == "load":
             optim.load(tmp_path / "optim.pt")
         pyro.set_rng_seed(6)
-        assert [svi.step(x, y) for _ in range(3)] == reference
-    assert any(state["state"][0].get("basis") is not None for state in saved.values())
+        losses = [svi.step(x, y) for _ in range(3)]
+        if restore is None:  # a fresh optimizer state gives other steps
+            assert abs(losses[1] - reference[1]) > 1e-3
+        else:  # the restored parameters went through the store's constraint transforms: equal up to rounding
+            np.testing.assert_allclose(losses, reference, rtol=1e-12)
 
 
 @pytest.mark.parametrize("cls", [RACSOptimizer, AliceOptimizer])
 def test_pyro_lr_scheduler(cls):
-    x, y = bnn_data()
+    x, y, _ = bnn_data()
     pyro.clear_param_store()
     extra = {"rank": 2} if cls is AliceOptimizer else {}
     scheduler = pyro.optim.ExponentialLR({"optimizer": cls, "optim_args": {"lr": 0.04, **extra}, "gamma": 0.5})
