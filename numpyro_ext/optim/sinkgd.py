@@ -5,7 +5,7 @@ Training" (arXiv:2502.06742).
 
 For a matrix leaf whose gradient ``G`` is viewed as ``m x n`` (a ``(d0, *rest)`` leaf as
 ``d0 x prod(rest)``), SR-Sinkhorn (the paper's Algorithm 3) runs ``L = sinkhorn_steps``
-rounds of
+rounds of::
 
     X <- sqrt(n) Q(X)^{-1} X,      X <- sqrt(m) X R(X)^{-1},
 

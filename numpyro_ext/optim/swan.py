@@ -5,7 +5,7 @@ LLM Training", ICML 2025 (arXiv:2412.13148).
 
 For a matrix leaf whose gradient ``G`` is viewed as ``m x n`` with ``m <= n`` (a
 ``(d0, *rest)`` leaf is flattened to ``d0 x prod(rest)`` and transposed when
-``d0 > prod(rest)``), the update is the paper's Algorithm 1:
+``d0 > prod(rest)``), the update is the paper's Algorithm 1::
 
     GradNorm (Algorithm 3):      G~ = (G - g_bar 1_n^T) / (s 1_n^T),
                                  g_bar_i = mean_j G_ij,  s_i = sqrt(mean_j (G_ij - g_bar_i)^2),

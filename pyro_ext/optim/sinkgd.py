@@ -3,12 +3,12 @@
 Scetbon, Ma, Gong & Meeds, "Gradient Multi-Normalization for Stateless and Scalable LLM
 Training" (arXiv:2502.06742).
 
-Multi-normalised gradient descent (the paper's Algorithm 1) looks for an update that is
-normalised with respect to several norms at once, by alternating projections
-(Algorithm 2).  SinkGD's two norms are the row-wise and column-wise l2 norms of the
-``m x n`` gradient matrix (a ``(d0, *rest)`` tensor is viewed as ``d0 x prod(rest)``).  With
+Multi-normalised gradient descent (MNGD, the paper's Algorithm 1) looks for an update that
+is normalised with respect to several norms at once, by alternating their normalisations.
+SinkGD's two norms are the row-wise and column-wise l2 norms of the ``m x n`` gradient
+matrix (a ``(d0, *rest)`` tensor is viewed as ``d0 x prod(rest)``).  With
 ``Q(X) = diag(||X_{1,:}||, ..., ||X_{m,:}||)`` and ``R(X) = diag(||X_{:,1}||, ..., ||X_{:,n}||)``,
-SR-Sinkhorn (Algorithm 3) runs ``L = sinkhorn_steps`` rounds of
+SR-Sinkhorn (Algorithm 3) runs ``L = sinkhorn_steps`` rounds of::
 
     X <- sqrt(n) Q(X)^{-1} X        (every row to l2 norm sqrt(n)),
     X <- sqrt(m) X R(X)^{-1}        (every column to l2 norm sqrt(m)),

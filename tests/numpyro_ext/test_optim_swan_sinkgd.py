@@ -260,6 +260,7 @@ def bnn(x, y):
 
 SVI_STEPS = 300
 SVI_LR = 0.02
+SEEDS = range(4)
 
 
 @pytest.fixture(scope="module")
@@ -267,18 +268,27 @@ def problem():
     """Data, one guide shared by every fit (same prototype), and a jit-compiled -ELBO shared by every evaluation."""
     x, y = regression_data()
     guide = AutoNormal(bnn, init_scale=0.05)
+    elbo = Trace_ELBO(num_particles=500)
     # the same evaluation key for every optimizer: common random numbers for the comparison
-    evaluate = jax.jit(
-        lambda params: Trace_ELBO(num_particles=500).loss(jax.random.PRNGKey(2), params, bnn, guide, x, y)
-    )
+    evaluate = jax.jit(lambda params: elbo.loss(jax.random.PRNGKey(100), params, bnn, guide, x, y))
     return x, y, guide, evaluate
 
 
 def fit(optimizer, problem):
+    """``SVI_STEPS`` steps of ``SVI(bnn, guide, optimizer, Trace_ELBO())`` for each seed of the SVI noise.
+
+    Every seed starts from the shared guide's initial values.  One compiled loop per optimizer serves every
+    seed (XLA's compile, not the steps, is the cost here).
+    """
     x, y, guide, evaluate = problem
     svi = SVI(bnn, guide, optimizer, Trace_ELBO())
-    result = svi.run(jax.random.PRNGKey(1), SVI_STEPS, x, y, progress_bar=False)
-    return float(result.losses[0]), float(evaluate(result.params)), result.params
+    run = jax.jit(lambda state: jax.lax.fori_loop(0, SVI_STEPS, lambda i, s: svi.update(s, x, y)[0], state))
+    initial, final = [], []
+    for seed in SEEDS:
+        state = svi.init(jax.random.PRNGKey(seed), x, y)
+        initial.append(float(evaluate(svi.get_params(state))))
+        final.append(float(evaluate(svi.get_params(run(state)))))
+    return np.array(initial), np.array(final), svi.get_params(state)
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +303,8 @@ def test_svi_bayesian_mlp_matches_adam(make, adam_baseline, problem):
     # the variational parameters include real matrices; the biases and the noise scale go to the Adam fallback
     assert params["w1_auto_loc"].shape == (3, HIDDEN) and params["w2_auto_scale"].shape == (HIDDEN, 2)
     adam_initial, adam_final = adam_baseline
-    assert initial == pytest.approx(adam_initial, rel=1e-12)
-    # same budget (300 steps, lr 0.02): a final -ELBO at most 5% above Adam's.  Measured (500 particles):
-    # initial 19514, Adam 644, SWAN 478, SinkGD 495; the evaluation's MC error (~2) is far under the margin (~32)
-    assert final <= adam_final + 0.05 * abs(adam_final), (final, adam_final, initial)
+    np.testing.assert_allclose(initial, adam_initial, rtol=1e-12)  # the same starting point
+    # same budget (300 steps, lr 0.02), averaged over four seeds of the SVI noise: a final -ELBO at most 5%
+    # above Adam's.  Measured (500 particles): start 14799, Adam 582 (578-589), SWAN 483 (469-496), SinkGD 477
+    # (470-485); the evaluation's MC error (~2) is far under the margin (~29)
+    assert final.mean() <= adam_final.mean() + 0.05 * abs(adam_final.mean()), (final, adam_final)
