@@ -2,10 +2,20 @@
 
 import sys
 
-from benchmarks import drhmc, optimizers, posteriordb_baseline, report, score_calibration, sweep, twisted_smc
+from benchmarks import (
+    drhmc,
+    drhmc_funnel,
+    optimizers,
+    posteriordb_baseline,
+    report,
+    score_calibration,
+    sweep,
+    twisted_smc,
+)
 
 STUDIES = {
     "drhmc": drhmc.main,
+    "drhmc-funnel": drhmc_funnel.main,
     "optimizers": optimizers.main,
     "posteriordb-baseline": posteriordb_baseline.main,
     "score-calibration": score_calibration.main,

@@ -587,7 +587,8 @@ def _study_optimizer(out: ResultFile, progress: Any, task: str, spec: Spec, seed
     best = fixed_lr if fixed_lr is not None else lrs[len(lrs) // 2] if args.no_grid else None
     while best is None and lrs:
         lr = lrs.pop(0)
-        row = run_one(task, spec, lr, seeds[0], grid_steps, args.eval_points, adam_lr, args.quick)
+        # the grid only needs the final loss: a few evaluations (they cost forward passes, untimed)
+        row = run_one(task, spec, lr, seeds[0], grid_steps, max(2, args.eval_points // 4), adam_lr, args.quick)
         progress.update()
         if row["status"].startswith("skipped"):
             out.add({"task": task, "optimizer": spec.name, "kind": "skip", "status": row["status"]})
