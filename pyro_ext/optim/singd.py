@@ -63,6 +63,7 @@ import functools
 import math
 import re
 import warnings
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, NamedTuple
 
@@ -99,7 +100,7 @@ _FACTOR_KEYS = ("K", "C", "m_K", "m_C")
 # ---------------------------------------------------------------------------------------
 # Structures: compact storage of a factor and the few operations SINGD needs
 # ---------------------------------------------------------------------------------------
-class Structure:
+class Structure(ABC):
     """A matrix group of ``d × d`` factors stored as a tuple of tensors.
 
     Every method is pure (returns new tensors).  ``project_gram(S)`` is ``Π̂(S Sᵀ)`` and
@@ -110,42 +111,49 @@ class Structure:
 
     name: str
 
-    def eye(self, d: int, dtype: torch.dtype, device: torch.device) -> Factor:
-        raise NotImplementedError
+    @abstractmethod
+    def eye(self, d: int, dtype: torch.dtype, device: torch.device) -> Factor: ...
 
+    @abstractmethod
     def matmul(self, K: Factor, X: Tensor) -> Tensor:
         """``K @ X`` for a dense ``X`` of shape ``(d, n)``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def rmatmul(self, K: Factor, X: Tensor) -> Tensor:
         """``Kᵀ @ X``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def compose(self, K: Factor, M: Factor) -> Factor:
         """``K @ M`` (stays in the structure)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def project_gram(self, S: Tensor) -> Factor:
         """``Π̂(S Sᵀ)``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def project_self_gram(self, K: Factor) -> Factor:
         """``Π̂(Kᵀ K)``."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def avg_trace(self, M: Factor) -> Tensor:
         """``Tr(M) / d``."""
-        raise NotImplementedError
+        ...
 
-    def add_to_diag(self, M: Factor, value: float) -> Factor:
-        raise NotImplementedError
+    @abstractmethod
+    def add_to_diag(self, M: Factor, value: float) -> Factor: ...
 
-    def to_dense(self, M: Factor) -> Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def to_dense(self, M: Factor) -> Tensor: ...
 
+    @abstractmethod
     def numel(self, d: int) -> int:
         """Numbers stored for one ``d × d`` factor."""
-        raise NotImplementedError
+        ...
 
     def zeros(self, d: int, dtype: torch.dtype, device: torch.device) -> Factor:
         return tuple(torch.zeros_like(t) for t in self.eye(d, dtype, device))
