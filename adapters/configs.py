@@ -7,6 +7,7 @@ arguments, so the two read the same values and reject bad input with the same me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from adapters.validation import check_greater, check_positive, check_positive_int, check_probability
 
@@ -61,3 +62,43 @@ def check_model_or_potential(algorithm: str, model: object, potential_fn: object
     """Exactly one of ``model`` and ``potential_fn``, as NumPyro's and Pyro's HMC require."""
     if (model is None) == (potential_fn is None):
         raise ValueError(f"{algorithm}: give exactly one of `model` (a model or adapters.Target) and `potential_fn`")
+
+
+# Optimizer hyperparameters shared by the torch and optax versions (Gong et al. 2025, RACS and Alice).
+
+
+def check_gamma(gamma: Any) -> float | None:
+    """RACS's norm-growth limiter threshold: ``None`` (no limiter) or a finite number ``>= 1``."""
+    if gamma is None:
+        return None
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (1.0 <= float(gamma) < float("inf")):
+        raise ValueError(f"gamma must be None or a finite number >= 1 (the update norm's growth limit), got {gamma!r}")
+    return float(gamma)
+
+
+def default_leading_basis(rank: int) -> int:
+    """Alice's leading-basis size: the paper's ratio ``l = 40`` for ``r = 256``, at least 1."""
+    return max(1, round(rank * 40 / 256))
+
+
+def check_rank(rank: Any, leading_basis: Any) -> tuple[int, int]:
+    """Alice's ``(rank, leading_basis)`` as ints with ``1 <= leading_basis <= rank``."""
+    rank = check_positive_int("rank", rank)
+    if leading_basis is None:
+        return rank, default_leading_basis(rank)
+    leading_basis = check_positive_int("leading_basis", leading_basis)
+    if leading_basis > rank:
+        raise ValueError(f"leading_basis must be <= rank = {rank}, got {leading_basis!r}")
+    return rank, leading_basis
+
+
+def effective_rank(shape: tuple[int, int], rank: int, leading_basis: int, clip_rank: bool) -> tuple[int, int]:
+    """Alice's ``(r, l)`` for an ``m × n`` matrix; ``rank >= min(m, n)`` is an error unless ``clip_rank``."""
+    d = min(shape)
+    if rank >= d and not clip_rank:
+        raise ValueError(
+            f"rank must be < min(m, n) = {d} for a {shape[0]} x {shape[1]} weight matrix, got {rank}; lower it, or "
+            "pass clip_rank=True to use rank = min(m, n) there (the full eigenbasis: Adam in the rotated basis)"
+        )
+    r = min(rank, d)
+    return r, min(leading_basis, r)

@@ -70,6 +70,26 @@ def check_betas(name: str, value: Any) -> tuple[float, ...]:
     return betas
 
 
+def check_unit_interval(name: str, value: Any, *, include_zero: bool = True, include_one: bool = False) -> float:
+    """``value`` as a float in [0, 1) (or (0, 1), [0, 1], (0, 1] per the flags): decay rates, momenta."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        v = float(value)
+        ok = (v >= 0.0 if include_zero else v > 0.0) and (v <= 1.0 if include_one else v < 1.0)
+    if not ok:
+        interval = ("[" if include_zero else "(") + "0, 1" + ("]" if include_one else ")")
+        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_beta_pair(name: str, value: Any) -> tuple[float, float]:
+    """Adam's ``(beta1, beta2)``: exactly two numbers, each in [0, 1)."""
+    betas = check_betas(name, value)
+    if len(betas) != 2:
+        raise ValueError(f"{name} must be a pair (beta1, beta2) of numbers in [0, 1), got {value!r}")
+    return betas
+
+
 def check_choice(name: str, value: Any, choices: Iterable[str]) -> str:
     """``value`` if it is one of ``choices``; otherwise an error that lists them."""
     choices = list(choices)

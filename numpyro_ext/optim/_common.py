@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adapters.validation import check_positive
+
 
 def is_matrix(leaf: Any) -> bool:
     shape = jnp.shape(leaf)
@@ -45,3 +47,16 @@ def with_adam_fallback(
     """``matrix_transform`` on matrix leaves, AdamW(learning_rate, b1, b2, eps, weight_decay) on the rest."""
     fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
     return optax.multi_transform({"matrix": matrix_transform, "fallback": fallback}, matrix_labels)
+
+
+def compute_dtype(dtype: Any) -> Any:
+    """float32 for float16/bfloat16 leaves (their moments, factors and work), the leaf's own dtype otherwise."""
+    dtype = jnp.dtype(dtype)
+    return jnp.dtype(jnp.float32) if dtype in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)) else dtype
+
+
+def check_learning_rate(learning_rate: Any) -> optax.ScalarOrSchedule:
+    """A schedule (a callable of the step count) as is; a number must be finite and > 0."""
+    if callable(learning_rate):
+        return learning_rate
+    return check_positive("learning_rate", learning_rate)

@@ -33,23 +33,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adapters.validation import check_betas, check_non_negative, check_positive, check_positive_int
-from numpyro_ext.optim._common import as_matrix, with_adam_fallback
-from numpyro_ext.optim.racs import (
-    _require_matrices,
-    check_gamma,
-    check_learning_rate,
-    check_pair,
-    compute_dtype,
-    limit_norm,
-)
+from adapters.configs import check_gamma, check_rank, effective_rank
+from adapters.validation import check_beta_pair, check_betas, check_non_negative, check_positive, check_positive_int
+from numpyro_ext.optim._common import as_matrix, check_learning_rate, compute_dtype, with_adam_fallback
+from numpyro_ext.optim.racs import _require_matrices, limit_norm
 
 __all__ = [
     "AliceLeafState",
     "ScaleByAliceState",
     "alice",
-    "check_rank",
-    "default_leading_basis",
     "scale_by_alice",
     "switch_basis",
 ]
@@ -76,34 +68,6 @@ class ScaleByAliceState(NamedTuple):
 
     count: jax.Array
     leaves: tuple[AliceLeafState, ...]
-
-
-def default_leading_basis(rank: int) -> int:
-    """The paper's ratio ``l = 40`` for ``r = 256``, at least 1."""
-    return max(1, round(rank * 40 / 256))
-
-
-def check_rank(rank: Any, leading_basis: Any) -> tuple[int, int]:
-    """``(rank, leading_basis)`` as ints with ``1 <= leading_basis <= rank``."""
-    rank = check_positive_int("rank", rank)
-    if leading_basis is None:
-        return rank, default_leading_basis(rank)
-    leading_basis = check_positive_int("leading_basis", leading_basis)
-    if leading_basis > rank:
-        raise ValueError(f"leading_basis must be <= rank = {rank}, got {leading_basis!r}")
-    return rank, leading_basis
-
-
-def effective_rank(shape: tuple[int, int], rank: int, leading_basis: int, clip_rank: bool) -> tuple[int, int]:
-    """``(r, l)`` for an ``m × n`` matrix; ``rank >= min(m, n)`` is an error unless ``clip_rank``."""
-    d = min(shape)
-    if rank >= d and not clip_rank:
-        raise ValueError(
-            f"rank must be < min(m, n) = {d} for a {shape[0]} x {shape[1]} weight matrix, got {rank}; lower it, or "
-            "pass clip_rank=True to use rank = min(m, n) there (the full eigenbasis: Adam in the rotated basis)"
-        )
-    r = min(rank, d)
-    return r, min(leading_basis, r)
 
 
 def switch_basis(cov: jax.Array, leading_basis: int, complement: jax.Array) -> jax.Array:
@@ -260,7 +224,7 @@ def alice(
     """
     learning_rate = check_learning_rate(learning_rate)
     weight_decay = check_non_negative("weight_decay", weight_decay)
-    b1, b2 = check_pair("fallback_betas", fallback_betas)
+    b1, b2 = check_beta_pair("fallback_betas", fallback_betas)
     matrix = optax.chain(
         scale_by_alice(
             rank,

@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adapters.validation import check_non_negative, check_positive, check_positive_int
-from numpyro_ext.optim.rootfree import check_learning_rate, check_unit, compute_dtype
+from adapters.validation import check_non_negative, check_positive, check_positive_int, check_unit_interval
+from numpyro_ext.optim._common import check_learning_rate, compute_dtype
 
 __all__ = ["IFShampooState", "ifshampoo", "kronecker_shape", "precondition", "scale_by_ifshampoo", "update_factors"]
 
@@ -115,9 +115,9 @@ def scale_by_ifshampoo(
     preconditioner_dtype: Any = None,
 ) -> optax.GradientTransformation:
     """IF-Shampoo's direction ``m`` (times ``-learning_rate`` is the step); ``params`` are needed if ``kappa > 0``."""
-    beta2 = check_unit("beta2", beta2, include_one=True, include_zero=False)
-    alpha1 = check_unit("alpha1", alpha1)
-    alpha2 = check_unit("alpha2", alpha2)
+    beta2 = check_unit_interval("beta2", beta2, include_one=True, include_zero=False)
+    alpha1 = check_unit_interval("alpha1", alpha1)
+    alpha2 = check_unit_interval("alpha2", alpha2)
     lam = check_non_negative("lam", lam)
     kappa = check_non_negative("kappa", kappa)
     root_batch = math.sqrt(check_positive("batch_size", batch_size))

@@ -29,10 +29,17 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adapters.validation import check_betas, check_non_negative, check_positive, check_positive_int
-from numpyro_ext.optim._common import as_matrix, is_matrix, with_adam_fallback
+from adapters.configs import check_gamma
+from adapters.validation import (
+    check_beta_pair,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    check_unit_interval,
+)
+from numpyro_ext.optim._common import as_matrix, check_learning_rate, compute_dtype, is_matrix, with_adam_fallback
 
-__all__ = ["ScaleByRACSState", "check_gamma", "check_learning_rate", "racs", "racs_fixed_point", "scale_by_racs"]
+__all__ = ["ScaleByRACSState", "racs", "racs_fixed_point", "scale_by_racs"]
 
 
 class ScaleByRACSState(NamedTuple):
@@ -42,43 +49,6 @@ class ScaleByRACSState(NamedTuple):
     q: Any
     s: Any
     phi: Any
-
-
-def check_gamma(gamma: Any) -> float | None:
-    """The limiter threshold: ``None`` (no limiter) or a finite number ``>= 1``."""
-    if gamma is None:
-        return None
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (1.0 <= float(gamma) < float("inf")):
-        raise ValueError(f"gamma must be None or a finite number >= 1 (the update norm's growth limit), got {gamma!r}")
-    return float(gamma)
-
-
-def check_rate(name: str, value: Any) -> float:
-    """An EMA rate: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_pair(name: str, value: Any) -> tuple[float, float]:
-    """AdamW's ``(b1, b2)``, each in [0, 1)."""
-    betas = check_betas(name, value)
-    if len(betas) != 2:
-        raise ValueError(f"{name} must be a pair (beta1, beta2) of numbers in [0, 1), got {value!r}")
-    return betas
-
-
-def check_learning_rate(learning_rate: Any) -> optax.ScalarOrSchedule:
-    """A number > 0 or a schedule (a callable of the step count)."""
-    if callable(learning_rate):
-        return learning_rate
-    return check_positive("learning_rate", learning_rate)
-
-
-def compute_dtype(dtype: Any) -> Any:
-    """float16/bfloat16 leaves are updated in float32; float32/float64 in their own precision."""
-    dtype = jnp.dtype(dtype)
-    return jnp.dtype(jnp.float32) if dtype in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)) else dtype
 
 
 def racs_fixed_point(sq_grad: jax.Array, q: jax.Array, num_iterations: int) -> tuple[jax.Array, jax.Array]:
@@ -151,7 +121,7 @@ def scale_by_racs(
     bias_correction: bool = True,
 ) -> optax.GradientTransformation:
     """RACS's direction ``α η_t Ĝ_t`` (Algorithm 1) for a pytree whose leaves are all matrices."""
-    beta = check_rate("beta", beta)
+    beta = check_unit_interval("beta", beta)
     alpha = check_positive("alpha", alpha)
     gamma = check_gamma(gamma)
     eps = check_non_negative("eps", eps)
@@ -222,7 +192,7 @@ def racs(
     """
     learning_rate = check_learning_rate(learning_rate)
     weight_decay = check_non_negative("weight_decay", weight_decay)
-    b1, b2 = check_pair("fallback_betas", fallback_betas)
+    b1, b2 = check_beta_pair("fallback_betas", fallback_betas)
     matrix = optax.chain(
         scale_by_racs(beta, alpha, gamma, eps, num_iterations, bias_correction),
         optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),

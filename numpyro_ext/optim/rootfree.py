@@ -20,15 +20,14 @@ such steps (the torch optimizers raise ``FloatingPointError`` instead).
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from adapters.validation import check_betas, check_non_negative, check_positive
+from adapters.validation import check_betas, check_non_negative, check_positive, check_unit_interval
+from numpyro_ext.optim._common import check_learning_rate, compute_dtype
 
 __all__ = [
     "ScaleByRootFreeAdamState",
@@ -39,31 +38,6 @@ __all__ = [
     "scale_by_rootfree_adam",
     "scale_by_rootfree_rmsprop",
 ]
-
-
-def compute_dtype(dtype: Any) -> jnp.dtype:
-    """float32 for float16/bfloat16 leaves (their moments and factors), the leaf's dtype otherwise."""
-    dtype = jnp.dtype(dtype)
-    return jnp.dtype(jnp.float32) if dtype in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)) else dtype
-
-
-def check_unit(name: str, value: Any, *, include_one: bool = False, include_zero: bool = True) -> float:
-    """``value`` as a float in [0, 1) (or (0, 1] / [0, 1] per the flags); same message as the torch side."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        v = float(value)
-        ok = (v >= 0.0 if include_zero else v > 0.0) and (v <= 1.0 if include_one else v < 1.0)
-    if not ok:
-        interval = ("[" if include_zero else "(") + "0, 1" + ("]" if include_one else ")")
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
-def check_learning_rate(learning_rate: Any) -> Any:
-    """A schedule (callable) as is; a number must be finite and > 0."""
-    if callable(learning_rate):
-        return learning_rate
-    return check_positive("learning_rate", learning_rate)
 
 
 def _zeros(leaf: jax.Array, fill: float = 0.0) -> jax.Array:
@@ -101,8 +75,8 @@ def scale_by_rootfree_rmsprop(
 
     ``params`` must be passed to ``update`` when ``kappa > 0``.
     """
-    beta2 = check_unit("beta2", beta2, include_one=True, include_zero=False)
-    alpha1 = check_unit("alpha1", alpha1)
+    beta2 = check_unit_interval("beta2", beta2, include_one=True, include_zero=False)
+    alpha1 = check_unit_interval("alpha1", alpha1)
     lam = check_non_negative("lam", lam)
     kappa = check_non_negative("kappa", kappa)
     batch = check_positive("batch_size", batch_size)

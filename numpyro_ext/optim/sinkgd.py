@@ -34,8 +34,8 @@ import optax
 
 from adapters.validation import check_betas, check_non_negative, check_positive_int
 
-from ._common import as_matrix, is_matrix, with_adam_fallback
-from .swan import _check_learning_rate, _floor, _work_dtype
+from ._common import as_matrix, compute_dtype, is_matrix, with_adam_fallback
+from .swan import _check_learning_rate, _floor
 
 __all__ = ["scale_by_sinkgd", "sinkgd", "sinkgd_direction", "sr_sinkhorn"]
 
@@ -57,7 +57,7 @@ def sr_sinkhorn(grad: jax.Array, sinkhorn_steps: int = 5, eps: float = 1e-8) -> 
 
 def sinkgd_direction(grad: jax.Array, sinkhorn_steps: int = 5, eps: float = 1e-8) -> jax.Array:
     """SR-Sinkhorn of a leaf of any shape ``(d0, *rest)`` viewed as ``d0 x prod(rest)``; same shape back."""
-    x = sr_sinkhorn(as_matrix(grad).astype(_work_dtype(grad.dtype)), sinkhorn_steps, eps)
+    x = sr_sinkhorn(as_matrix(grad).astype(compute_dtype(grad.dtype)), sinkhorn_steps, eps)
     return jnp.reshape(x, grad.shape).astype(grad.dtype)
 
 

@@ -45,13 +45,9 @@ import optax
 
 from adapters.validation import check_betas, check_non_negative, check_positive, check_positive_int
 
-from ._common import as_matrix, is_matrix, with_adam_fallback
+from ._common import as_matrix, compute_dtype, is_matrix, with_adam_fallback
 
 __all__ = ["grad_norm", "grad_whitening", "scale_by_swan", "swan", "swan_direction"]
-
-
-def _work_dtype(dtype: Any) -> Any:
-    return jnp.float32 if dtype in (jnp.bfloat16, jnp.float16) else dtype
 
 
 def _floor(eps: float, dtype: Any) -> float:
@@ -93,7 +89,7 @@ def swan_direction(grad: jax.Array, ns_steps: int = 10, eps: float = 1e-8, scale
 
     ``scale=None`` means ``sqrt(n)``, ``n`` the longer side of the matrix view.
     """
-    g = as_matrix(grad).astype(_work_dtype(grad.dtype))
+    g = as_matrix(grad).astype(compute_dtype(grad.dtype))
     transposed = g.shape[0] > g.shape[1]
     if transposed:
         g = g.T

@@ -61,7 +61,8 @@ from typing import Any
 
 import torch
 
-from adapters.validation import check_positive, check_positive_int
+from adapters.configs import check_gamma, check_rank, effective_rank
+from adapters.validation import check_beta_pair, check_positive, check_positive_int
 from pyro_ext.optim._common import (
     adam_fallback_,
     as_matrix,
@@ -69,48 +70,19 @@ from pyro_ext.optim._common import (
     check_finite_grad,
     check_lr,
     check_non_negative,
+    compute_dtype,
     is_matrix,
     pyro_optim,
 )
-from pyro_ext.optim.racs import check_gamma, check_pair, compute_dtype, keep_state_dtypes
+from pyro_ext.optim.racs import keep_state_dtypes
 
 __all__ = [
     "Alice",
     "AliceOptimizer",
     "alice_direction",
-    "check_rank",
     "complement_indices",
-    "default_leading_basis",
     "switch_basis",
 ]
-
-
-def default_leading_basis(rank: int) -> int:
-    """The paper's ratio ``l = 40`` for ``r = 256``, at least 1."""
-    return max(1, round(rank * 40 / 256))
-
-
-def check_rank(rank: Any, leading_basis: Any) -> tuple[int, int]:
-    """``(rank, leading_basis)`` as ints with ``1 <= leading_basis <= rank``."""
-    rank = check_positive_int("rank", rank)
-    if leading_basis is None:
-        return rank, default_leading_basis(rank)
-    leading_basis = check_positive_int("leading_basis", leading_basis)
-    if leading_basis > rank:
-        raise ValueError(f"leading_basis must be <= rank = {rank}, got {leading_basis!r}")
-    return rank, leading_basis
-
-
-def effective_rank(shape: tuple[int, int], rank: int, leading_basis: int, clip_rank: bool) -> tuple[int, int]:
-    """``(r, l)`` for an ``m × n`` matrix; ``rank >= min(m, n)`` is an error unless ``clip_rank``."""
-    d = min(shape)
-    if rank >= d and not clip_rank:
-        raise ValueError(
-            f"rank must be < min(m, n) = {d} for a {shape[0]} x {shape[1]} weight matrix, got {rank}; lower it, or "
-            "pass clip_rank=True to use rank = min(m, n) there (the full eigenbasis: Adam in the rotated basis)"
-        )
-    r = min(rank, d)
-    return r, min(leading_basis, r)
 
 
 def complement_indices(num_candidates: int, count: int, seed: int) -> torch.Tensor:
@@ -268,7 +240,7 @@ class AliceOptimizer(torch.optim.Optimizer):
             clip_rank=bool(clip_rank),
             bias_correction=bool(bias_correction),
             seed=check_positive_int("seed", seed, allow_zero=True),
-            fallback_betas=check_pair("fallback_betas", fallback_betas),
+            fallback_betas=check_beta_pair("fallback_betas", fallback_betas),
         )
         super().__init__(params, defaults)
         keep_state_dtypes(self)

@@ -49,9 +49,9 @@ from typing import Any
 
 import torch
 
-from adapters.validation import check_positive, check_positive_int
-from pyro_ext.optim._common import check_finite_grad, check_lr, check_non_negative, pyro_optim
-from pyro_ext.optim.rootfree import _apply_, check_unit, compute_dtype
+from adapters.validation import check_positive, check_positive_int, check_unit_interval
+from pyro_ext.optim._common import check_finite_grad, check_lr, check_non_negative, compute_dtype, pyro_optim
+from pyro_ext.optim.rootfree import _apply_
 
 __all__ = ["IFShampoo", "IFShampooOptimizer", "kronecker_shape"]
 
@@ -177,7 +177,7 @@ class IFShampooOptimizer(torch.optim.Optimizer):
 
     def _factor_dtype(self, group: dict[str, Any], p: torch.Tensor) -> torch.dtype:
         dt = group["preconditioner_dtype"]
-        return compute_dtype(p) if dt is None else dt
+        return compute_dtype(p.dtype) if dt is None else dt
 
     def _init_state(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
         dt = self._factor_dtype(group, p)
@@ -193,7 +193,9 @@ class IFShampooOptimizer(torch.optim.Optimizer):
         state["step"] = 0
         state["factors"] = factors
         state["factor_momenta"] = momenta
-        state["momentum_buffer"] = torch.zeros_like(p, dtype=compute_dtype(p), memory_format=torch.preserve_format)
+        state["momentum_buffer"] = torch.zeros_like(
+            p, dtype=compute_dtype(p.dtype), memory_format=torch.preserve_format
+        )
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -245,14 +247,14 @@ class IFShampooOptimizer(torch.optim.Optimizer):
                 dt = self._factor_dtype(group, p)
                 state["factors"] = [t.to(dt) for t in state["factors"]]
                 state["factor_momenta"] = [t.to(dt) for t in state["factor_momenta"]]
-                state["momentum_buffer"] = state["momentum_buffer"].to(compute_dtype(p))
+                state["momentum_buffer"] = state["momentum_buffer"].to(compute_dtype(p.dtype))
 
 
 def _check_group(group: dict[str, Any]) -> None:
     check_lr(group["lr"])
-    check_unit("beta2", group["beta2"], include_one=True, include_zero=False)
-    check_unit("alpha1", group["alpha1"])
-    check_unit("alpha2", group["alpha2"])
+    check_unit_interval("beta2", group["beta2"], include_one=True, include_zero=False)
+    check_unit_interval("alpha1", group["alpha1"])
+    check_unit_interval("alpha2", group["alpha2"])
     check_non_negative("lam", group["lam"])
     check_non_negative("kappa", group["kappa"])
     check_positive("batch_size", group["batch_size"])

@@ -46,48 +46,20 @@ from typing import Any
 
 import torch
 
-from adapters.validation import check_positive, check_positive_int
+from adapters.configs import check_gamma
+from adapters.validation import check_beta_pair, check_positive, check_positive_int, check_unit_interval
 from pyro_ext.optim._common import (
     adam_fallback_,
     as_matrix,
-    check_betas,
     check_finite_grad,
     check_lr,
     check_non_negative,
+    compute_dtype,
     is_matrix,
     pyro_optim,
 )
 
-__all__ = ["RACS", "RACSOptimizer", "check_gamma", "racs_direction", "racs_fixed_point"]
-
-
-def check_gamma(gamma: Any) -> float | None:
-    """The limiter threshold: ``None`` (no limiter) or a finite number ``>= 1``."""
-    if gamma is None:
-        return None
-    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (1.0 <= float(gamma) < float("inf")):
-        raise ValueError(f"gamma must be None or a finite number >= 1 (the update norm's growth limit), got {gamma!r}")
-    return float(gamma)
-
-
-def check_rate(name: str, value: Any) -> float:
-    """An EMA rate: a number in [0, 1)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
-    return float(value)
-
-
-def check_pair(name: str, value: Any) -> tuple[float, float]:
-    """AdamW's ``(beta1, beta2)``, each in [0, 1)."""
-    betas = check_betas(name, value)
-    if len(betas) != 2:
-        raise ValueError(f"{name} must be a pair (beta1, beta2) of numbers in [0, 1), got {value!r}")
-    return betas
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float16/bfloat16 parameters are updated in float32; float32/float64 in their own precision."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+__all__ = ["RACS", "RACSOptimizer", "racs_direction", "racs_fixed_point"]
 
 
 def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:
@@ -205,14 +177,14 @@ class RACSOptimizer(torch.optim.Optimizer):
     ) -> None:
         defaults = dict(
             lr=check_lr(lr),
-            beta=check_rate("beta", beta),
+            beta=check_unit_interval("beta", beta),
             alpha=check_positive("alpha", alpha),
             gamma=check_gamma(gamma),
             eps=check_non_negative("eps", eps),
             weight_decay=check_non_negative("weight_decay", weight_decay),
             num_iterations=check_positive_int("num_iterations", num_iterations),
             bias_correction=bool(bias_correction),
-            fallback_betas=check_pair("fallback_betas", fallback_betas),
+            fallback_betas=check_beta_pair("fallback_betas", fallback_betas),
         )
         super().__init__(params, defaults)
         keep_state_dtypes(self)

@@ -28,36 +28,22 @@ Non-finite gradients raise ``FloatingPointError`` naming the parameter.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
 
-from adapters.validation import check_positive
-from pyro_ext.optim._common import check_betas, check_finite_grad, check_lr, check_non_negative, pyro_optim
+from adapters.validation import check_positive, check_unit_interval
+from pyro_ext.optim._common import (
+    check_betas,
+    check_finite_grad,
+    check_lr,
+    check_non_negative,
+    compute_dtype,
+    pyro_optim,
+)
 
 __all__ = ["RootFreeAdamW", "RootFreeAdamWOptimizer", "RootFreeRMSProp", "RootFreeRMSPropOptimizer"]
-
-_LOW_PRECISION = (torch.float16, torch.bfloat16)
-
-
-def compute_dtype(param: torch.Tensor) -> torch.dtype:
-    """float32 for half-precision parameters (their moments and factors), the parameter's dtype otherwise."""
-    return torch.float32 if param.dtype in _LOW_PRECISION else param.dtype
-
-
-def check_unit(name: str, value: Any, *, include_one: bool = False, include_zero: bool = True) -> float:
-    """``value`` as a float in [0, 1) (or (0, 1] / [0, 1] per the flags); the message names the argument."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if ok:
-        v = float(value)
-        ok = (v >= 0.0 if include_zero else v > 0.0) and (v <= 1.0 if include_one else v < 1.0)
-    if not ok:
-        interval = ("[" if include_zero else "(") + "0, 1" + ("]" if include_one else ")")
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
-    return float(value)
 
 
 def _param_name(optimizer: torch.optim.Optimizer, group_index: int, index: int) -> str:
@@ -76,7 +62,7 @@ class _RootFreeBase(torch.optim.Optimizer):
                 state = self.state.get(p)
                 if not state:
                     continue
-                dt = compute_dtype(p)
+                dt = compute_dtype(p.dtype)
                 for key, value in state.items():
                     state[key] = _to_dtype(value, dt)
 
@@ -148,7 +134,7 @@ class RootFreeRMSPropOptimizer(_RootFreeBase):
                 if p.grad is None:
                     continue
                 check_finite_grad(_param_name(self, gi, pi), p.grad)
-                dt = compute_dtype(p)
+                dt = compute_dtype(p.dtype)
                 grad = p.grad.to(dt) / scale
                 state = self.state[p]
                 if not state:
@@ -235,7 +221,7 @@ class RootFreeAdamWOptimizer(_RootFreeBase):
                 if p.grad is None:
                     continue
                 check_finite_grad(_param_name(self, gi, pi), p.grad)
-                dt = compute_dtype(p)
+                dt = compute_dtype(p.dtype)
                 grad = p.grad.to(dt) / scale
                 state = self.state[p]
                 if not state:
@@ -270,8 +256,8 @@ def _check_common(group: dict[str, Any]) -> None:
 
 def _check_rmsprop_group(group: dict[str, Any]) -> None:
     _check_common(group)
-    check_unit("beta2", group["beta2"], include_one=True, include_zero=False)
-    check_unit("alpha1", group["alpha1"])
+    check_unit_interval("beta2", group["beta2"], include_one=True, include_zero=False)
+    check_unit_interval("alpha1", group["alpha1"])
     check_non_negative("lam", group["lam"])
     check_non_negative("kappa", group["kappa"])
 

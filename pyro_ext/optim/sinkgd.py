@@ -33,15 +33,15 @@ scalar parameters take the documented Adam(W) fallback
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from adapters.validation import check_positive_int
 
-from ._common import adam_fallback_, as_matrix, check_betas, check_lr, check_non_negative, is_matrix, pyro_optim
-from .swan import _LOW_PRECISION, _check_finite_grads, _floor
+from ._common import StatelessMatrixOptimizer, as_matrix, compute_dtype, pyro_optim
+from .swan import _floor
 
 __all__ = ["SinkGD", "SinkGDOptimizer", "sinkgd_direction", "sr_sinkhorn"]
 
@@ -62,12 +62,12 @@ def sr_sinkhorn(grad: torch.Tensor, sinkhorn_steps: int = 5, eps: float = 1e-8) 
 
 def sinkgd_direction(grad: torch.Tensor, sinkhorn_steps: int = 5, eps: float = 1e-8) -> torch.Tensor:
     """SR-Sinkhorn of a gradient of any shape ``(d0, *rest)`` viewed as ``d0 x prod(rest)``; same shape back."""
-    work_dtype = torch.float32 if grad.dtype in _LOW_PRECISION else grad.dtype
+    work_dtype = compute_dtype(grad.dtype)
     x = sr_sinkhorn(as_matrix(grad).to(work_dtype), sinkhorn_steps, eps)
     return x.reshape(grad.shape).to(grad.dtype)
 
 
-class SinkGDOptimizer(torch.optim.Optimizer):
+class SinkGDOptimizer(StatelessMatrixOptimizer):
     """SinkGD (Scetbon et al. 2025, Algorithm 4) as a ``torch.optim.Optimizer``; Adam(W) for 1-D and scalar parameters.
 
     :param params: parameters or parameter groups (``named_parameters()`` works too; names then
@@ -89,44 +89,13 @@ class SinkGDOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(lr=lr, sinkhorn_steps=sinkhorn_steps, betas=betas, eps=eps, weight_decay=weight_decay)
-        _validate(defaults)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        _validate({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
-        super().add_param_group(param_group)
+    def direction(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        return sinkgd_direction(grad, group["sinkhorn_steps"], group["eps"])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        _check_finite_grads(self)
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if is_matrix(p):
-                    # stateless: self.state[p] is never touched, so state_dict holds nothing for p
-                    if wd:
-                        p.mul_(1.0 - lr * wd)
-                    p.add_(sinkgd_direction(p.grad, group["sinkhorn_steps"], group["eps"]), alpha=-lr)
-                else:
-                    adam_fallback_(
-                        p, p.grad, self.state[p], lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=wd
-                    )
-        return loss
-
-
-def _validate(group: dict[str, Any]) -> None:
-    check_lr(group["lr"])
-    check_positive_int("sinkhorn_steps", group["sinkhorn_steps"])
-    if len(check_betas("betas", group["betas"])) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {group['betas']!r}")
-    check_non_negative("eps", group["eps"])
-    check_non_negative("weight_decay", group["weight_decay"])
+    def validate_method(self, group: dict[str, Any]) -> None:
+        check_positive_int("sinkhorn_steps", group["sinkhorn_steps"])
 
 
 SinkGD = pyro_optim(SinkGDOptimizer)

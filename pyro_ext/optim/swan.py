@@ -48,27 +48,16 @@ of the step is changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from adapters.validation import check_positive, check_positive_int
 
-from ._common import (
-    adam_fallback_,
-    as_matrix,
-    check_betas,
-    check_finite_grad,
-    check_lr,
-    check_non_negative,
-    is_matrix,
-    pyro_optim,
-)
+from ._common import StatelessMatrixOptimizer, as_matrix, compute_dtype, pyro_optim
 
 __all__ = ["SWAN", "SWANOptimizer", "grad_norm", "grad_whitening", "swan_direction"]
-
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
 
 
 def _floor(eps: float, dtype: torch.dtype) -> float:
@@ -113,7 +102,7 @@ def swan_direction(
     The gradient is viewed as ``d0 x prod(rest)`` and transposed if needed so that ``m <= n``;
     ``scale=None`` means ``sqrt(n)`` (``n`` the longer side).  Half precision is computed in float32.
     """
-    work_dtype = torch.float32 if grad.dtype in _LOW_PRECISION else grad.dtype
+    work_dtype = compute_dtype(grad.dtype)
     g = as_matrix(grad).to(work_dtype)
     transposed = g.shape[0] > g.shape[1]
     if transposed:
@@ -126,23 +115,7 @@ def swan_direction(
     return u.reshape(grad.shape).to(grad.dtype)
 
 
-def _param_name(group: dict[str, Any], index: int, group_index: int, param: torch.Tensor) -> str:
-    names = group.get("param_names")
-    if names is not None:
-        return repr(names[index])
-    return f"param_groups[{group_index}]['params'][{index}] (shape {tuple(param.shape)})"
-
-
-def _check_finite_grads(optimizer: torch.optim.Optimizer) -> None:
-    for gi, group in enumerate(optimizer.param_groups):
-        for pi, p in enumerate(group["params"]):
-            if p.grad is not None:
-                if p.grad.is_sparse:
-                    raise ValueError(f"{type(optimizer).__name__} does not support sparse gradients")
-                check_finite_grad(_param_name(group, pi, gi, p), p.grad)
-
-
-class SWANOptimizer(torch.optim.Optimizer):
+class SWANOptimizer(StatelessMatrixOptimizer):
     """SWAN (Ma et al. 2025, Algorithm 1) as a ``torch.optim.Optimizer``; Adam(W) for 1-D and scalar parameters.
 
     :param params: parameters or parameter groups (``named_parameters()`` works too; names then
@@ -169,47 +142,15 @@ class SWANOptimizer(torch.optim.Optimizer):
         weight_decay: float = 0.0,
     ) -> None:
         defaults = dict(lr=lr, ns_steps=ns_steps, scale=scale, betas=betas, eps=eps, weight_decay=weight_decay)
-        _validate(defaults)
         super().__init__(params, defaults)
 
-    def add_param_group(self, param_group: dict[str, Any]) -> None:
-        _validate({**self.defaults, **{k: v for k, v in param_group.items() if k != "params"}})
-        super().add_param_group(param_group)
+    def direction(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:
+        return swan_direction(grad, group["ns_steps"], group["eps"], group["scale"])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        _check_finite_grads(self)
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                if is_matrix(p):
-                    # stateless: self.state[p] is never touched, so state_dict holds nothing for p
-                    if wd:
-                        p.mul_(1.0 - lr * wd)
-                    direction = swan_direction(p.grad, group["ns_steps"], group["eps"], group["scale"])
-                    p.add_(direction, alpha=-lr)
-                else:
-                    adam_fallback_(
-                        p, p.grad, self.state[p], lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=wd
-                    )
-        return loss
-
-
-def _validate(group: dict[str, Any]) -> None:
-    check_lr(group["lr"])
-    check_positive_int("ns_steps", group["ns_steps"])
-    if group["scale"] is not None:
-        check_positive("scale", group["scale"])
-    if len(check_betas("betas", group["betas"])) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {group['betas']!r}")
-    check_non_negative("eps", group["eps"])
-    check_non_negative("weight_decay", group["weight_decay"])
+    def validate_method(self, group: dict[str, Any]) -> None:
+        check_positive_int("ns_steps", group["ns_steps"])
+        if group["scale"] is not None:
+            check_positive("scale", group["scale"])
 
 
 SWAN = pyro_optim(SWANOptimizer)

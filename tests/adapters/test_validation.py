@@ -47,3 +47,18 @@ def test_vector_checks_last_axis():
     assert v.check_vector("x", [1, 2], 2).dtype == np.float64
     with pytest.raises(ValueError, match=r"x must be an array with last axis of length 3, got shape \(2,\)"):
         v.check_vector("x", [1.0, 2.0], 3)
+
+
+def test_unit_interval_and_beta_pair_name_the_argument():
+    from adapters.validation import check_beta_pair, check_unit_interval
+
+    assert check_unit_interval("beta2", 0) == 0.0
+    assert check_unit_interval("alpha", 1, include_one=True) == 1.0
+    for bad, flags in [(1.0, {}), (0.0, {"include_zero": False}), (float("nan"), {}), (True, {})]:
+        with pytest.raises(ValueError, match=r"beta2 must be a number in [\[(]0, 1[\])]"):
+            check_unit_interval("beta2", bad, **flags)
+    assert check_beta_pair("betas", (0.9, 0.99)) == (0.9, 0.99)
+    with pytest.raises(ValueError, match="betas must be a pair"):
+        check_beta_pair("betas", (0.9, 0.99, 0.5))
+    with pytest.raises(ValueError, match="betas must be a tuple of numbers in"):
+        check_beta_pair("betas", (0.9, 1.0))
