@@ -28,9 +28,10 @@ SINGD's learning rates are per data point (divided by ``loss_scale``), and SINGD
 statistics are those of the per-datum loss (``loss_scale = N^2 / B`` on Pyro's ELBO).
 
 Learning rates: each optimizer's grid (:class:`Spec`, three values a factor ~3 apart) is run for
-``--grid-fraction`` of the steps on seed 0; the lowest final loss wins, and a winner at an edge
-extends the grid by a factor 3 that way (at most twice).  Then the full run at that rate for every
-seed.  Per (task, optimizer), from the full runs: the final loss (mean over seeds), the steps and
+``--grid-fraction`` of the steps on seed 0; the lowest final loss wins, a winner at an edge
+extends the grid by a factor 3 that way, and a grid where every rate diverged extends it a factor
+3 below its lowest (at most twice).  Then the full run at that rate for every seed.  Per (task,
+optimizer), from the full runs: the final loss (mean over seeds), the steps and
 training seconds until the seed-mean loss curve first reaches Adam's seed-mean final loss ("not
 reached" otherwise), optimizer-state bytes per parameter measured from the optimizer's state at
 the end of the run (the tensors in ``optimizer.state`` -- of every optimizer, for PyroOptim its
@@ -600,8 +601,12 @@ def _study_optimizer(out: ResultFile, progress: Any, task: str, spec: Spec, seed
         tried.append(lr)
         if not lrs:
             winner = select_lr(grid_rows)
-            # a winner at an edge of the grid: one more rate a factor 3 beyond it (at most twice)
-            if winner is not None and winner in (min(tried), max(tried)) and extensions < 2:
+            # a winner at an edge of the grid: one more rate a factor 3 beyond it; every rate diverged:
+            # one a factor 3 below the lowest (at most twice either way)
+            if winner is None and extensions < 2:
+                lrs.append(min(tried) / 3)
+                extensions += 1
+            elif winner is not None and winner in (min(tried), max(tried)) and extensions < 2:
                 lrs.append(winner / 3 if winner == min(tried) else winner * 3)
                 extensions += 1
             elif winner is None:
