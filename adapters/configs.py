@@ -102,3 +102,9 @@ def effective_rank(shape: tuple[int, int], rank: int, leading_basis: int, clip_r
         )
     r = min(rank, d)
     return r, min(leading_basis, r)
+
+
+def kronecker_shape(shape: Any) -> tuple[int, ...]:
+    """IF-Shampoo's factored axes of a tensor of ``shape``: its non-unit sizes (``(1,)`` for a scalar)."""
+    dims = tuple(int(d) for d in shape if d != 1)
+    return dims or (1,)

@@ -29,16 +29,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from adapters.configs import kronecker_shape
 from adapters.validation import check_non_negative, check_positive, check_positive_int, check_unit_interval
 from numpyro_ext.optim._common import check_learning_rate, compute_dtype
 
 __all__ = ["IFShampooState", "ifshampoo", "kronecker_shape", "precondition", "scale_by_ifshampoo", "update_factors"]
-
-
-def kronecker_shape(shape: Sequence[int]) -> tuple[int, ...]:
-    """The axes that get a factor: the non-unit sizes of ``shape`` (``(1,)`` for a scalar)."""
-    dims = tuple(int(d) for d in shape if d != 1)
-    return dims or (1,)
 
 
 def _mode_product(x: jax.Array, factor: jax.Array, axis: int, transpose: bool = False) -> jax.Array:

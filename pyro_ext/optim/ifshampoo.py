@@ -49,17 +49,12 @@ from typing import Any
 
 import torch
 
+from adapters.configs import kronecker_shape
 from adapters.validation import check_positive, check_positive_int, check_unit_interval
 from pyro_ext.optim._common import check_finite_grad, check_lr, check_non_negative, compute_dtype, pyro_optim
 from pyro_ext.optim.rootfree import _apply_
 
 __all__ = ["IFShampoo", "IFShampooOptimizer", "kronecker_shape"]
-
-
-def kronecker_shape(shape: Iterable[int]) -> tuple[int, ...]:
-    """The axes that get a factor: the non-unit sizes of ``shape`` (``(1,)`` for a scalar)."""
-    dims = tuple(int(d) for d in shape if d != 1)
-    return dims or (1,)
 
 
 def _mode_product(x: torch.Tensor, factor: torch.Tensor, axis: int, transpose: bool = False) -> torch.Tensor:
