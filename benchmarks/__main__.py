@@ -5,6 +5,7 @@ import sys
 from benchmarks import (
     drhmc,
     drhmc_funnel,
+    mi_bounds,
     optimizers,
     posteriordb_baseline,
     report,
@@ -16,6 +17,7 @@ from benchmarks import (
 STUDIES = {
     "drhmc": drhmc.main,
     "drhmc-funnel": drhmc_funnel.main,
+    "mi-bounds": mi_bounds.main,
     "optimizers": optimizers.main,
     "posteriordb-baseline": posteriordb_baseline.main,
     "score-calibration": score_calibration.main,

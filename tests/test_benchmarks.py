@@ -213,3 +213,36 @@ def test_optimizers_study_rejects_unknown_names(tmp_path):
         optimizers.main(["--optimizers", "adamax"], out_dir=tmp_path)
     with pytest.raises(SystemExit, match=r"--tasks: unknown 'mnist'"):
         optimizers.main(["--tasks", "mnist"], out_dir=tmp_path)
+
+
+# --- the mi-bounds study (issue 8): plumbing and the bounds' directions on a tiny run -------
+
+
+def test_mi_bounds_study_writes_rows_whose_bounds_point_the_right_way(tmp_path, capsys):
+    import math
+
+    from benchmarks import mi_bounds
+
+    argv = ["--quick", "--problems", "lg-2", "--estimators", "ais-lower,ais-upper,iwae-lower,iwae-upper"]
+    data = mi_bounds.main(argv, out_dir=tmp_path)
+    saved = json.loads(next(tmp_path.glob("mi-bounds-quick-*.json")).read_text())
+    assert saved["complete"] and saved["runs"] == data["runs"]
+    assert (tmp_path / mi_bounds.FIGURE).stat().st_size > 0
+    assert "| problem | truth | estimator |" in capsys.readouterr().out
+    rows = {r["estimator"]: r for r in saved["runs"]}
+    assert set(rows) == {"ais-lower", "ais-upper", "iwae-lower", "iwae-upper"}
+    assert all(r["truth"] == pytest.approx(2.0, abs=1e-12) and r["truth_exact"] for r in rows.values())
+    k = saved["config"]["k"]
+    # provable per sample: the IWAE lower bound with the prior never exceeds log K
+    assert rows["iwae-lower"]["value"] <= math.log(k) + 1e-9
+    # against the exact log p(x) on the same draws: lower bounds below, upper bounds above (3 stderr)
+    for name, sign in (("ais-lower", 1), ("iwae-lower", 1), ("ais-upper", -1), ("iwae-upper", -1)):
+        r = rows[name]
+        assert sign * r["paired_error"] <= 3 * r["paired_error_stderr"], r
+        assert r["error"] == pytest.approx(r["value"] - 2.0)
+    # each pair shares its outer draws: the width is the difference of the two estimates
+    for family in ("ais", "iwae"):
+        lo, up = rows[f"{family}-lower"], rows[f"{family}-upper"]
+        assert lo["sandwich_width"] == pytest.approx(up["value"] - lo["value"], abs=1e-9)
+    with pytest.raises(SystemExit, match="known"):
+        mi_bounds.main(["--estimators", "no-such"], out_dir=tmp_path)

@@ -33,6 +33,7 @@ def test_corpus_and_training(trained):
     assert losses[-30:].mean() < entropy - 0.3 < losses[:5].mean()
 
 
+@pytest.mark.slow  # 65 s: 100 000 rejection samples
 def test_twisted_smc_sandwiches_the_rejection_estimate(trained):
     _, params, _ = trained
     keys = jax.random.split(jax.random.PRNGKey(1), 4)

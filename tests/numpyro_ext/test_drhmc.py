@@ -214,6 +214,7 @@ def test_same_seed_same_draws_and_arviz_stats():
     assert set(np.unique(stage)) <= {-1, 0, 1, 2}
 
 
+@pytest.mark.slow  # 30 s; chain_method='vectorized' runs in every other test
 def test_parallel_and_sequential_chain_methods():
     for method in ("sequential", "parallel"):
         mcmc = MCMC(

@@ -30,6 +30,7 @@ def test_nuts_on_lotka_volterra_matches_reference(shared_db):
     assert score.passed, f"{name}\n{score}"
 
 
+@pytest.mark.slow  # 170 s; the port's density is checked against SciPy in CI (tests/adapters/test_ports_ode.py)
 def test_nuts_on_one_comp_mm_elim_abs_matches_reference(shared_db):
     name = "one_comp_mm_elim_abs-one_comp_mm_elim_abs"
     score = nuts_score(name, target_accept_prob=0.99)
