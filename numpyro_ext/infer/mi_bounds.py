@@ -241,7 +241,12 @@ class GaussianProposal:
 
     def init(self, rng_key: Array) -> list[dict[str, Array]]:
         out = self.z_dim if self.fixed_scale is not None else 2 * self.z_dim
-        return mlp_init(rng_key, (self.x_dim, *self.hidden, out))
+        params = mlp_init(rng_key, (self.x_dim, *self.hidden, out))
+        if self.fixed_scale is None:
+            # the scale head starts at zero: unit scale for EVERY x, not only near x = 0 (a random
+            # affine head gives scales near min_scale for large |x| and log q ~ -1e5 to start from)
+            params[-1]["w"] = params[-1]["w"].at[:, self.z_dim :].set(0.0)
+        return params
 
     def mean_scale(self, params: Any, x: Array) -> tuple[Array, Array]:
         out = mlp_apply(params, x, self.activation)
