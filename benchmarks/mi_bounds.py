@@ -334,8 +334,15 @@ def run_problem(name: str, args: argparse.Namespace) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 # Claims, figure, entry point
 # ---------------------------------------------------------------------------------------
+def _compare(a: dict, b: dict) -> str:
+    """``>=``, ``~>=`` (below, but within 2 combined standard errors) or ``<``."""
+    if a["value"] >= b["value"]:
+        return ">="
+    return "~>=" if a["value"] >= b["value"] - 2 * math.hypot(a["stderr"], b["stderr"]) else "<"
+
+
 def claims(rows: list[dict]) -> list[str]:
-    """The issue's goals, checked on the rows (2 standard errors of slack where two estimates are compared)."""
+    """The issue's goals, checked on the rows (``~>=``: below by less than 2 combined standard errors)."""
     out = []
     for problem in dict.fromkeys(r["problem"] for r in rows):
         got = {r["estimator"]: r for r in rows if r["problem"] == problem}
@@ -352,14 +359,15 @@ def claims(rows: list[dict]) -> list[str]:
                            f"{lo['sandwich_width']:.3f} +- {lo['sandwich_width_stderr']:.3f} nats")  # fmt: skip
         if {"giwae", "ba", "infonce"} <= set(got):
             g, other = got["giwae"], max(got["ba"], got["infonce"], key=lambda r: r["value"])
-            ok = g["value"] >= other["value"] - 2 * math.hypot(g["stderr"], other["stderr"])
-            out.append(f"{problem}: GIWAE {g['value']:.3f} {'>=' if ok else '<'} max(BA, InfoNCE) = "
+            out.append(f"{problem}: GIWAE {g['value']:.3f} {_compare(g, other)} max(BA, InfoNCE) = "
                        f"{other['value']:.3f} ({other['estimator']})")  # fmt: skip
         if {"mine-ais", "mine-dv"} <= set(got):
             a, dv = got["mine-ais"], got["mine-dv"]
-            ok = a["value"] >= dv["value"] - 2 * math.hypot(a["stderr"], dv["stderr"])
-            out.append(f"{problem}: MINE-AIS {a['value']:.3f} {'>=' if ok else '<'} MINE-DV {dv['value']:.3f} "
-                       f"(DV of the MINE-AIS critic {a['dv_of_this_critic']:.3f})")  # fmt: skip
+            line = (f"{problem}: MINE-AIS {a['value']:.3f} {_compare(a, dv)} MINE-DV {dv['value']:.3f} "
+                    f"(DV of the MINE-AIS critic {a['dv_of_this_critic']:.3f})")  # fmt: skip
+            if truth is not None and dv["value"] > truth + 2 * dv["stderr"]:
+                line += f"; MINE-DV is above the true {truth:.3f}: its plug-in log-mean-exp is no bound here"
+            out.append(line)
     return out
 
 
@@ -371,17 +379,21 @@ def plot(rows: list[dict], path: Path, k: int) -> None:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     markers = dict(zip(ESTIMATORS, "v^<>sodpPX", strict=True))
-    for name in ESTIMATORS:
-        pts = sorted((r["truth"], r["value"]) for r in rows if r["estimator"] == name and r["truth"] is not None
-                     and math.isfinite(r["value"]))  # fmt: skip
-        if pts:
-            ax.plot(*zip(*pts, strict=True), marker=markers[name], label=name, lw=1)
+    for name, color in zip(ESTIMATORS, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2, strict=False):
+        mine = [r for r in rows if r["estimator"] == name and r["truth"] is not None and math.isfinite(r["value"])]
+        # the linear-Gaussian ladder is one curve; other problems (the VAE) are lone hollow markers
+        ladder = sorted((r["truth"], r["value"]) for r in mine if r["problem"].startswith("lg-"))
+        if ladder:
+            ax.plot(*zip(*ladder, strict=True), marker=markers[name], color=color, label=name, lw=1)
+        for r in mine:
+            if not r["problem"].startswith("lg-"):
+                ax.plot(r["truth"], r["value"], marker=markers[name], color=color, mfc="none", ls="none")
     top = max((r["truth"] for r in rows if r["truth"] is not None), default=100.0)
     ax.plot([1, top * 1.2], [1, top * 1.2], color="k", lw=0.8, ls=":", label="truth")
     ax.axhline(math.log(k), color="grey", lw=0.8, ls="--", label=f"log K = log {k}")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_xlabel("true I(x; z) (nats; VAE: AIS sandwich midpoint)")
+    ax.set_xlabel("true I(x; z), nats (lines: linear-Gaussian; hollow: VAE, AIS sandwich midpoint)")
     ax.set_ylabel("estimate (nats)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
