@@ -420,6 +420,7 @@ def main(argv: list[str] | None = None, out_dir: Path | None = None) -> dict[str
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny runs (the plumbing test)")
     parser.add_argument("--figure", default=None, help=f"PNG (default docs/_static/{FIGURE})")
+    parser.add_argument("--tag", default=None, help="result file mi-bounds-<tag>-<date>.json (a side study)")
     args = parser.parse_args(argv)
     problems = args.problems.split(",")
     args.estimators = args.estimators.split(",")
@@ -439,7 +440,7 @@ def main(argv: list[str] | None = None, out_dir: Path | None = None) -> dict[str
     import jax
 
     jax.config.update("jax_enable_x64", True)  # sums of 10^4 AIS increments
-    out = ResultFile("mi-bounds", vars(args), out_dir, tag="quick" if args.quick else None)
+    out = ResultFile("mi-bounds", vars(args), out_dir, tag="quick" if args.quick else args.tag)
     from tqdm.auto import tqdm
 
     try:
