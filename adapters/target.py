@@ -122,8 +122,10 @@ class Target(ABC):
         """A jax-traceable ``logdensity(x)`` for ``x`` of shape ``(dim,)``.
 
         For a non-JAX source the value and gradient come from the source through
-        ``jax.pure_callback`` (``vmap_method="sequential"``), with a custom JVP, so the view
-        works under ``jit``, ``vmap`` and ``grad`` (first order only).
+        ``jax.pure_callback`` with a custom JVP, so the view works under ``jit``, ``vmap`` and
+        ``grad`` (first order only).  Under ``vmap`` (vectorized chains) one callback receives
+        the whole batch ``(..., dim)`` (``vmap_method="expand_dims"``) and evaluates its rows in
+        turn: the round trip into Python, not the source, is what such a gradient costs.
         """
         import jax
         import jax.numpy as jnp
@@ -131,22 +133,31 @@ class Target(ABC):
         value_and_grad = self._log_density_and_grad_1d
         value_only = self._log_density_1d
 
+        def _rows(x):
+            x = np.asarray(x, dtype=np.float64)
+            return x.shape[:-1], x.reshape(-1, x.shape[-1])
+
         def _value(x):
-            return np.asarray(value_only(np.asarray(x, dtype=np.float64)), dtype=x.dtype)
+            batch, rows = _rows(x)
+            values = np.array([value_only(row) for row in rows], dtype=np.float64)
+            return values.reshape(batch).astype(x.dtype)
 
         def _value_and_grad(x):
-            v, g = value_and_grad(np.asarray(x, dtype=np.float64))
-            return np.asarray(v, dtype=x.dtype), np.asarray(g, dtype=x.dtype)
+            batch, rows = _rows(x)
+            pairs = [value_and_grad(row) for row in rows]
+            values = np.array([v for v, _ in pairs], dtype=np.float64).reshape(batch)
+            grads = np.stack([np.asarray(g, dtype=np.float64) for _, g in pairs]).reshape(x.shape)
+            return values.astype(x.dtype), grads.astype(x.dtype)
 
         @jax.custom_jvp
         def logdensity(x):
-            return jax.pure_callback(_value, jax.ShapeDtypeStruct((), x.dtype), x, vmap_method="sequential")
+            return jax.pure_callback(_value, jax.ShapeDtypeStruct((), x.dtype), x, vmap_method="expand_dims")
 
         @logdensity.defjvp
         def _logdensity_jvp(primals, tangents):
             (x,), (t,) = primals, tangents
             shapes = (jax.ShapeDtypeStruct((), x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype))
-            v, g = jax.pure_callback(_value_and_grad, shapes, x, vmap_method="sequential")
+            v, g = jax.pure_callback(_value_and_grad, shapes, x, vmap_method="expand_dims")
             return v, jnp.dot(g, t)
 
         return logdensity
