@@ -532,6 +532,24 @@ def _check_kernel_args(transition, num_leapfrog, target_accept_prob=None) -> int
     return check_positive_int("num_leapfrog", num_leapfrog)
 
 
+def _run(
+    generator, init_positions, log_prior_fn, log_likelihood_fn, betas, step_size, backwards: bool, adapt: bool,
+    target_accept_prob: float, adaptation_rate: float, num_leapfrog: int, inverse_mass_matrix, transition,
+    max_delta_energy: float,
+) -> AISOutput:  # fmt: skip
+    """Every chain through the schedule, forwards (:func:`ais`) or backwards (:func:`ais_reverse`)."""
+    positions = _positions(init_positions)
+    betas, num_steps = _betas(betas, positions)
+    steps = _step_sizes(step_size, num_steps, positions.shape[0], positions)
+    reverse = torch.full((positions.shape[0],), backwards, dtype=torch.bool, device=positions.device)
+    betas_from, betas_to, steps = _directions(betas, steps, reverse)
+    final, info, adapted = _anneal(
+        generator, positions, log_prior_fn, log_likelihood_fn, betas_from, betas_to, steps, adapt, target_accept_prob,
+        adaptation_rate, num_leapfrog, inverse_mass_matrix, transition, max_delta_energy,
+    )  # fmt: skip
+    return _output(final, info, adapted, reverse)
+
+
 def ais(
     init_positions: Tensor,
     log_prior_fn: BatchedLogDensity,
@@ -561,28 +579,11 @@ def ais(
     pilot, through :func:`tune_step_sizes`, and estimate with a fixed schedule.
     """
     num_leapfrog = _check_kernel_args(transition, num_leapfrog, target_accept_prob if adapt_step_size else None)
-    positions = _positions(init_positions)
-    betas, num_steps = _betas(betas, positions)
-    steps = _step_sizes(step_size, num_steps, positions.shape[0], positions)
-    reverse = torch.zeros(positions.shape[0], dtype=torch.bool, device=positions.device)
-    betas_from, betas_to, steps = _directions(betas, steps, reverse)
-    final, info, adapted = _anneal(
-        generator,
-        positions,
-        log_prior_fn,
-        log_likelihood_fn,
-        betas_from,
-        betas_to,
-        steps,
-        bool(adapt_step_size),
-        float(target_accept_prob),
-        float(adaptation_rate),
-        num_leapfrog,
-        inverse_mass_matrix,
-        transition,
+    return _run(
+        generator, init_positions, log_prior_fn, log_likelihood_fn, betas, step_size, False, bool(adapt_step_size),
+        float(target_accept_prob), float(adaptation_rate), num_leapfrog, inverse_mass_matrix, transition,
         max_delta_energy,
-    )
-    return _output(final, info, adapted, reverse)
+    )  # fmt: skip
 
 
 def ais_reverse(
@@ -609,28 +610,10 @@ def ais_reverse(
     2015).  For ``T = 1``, ``log w = log L(x)``.
     """
     num_leapfrog = _check_kernel_args(transition, num_leapfrog)
-    positions = _positions(init_positions)
-    betas, num_steps = _betas(betas, positions)
-    steps = _step_sizes(step_size, num_steps, positions.shape[0], positions)
-    reverse = torch.ones(positions.shape[0], dtype=torch.bool, device=positions.device)
-    betas_from, betas_to, steps = _directions(betas, steps, reverse)
-    final, info, adapted = _anneal(
-        generator,
-        positions,
-        log_prior_fn,
-        log_likelihood_fn,
-        betas_from,
-        betas_to,
-        steps,
-        False,
-        0.65,
-        1.0,
-        num_leapfrog,
-        inverse_mass_matrix,
-        transition,
-        max_delta_energy,
-    )
-    return _output(final, info, adapted, reverse)
+    return _run(
+        generator, init_positions, log_prior_fn, log_likelihood_fn, betas, step_size, True, False, 0.65, 1.0,
+        num_leapfrog, inverse_mass_matrix, transition, max_delta_energy,
+    )  # fmt: skip
 
 
 def pilot_step_sizes(adapted_step_size: Tensor, log_weights: Tensor) -> Tensor:

@@ -681,7 +681,8 @@ class _MatrixEstimator(_Estimator):
         return score_matrix(self.critic, xg, zg)  # (B, K, K)
 
     def _values(self, scores: Tensor) -> Tensor:
-        raise NotImplementedError
+        """The bound's value per score matrix, ``(B,)``: InfoNCE, NWJ and MINE-DV each define it."""
+        raise NotImplementedError  # abstract: every subclass overrides it
 
     def loss(self, x: Tensor, z: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """Minus the in-batch bound (to minimise) and the bound (detached)."""
