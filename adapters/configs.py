@@ -17,7 +17,8 @@ class DRHMCConfig:
     """DR-HMC's hyperparameters (Modi, Barnett & Carpenter 2023); see ``numpyro_ext.infer.DRHMC``.
 
     ``trajectory_length`` and ``num_steps`` may both be ``None``: warmup then chooses the
-    trajectory length (``choose_length``).
+    trajectory length (``choose_length``), ``trajectory_scale`` times the mean NUTS
+    integration time.
     """
 
     step_size: float = 1.0
@@ -32,6 +33,8 @@ class DRHMCConfig:
     dense_mass: bool = False
     max_delta_energy: float = 1000.0
     max_tree_depth: int = 10
+    trajectory_scale: float = 1.0
+    jitter_trajectory: bool = False
 
     def __post_init__(self) -> None:
         def set_(name, value):
@@ -42,11 +45,17 @@ class DRHMCConfig:
             set_("trajectory_length", check_positive("trajectory_length", self.trajectory_length))
         if self.num_steps is not None:
             set_("num_steps", check_positive_int("num_steps", self.num_steps))
+        set_("trajectory_scale", check_positive("trajectory_scale", self.trajectory_scale))
+        if self.trajectory_scale != 1.0 and not self.choose_length:
+            raise ValueError(
+                "trajectory_scale scales the trajectory length warmup chooses; it cannot be combined with "
+                f"trajectory_length={self.trajectory_length!r} or num_steps={self.num_steps!r} (scale those instead)"
+            )
         set_("max_proposals", check_positive_int("max_proposals", self.max_proposals))
         ratio = check_greater("reduction_factor", self.reduction_factor, 1, "the step-size ratio between stages")
         set_("reduction_factor", ratio)
         set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
-        for flag in ("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass"):
+        for flag in ("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass", "jitter_trajectory"):
             if not isinstance(getattr(self, flag), bool):
                 raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
         set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))

@@ -10,6 +10,9 @@ ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
   adapted by its own warmup;
 * ``drhmc-k2``, ``drhmc-k3``          DR-HMC with 2 / 3 stages, probabilistic delayed rejection;
 * ``drhmc-k2-det``, ``drhmc-k3-det``  the same with every later stage always tried;
+* ``drhmc-k2-half``, ``drhmc-k3-half`` probabilistic, half the NUTS-derived trajectory length
+  (``trajectory_scale=0.5``); ``drhmc-k3-jitter`` the full length times ``u ~ U(0, 1]`` per
+  iteration (``jitter_trajectory=True``); the other DR-HMC rows use the full length, unjittered;
 * ``backend-timing``                  seconds per gradient of the NumPyro and the Pyro DR-HMC
   kernel with identical fixed settings (on ``funnel-10`` and ``gaussian-2`` only).
 
@@ -29,7 +32,17 @@ from tqdm import tqdm
 
 from benchmarks._harness import ResultFile, table
 
-ALGORITHMS = ("nuts", "hmc", "drhmc-k2", "drhmc-k3", "drhmc-k2-det", "drhmc-k3-det")
+ALGORITHMS = (
+    "nuts",
+    "hmc",
+    "drhmc-k2",
+    "drhmc-k3",
+    "drhmc-k2-det",
+    "drhmc-k3-det",
+    "drhmc-k2-half",
+    "drhmc-k3-half",
+    "drhmc-k3-jitter",
+)
 TIMING = "backend-timing"
 SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
 
@@ -69,8 +82,14 @@ def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
         # a fixed step count: NumPyro's HMC with a fixed trajectory length takes length / step_size
         # steps, which is unbounded while early warmup shrinks the step size (hours on kidscore)
         return HMC(model, step_size=step_size, num_steps=max(1, round(length / step_size)), trajectory_length=None)
-    stages = int(algorithm.split("-k")[1][0])
-    return DRHMC(model, max_proposals=stages, probabilistic=not algorithm.endswith("-det"))
+    stages, *options = algorithm.removeprefix("drhmc-k").split("-")
+    return DRHMC(
+        model,
+        max_proposals=int(stages),
+        probabilistic="det" not in options,
+        trajectory_scale=0.5 if "half" in options else 1.0,
+        jitter_trajectory="jitter" in options,
+    )
 
 
 PYRO_TARGETS = ("funnel-10", "gaussian-2")

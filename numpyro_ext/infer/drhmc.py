@@ -417,7 +417,8 @@ class DRHMC(MCMCKernel):
         trajectory_length: ``eps * L`` of every stage. With neither this nor ``num_steps``
             given, warmup runs NUTS (same adaptation) and sets the trajectory length to the
             mean NUTS integration time ``eps * n_leapfrog`` over the last slow window and the
-            terminal window of warmup; the DR-HMC transitions start after warmup.
+            terminal window of warmup (times ``trajectory_scale``); the DR-HMC transitions
+            start after warmup.
         num_steps: first-stage number of leapfrog steps ``L`` (fixed, overrides
             ``trajectory_length``).
         max_proposals: number of stages ``K`` (1 is plain HMC; cost grows like ``2^K``).
@@ -435,6 +436,13 @@ class DRHMC(MCMCKernel):
         max_delta_energy: an energy error above this (or non-finite) marks a divergence.
         max_tree_depth: tree-depth limit of the NUTS warmup, also capping ``L`` at
             ``2**max_tree_depth``.
+        trajectory_scale: factor on the trajectory length warmup chooses. NUTS stops a
+            trajectory only after it doubled past the U-turn, so its mean integration time
+            overshoots the length a static trajectory needs; 0.5 often samples better
+            (see the docs' "Choosing the trajectory length").
+        jitter_trajectory: each iteration, scale every stage's trajectory length by one
+            ``u ~ Uniform(0, 1]`` drawn independently of the state (Neal 2011, Sec. 5.4.2.2;
+            a mixture of valid kernels), which breaks the periodicity of a fixed length.
 
     Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``):
     ``accept_prob`` (ArviZ ``acceptance_rate``), ``diverging``, ``stage``, ``num_steps``
@@ -462,6 +470,8 @@ class DRHMC(MCMCKernel):
         init_strategy: Callable = init_to_uniform,
         max_delta_energy: float = 1000.0,
         max_tree_depth: int = 10,
+        trajectory_scale: float = 1.0,
+        jitter_trajectory: bool = False,
     ):
         from adapters.target import Target
 
@@ -479,6 +489,8 @@ class DRHMC(MCMCKernel):
             dense_mass=dense_mass,
             max_delta_energy=max_delta_energy,
             max_tree_depth=max_tree_depth,
+            trajectory_scale=trajectory_scale,
+            jitter_trajectory=jitter_trajectory,
         )
         self._target = self._target_args = None
         if isinstance(model, Target):
@@ -640,7 +652,7 @@ class DRHMC(MCMCKernel):
                 length_count = length_count + counted
                 trajectory_length = jnp.where(
                     state.i == self._num_warmup - 1,
-                    length_sum / jnp.maximum(length_count, 1.0),
+                    self.config.trajectory_scale * length_sum / jnp.maximum(length_count, 1.0),
                     trajectory_length,
                 )
         # the running mean restarts when sampling starts, as in NumPyro's HMC
@@ -666,10 +678,11 @@ class DRHMC(MCMCKernel):
         )
 
     # ---- transitions ----------------------------------------------------------------
-    def _first_stage_num_steps(self, step_size, trajectory_length):
+    def _first_stage_num_steps(self, step_size, trajectory_length, fraction=1.0):
+        """``L``: ``num_steps`` or ``ceil(T / eps)``, of a ``fraction`` of the length when jittering."""
         if self.config.num_steps is not None:
-            return jnp.asarray(self.config.num_steps, jnp.int32)
-        num_steps = jnp.ceil(trajectory_length / step_size - 1e-6)
+            return jnp.maximum(jnp.ceil(self.config.num_steps * fraction - 1e-6), 1).astype(jnp.int32)
+        num_steps = jnp.ceil(fraction * trajectory_length / step_size - 1e-6)
         return jnp.clip(num_steps, 1, 2**self.config.max_tree_depth).astype(jnp.int32)
 
     def _dr_transition(
@@ -684,7 +697,11 @@ class DRHMC(MCMCKernel):
         trajectory_length,
     ):
         state = DRHMCState(position, -potential_energy, -potential_grad)
-        num_steps = self._first_stage_num_steps(step_size, trajectory_length)
+        fraction = 1.0
+        if self.config.jitter_trajectory:
+            key, jitter_key = jax.random.split(key)
+            fraction = 1.0 - jax.random.uniform(jitter_key, dtype=position.dtype)  # in (0, 1]
+        num_steps = self._first_stage_num_steps(step_size, trajectory_length, fraction)
         new_state, info = self._dr_step(
             key, state, lambda x: -potential_fn(x), step_size, inverse_mass_matrix, num_steps
         )

@@ -35,7 +35,8 @@ single acceptance decision; it only saves gradients, and ``num_evals`` /
 ``num_grad_evals`` count the gradients actually computed.
 
 Random numbers come from a ``torch.Generator`` when one is passed, else from torch's global
-generator (seeded by ``pyro.set_rng_seed``), in this order:
+generator (seeded by ``pyro.set_rng_seed``), in this order (the kernel class's
+``jitter_trajectory`` draws one float64 ``torch.rand(())`` before each step):
 
 1. :func:`build_kernel`'s step: the momentum, one ``torch.randn(d)`` of the position's dtype;
 2. :func:`delayed_rejection`, for each tried stage ``k`` in turn: one float64
@@ -496,6 +497,10 @@ class DRHMC(NUTS):
         init_strategy: Pyro initialisation strategy for ``model``.
         max_delta_energy: an energy error above this (or a non-finite one) marks a divergence.
         max_tree_depth: tree-depth limit of the NUTS warmup; also caps ``L`` at ``2**max_tree_depth``.
+        trajectory_scale: factor on the trajectory length warmup chooses (0.5 often samples
+            better: NUTS's mean integration time overshoots a static trajectory's need).
+        jitter_trajectory: each iteration, scale every stage's length by one
+            ``u ~ Uniform(0, 1]`` drawn independently of the state (Pyro's RNG).
         jit_compile: Pyro's ``jit_compile`` of the potential energy.
 
     Per-iteration statistics, warmup included, are kept on the kernel in
@@ -538,6 +543,8 @@ class DRHMC(NUTS):
         max_delta_energy: float = 1000.0,
         max_tree_depth: int = 10,
         jit_compile: bool = False,
+        trajectory_scale: float = 1.0,
+        jitter_trajectory: bool = False,
     ):
         from adapters.target import Target
 
@@ -555,6 +562,8 @@ class DRHMC(NUTS):
             dense_mass=dense_mass,
             max_delta_energy=max_delta_energy,
             max_tree_depth=max_tree_depth,
+            trajectory_scale=trajectory_scale,
+            jitter_trajectory=jitter_trajectory,
         )
         self._target = None
         if isinstance(model, Target):
@@ -633,7 +642,7 @@ class DRHMC(NUTS):
         state = DRHMCState(position, _finite_or_neg_inf(-float(potential_energy)), grad)
         step_size = float(self.step_size)
         with pyro.validation_enabled(False):  # NaN and out-of-support values are expected on diverging trajectories
-            new, info = self._dr_step(state, logdensity, step_size, inverse_mass_matrix, self.num_steps)
+            new, info = self._dr_step(state, logdensity, step_size, inverse_mass_matrix, self._iteration_num_steps())
         z_new = unflatten(new.position)
         z_grads_new = unflatten(-new.logdensity_grad)
         potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
@@ -670,6 +679,16 @@ class DRHMC(NUTS):
         if self.config.num_steps is not None:
             return self.config.num_steps
         num_steps = math.ceil(self.trajectory_length / float(self.step_size) - 1e-6)
+        return int(min(max(num_steps, 1), 2**self._max_tree_depth))
+
+    def _iteration_num_steps(self) -> int:
+        """This iteration's ``L``: :attr:`num_steps`, of a ``u ~ Uniform(0, 1]`` fraction when jittering."""
+        if not self.config.jitter_trajectory:
+            return self.num_steps
+        fraction = 1.0 - torch.rand((), dtype=torch.float64).item()
+        if self.config.num_steps is not None:
+            return max(1, math.ceil(self.config.num_steps * fraction - 1e-6))
+        num_steps = math.ceil(fraction * self.trajectory_length / float(self.step_size) - 1e-6)
         return int(min(max(num_steps, 1), 2**self._max_tree_depth))
 
     def logging(self) -> dict[str, str]:
@@ -724,7 +743,7 @@ class DRHMC(NUTS):
             self._length_sum += num_steps * step_size
             self._length_count += 1
         if self._t == self._warmup_steps and self._length_count > 0:
-            self.trajectory_length = self._length_sum / self._length_count
+            self.trajectory_length = self.config.trajectory_scale * self._length_sum / self._length_count
         _, potential_energy, _ = self._fetch_from_cache()
         self._record(
             accept_prob=accept_prob,

@@ -25,6 +25,10 @@ def test_defaults_and_choose_length():
         (dict(target_accept_prob=0.0), "target_accept_prob"),
         (dict(dense_mass="yes"), "dense_mass"),
         (dict(max_tree_depth=0), "max_tree_depth"),
+        (dict(trajectory_scale=0.0), "trajectory_scale"),
+        (dict(trajectory_scale=0.5, trajectory_length=2.0), "trajectory_scale"),
+        (dict(trajectory_scale=0.5, num_steps=8), "trajectory_scale"),
+        (dict(jitter_trajectory=1), "jitter_trajectory"),
     ],
 )
 def test_bad_values_name_the_argument(kwargs, argument):

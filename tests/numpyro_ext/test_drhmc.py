@@ -81,6 +81,31 @@ def test_funnel_with_trajectory_length_from_nuts_warmup():
     assert np.all((length > 0.1) & (length < 50)), f"unreasonable trajectory length {length}"
 
 
+def test_trajectory_scale_and_jitter():
+    # the same seed gives the same NUTS warmup, so the scaled length is exactly half
+    full, half = (
+        np.asarray(run(DRHMC(funnel, trajectory_scale=s), num_warmup=200, num_samples=5).last_state.trajectory_length)
+        for s in (1.0, 0.5)
+    )
+    np.testing.assert_allclose(half, 0.5 * full, rtol=1e-12)
+
+    kernel = DRHMC(correlated_gaussian, trajectory_length=3.0, max_proposals=2, jitter_trajectory=True)
+    mcmc = run(kernel, extra_fields=("num_steps", "stage", "adapt_state.step_size"))
+    extra = mcmc.get_extra_fields()
+    full_steps = np.ceil(3.0 / np.asarray(extra["adapt_state.step_size"]) - 1e-6)
+    first = extra["stage"] == 0  # accepted at the first stage: no later stage ran
+    steps = np.asarray(extra["num_steps"])[first]
+    # L = ceil(u * T / eps), u ~ U(0, 1]: never above the full length, spread evenly below it
+    assert (steps <= full_steps[first]).all()
+    fraction = steps / full_steps[first]
+    assert 0.4 < np.mean(fraction) < 0.65 and len(np.unique(steps)) > 5
+    x = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
+    for i in range(2):
+        assert_mean(x[..., i], 0.0, 1.0, f"x[{i}]")
+        assert_variance(x[..., i], 0.0, 1.0, 0.0, f"x[{i}]")
+    assert_mean(x[..., 0] * x[..., 1], RHO, np.sqrt(1 + RHO**2), "x0*x1")
+
+
 def scaled_gaussian():
     numpyro.sample("x", dist.Normal(0.0, jnp.array([1.0, 0.1])).to_event(1))
 

@@ -212,6 +212,28 @@ def test_trajectory_length_from_nuts_warmup():
         assert_variance(x[:, i], 0.0, 1.0, 0.0, f"x[{i}]")
 
 
+def test_trajectory_scale_and_jitter():
+    # the same seed gives the same NUTS warmup, so the scaled length is exactly half
+    lengths = {}
+    for scale in (1.0, 0.5):
+        kernel = DRHMC(potential_fn=correlated_potential, max_proposals=2, trajectory_scale=scale)
+        run(kernel, warmup=200, samples=10, initial_params={"x": torch.zeros(2)})
+        lengths[scale] = kernel.trajectory_length
+    assert lengths[0.5] == pytest.approx(0.5 * lengths[1.0], rel=1e-12)
+
+    kernel = DRHMC(potential_fn=correlated_potential, trajectory_length=3.0, max_proposals=2, jitter_trajectory=True)
+    mcmc = run(kernel, warmup=300, samples=1500, initial_params={"x": torch.zeros(2)})
+    stats_ = sampling_stats(kernel)
+    first = stats_["num_steps"][stats_["stage"] == 0]  # accepted at the first stage: no later stage ran
+    # L ~ ceil(u * T / eps), u ~ U(0, 1]: up to the full length, and uniform below it
+    assert first.max() <= kernel.num_steps and len(np.unique(first)) > kernel.num_steps // 2
+    x = mcmc.get_samples()["x"].numpy()
+    for i in range(2):
+        assert_mean(x[:, i], 0.0, 1.0, f"x[{i}]")
+        assert_variance(x[:, i], 0.0, 1.0, 0.0, f"x[{i}]")
+    assert_mean(x[:, 0] * x[:, 1], RHO, math.sqrt(1 + RHO**2), "x0*x1")
+
+
 # ---------------------------------------------------------------------------------------
 # (b) a step size too large for the narrow direction
 # ---------------------------------------------------------------------------------------
