@@ -19,6 +19,13 @@ A run that raises, returns non-finite draws, or outlives ``timeout`` seconds is 
 ``status = "failed"`` and its error text; it never stops the sweep.  With a timeout, each
 run executes in a child process (``python -m adapters.sweep``) that is killed when the time
 is up, which costs the child's imports (a few seconds) per run.
+
+**Compilation cache.** JAX compiles a model's sampler anew in every process, and for a short
+run compiling costs as much as sampling.  A task's ``compilation_cache`` folder turns on
+JAX's persistent compilation cache in the process that runs it, so the seeds of a
+posterior, Dask's workers and the timeout's child processes compile each program once
+(the ``sweep`` command's default: :func:`default_compilation_cache`).  It changes no number,
+only wall time; the grid runs seed by seed so that later seeds find their programs compiled.
 """
 
 from __future__ import annotations
@@ -159,6 +166,7 @@ class Task:
     path: str | None = None
     route: str = "auto"
     timeout: float | None = None
+    compilation_cache: str | None = None
 
     @property
     def key(self) -> str:
@@ -193,11 +201,31 @@ def _pin_threads() -> None:
         sys.modules["torch"].set_num_threads(int(threads))
 
 
+def default_compilation_cache() -> str:
+    """``$XDG_CACHE_HOME/ppl-ext/jax`` (``~/.cache/ppl-ext/jax``): the sweeps' JAX compilation cache."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "ppl-ext", "jax")
+
+
+def use_compilation_cache(directory: str | None) -> None:
+    """JAX's persistent compilation cache in ``directory`` for this process (``None``: leave it as it is)."""
+    if directory is None:
+        return
+    import jax
+
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(directory))
+    # every program: a sampler is many small jitted pieces, none of them slow alone
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def run_task(task: Task) -> dict[str, Any]:
     """Execute one run in this process and return its store row (never raises)."""
     row = _key_row(task)
     start = time.perf_counter()
     try:
+        use_compilation_cache(task.compilation_cache)
         from adapters import metrics, posteriordb
 
         algorithm = get_algorithm(task.algorithm)
@@ -515,12 +543,20 @@ def build_tasks(
     path: str | None = None,
     route: str = "auto",
     timeout: float | None = None,
+    compilation_cache: str | None = None,
 ) -> list[Task]:
-    """The grid ``posteriors x algorithms x seeds``, each algorithm's config resolved."""
+    """The grid ``posteriors x algorithms x seeds``, each algorithm's config resolved.
+
+    Seed-major: every posterior and algorithm at the first seed, then at the next, so that
+    with a ``compilation_cache`` the later seeds (on any worker) reuse the first's programs.
+    """
     check_choice("route", route, ROUTES)
     configs = {name: get_algorithm(name).resolve(overrides) for name, overrides in algorithm_configs.items()}
     return [
-        Task(p, a, configs[a], s, path, route, timeout) for p in posteriors for a in algorithm_configs for s in seeds
+        Task(p, a, configs[a], s, path, route, timeout, compilation_cache)
+        for s in seeds
+        for p in posteriors
+        for a in algorithm_configs
     ]
 
 

@@ -52,6 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-chains", type=int, default=None)
     parser.add_argument("--set", action="append", default=[], metavar="ALG.KEY=VALUE", help="an algorithm's option")
     parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
+    parser.add_argument(
+        "--jax-cache",
+        default=sweep.default_compilation_cache(),
+        metavar="DIR|off",
+        help="JAX persistent compilation cache shared by the runs (default: %(default)s); 'off' compiles in every run",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per finished run")
     parser.add_argument("--no-progress", action="store_true")
     return parser
@@ -71,7 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
         for name in names:
             overrides[name] = {**{k: v for k, v in common.items() if v is not None}, **overrides[name]}
-        tasks = sweep.build_tasks(posteriors, overrides, seeds, args.path, args.route, args.timeout_per_run)
+        cache = None if args.jax_cache == "off" else args.jax_cache
+        tasks = sweep.build_tasks(posteriors, overrides, seeds, args.path, args.route, args.timeout_per_run, cache)
         store = sweep.SweepStore(args.store)
     except (ValueError, sweep.StoreError) as err:
         raise SystemExit(str(err)) from None
@@ -102,9 +109,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def engines_main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     """Study ``sweep-engines``: the same small grid on the serial engine and on a local Dask cluster.
 
-    Reports both wall times, the speed-up, and Dask's overhead per run: workers x wall time
-    minus the runs' own wall times, divided by the number of runs.
+    Each engine runs the ``sweep`` command as a user would, in a fresh process with one
+    thread per process (:data:`adapters.sweep.SINGLE_THREAD_ENV`, so serial is not handed a
+    second core), into its own store; once with JAX's compilation cache off and once with an
+    empty cache folder of its own (``--jax-cache``).  Reports wall times, the Dask speed-up
+    at each cache setting and Dask's overhead per run: workers x wall time minus the runs'
+    own wall times, divided by the number of runs.
     """
+    import os
+    import subprocess
+    import sys
     import tempfile
     from pathlib import Path
 
@@ -120,41 +134,50 @@ def engines_main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     parser.add_argument("--num-chains", type=int, default=2)
     parser.add_argument("--path", default=None)
     args = parser.parse_args(argv)
-    common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
-    names = args.algorithms.split(",")
-    tasks = sweep.build_tasks(
-        sweep.select_posteriors(args.posteriors, args.path),
-        {a: common for a in names},
-        sweep.parse_seeds(args.seeds),
-        args.path,
-    )
+    grid = ["--posteriors", args.posteriors, "--algorithms", args.algorithms, "--seeds", args.seeds]
+    grid += ["--num-warmup", str(args.num_warmup), "--num-samples", str(args.num_samples)]
+    grid += ["--num-chains", str(args.num_chains), "--no-progress"]
+    grid += ["--path", args.path] if args.path else []
+    grid += ["--workers", str(args.workers)] if args.workers else []
+    env = {**os.environ, **sweep.SINGLE_THREAD_ENV}
     out = ResultFile("sweep-engines", vars(args), out_dir)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for engine in ("serial", "dask"):
-            store = sweep.SweepStore(Path(tmp) / f"{engine}.sqlite")
-            executor = sweep.SerialExecutor() if engine == "serial" else sweep.DaskExecutor(n_workers=args.workers)
-            workers = 1 if engine == "serial" else len(executor.client.scheduler_info()["workers"])
-            start = time.perf_counter()
-            try:
-                sweep.run_sweep(tasks, store, executor, progress=False)
-            finally:
-                executor.close()
-            wall = time.perf_counter() - start
-            run_seconds = sum(r["wall_s"] for r in store.rows())
-            rows.append(
-                {
-                    "engine": engine,
-                    "workers": workers,
-                    "runs": len(tasks),
-                    "wall_s": wall,
-                    "sum_run_s": run_seconds,
-                    "overhead_per_run_s": (workers * wall - run_seconds) / len(tasks),
-                }
-            )
-            out.add(rows[-1])
-    speedup = rows[0]["wall_s"] / rows[1]["wall_s"]
-    out.finish({"speedup": speedup})
-    print(table(rows, ["engine", "workers", "runs", "wall_s", "sum_run_s", "overhead_per_run_s"]))
-    print(f"\nDask speed-up over serial: {speedup:.2f}x -> {out.path}")
+        for cache in ("off", "on"):
+            for engine in ("serial", "dask"):
+                store = Path(tmp) / f"{engine}-{cache}.sqlite"
+                jax_cache = "off" if cache == "off" else str(Path(tmp) / f"jax-{engine}")
+                command = [sys.executable, "-m", "benchmarks", "sweep", *grid, "--engine", engine]
+                command += ["--store", str(store), "--jax-cache", jax_cache]
+                start = time.perf_counter()
+                subprocess.run(command, check=True, env=env, stdout=subprocess.DEVNULL)
+                wall = time.perf_counter() - start
+                reader = sweep.SweepStore(store)
+                runs = reader.rows()
+                reader.close()
+                workers = 1 if engine == "serial" else args.workers or os.cpu_count() or 1
+                run_seconds = sum(r["wall_s"] for r in runs)
+                rows.append(
+                    {
+                        "engine": engine,
+                        "jax_cache": cache,
+                        "workers": workers,
+                        "runs": len(runs),
+                        "failed": sum(r["status"] != "ok" for r in runs),
+                        "wall_s": wall,
+                        "sum_run_s": run_seconds,
+                        "overhead_per_run_s": (workers * wall - run_seconds) / max(len(runs), 1),
+                    }
+                )
+                out.add(rows[-1])
+    wall = {(r["engine"], r["jax_cache"]): r["wall_s"] for r in rows}
+    summary = {f"speedup_cache_{c}": wall["serial", c] / wall["dask", c] for c in ("off", "on")}
+    summary["cache_speedup_dask"] = wall["dask", "off"] / wall["dask", "on"]
+    out.finish(summary)
+    columns = ["engine", "jax_cache", "workers", "runs", "failed", "wall_s", "sum_run_s", "overhead_per_run_s"]
+    print(table(rows, columns))
+    print(
+        f"\nDask speed-up over serial: {summary['speedup_cache_off']:.2f}x (cache off), "
+        f"{summary['speedup_cache_on']:.2f}x (cache on) -> {out.path}"
+    )
     return out.data

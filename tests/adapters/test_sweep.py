@@ -173,6 +173,26 @@ def test_child_process_run_gives_the_in_process_numbers(serial_rows):
     assert {c: row[c] for c in COMPARED} == {c: reference[c] for c in COMPARED}
 
 
+def test_compilation_cache_is_filled_once_and_changes_no_number(serial_rows, tmp_path):
+    cache = tmp_path / "jax"
+    (task,) = _tasks(algorithms=("hmc",), seeds=(1,), timeout=300, compilation_cache=str(cache))[:1]
+    assert task.key == _tasks(algorithms=("hmc",), seeds=(1,))[0].key  # the cache is not part of a run's key
+    first = sweep.execute(task)  # a child process: a cold cache
+    entries = sorted(p.name for p in cache.iterdir())
+    assert entries, "the child process wrote nothing to the compilation cache"
+    second = sweep.execute(task)  # a new child: every program is found in the cache
+    assert sorted(p.name for p in cache.iterdir()) == entries
+    reference = serial_rows[task.key]
+    for row in (first, second):
+        assert {c: row[c] for c in COMPARED} == {c: reference[c] for c in COMPARED}
+
+
+def test_grid_runs_seed_by_seed():
+    assert [(t.seed, t.posterior, t.algorithm) for t in _tasks()] == [
+        (s, p, a) for s in (0, 1) for p in POSTERIORS for a in ("nuts", "hmc")
+    ]
+
+
 def test_corrupt_store_is_refused_clearly(tmp_path):
     path = tmp_path / "runs.sqlite"
     path.write_bytes(os.urandom(4096))
