@@ -6,6 +6,7 @@ arguments, so the two read the same values and reject bad input with the same me
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,15 @@ class DRHMCConfig:
     def choose_length(self) -> bool:
         """Whether warmup picks the trajectory length (neither it nor ``num_steps`` given)."""
         return self.trajectory_length is None and self.num_steps is None
+
+
+# DR-HMC options a sweep may set (``--set drhmc.trajectory_scale=0.5``) that stay out of the
+# stored runs' keys unless set: added after the first sweeps (see adapters.sweep.Algorithm).
+DRHMC_SWEEP_OPTIONS = {
+    field.name: field.default
+    for field in dataclasses.fields(DRHMCConfig)
+    if field.name in ("trajectory_scale", "jitter_trajectory")
+}
 
 
 def check_model_or_potential(algorithm: str, model: object, potential_fn: object) -> None:

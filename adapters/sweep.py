@@ -88,9 +88,12 @@ class RunOutput(NamedTuple):
 class Algorithm:
     """A sweepable algorithm: ``run(target, config, seed) -> RunOutput``.
 
-    ``defaults`` lists every config key the algorithm accepts (the common ``num_warmup``,
-    ``num_samples``, ``num_chains`` included) with its default value; ``setup`` runs in the
-    worker before the posterior's target is built (e.g. to switch JAX to float64).
+    ``defaults`` lists the config keys every run's config holds (the common ``num_warmup``,
+    ``num_samples``, ``num_chains`` included) with their default values; ``optional`` the
+    keys a run's config holds only when they are set (with the value the run function uses
+    otherwise), so that an option added later leaves the stored runs' keys as they were;
+    ``setup`` runs in the worker before the posterior's target is built (e.g. to switch JAX
+    to float64).
     """
 
     name: str
@@ -99,15 +102,16 @@ class Algorithm:
     defaults: Mapping[str, Any]
     description: str = ""
     setup: Callable[[], None] | None = None
+    optional: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """The full config: ``defaults`` updated by ``overrides`` (unknown keys are refused)."""
         overrides = dict(overrides or {})
-        unknown = sorted(set(overrides) - set(self.defaults))
+        known = {*self.defaults, *self.optional}
+        unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(
-                f"config of algorithm {self.name!r}: unknown key(s) {unknown}; known keys: {sorted(self.defaults)}"
-            )
+            known_text = f"known keys: {sorted(known)}"
+            raise ValueError(f"config of algorithm {self.name!r}: unknown key(s) {unknown}; {known_text}")
         return {**self.defaults, **overrides}
 
 
@@ -121,6 +125,7 @@ def register_algorithm(
     defaults: Mapping[str, Any] | None = None,
     description: str = "",
     setup: Callable[[], None] | None = None,
+    optional: Mapping[str, Any] | None = None,
 ) -> Algorithm:
     """Make ``run`` sweepable under ``name`` (called by each algorithm's module at import).
 
@@ -129,7 +134,8 @@ def register_algorithm(
     the seed, and returns a :class:`RunOutput`.  Registering a name twice replaces it.
     """
     check_choice("backend", backend, tuple(BACKEND_PACKAGES))
-    algorithm = Algorithm(name, backend, run, {**COMMON_DEFAULTS, **(defaults or {})}, description, setup)
+    defaults = {**COMMON_DEFAULTS, **(defaults or {})}
+    algorithm = Algorithm(name, backend, run, defaults, description, setup, dict(optional or {}))
     _REGISTRY[name] = algorithm
     return algorithm
 

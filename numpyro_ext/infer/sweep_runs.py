@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from adapters.configs import DRHMC_SWEEP_OPTIONS
 from adapters.sweep import RunOutput, register_algorithm
 
 # HMC's fixed 16 leapfrog steps (step size and diagonal mass matrix adapted): NumPyro's
@@ -92,6 +93,7 @@ def _drhmc(config: Mapping[str, Any]) -> Callable[..., Any]:
         reduction_factor=config["reduction_factor"],
         probabilistic=config["probabilistic"],
         target_accept_prob=config["target_accept_prob"],
+        **{key: config.get(key, default) for key, default in DRHMC_SWEEP_OPTIONS.items()},
     )
 
 
@@ -125,4 +127,5 @@ register_algorithm(
     {"max_proposals": 3, "reduction_factor": 4, "probabilistic": True, "target_accept_prob": 0.8},
     "DR-HMC (numpyro_ext.infer.DRHMC), trajectory length from NUTS warmup",
     setup=enable_x64,
+    optional=DRHMC_SWEEP_OPTIONS,
 )

@@ -17,6 +17,7 @@ import pyro
 import torch
 from pyro.infer import MCMC, NUTS, Predictive
 
+from adapters.configs import DRHMC_SWEEP_OPTIONS
 from adapters.sweep import RunOutput, register_algorithm
 from pyro_ext.infer.drhmc import DRHMC
 
@@ -122,6 +123,7 @@ def run_drhmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
             reduction_factor=config["reduction_factor"],
             probabilistic=config["probabilistic"],
             target_accept_prob=config["target_accept_prob"],
+            **{key: config.get(key, default) for key, default in DRHMC_SWEEP_OPTIONS.items()},
         )
 
     return run_mcmc(make_kernel, target, config, seed)
@@ -137,4 +139,5 @@ register_algorithm(
     {"max_proposals": 3, "reduction_factor": 4, "probabilistic": True, "target_accept_prob": 0.8},
     "DR-HMC (pyro_ext.infer.DRHMC), trajectory length from NUTS warmup",
     setup=enable_float64,
+    optional=DRHMC_SWEEP_OPTIONS,
 )

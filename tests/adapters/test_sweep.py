@@ -295,6 +295,22 @@ def test_cli_options_of_one_algorithm():
         sweep_cli._parse_set(["nuts.target_accept_prob=0.9"], ["drhmc"])
 
 
+def test_optional_options_stay_out_of_the_key_until_set():
+    drhmc = sweep.get_algorithm("drhmc")
+    assert drhmc.resolve() == {**sweep.COMMON_DEFAULTS, **drhmc.defaults}  # as stored before the option existed
+    plain = sweep.Task("p", "drhmc", drhmc.resolve(), 0)
+    stored = sweep.Task("p", "drhmc", drhmc.resolve({"trajectory_scale": 1.0}), 0)
+    half = sweep.Task("p", "drhmc", drhmc.resolve({"trajectory_scale": 0.5}), 0)
+    assert plain.key != half.key and stored.key != plain.key  # a set option is part of the run
+    with pytest.raises(ValueError, match="known keys: .*'jitter_trajectory'.*'trajectory_scale'"):
+        drhmc.resolve({"trajectory_lenght": 1.0})
+    # and the set option reaches the kernel
+    from numpyro_ext.infer import sweep_runs
+
+    kernel = sweep_runs._drhmc(half.config)(model=lambda: None)
+    assert kernel.config.trajectory_scale == 0.5
+
+
 def test_report_needs_a_store_with_runs(tmp_path):
     from benchmarks import report
 
