@@ -417,7 +417,7 @@ class DRHMC(MCMCKernel):
         trajectory_length: ``eps * L`` of every stage. With neither this nor ``num_steps``
             given, warmup runs NUTS (same adaptation) and sets the trajectory length to the
             mean NUTS integration time ``eps * n_leapfrog`` over the last slow window and the
-            terminal window of warmup (times ``trajectory_scale``); the DR-HMC transitions
+            terminal window of warmup, times ``trajectory_scale``; the DR-HMC transitions
             start after warmup.
         num_steps: first-stage number of leapfrog steps ``L`` (fixed, overrides
             ``trajectory_length``).
@@ -436,13 +436,14 @@ class DRHMC(MCMCKernel):
         max_delta_energy: an energy error above this (or non-finite) marks a divergence.
         max_tree_depth: tree-depth limit of the NUTS warmup, also capping ``L`` at
             ``2**max_tree_depth``.
-        trajectory_scale: factor on the trajectory length warmup chooses. NUTS stops a
-            trajectory only after it doubled past the U-turn, so its mean integration time
-            overshoots the length a static trajectory needs; 0.5 often samples better
-            (see the docs' "Choosing the trajectory length").
+        trajectory_scale: factor on the trajectory length warmup chooses (default 0.5). NUTS
+            stops a trajectory only after it doubled past the U-turn, so its mean integration
+            time overshoots the length a static trajectory needs (see the docs' "Choosing the
+            trajectory length").
         jitter_trajectory: each iteration, scale every stage's trajectory length by one
-            ``u ~ Uniform(0, 1]`` drawn independently of the state (Neal 2011, Sec. 5.4.2.2;
-            a mixture of valid kernels), which breaks the periodicity of a fixed length.
+            ``u ~ Uniform(0, 1]`` drawn independently of the state (randomised lengths as in
+            Neal 2011, "MCMC using Hamiltonian dynamics": a mixture of valid kernels), which
+            breaks the periodicity of a fixed length.
 
     Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``):
     ``accept_prob`` (ArviZ ``acceptance_rate``), ``diverging``, ``stage``, ``num_steps``
@@ -470,7 +471,7 @@ class DRHMC(MCMCKernel):
         init_strategy: Callable = init_to_uniform,
         max_delta_energy: float = 1000.0,
         max_tree_depth: int = 10,
-        trajectory_scale: float = 1.0,
+        trajectory_scale: float | None = None,
         jitter_trajectory: bool = False,
     ):
         from adapters.target import Target
@@ -652,7 +653,7 @@ class DRHMC(MCMCKernel):
                 length_count = length_count + counted
                 trajectory_length = jnp.where(
                     state.i == self._num_warmup - 1,
-                    self.config.trajectory_scale * length_sum / jnp.maximum(length_count, 1.0),
+                    self.config.length_scale * length_sum / jnp.maximum(length_count, 1.0),
                     trajectory_length,
                 )
         # the running mean restarts when sampling starts, as in NumPyro's HMC

@@ -478,9 +478,10 @@ class DRHMC(NUTS):
         step_size: first-stage step size ``eps`` (the start of adaptation when adapting).
         trajectory_length: ``eps * L`` of every stage. With neither this nor ``num_steps``
             given (and ``warmup_steps > 0``), warmup runs Pyro's NUTS with the same adapter
-            and sets the trajectory length to the mean NUTS integration time
-            ``eps * n_leapfrog`` over the warmup iterations from the start of the last slow
-            adaptation window on (Pyro's schedule); DR-HMC transitions start after warmup.
+            and sets the trajectory length to ``trajectory_scale`` times the mean NUTS
+            integration time ``eps * n_leapfrog`` over the warmup iterations from the start of
+            the last slow adaptation window on (Pyro's schedule); DR-HMC transitions start
+            after warmup.
         num_steps: first-stage number of leapfrog steps ``L`` (fixed; overrides
             ``trajectory_length``). Otherwise ``L = clip(ceil(trajectory_length / eps), 1,
             2**max_tree_depth)``.
@@ -497,8 +498,8 @@ class DRHMC(NUTS):
         init_strategy: Pyro initialisation strategy for ``model``.
         max_delta_energy: an energy error above this (or a non-finite one) marks a divergence.
         max_tree_depth: tree-depth limit of the NUTS warmup; also caps ``L`` at ``2**max_tree_depth``.
-        trajectory_scale: factor on the trajectory length warmup chooses (0.5 often samples
-            better: NUTS's mean integration time overshoots a static trajectory's need).
+        trajectory_scale: factor on the trajectory length warmup chooses (default 0.5: NUTS's
+            mean integration time overshoots a static trajectory's need).
         jitter_trajectory: each iteration, scale every stage's length by one
             ``u ~ Uniform(0, 1]`` drawn independently of the state (Pyro's RNG).
         jit_compile: Pyro's ``jit_compile`` of the potential energy.
@@ -543,7 +544,7 @@ class DRHMC(NUTS):
         max_delta_energy: float = 1000.0,
         max_tree_depth: int = 10,
         jit_compile: bool = False,
-        trajectory_scale: float = 1.0,
+        trajectory_scale: float | None = None,
         jitter_trajectory: bool = False,
     ):
         from adapters.target import Target
@@ -743,7 +744,7 @@ class DRHMC(NUTS):
             self._length_sum += num_steps * step_size
             self._length_count += 1
         if self._t == self._warmup_steps and self._length_count > 0:
-            self.trajectory_length = self.config.trajectory_scale * self._length_sum / self._length_count
+            self.trajectory_length = self.config.length_scale * self._length_sum / self._length_count
         _, potential_energy, _ = self._fetch_from_cache()
         self._record(
             accept_prob=accept_prob,

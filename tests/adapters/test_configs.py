@@ -9,6 +9,7 @@ def test_defaults_and_choose_length():
     config = DRHMCConfig()
     assert (config.max_proposals, config.reduction_factor, config.probabilistic) == (3, 4.0, True)
     assert config.choose_length
+    assert config.length_scale == 0.5 and DRHMCConfig(trajectory_scale=2.0).length_scale == 2.0
     assert not DRHMCConfig(trajectory_length=2.0).choose_length
     assert not DRHMCConfig(num_steps=5).choose_length
     assert isinstance(DRHMCConfig(reduction_factor=2).reduction_factor, float)
