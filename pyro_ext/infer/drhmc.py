@@ -677,20 +677,21 @@ class DRHMC(NUTS):
     @property
     def num_steps(self) -> int:
         """First-stage number of leapfrog steps ``L`` at the current step size."""
-        if self.config.num_steps is not None:
-            return self.config.num_steps
-        num_steps = math.ceil(self.trajectory_length / float(self.step_size) - 1e-6)
-        return int(min(max(num_steps, 1), 2**self._max_tree_depth))
+        return self._num_steps_of(1.0)
 
-    def _iteration_num_steps(self) -> int:
-        """This iteration's ``L``: :attr:`num_steps`, of a ``u ~ Uniform(0, 1]`` fraction when jittering."""
-        if not self.config.jitter_trajectory:
-            return self.num_steps
-        fraction = 1.0 - torch.rand((), dtype=torch.float64).item()
+    def _num_steps_of(self, fraction: float) -> int:
+        """``L`` of a ``fraction`` of the trajectory: ``ceil(fraction * num_steps)`` or
+        ``clip(ceil(fraction * T / eps), 1, 2**max_tree_depth)``."""
         if self.config.num_steps is not None:
             return max(1, math.ceil(self.config.num_steps * fraction - 1e-6))
         num_steps = math.ceil(fraction * self.trajectory_length / float(self.step_size) - 1e-6)
         return int(min(max(num_steps, 1), 2**self._max_tree_depth))
+
+    def _iteration_num_steps(self) -> int:
+        """This iteration's ``L``: of a ``u ~ Uniform(0, 1]`` fraction of the length when jittering."""
+        if not self.config.jitter_trajectory:
+            return self.num_steps
+        return self._num_steps_of(1.0 - torch.rand((), dtype=torch.float64).item())
 
     def logging(self) -> dict[str, str]:
         out = super().logging()
