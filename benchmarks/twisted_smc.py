@@ -40,8 +40,8 @@ def _lgssm_problem(T: int, seed: int = 0) -> dict[str, Any]:
     import numpyro
     import numpyro.distributions as dist
 
+    from adapters import smc_reference as ref
     from numpyro_ext.infer.twisted_smc import QuadraticTwist
-    from tests import smc_references as ref
 
     rng = np.random.default_rng(seed)
     model = ref.random_lgssm(rng, 4, 2)
@@ -73,8 +73,8 @@ def _lgssm_problem(T: int, seed: int = 0) -> dict[str, Any]:
 def _toy_lm_problem(seed: int = 0, V: int = 8, T: int = 8) -> dict[str, Any]:
     import jax.numpy as jnp
 
+    from adapters import smc_reference as ref
     from numpyro_ext.infer.twisted_smc import TabularTwist, TokenModel
-    from tests import smc_references as ref
 
     rng = np.random.default_rng(seed)
     hmm = ref.random_token_hmm(rng, V)

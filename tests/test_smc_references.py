@@ -1,4 +1,4 @@
-"""Self-tests of ``tests/smc_references.py`` against independent brute-force computations.
+"""Self-tests of ``adapters/smc_reference.py`` against independent brute-force computations.
 
 LGSSM: the whole model is one multivariate normal over z = (x_0, ..., x_T, y_1, ..., y_T),
 z = B e with independent e = (x_0, w_1..w_T, v_1..v_T); every filter/smoother/twist quantity
@@ -13,7 +13,7 @@ import pytest
 from scipy import linalg, stats
 from scipy.special import logsumexp
 
-from tests.smc_references import (
+from adapters.smc_reference import (
     LGSSM,
     TokenHMM,
     additive_log_phi,

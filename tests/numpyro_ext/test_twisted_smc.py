@@ -16,6 +16,7 @@ import numpyro  # noqa: E402
 import numpyro.distributions as dist  # noqa: E402
 import optax  # noqa: E402
 
+from adapters import smc_reference as ref  # noqa: E402
 from numpyro_ext.infer import TwistedSMC  # noqa: E402
 from numpyro_ext.infer.twisted_smc import (  # noqa: E402
     QuadraticTwist,
@@ -25,13 +26,12 @@ from numpyro_ext.infer.twisted_smc import (  # noqa: E402
     resample,
     run_filter,
 )
-from tests import smc_references as ref  # noqa: E402
 
 T = 50
 
 
 class LinearGaussian:
-    """The LGSSM of ``tests/smc_references.py`` in Pyro's SMCFilter convention (NumPyro)."""
+    """The LGSSM of ``adapters/smc_reference.py`` in Pyro's SMCFilter convention (NumPyro)."""
 
     def __init__(self, model: ref.LGSSM):
         self.A, self.Q, self.C, self.R, self.m0, self.P0 = (

@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch", reason="the pyro extra is not installed")
 import pyro  # noqa: E402
 import pyro.distributions as dist  # noqa: E402
 
+from adapters import smc_reference as ref  # noqa: E402
 from pyro_ext.infer import TwistedSMC  # noqa: E402
 from pyro_ext.infer.twisted_smc import (  # noqa: E402
     QuadraticTwist,
@@ -27,7 +28,6 @@ from pyro_ext.infer.twisted_smc import (  # noqa: E402
     run_filter,
     run_token_filter,
 )
-from tests import smc_references as ref  # noqa: E402
 
 T = 50
 
@@ -47,7 +47,7 @@ def _t(x):
 
 
 class LinearGaussian:
-    """The LGSSM of ``tests/smc_references.py`` in Pyro's SMCFilter convention (particles on dim -1)."""
+    """The LGSSM of ``adapters/smc_reference.py`` in Pyro's SMCFilter convention (particles on dim -1)."""
 
     def __init__(self, model: ref.LGSSM):
         self.A, self.Q, self.C, self.R, self.m0, self.P0 = (
