@@ -67,6 +67,7 @@ import torch
 
 from adapters.mi import AISConfig, BoundEstimate, check_schedule, effective_sample_size, log_mean_exp_bound
 from adapters.validation import check_positive_int, check_probability
+from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, leapfrog, metropolis_test, sample_momentum
 
 __all__ = [
     "AIS",
@@ -206,28 +207,6 @@ def _evaluate(
     return log_prior, log_likelihood, torch.where(finite, grads[0], torch.zeros_like(x)).detach(), None
 
 
-def _velocity(inverse_mass_matrix: Tensor, momentum: Tensor) -> Tensor:
-    """``M^{-1} r`` for each row of ``momentum`` ``(K, d)``; ``M^{-1}`` is ``(d,)`` or ``(d, d)``."""
-    if inverse_mass_matrix.dim() == 1:
-        return momentum * inverse_mass_matrix
-    return momentum @ inverse_mass_matrix.T
-
-
-def _kinetic_energy(inverse_mass_matrix: Tensor, momentum: Tensor) -> Tensor:
-    """``r^T M^{-1} r / 2`` per chain, ``(K,)``."""
-    return 0.5 * (momentum * _velocity(inverse_mass_matrix, momentum)).sum(-1)
-
-
-def _sample_momentum(generator: torch.Generator | None, inverse_mass_matrix: Tensor, like: Tensor) -> Tensor:
-    """Momenta ``~ N(0, M)`` ``(K, d)`` from one ``randn(K, d)``; ``M`` the inverse of ``inverse_mass_matrix``."""
-    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-    if inverse_mass_matrix.dim() == 1:
-        return noise / inverse_mass_matrix.sqrt()
-    # with inverse_mass_matrix = C C^T, r = C^{-T} noise has covariance (C C^T)^{-1} = M
-    cholesky = torch.linalg.cholesky(inverse_mass_matrix)
-    return torch.linalg.solve_triangular(cholesky.T, noise.T, upper=True).T
-
-
 def _as_inverse_mass_matrix(inverse_mass_matrix: Any, like: Tensor) -> Tensor:
     dim = like.shape[-1]
     if inverse_mass_matrix is None:
@@ -238,26 +217,26 @@ def _as_inverse_mass_matrix(inverse_mass_matrix: Any, like: Tensor) -> Tensor:
     return imm
 
 
-def _hmc_move(generator, state, beta, log_prior_fn, log_likelihood_fn, step_size, num_leapfrog, imm):
+def _hmc_move(generator, state, beta, log_prior_fn, log_likelihood_fn, step_size, num_leapfrog, imm, max_delta_energy):
     """One batched HMC transition: momentum refresh, ``num_leapfrog`` velocity-Verlet steps,
     momentum flip (implicit: the kinetic energy is even), Metropolis test.
 
+    A chain whose trajectory reaches a non-finite position, momentum or tempered log density is
+    frozen at its start (never evaluated at a non-finite point) and its proposal is invalid.
     Returns the proposal's ``(position, log_prior, log_likelihood, prior_grad, likelihood_grad)``
     (component gradients from the last step's evaluation, so a transition costs ``num_leapfrog``
-    gradient evaluations), the log acceptance probability ``(K,)`` (``-inf`` for a non-finite
-    proposal), whether it was accepted and the energy error.
+    gradient evaluations) and the :class:`~pyro_ext.infer.hmc_util.MetropolisInfo`.
     """
     start = state.position
-    momentum = _sample_momentum(generator, imm, start)
+    momentum = sample_momentum(generator, imm, start)
     log_target_start = _tempered(state.log_prior, state.log_likelihood, beta)
-    log_joint_start = log_target_start - _kinetic_energy(imm, momentum)
+    log_joint_start = log_target_start - kinetic_energy(imm, momentum)
     grad = state.log_prior_grad + beta[:, None] * state.log_likelihood_grad
-    eps = step_size[:, None]
     alive = torch.ones_like(beta, dtype=torch.bool)
-    position = start
-    for i in range(num_leapfrog):
-        momentum = momentum + 0.5 * eps * grad
-        moved = position + eps * _velocity(imm, momentum)
+    last: dict[str, Tensor] = {}
+
+    def evaluate(moved, momentum, i):
+        nonlocal alive
         alive = alive & torch.isfinite(moved).all(-1) & torch.isfinite(momentum).all(-1)
         # a dead chain is evaluated at its start from now on, never at a non-finite point
         position = torch.where(alive[:, None], moved, start)
@@ -266,23 +245,23 @@ def _hmc_move(generator, state, beta, log_prior_fn, log_likelihood_fn, step_size
                 position, log_prior_fn, log_likelihood_fn, None
             )
             grad = prior_grad + beta[:, None] * likelihood_grad
+            last.update(prior_grad=prior_grad, likelihood_grad=likelihood_grad)
         else:
             log_prior, log_likelihood, grad, _ = _evaluate(position, log_prior_fn, log_likelihood_fn, beta)
-        alive = alive & torch.isfinite(_tempered(log_prior, log_likelihood, beta))
-        grad = torch.where(alive[:, None], grad, torch.zeros_like(grad))
-        momentum = momentum + 0.5 * eps * grad
-    log_joint_end = _tempered(log_prior, log_likelihood, beta) - _kinetic_energy(imm, momentum)
+        last.update(log_prior=log_prior, log_likelihood=log_likelihood)
+        log_target = _tempered(log_prior, log_likelihood, beta)
+        alive = alive & torch.isfinite(log_target)
+        return position, log_target, torch.where(alive[:, None], grad, torch.zeros_like(grad))
+
+    start_point = IntegratorState(start, momentum, log_target_start, grad)
+    end = leapfrog(start_point, evaluate, step_size[:, None], imm, num_leapfrog)
+    log_joint_end = end.logdensity - kinetic_energy(imm, end.momentum)
     log_joint_end = torch.where(alive, _finite_or_neg_inf(log_joint_end), torch.full_like(log_joint_end, -math.inf))
     delta = log_joint_end - log_joint_start
-    log_accept = torch.where(
-        torch.isnan(delta) | (log_joint_end == -math.inf),
-        torch.full_like(delta, -math.inf),
-        torch.clamp(delta, max=0.0),
-    )
-    log_u = torch.log(torch.rand(beta.shape, generator=generator, dtype=start.dtype, device=start.device))
-    accepted = log_u < log_accept
-    proposal = (position, log_prior, log_likelihood, prior_grad, likelihood_grad)
-    return proposal, log_accept, accepted, log_joint_start - log_joint_end
+    valid = ~(torch.isnan(delta) | (log_joint_end == -math.inf))
+    test = metropolis_test(generator, delta, start, valid, max_delta_energy)
+    proposal = (end.position, last["log_prior"], last["log_likelihood"], last["prior_grad"], last["likelihood_grad"])
+    return proposal, test
 
 
 def _check_transition(transition: Any) -> None:
@@ -379,12 +358,11 @@ def ais_step(
     log_weight = state.log_weight + (beta - beta_prev) * state.log_likelihood
     imm = _as_inverse_mass_matrix(inverse_mass_matrix, position)
     if isinstance(transition, str):
-        proposal, log_accept, accepted, energy_error = _hmc_move(
-            generator, state, beta, log_prior_fn, log_likelihood_fn, step, num_leapfrog, imm
+        proposal, test = _hmc_move(
+            generator, state, beta, log_prior_fn, log_likelihood_fn, step, num_leapfrog, imm, max_delta_energy
         )
         new_position, log_prior, log_likelihood, prior_grad, likelihood_grad = proposal
-        acceptance_rate = torch.exp(log_accept)
-        divergent = ~accepted & ((log_accept == -math.inf) | (energy_error > max_delta_energy))
+        acceptance_rate, accepted, divergent = torch.exp(test.log_accept_prob), test.is_accepted, test.is_divergent
         valid = torch.isfinite(_tempered(log_prior, log_likelihood, beta)) & torch.isfinite(new_position).all(-1)
     else:
 

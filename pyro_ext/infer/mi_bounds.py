@@ -58,6 +58,7 @@ from torch import nn
 
 from adapters.mi import AISConfig, BoundEstimate
 from adapters.validation import check_choice, check_positive, check_positive_int
+from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, leapfrog, metropolis_test, sample_momentum
 
 __all__ = [
     "GIWAE",
@@ -518,24 +519,17 @@ def giwae(log_q: Any, log_prior: Any, scores: Any) -> BoundEstimate:
 # ---------------------------------------------------------------------------------------
 # Batched HMC: independent chains with leading axes (...), positions (..., d)
 # ---------------------------------------------------------------------------------------
-Evaluate = Callable[[Tensor], tuple[Tensor, Tensor, tuple[Tensor, ...]]]
+def _value_and_grad(fn: Callable[[Tensor], Tensor], position: Tensor) -> tuple[Tensor, Tensor]:
+    """``fn(position)`` (chain-wise, ``(...)``) and its gradient ``(..., d)``.
 
-
-def _value_and_grads(fn: Callable[[Tensor], tuple[Tensor, ...]], position: Tensor) -> tuple[tuple, tuple]:
-    """Values ``fn(position)`` (each ``(...)``, chain-wise) and the gradient of each with respect to ``position``.
-
-    Each chain's values depend on its own position only, so the gradient of a sum is each
+    Each chain's value depends on its own position only, so the gradient of the sum is each
     chain's gradient.  A value that does not depend on ``position`` has gradient zero.
     """
     with torch.enable_grad():
         position = position.detach().requires_grad_(True)
-        values = fn(position)
-        grads = []
-        for i, value in enumerate(values):
-            keep = i < len(values) - 1
-            (grad,) = torch.autograd.grad(value.sum(), position, retain_graph=keep, allow_unused=True)
-            grads.append(torch.zeros_like(position) if grad is None else grad)
-    return tuple(v.detach() for v in values), tuple(grads)
+        value = fn(position)
+        (grad,) = torch.autograd.grad(value.sum(), position, allow_unused=True)
+    return value.detach(), torch.zeros_like(position) if grad is None else grad
 
 
 def _select(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
@@ -547,40 +541,30 @@ def _hmc_move(
     position: Tensor,
     logdensity: Tensor,
     grad: Tensor,
-    aux: tuple[Tensor, ...],
-    evaluate: Evaluate,
-    step_size: float | Tensor,
+    log_density_fn: Callable[[Tensor], Tensor],
+    step_size: float,
     num_leapfrog: int,
     generator: torch.Generator | None,
-) -> tuple[Tensor, Tensor, Tensor, tuple[Tensor, ...], Tensor]:
+) -> tuple[Tensor, Tensor, Tensor]:
     """One Metropolis-adjusted HMC transition of every chain (unit mass, ``num_leapfrog`` leapfrog steps).
 
-    ``evaluate(q) -> (log density (...), gradient (..., d), aux)`` with ``aux`` chain-wise values
-    kept in step with the accepted positions.  ``step_size`` is a float or ``(...)`` per chain.
-    Draws one ``randn`` (the momenta) then one ``rand`` (the Metropolis uniforms).  A proposal with
-    a non-finite log density, energy or position is rejected.  Returns the new position, log
-    density, gradient, aux and the acceptance probabilities ``(...)``.
+    ``position`` ``(..., d)``, its log density ``(...)`` and gradient.  Draws one ``randn`` (the
+    momenta) then one ``rand`` (the Metropolis uniforms).  A proposal with a non-finite log
+    density, energy, position or gradient is rejected.  Returns the new position, log density and gradient.
     """
-    eps = step_size[..., None] if isinstance(step_size, Tensor) else step_size
-    momentum = torch.randn(position.shape, generator=generator, dtype=position.dtype, device=position.device)
-    q, p, g = position, momentum, grad
-    new_logdensity, new_aux = logdensity, aux
-    for _ in range(num_leapfrog):
-        p = p + 0.5 * eps * g
-        q = q + eps * p
-        new_logdensity, g, new_aux = evaluate(q)
-        p = p + 0.5 * eps * g
-    delta = new_logdensity - 0.5 * torch.sum(p**2, -1) - (logdensity - 0.5 * torch.sum(momentum**2, -1))
-    valid = torch.isfinite(delta) & torch.isfinite(q).all(-1) & torch.isfinite(g).all(-1)
-    log_accept = torch.where(valid, torch.clamp(delta, max=0.0), torch.full_like(delta, -math.inf))
-    uniform = torch.rand(logdensity.shape, generator=generator, dtype=position.dtype, device=position.device)
-    accepted = torch.log(uniform) < log_accept
+    momentum = sample_momentum(generator, None, position)
+
+    def evaluate(q, p, i):
+        return (q, *_value_and_grad(log_density_fn, q))
+
+    end = leapfrog(IntegratorState(position, momentum, logdensity, grad), evaluate, step_size, None, num_leapfrog)
+    delta = end.logdensity - kinetic_energy(None, end.momentum) - (logdensity - kinetic_energy(None, momentum))
+    valid = torch.isfinite(delta) & torch.isfinite(end.position).all(-1) & torch.isfinite(end.logdensity_grad).all(-1)
+    accepted = metropolis_test(generator, delta, position, valid).is_accepted
     return (
-        _select(accepted, q, position),
-        _select(accepted, new_logdensity, logdensity),
-        _select(accepted, g, grad),
-        tuple(_select(accepted, new, old) for new, old in zip(new_aux, aux, strict=True)),
-        torch.exp(log_accept),
+        _select(accepted, end.position, position),
+        _select(accepted, end.logdensity, logdensity),
+        _select(accepted, end.logdensity_grad, grad),
     )
 
 
@@ -603,16 +587,12 @@ def hmc_chain(
     step_size = check_positive("step_size", step_size)
     num_leapfrog = check_positive_int("num_leapfrog", num_leapfrog)
 
-    def evaluate(q):
-        (value,), (grad,) = _value_and_grads(lambda qq: (log_density_fn(qq),), q)
-        return value, grad, ()
-
     position = z.detach()
-    logdensity, grad, _ = evaluate(position)
+    logdensity, grad = _value_and_grad(log_density_fn, position)
     accepted = 0.0
     for _ in range(num_steps):
-        new, logdensity, grad, _, _ = _hmc_move(
-            position, logdensity, grad, (), evaluate, step_size, num_leapfrog, generator
+        new, logdensity, grad = _hmc_move(
+            position, logdensity, grad, log_density_fn, step_size, num_leapfrog, generator
         )
         accepted += float(torch.mean(torch.all(new != position, dim=-1).to(z.dtype)))
         position = new

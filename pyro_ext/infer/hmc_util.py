@@ -1,0 +1,150 @@
+"""HMC building blocks in torch: momentum, kinetic energy, velocity Verlet, the Metropolis test.
+
+Shared by every Pyro algorithm that integrates Hamiltonian dynamics (DR-HMC, AIS, the MI
+bounds' MINE-AIS negatives); the JAX twin is :mod:`numpyro_ext.infer.hmc_util`.  Neal, "MCMC
+using Hamiltonian dynamics", Handbook of MCMC, 2011, Sec. 5.2 and 5.3.
+
+With a position ``x``, a momentum ``r ~ N(0, M)`` and an inverse mass matrix ``M^{-1}`` (a
+diagonal ``(d,)`` or a dense ``(d, d)``; ``None`` is the identity), the Hamiltonian is
+``H(x, r) = -log pi(x) + K(r)`` with kinetic energy ``K(r) = r^T M^{-1} r / 2`` and velocity
+``dx/dt = M^{-1} r``.  A leapfrog (velocity-Verlet) step of size ``eps`` is (Neal eq. 5.18-5.20)::
+
+    r <- r + eps/2 grad log pi(x),    x <- x + eps M^{-1} r,    r <- r + eps/2 grad log pi(x).
+
+Shapes: one chain has ``(d,)`` positions and momenta; a batch of ``K`` independent chains
+``(K, d)`` (or any leading axes ``(..., d)``), with per-chain values ``(...)``.  A step size is a
+float or a tensor that broadcasts against the momenta (``(K, 1)`` for one per chain).
+
+Randomness: :func:`sample_momentum` draws one ``randn`` of the momenta's shape and
+:func:`metropolis_test` one ``rand`` of the per-chain shape, from ``generator`` (a
+``torch.Generator``) or, when it is ``None``, from torch's global generator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import torch
+
+__all__ = [
+    "IntegratorState",
+    "MetropolisInfo",
+    "kinetic_energy",
+    "leapfrog",
+    "metropolis_test",
+    "sample_momentum",
+    "velocity",
+]
+
+Tensor = torch.Tensor
+
+
+class IntegratorState(NamedTuple):
+    """A point of HMC's extended space: ``position`` and ``momentum`` ``(..., d)``, the log density
+    ``logdensity`` at the position (a tensor ``(...)``, or a float for one chain; ``-inf`` where not
+    finite) and its gradient ``logdensity_grad`` ``(..., d)``."""
+
+    position: Tensor
+    momentum: Tensor
+    logdensity: Tensor | float
+    logdensity_grad: Tensor
+
+
+class MetropolisInfo(NamedTuple):
+    """The Metropolis test of each chain ``(...)``: ``log_accept_prob`` ``min(0, delta)`` (``-inf`` for an
+    invalid proposal), ``is_accepted`` and ``is_divergent`` (a rejected proposal that was invalid or
+    whose energy error ``-delta`` exceeds ``max_delta_energy``)."""
+
+    log_accept_prob: Tensor
+    is_accepted: Tensor
+    is_divergent: Tensor
+
+
+def velocity(inverse_mass_matrix: Tensor | None, momentum: Tensor) -> Tensor:
+    """``M^{-1} r`` for a momentum ``(d,)`` or a batch ``(..., d)``.
+
+    ``M^{-1}`` is ``(d,)`` (diagonal), ``(d, d)`` (dense) or ``None`` (the identity).
+    """
+    if inverse_mass_matrix is None:
+        return momentum
+    if inverse_mass_matrix.dim() == 1:
+        return momentum * inverse_mass_matrix
+    if momentum.dim() == 1:
+        return inverse_mass_matrix @ momentum
+    return momentum @ inverse_mass_matrix.T
+
+
+def kinetic_energy(inverse_mass_matrix: Tensor | None, momentum: Tensor) -> Tensor:
+    """``K(r) = r^T M^{-1} r / 2``: a 0-dim tensor for a momentum ``(d,)``, ``(...)`` for a batch ``(..., d)``."""
+    if momentum.dim() == 1:
+        return 0.5 * (momentum @ velocity(inverse_mass_matrix, momentum))
+    return 0.5 * (momentum * velocity(inverse_mass_matrix, momentum)).sum(-1)
+
+
+def sample_momentum(generator: torch.Generator | None, inverse_mass_matrix: Tensor | None, like: Tensor) -> Tensor:
+    """A momentum ``r ~ N(0, M)`` of ``like``'s shape, dtype and device, from one ``randn``.
+
+    ``M`` is the inverse of ``inverse_mass_matrix``: ``r = noise / sqrt(M^{-1})`` for a diagonal;
+    for a dense ``M^{-1} = C C^T`` (Cholesky), ``r = C^{-T} noise``, whose covariance is
+    ``(C C^T)^{-1} = M``.
+    """
+    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    if inverse_mass_matrix is None:
+        return noise
+    if inverse_mass_matrix.dim() == 1:
+        return noise / inverse_mass_matrix.sqrt()
+    cholesky = torch.linalg.cholesky(inverse_mass_matrix)
+    if noise.dim() == 1:
+        return torch.linalg.solve_triangular(cholesky.T, noise[:, None], upper=True)[:, 0]
+    flat = noise.reshape(-1, noise.shape[-1])
+    return torch.linalg.solve_triangular(cholesky.T, flat.T, upper=True).T.reshape(noise.shape)
+
+
+def leapfrog(
+    state: IntegratorState,
+    evaluate: Callable[[Tensor, Tensor, int], tuple[Tensor, Tensor | float, Tensor]],
+    step_size: float | Tensor,
+    inverse_mass_matrix: Tensor | None,
+    num_steps: int,
+) -> IntegratorState:
+    """``num_steps`` velocity-Verlet steps from ``state`` (no momentum flip: the kinetic energy is even).
+
+    Each step: ``r <- r + eps/2 g``; ``x <- x + eps M^{-1} r``;
+    ``(x, log pi, g) = evaluate(x, r, i)``; ``r <- r + eps/2 g``.  ``evaluate`` returns the log
+    density and gradient at the new position ``x`` (step ``i`` counts from 0); it may also replace
+    the position (e.g. freeze a chain that left the support at a safe point, whose gradient it then
+    sets to zero).  One call of ``evaluate`` per step: ``num_steps`` gradient evaluations.
+    """
+    position, momentum, logdensity, grad = state
+    for i in range(num_steps):
+        momentum = momentum + 0.5 * step_size * grad
+        position = position + step_size * velocity(inverse_mass_matrix, momentum)
+        position, logdensity, grad = evaluate(position, momentum, i)
+        momentum = momentum + 0.5 * step_size * grad
+    return IntegratorState(position, momentum, logdensity, grad)
+
+
+def metropolis_test(
+    generator: torch.Generator | None,
+    delta: Tensor,
+    like: Tensor,
+    valid: Tensor | None = None,
+    max_delta_energy: float = math.inf,
+) -> MetropolisInfo:
+    """Accept each chain's proposal with probability ``min(1, exp(delta))``; one ``rand`` of ``delta``'s shape.
+
+    ``delta = log pi(x') - K(r') - (log pi(x) - K(r))`` ``(...)``, the log joint's change (minus
+    the energy error).  ``valid`` ``(...)`` marks proposals that may be accepted at all (default:
+    ``delta`` finite); an invalid one has acceptance probability 0 and is divergent, as is a
+    rejected one with energy error ``-delta > max_delta_energy``.  The uniforms take ``like``'s
+    dtype and device.
+    """
+    if valid is None:
+        valid = torch.isfinite(delta)
+    log_accept = torch.where(valid, torch.clamp(delta, max=0.0), torch.full_like(delta, -math.inf))
+    log_u = torch.log(torch.rand(delta.shape, generator=generator, dtype=like.dtype, device=like.device))
+    accepted = log_u < log_accept
+    divergent = ~accepted & ((log_accept == -math.inf) | (-delta > max_delta_energy))
+    return MetropolisInfo(log_accept, accepted, divergent)
