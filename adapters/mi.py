@@ -7,8 +7,9 @@
 * exact answers used by the tests and the ``mi-bounds`` benchmark:
   :func:`linear_gaussian_log_marginal`, :func:`linear_gaussian_mi`, :func:`correlated_gaussian_mi`;
 * what both AIS shells share: :class:`AISConfig` (validated hyperparameters),
-  :func:`log_mean_exp_bound` (``log Z`` bounds from AIS log weights, delta-method standard error)
-  and :func:`effective_sample_size`.
+  :func:`log_mean_exp_bound` (``log Z`` bounds from AIS log weights, delta-method standard error),
+  :func:`effective_sample_size` and :class:`AISResultBase` (the numpy half of ``AISResult``: bounds,
+  ESS, diagnostics, the importance-resampling rule, the summary and ArviZ conversion).
 
 Everything here is NumPy; the backends turn schedules into their own arrays.
 """
@@ -236,3 +237,83 @@ class AISConfig:
         if isinstance(self.schedule, str):
             return check_schedule(self.schedule, self.num_steps)
         return np.asarray(self.schedule, dtype=np.float64)
+
+
+class AISResultBase:
+    """The backend-free half of ``AISResult`` (both backends): everything computed from numpy arrays.
+
+    A backend's ``AISResult`` subclasses it, keeps its own arrays (final positions, the run's
+    output) and implements ``get_samples`` by drawing ``num`` indices from the categorical
+    distribution with logits :meth:`resampling` returns, with its own random numbers.
+
+    Args:
+        log_weights: ``(K,)`` forward-form AIS log weights ``log w_k`` (a reverse run's too).
+        kind: ``"lower"`` for a forward run (``log Z = log mean w``), ``"upper"`` for a reverse
+            (BDMC) run (``log Z = -log mean 1/w``); see :func:`log_mean_exp_bound`.
+        step_sizes: ``(T,)`` the per-temperature step sizes used.
+        acceptance_rate: ``(S, K)`` per transition and chain.
+        is_divergent: ``(S, K)`` booleans; their count is ``num_divergent``.
+
+    Attributes: ``direction`` (``"forward"``/``"reverse"``), ``log_weights`` (float64),
+    ``log_Z`` and ``mean_log_weight`` (:class:`BoundEstimate`; the latter the single-chain bound
+    ``mean_k log w_k``), ``ess`` (Kish's, of ``w`` forward and ``1/w`` reverse), ``step_sizes``,
+    ``acceptance_rate``, ``num_divergent``.
+    """
+
+    def __init__(self, log_weights: Any, kind: BoundKind, step_sizes: Any, acceptance_rate: Any, is_divergent: Any):
+        self.direction = "forward" if kind == "lower" else "reverse"
+        self.log_weights = np.asarray(log_weights, dtype=np.float64)
+        estimator = "ais" if kind == "lower" else "bdmc-reverse-ais"
+        self.log_Z = log_mean_exp_bound(self.log_weights, kind, estimator)
+        with np.errstate(invalid="ignore"):  # a zero weight makes the mean -inf and its stderr NaN
+            self.mean_log_weight = BoundEstimate.from_samples(self.log_weights, kind, f"{estimator}-mean-log-weight")
+        self.step_sizes = np.asarray(step_sizes)
+        self.acceptance_rate = np.asarray(acceptance_rate)
+        self.num_divergent = int(np.sum(np.asarray(is_divergent)))
+        self.ess = effective_sample_size(self.log_weights if kind == "lower" else -self.log_weights)
+
+    def resampling(self, num_samples: int | None = None) -> tuple[np.ndarray, int]:
+        """``(logits (K,), num)``: multinomial importance resampling draws ``num`` chain indices
+        (``num_samples``, default ``K``) with probabilities ``softmax(logits)``.
+
+        The logits are ``log w`` (forward run) or ``-log w`` (reverse run), non-finite ones ``-inf``
+        (zero weight).  Raises ``ValueError`` when every weight is zero: then no chain carries any
+        of the target's mass (``log Z`` is estimated as ``-inf``) and resampling has nothing to pick.
+        """
+        num = check_positive_int("num_samples", num_samples) if num_samples is not None else self.log_weights.size
+        logits = self.log_weights if self.direction == "forward" else -self.log_weights
+        logits = np.where(np.isfinite(logits), logits, -np.inf)
+        if not np.any(np.isfinite(logits)):
+            raise ValueError(
+                f"get_samples: every chain has zero weight (all {logits.size} importance log weights are -inf or "
+                "non-finite), so there is nothing to resample: no chain reached the target's support and log Z is "
+                "estimated as -inf; check the likelihood, or anneal from a proposal that covers the posterior"
+            )
+        return logits, num
+
+    def inference_data(self, samples: dict[str, Any]):
+        """``arviz.InferenceData`` of resampled draws ``{site: (num, ...)}`` (numpy) as one chain
+        (``posterior``), the chains' ``log_weight`` (``sample_stats``) and ``log_Z``,
+        ``log_Z_stderr``, ``log_Z_kind`` in ``attrs``."""
+        import arviz as az
+
+        posterior = {k: np.asarray(v)[None] for k, v in samples.items()}
+        idata = az.from_dict(posterior=posterior, sample_stats={"log_weight": self.log_weights[None]})
+        idata.attrs.update(log_Z=self.log_Z.value, log_Z_stderr=self.log_Z.stderr, log_Z_kind=self.log_Z.kind)
+        return idata
+
+    def summary(self) -> str:
+        """``log Z`` with its standard error, ESS, mean acceptance and divergences (two lines)."""
+        mean_accept = float(np.mean(self.acceptance_rate)) if self.acceptance_rate.size else math.nan
+        return (
+            f"{self.log_Z}\n"
+            f"ESS {self.ess:.1f} of {self.log_weights.size} chains, mean acceptance {mean_accept:.3f}, "
+            f"{self.num_divergent} divergent transitions, {self.step_sizes.shape[0]} temperatures"
+        )
+
+    def print_summary(self) -> None:
+        """Print :meth:`summary`."""
+        print(self.summary())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.direction}, {self.log_Z})"

@@ -53,7 +53,6 @@ Shapes: ``K`` chains, ``d`` unconstrained dimensions, ``T`` annealing steps.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -63,7 +62,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 from jax.scipy.special import ndtri
 
-from adapters.mi import AISConfig, BoundEstimate, check_schedule, effective_sample_size, log_mean_exp_bound
+from adapters.mi import AISConfig, AISResultBase, check_schedule
 from adapters.validation import check_positive_int, check_probability
 from numpyro_ext.infer.drhmc import IntegratorState, _kinetic_energy, _leapfrog_involution
 
@@ -778,7 +777,7 @@ def _array_unconstrain(samples):
 # ---------------------------------------------------------------------------------------
 # Result
 # ---------------------------------------------------------------------------------------
-class AISResult:
+class AISResult(AISResultBase):
     """What :meth:`AIS.run` (forward) and :meth:`AIS.run_reverse` (BDMC) return.
 
     * ``log_Z`` — a :class:`~adapters.mi.BoundEstimate`: ``kind="lower"`` (forward,
@@ -793,21 +792,14 @@ class AISResult:
     * ``step_sizes`` ``(T,)`` — the fixed per-temperature HMC step sizes used (from the pilot
       when adapting), ``acceptance_rate`` ``(S, K)``, ``num_divergent`` (rejected non-finite or
       diverging proposals, all chains), ``ess`` (Kish's, of the weights), ``direction``.
+
+    The numpy half (bounds, ESS, resampling rule, summary) is :class:`adapters.mi.AISResultBase`.
     """
 
     def __init__(self, output: AISOutput, kind: str, constrain: Callable, step_sizes: Array):
+        super().__init__(output.log_weights, kind, step_sizes, output.acceptance_rate, output.is_divergent)
         self.output = output
-        self.direction = "forward" if kind == "lower" else "reverse"
-        self.log_weights = np.asarray(output.log_weights, dtype=np.float64)
-        estimator = "ais" if kind == "lower" else "bdmc-reverse-ais"
-        self.log_Z = log_mean_exp_bound(self.log_weights, kind, estimator)
-        with np.errstate(invalid="ignore"):  # a zero weight makes the mean -inf and its stderr NaN
-            self.mean_log_weight = BoundEstimate.from_samples(self.log_weights, kind, f"{estimator}-mean-log-weight")
         self.positions = output.positions
-        self.step_sizes = np.asarray(step_sizes)
-        self.acceptance_rate = np.asarray(output.acceptance_rate)
-        self.num_divergent = int(np.sum(np.asarray(output.is_divergent)))
-        self.ess = effective_sample_size(self.log_weights if kind == "lower" else -self.log_weights)
         self._constrain = constrain
 
     def get_samples(self, rng_key: Array | None = None, num_samples: int | None = None) -> dict[str, Any]:
@@ -815,39 +807,21 @@ class AISResult:
 
         Without ``rng_key``: the ``K`` chains' states, to be weighted by
         ``exp(log_weights)``.  With it: ``num_samples`` (default ``K``) states resampled
-        multinomially by weight, i.e. equally weighted approximate posterior draws (forward run).
+        multinomially by weight, i.e. equally weighted approximate posterior draws (forward run);
+        a ``ValueError`` when every weight is zero (:meth:`~adapters.mi.AISResultBase.resampling`).
         """
         samples = self._constrain(self.positions)
         if rng_key is None:
             return samples
-        num = check_positive_int("num_samples", num_samples) if num_samples is not None else self.log_weights.size
-        logits = self.log_weights if self.direction == "forward" else -self.log_weights
-        logits = jnp.asarray(np.where(np.isfinite(logits), logits, -np.inf))
-        index = jax.random.categorical(rng_key, logits, shape=(num,))
+        logits, num = self.resampling(num_samples)
+        index = jax.random.categorical(rng_key, jnp.asarray(logits), shape=(num,))
         return jax.tree.map(lambda v: v[index], samples)
 
     def to_arviz(self, rng_key: Array | None = None):
         """``arviz.InferenceData``: resampled states as one chain (``posterior``), the chains'
         ``log_weight`` (``sample_stats``) and ``log_Z``/``log_Z_stderr`` in ``attrs``."""
-        import arviz as az
-
         key = jax.random.PRNGKey(0) if rng_key is None else rng_key
-        posterior = {k: np.asarray(v)[None] for k, v in self.get_samples(key).items()}
-        idata = az.from_dict(posterior=posterior, sample_stats={"log_weight": self.log_weights[None]})
-        idata.attrs.update(log_Z=self.log_Z.value, log_Z_stderr=self.log_Z.stderr, log_Z_kind=self.log_Z.kind)
-        return idata
-
-    def print_summary(self) -> None:
-        """``log Z`` with its standard error, ESS, mean acceptance and divergences."""
-        mean_accept = float(np.mean(self.acceptance_rate)) if self.acceptance_rate.size else math.nan
-        print(
-            f"{self.log_Z}\n"
-            f"ESS {self.ess:.1f} of {self.log_weights.size} chains, mean acceptance {mean_accept:.3f}, "
-            f"{self.num_divergent} divergent transitions, {self.step_sizes.shape[0]} temperatures"
-        )
-
-    def __repr__(self) -> str:
-        return f"AISResult({self.direction}, {self.log_Z})"
+        return self.inference_data(self.get_samples(key))
 
 
 # ---------------------------------------------------------------------------------------

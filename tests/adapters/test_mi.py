@@ -13,6 +13,7 @@ from scipy import stats
 
 from adapters.mi import (
     AISConfig,
+    AISResultBase,
     BoundEstimate,
     check_schedule,
     correlated_gaussian_mi,
@@ -171,6 +172,37 @@ def test_effective_sample_size():
     assert effective_sample_size([0.0, -1e3, -1e3]) == pytest.approx(1.0)
     assert effective_sample_size([0.0, np.log(3.0)]) == pytest.approx(16.0 / 10.0)
     assert effective_sample_size([-np.inf, np.nan]) == 0.0
+
+
+# ---- AISResultBase -----------------------------------------------------------------------
+def test_ais_result_base_bounds_ess_and_resampling_rule():
+    log_w = np.array([0.0, np.log(3.0), -np.inf, np.nan])
+    accept = np.full((5, 4), 0.5)
+    divergent = np.zeros((5, 4), bool)
+    divergent[2, 1] = True
+    forward = AISResultBase(log_w, "lower", np.full(5, 0.1), accept, divergent)
+    assert forward.direction == "forward" and forward.num_divergent == 1
+    assert forward.log_Z == log_mean_exp_bound(log_w, "lower", "ais")
+    assert forward.ess == pytest.approx(effective_sample_size(log_w))
+    logits, num = forward.resampling()
+    np.testing.assert_array_equal(logits, [0.0, np.log(3.0), -np.inf, -np.inf])
+    assert num == 4 and forward.resampling(7)[1] == 7
+    # a reverse run resamples by 1 / w
+    reverse = AISResultBase(log_w, "upper", np.full(5, 0.1), accept, divergent)
+    assert reverse.direction == "reverse" and reverse.log_Z.kind == "upper"
+    np.testing.assert_array_equal(reverse.resampling()[0], [0.0, -np.log(3.0), -np.inf, -np.inf])
+    assert "ESS 1.6 of 4 chains, mean acceptance 0.500, 1 divergent transitions, 5 temperatures" in forward.summary()
+    assert repr(forward).startswith("AISResultBase(forward, ais: ")
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        forward.resampling(0)
+
+
+def test_ais_result_base_refuses_to_resample_zero_weights():
+    """Every weight zero: one rule for both backends, a ValueError that says so (no silent uniform draw)."""
+    result = AISResultBase(np.array([-np.inf, np.nan, -np.inf]), "lower", np.ones(2), np.zeros((2, 3)), np.ones((2, 3)))
+    assert result.log_Z.value == -math.inf and result.ess == 0.0 and result.num_divergent == 6
+    with pytest.raises(ValueError, match=r"every chain has zero weight \(all 3 importance log weights are -inf"):
+        result.resampling()
 
 
 # ---- AISConfig ---------------------------------------------------------------------------

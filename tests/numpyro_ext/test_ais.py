@@ -389,6 +389,19 @@ def test_ais_rejects_bad_sources():
         AIS(discrete).run(jax.random.PRNGKey(0), 1.0)
 
 
+def test_get_samples_refuses_to_resample_when_every_weight_is_zero():
+    """A likelihood that is zero everywhere: log Z = -inf, the weighted states are still there, and
+    resampling raises (the same rule as the Pyro twin) instead of drawing uniformly."""
+    sampler = AIS(log_likelihood_fn=lambda z: -jnp.inf * jnp.sum(z**2 + 1.0), proposal=PRIOR, num_steps=3, num_chains=4)
+    result = sampler.run(jax.random.PRNGKey(0))
+    assert result.log_Z.value == -math.inf and result.ess == 0.0
+    assert result.get_samples()["x"].shape == (4, DZ)
+    with pytest.raises(ValueError, match="every chain has zero weight"):
+        result.get_samples(jax.random.PRNGKey(1))
+    with pytest.raises(ValueError, match="nothing to resample"):
+        result.to_arviz()
+
+
 def test_core_rejects_bad_arguments():
     init = jnp.zeros((4, 3))
     args = (jax.random.PRNGKey(0), init, PRIOR.log_prob, lg_log_likelihood)
