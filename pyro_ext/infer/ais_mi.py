@@ -40,7 +40,6 @@ own draws, then its chains), the chains.  Every estimate is a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -50,15 +49,14 @@ import torch
 
 from adapters.mi import AISConfig, BoundEstimate
 from adapters.validation import check_positive_int
-from pyro_ext.infer.ais import _anneal, _directions, _unvalidated, _vmap_log_density, pilot_step_sizes
+from pyro_ext.infer.ais import anneal, pilot_step_sizes
+from pyro_ext.infer.ais.anneal import kernel_options
+from pyro_ext.infer.model_util import unvalidated, vmap_log_density
+from pyro_ext.infer.smc_util import log_mean_exp
 
 __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
 
 Tensor = torch.Tensor
-
-
-def _log_mean_exp(x: Tensor) -> Tensor:
-    return torch.logsumexp(x, dim=-1) - math.log(x.shape[-1])
 
 
 def _joint_draws(sample_joint: Callable, num: int) -> tuple[Tensor, Tensor]:
@@ -85,15 +83,15 @@ class _Joint:
             raise ValueError(f"proposal must be None or a function x -> distribution over z, got {proposal!r}")
         self.proposal, self.vectorized = proposal, vectorized
         if vectorized:
-            self.log_prior = _unvalidated(log_prior)
-            self.log_likelihood = _unvalidated(log_likelihood)
+            self.log_prior = unvalidated(log_prior)
+            self.log_likelihood = unvalidated(log_likelihood)
             if proposal is not None:
-                self.log_q = _unvalidated(lambda x, z: proposal(x).log_prob(z))
+                self.log_q = unvalidated(lambda x, z: proposal(x).log_prob(z))
         else:
-            self.log_prior = _vmap_log_density(log_prior, "log_prior")
-            self.log_likelihood = _vmap_log_density(log_likelihood, "log_likelihood")
+            self.log_prior = vmap_log_density(log_prior, "log_prior")
+            self.log_likelihood = vmap_log_density(log_likelihood, "log_likelihood")
             if proposal is not None:
-                self.log_q = _vmap_log_density(lambda x, z: proposal(x).log_prob(z), "proposal(x).log_prob")
+                self.log_q = vmap_log_density(lambda x, z: proposal(x).log_prob(z), "proposal(x).log_prob")
 
     def densities(self, x_rows: Tensor) -> tuple[Callable, Callable]:
         """Batched ``(log pi_0, log L)`` of ``z`` ``(M, dz)`` for the chains' ``x`` rows ``(M, dx)``:
@@ -158,7 +156,7 @@ def _iwae(sample_joint, log_prior, log_likelihood, num_samples, num_importance, 
     _, log_weight = joint.densities(x_rows)
     with torch.no_grad():
         log_w = log_weight(draws.reshape(num_samples * num_importance, -1)).reshape(num_samples, num_importance)
-    log_px = _log_mean_exp(log_w)
+    log_px = log_mean_exp(log_w, dim=-1)
     kind = "lower" if lower else "upper"
     info = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px}
     return _finish(log_px_z - log_px, kind, f"iwae-mi-{kind}", info, details)
@@ -231,26 +229,10 @@ def _ais_pass(joint, drawn, cfg, steps, adapt, lower, inverse_mass_matrix):
     x_rows = torch.repeat_interleave(x, num_chains, dim=0)
     log_base, log_increment = joint.densities(x_rows)
     betas = torch.as_tensor(cfg.betas, dtype=init.dtype)
-    steps_tk = torch.broadcast_to(steps.to(init.dtype)[:, None], (cfg.num_steps, init.shape[0]))
-    betas_from, betas_to, steps_tk = _directions(betas, steps_tk, reverse)
-    final, info, adapted = _anneal(
-        None,
-        init,
-        log_base,
-        log_increment,
-        betas_from,
-        betas_to,
-        steps_tk,
-        adapt,
-        cfg.target_accept_prob,
-        cfg.adaptation_rate,
-        cfg.num_leapfrog,
-        inverse_mass_matrix,
-        cfg.transition,
-        cfg.max_delta_energy,
-    )
-    log_w = torch.where(reverse, -final.log_weight, final.log_weight).reshape(num_samples, num_chains)
-    log_px = _log_mean_exp(log_w)
+    kernel = kernel_options(cfg, inverse_mass_matrix)
+    out = anneal(init, log_base, log_increment, betas, steps, reverse, adapt_step_size=adapt, **kernel)
+    log_w = out.log_weights.reshape(num_samples, num_chains)
+    log_px = log_mean_exp(log_w, dim=-1)
     return {
         "x": x,
         "z": z,
@@ -259,9 +241,9 @@ def _ais_pass(joint, drawn, cfg, steps, adapt, lower, inverse_mass_matrix):
         "log_px_bound": log_px,
         "log_weights": log_w,
         "step_sizes": steps,
-        "pilot_step_sizes": pilot_step_sizes(adapted, log_w),
-        "acceptance_rate": info.acceptance_rate.mean(dim=1),
-        "num_divergent": int(info.is_divergent.sum()),
+        "pilot_step_sizes": pilot_step_sizes(out.adapted_step_size, log_w),
+        "acceptance_rate": out.acceptance_rate.mean(dim=1),
+        "num_divergent": int(out.is_divergent.sum()),
     }
 
 
