@@ -196,7 +196,7 @@ def test_trajectory_length_from_nuts_warmup():
     stats_ = kernel.get_sample_stats()
     warmup = stats_["warmup"]
     # warmup ran NUTS: the length is half its mean integration time from the last slow window's start
-    start = kernel._adapter.adaptation_schedule[-2].start
+    start = kernel.adaptation_schedule[-2].start
     times = (stats_["num_steps"] * stats_["step_size"])[warmup][start:]
     assert kernel.trajectory_length == pytest.approx(0.5 * times.mean(), rel=1e-12)
     assert (stats_["stage"][warmup] == -1).all()
