@@ -212,6 +212,45 @@ def test_trajectory_length_from_nuts_warmup():
         assert_variance(x[:, i], 0.0, 1.0, 0.0, f"x[{i}]")
 
 
+def test_warmup_is_pyros_nuts_warmup():
+    """The length-choosing warmup is Pyro's own NUTS warmup: same draws, step size and mass matrix."""
+    from pyro.infer import NUTS
+
+    warmup_draws = {}
+
+    def hook(name):
+        def record(kernel, params, stage, i):
+            if stage == "Warmup":
+                warmup_draws.setdefault(name, []).append(params["x"].clone())
+
+        return record
+
+    initial = {"x": torch.tensor([0.3, -0.2])}
+    kernel = DRHMC(potential_fn=correlated_potential, max_proposals=2)
+    run(kernel, warmup=150, samples=5, seed=7, initial_params=initial, hook_fn=hook("drhmc"))
+    nuts = NUTS(potential_fn=correlated_potential)
+    run(nuts, warmup=150, samples=5, seed=7, initial_params=initial, hook_fn=hook("nuts"))
+    assert len(warmup_draws["drhmc"]) == 150
+    torch.testing.assert_close(torch.stack(warmup_draws["drhmc"]), torch.stack(warmup_draws["nuts"]), rtol=0, atol=0)
+    assert kernel.step_size == nuts.step_size
+    torch.testing.assert_close(kernel.inverse_mass_matrix[("x",)], nuts.inverse_mass_matrix[("x",)], rtol=0, atol=0)
+    stats_ = kernel.get_sample_stats()
+    warmup = stats_["warmup"]
+    # Pyro's NUTS keeps its tree's acceptance probability and energy to itself
+    assert np.isnan(stats_["accept_prob"][warmup]).all() and np.isnan(stats_["energy"][warmup]).all()
+    assert np.isfinite(stats_["accept_prob"][~warmup]).all()
+    potentials = [float(correlated_potential({"x": x})) for x in warmup_draws["drhmc"]]
+    np.testing.assert_allclose(stats_["potential_energy"][warmup], potentials, rtol=1e-12)
+
+
+def test_kernel_is_a_plain_mcmc_kernel():
+    """Built on Pyro's public MCMCKernel, not on its HMC/NUTS classes (whose private members change)."""
+    from pyro.infer.mcmc import HMC
+    from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+
+    assert issubclass(DRHMC, MCMCKernel) and not issubclass(DRHMC, HMC)
+
+
 def test_trajectory_scale_and_jitter():
     # the same seed gives the same NUTS warmup, so the scaled length is exactly half
     lengths = {}
@@ -420,6 +459,11 @@ def test_model_or_potential_exactly_one():
         DRHMC()
     with pytest.raises(ValueError, match="potential_fn"):
         DRHMC(test_problems.funnel, potential_fn=funnel_potential)
+
+
+def test_potential_needs_initial_params():
+    with pytest.raises(ValueError, match="initial_params"):
+        run(DRHMC(potential_fn=funnel_potential), warmup=5, samples=5)
 
 
 def test_discrete_latent_is_refused():

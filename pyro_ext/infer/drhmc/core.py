@@ -11,7 +11,8 @@ Pyro handler, no global state beyond torch's generator:
 * :func:`init` / :func:`build_kernel` - DR-HMC's transition on a flat position vector
   ``(d,)``; :func:`leapfrog_involution` is its proposal, :func:`stage_schedule` its stages.
 
-The Pyro kernel built on it is :class:`pyro_ext.infer.drhmc.kernel.DRHMC`.
+Momentum, kinetic energy and velocity come from :mod:`pyro_ext.infer.hmc_util`. The Pyro
+kernel built on this core is :class:`pyro_ext.infer.drhmc.kernel.DRHMC`.
 
 Stage ``k`` from ``x`` with proposal ``y_k = F_k(x)`` is accepted with probability
 (the paper's eq. (9)/(12), recursive in the number of stages, with the probabilistic
@@ -57,6 +58,7 @@ from typing import Any, NamedTuple
 import torch
 
 from adapters.validation import check_greater, check_positive_int
+from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, sample_momentum, velocity
 
 __all__ = [
     "DRHMCInfo",
@@ -243,16 +245,6 @@ def delayed_rejection(
 # ---------------------------------------------------------------------------------------
 # DR-HMC math core
 # ---------------------------------------------------------------------------------------
-class IntegratorState(NamedTuple):
-    """A point of HMC's extended space: ``position``, ``momentum``, ``logdensity_grad`` of shape
-    ``(d,)`` and the float ``logdensity`` (``-inf`` where the density is not finite)."""
-
-    position: torch.Tensor
-    momentum: torch.Tensor
-    logdensity: float
-    logdensity_grad: torch.Tensor
-
-
 class DRHMCState(NamedTuple):
     """The chain's state: ``position`` ``(d,)``, its ``logdensity`` (float) and gradient ``(d,)``."""
 
@@ -307,26 +299,6 @@ def stage_schedule(step_size: float, num_steps: int, stage: int, reduction_facto
     return step_size * num_steps / num_steps_k, num_steps_k
 
 
-def _velocity(inverse_mass_matrix: torch.Tensor, momentum: torch.Tensor) -> torch.Tensor:
-    return inverse_mass_matrix * momentum if inverse_mass_matrix.dim() == 1 else inverse_mass_matrix @ momentum
-
-
-def _kinetic_energy(inverse_mass_matrix: torch.Tensor, momentum: torch.Tensor) -> float:
-    return 0.5 * float(momentum @ _velocity(inverse_mass_matrix, momentum))
-
-
-def _sample_momentum(
-    generator: torch.Generator | None, inverse_mass_matrix: torch.Tensor, like: torch.Tensor
-) -> torch.Tensor:
-    """Momentum ``~ N(0, M)``, ``M`` the inverse of ``inverse_mass_matrix``, from one ``randn(d)``."""
-    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-    if inverse_mass_matrix.dim() == 1:
-        return noise / inverse_mass_matrix.sqrt()
-    # with inverse_mass_matrix = C C^T, r = C^{-T} noise has covariance (C C^T)^{-1} = M
-    cholesky = torch.linalg.cholesky(inverse_mass_matrix)
-    return torch.linalg.solve_triangular(cholesky.T, noise[:, None], upper=True)[:, 0]
-
-
 def leapfrog_involution(
     logdensity_fn: Callable[[torch.Tensor], torch.Tensor],
     inverse_mass_matrix: torch.Tensor,
@@ -336,7 +308,9 @@ def leapfrog_involution(
     """``num_steps`` velocity-Verlet steps then a momentum flip (an involution); cost = gradients computed.
 
     The trajectory stops at its first non-finite log density: the proposal is then rejected
-    whatever the remaining steps would do.
+    whatever the remaining steps would do. (This early stop of one chain is why it is not
+    :func:`pyro_ext.infer.hmc_util.leapfrog`, which runs a batch of chains for every step.)
+    ``logdensity_fn`` maps ``(d,)`` to a scalar tensor; positions and momenta are ``(d,)``.
     """
 
     def involution(point: IntegratorState) -> tuple[IntegratorState, int]:
@@ -344,7 +318,7 @@ def leapfrog_involution(
         evals = 0
         for _ in range(num_steps):
             momentum = momentum + 0.5 * step_size * grad
-            position = position + step_size * _velocity(inverse_mass_matrix, momentum)
+            position = position + step_size * velocity(inverse_mass_matrix, momentum)
             logdensity, grad = _value_and_grad(logdensity_fn, position)
             evals += 1
             if logdensity == _NEG_INF:
@@ -382,7 +356,7 @@ def build_kernel(
         num_steps: int,
         generator: torch.Generator | None = None,
     ) -> tuple[DRHMCState, DRHMCInfo]:
-        momentum = _sample_momentum(generator, inverse_mass_matrix, state.position)
+        momentum = sample_momentum(generator, inverse_mass_matrix, state.position)
         point = IntegratorState(state.position, momentum, state.logdensity, state.logdensity_grad)
         proposals = [
             leapfrog_involution(
@@ -394,7 +368,7 @@ def build_kernel(
         def log_joint(point: IntegratorState) -> float:
             if point.logdensity == _NEG_INF:
                 return _NEG_INF
-            return point.logdensity - _kinetic_energy(inverse_mass_matrix, point.momentum)
+            return point.logdensity - float(kinetic_energy(inverse_mass_matrix, point.momentum))
 
         new, info = delayed_rejection(generator, point, log_joint, proposals, probabilistic, max_delta_energy)
         new_state = DRHMCState(new.position, new.logdensity, new.logdensity_grad)

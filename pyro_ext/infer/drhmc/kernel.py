@@ -27,6 +27,7 @@ from pyro.ops.integrator import potential_grad
 from adapters.configs import DRHMCConfig, check_model_or_potential
 from pyro_ext.infer.drhmc.core import DRHMCState, build_kernel
 from pyro_ext.infer.drhmc.warmup import NUTSWarmup, find_reasonable_step_size, is_numerical_failure
+from pyro_ext.infer.model_util import check_continuous_latents
 
 __all__ = ["DRHMC", "check_continuous", "target_model"]
 
@@ -52,16 +53,16 @@ def target_model(target) -> Callable[[], None]:
 
 
 def check_continuous(algorithm: str, model: Callable, init_strategy: Callable, args: tuple, kwargs: dict) -> None:
-    """Raise a ``ValueError`` naming ``model``'s discrete latent sites, if any.
+    """Raise a ``ValueError`` naming ``model``'s discrete latent sites, if any
+    (:func:`pyro_ext.infer.model_util.check_continuous_latents`).
 
     The trace is initialised like Pyro's HMC does (``init_strategy``, discrete sites drawn), so
     improper sites, which cannot be sampled, work; torch's random-number state is restored, so
-    the check leaves the chain's draws alone. A plate's index site is not a latent.
+    the check leaves the chain's draws alone.
     """
     from pyro.infer.autoguide.initialization import InitMessenger
-    from pyro.poutine.util import site_is_subsample
 
-    def init_fn(site):  # discrete sites get a draw, so they reach the trace and the message below
+    def init_fn(site):  # discrete sites get a draw, so they reach the trace and the message
         if site["fn"].support.is_discrete:
             return site["fn"].sample()
         return init_strategy(site)
@@ -72,19 +73,7 @@ def check_continuous(algorithm: str, model: Callable, init_strategy: Callable, a
             trace = pyro.poutine.trace(InitMessenger(init_fn)(model)).get_trace(*args, **kwargs)
     finally:
         pyro.util.set_rng_state(rng_state)
-    discrete = [
-        name
-        for name, site in trace.nodes.items()
-        if site["type"] == "sample"
-        and not site["is_observed"]
-        and not site_is_subsample(site)
-        and site["fn"].support.is_discrete
-    ]
-    if discrete:
-        raise ValueError(
-            f"model: {algorithm} needs continuous latent sites, but {discrete} are discrete; "
-            "marginalise them out (e.g. with logsumexp over their values) or observe them"
-        )
+    check_continuous_latents(trace, algorithm)
 
 
 class DRHMC(MCMCKernel):
@@ -216,7 +205,7 @@ class DRHMC(MCMCKernel):
         self.transforms = None
         self._init_strategy = init_strategy
         self._jit_compile = jit_compile
-        self._adapter = WarmupAdapter(
+        self._warmup_adapter = WarmupAdapter(
             cfg.step_size,
             adapt_step_size=cfg.adapt_step_size,
             target_accept_prob=cfg.target_accept_prob,
@@ -230,11 +219,11 @@ class DRHMC(MCMCKernel):
 
     def _reset(self) -> None:
         """Per-chain state, cleared by ``cleanup`` (as Pyro's ``HMC``); statistics and tuning stay."""
-        self._t = 0
+        self._iteration = 0
         self._warmup_steps = None
-        self._accept_cnt = 0
-        self._mean_accept_prob = 0.0
-        self._divergences: list[int] = []
+        self._num_accepted = 0
+        self._running_accept_prob = 0.0
+        self._divergent_draws: list[int] = []
         self._initial_params = None
         self._state = None  # (z, potential energy, potential gradient) of the current draw
         self._nuts = None  # the NUTS warmup while it runs
@@ -252,26 +241,26 @@ class DRHMC(MCMCKernel):
     @property
     def step_size(self) -> float:
         """Current first-stage step size (the adapter's)."""
-        return self._adapter.step_size
+        return self._warmup_adapter.step_size
 
     @property
     def inverse_mass_matrix(self) -> dict[tuple[str, ...], torch.Tensor]:
         """Pyro's block inverse mass matrix: ``{site names: (d,) or (d, d)}`` (one block)."""
-        return self._adapter.mass_matrix_adapter.inverse_mass_matrix
+        return self._warmup_adapter.mass_matrix_adapter.inverse_mass_matrix
 
     @property
     def mass_matrix_adapter(self):
         """Pyro's :class:`~pyro.infer.mcmc.adaptation.BlockMassMatrix` of the warmup adapter."""
-        return self._adapter.mass_matrix_adapter
+        return self._warmup_adapter.mass_matrix_adapter
 
     @property
     def adaptation_schedule(self) -> list:
         """The warmup adapter's windows (``start``, ``end``), Pyro's (Stan's) schedule."""
-        return self._adapter.adaptation_schedule
+        return self._warmup_adapter.adaptation_schedule
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         self._warmup_steps = warmup_steps
-        self._t, self._accept_cnt, self._mean_accept_prob, self._divergences = 0, 0, 0.0, []
+        self._iteration, self._num_accepted, self._running_accept_prob, self._divergent_draws = 0, 0, 0.0, []
         self.sample_stats = []
         if self.model is not None:
             check_continuous("DRHMC", self.model, self._init_strategy, args, kwargs)
@@ -296,38 +285,35 @@ class DRHMC(MCMCKernel):
             return
         z_grads, potential_energy = potential_grad(self.potential_fn, z)
         self._state = (z, potential_energy, z_grads)
-        sizes = {name: value.numel() for name, value in z.items()}
-        if cfg.dense_mass:
-            mass_matrix_shape = OrderedDict([(tuple(sorted(z)), (sum(sizes.values()),) * 2)])
-        else:
-            mass_matrix_shape = OrderedDict([(tuple(sorted(z)), (sum(sizes.values()),))])
+        # one block of all sites in sorted order, as Pyro's HMC lays out full_mass=True/False
+        size = sum(value.numel() for value in z.values())
+        mass_matrix_shape = OrderedDict([(tuple(sorted(z)), (size, size) if cfg.dense_mass else (size,))])
         options = {"dtype": potential_energy.dtype, "device": potential_energy.device}
-        self._choose_length = cfg.choose_length and warmup_steps > 0
-        if self._choose_length:
+        if cfg.choose_length and warmup_steps > 0:
             # Pyro's NUTS warms up (its own adapter) and chooses the length; this adapter only
             # lays out the schedule and takes the NUTS's tuning over when warmup ends
-            self._adapter.configure(warmup_steps, mass_matrix_shape=mass_matrix_shape, options=options)
+            self._warmup_adapter.configure(warmup_steps, mass_matrix_shape=mass_matrix_shape, options=options)
             self._nuts = NUTSWarmup(self.potential_fn, self._initial_params, warmup_steps, cfg)
         else:
-            self._adapter.configure(
+            self._warmup_adapter.configure(
                 warmup_steps,
                 mass_matrix_shape=mass_matrix_shape,
                 find_reasonable_step_size_fn=self._find_reasonable_step_size,
                 options=options,
             )
-            if self._adapter.adapt_step_size:
-                self._adapter.reset_step_size_adaptation(self._initial_params)
-        schedule = list(self._adapter.adaptation_schedule)
+            if self._warmup_adapter.adapt_step_size:
+                self._warmup_adapter.reset_step_size_adaptation(self._initial_params)
+        schedule = list(self._warmup_adapter.adaptation_schedule)
         self._length_window_start = schedule[-2].start if len(schedule) >= 2 else 0
         self._length_sum = 0.0
         self._length_count = 0
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self._state is not None and len(self._state[0]) == 0:  # no latent sites: nothing to move (as Pyro's HMC)
-            self._t += 1
-            self._mean_accept_prob = 1.0
-            if self._t > self._warmup_steps:
-                self._accept_cnt += 1
+            self._iteration += 1
+            self._running_accept_prob = 1.0
+            if self._iteration > self._warmup_steps:
+                self._num_accepted += 1
             return params
         if self._nuts is not None:
             return self._nuts_sample(params)
@@ -365,7 +351,7 @@ class DRHMC(MCMCKernel):
         potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
         self._state = (z_new, potential_new, z_grads_new)
 
-        warmup = self._t < self._warmup_steps
+        warmup = self._iteration < self._warmup_steps
         self._record(
             accept_prob=info.acceptance_rate,
             diverging=info.is_divergent,
@@ -377,17 +363,17 @@ class DRHMC(MCMCKernel):
             step_size=step_size,
             warmup=warmup,
         )
-        self._t += 1
+        self._iteration += 1
         if warmup:
-            n = self._t
+            n = self._iteration
             accept = torch.as_tensor(info.first_acceptance_rate, dtype=position.dtype)
-            self._adapter.step(self._t, z_new, accept, z_grads_new)
+            self._warmup_adapter.step(self._iteration, z_new, accept, z_grads_new)
         else:
-            n = self._t - self._warmup_steps
-            self._accept_cnt += int(info.is_accepted)
+            n = self._iteration - self._warmup_steps
+            self._num_accepted += int(info.is_accepted)
             if info.is_divergent:
-                self._divergences.append(self._t - 1 - self._warmup_steps)
-        self._mean_accept_prob += (info.acceptance_rate - self._mean_accept_prob) / n
+                self._divergent_draws.append(self._iteration - 1 - self._warmup_steps)
+        self._running_accept_prob += (info.acceptance_rate - self._running_accept_prob) / n
         return dict(z_new)
 
     def cleanup(self) -> None:
@@ -418,7 +404,8 @@ class DRHMC(MCMCKernel):
         if self._nuts is not None:
             out = self._nuts.logging()
         else:
-            out = OrderedDict([("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{self._mean_accept_prob:.3f}")])
+            accept = f"{self._running_accept_prob:.3f}"
+            out = OrderedDict([("step size", f"{self.step_size:.2e}"), ("acc. prob", accept)])
         if self.sample_stats:
             out["grads/it"] = str(self.sample_stats[-1]["num_grad_evals"])
         return out
@@ -426,8 +413,8 @@ class DRHMC(MCMCKernel):
     def diagnostics(self) -> dict[str, Any]:
         """Pyro's ``divergences`` and ``acceptance rate``, plus ``sample_stats`` (see the class docstring)."""
         return {
-            "divergences": self._divergences,
-            "acceptance rate": self._accept_cnt / (self._t - self._warmup_steps),
+            "divergences": self._divergent_draws,
+            "acceptance rate": self._num_accepted / (self._iteration - self._warmup_steps),
             "sample_stats": self.get_sample_stats(),
         }
 
@@ -460,17 +447,17 @@ class DRHMC(MCMCKernel):
     # ---- helpers --------------------------------------------------------------------------
     def _nuts_sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One of Pyro's NUTS transitions (warmup), recording its integration time."""
-        t = self._t
+        t = self._iteration
         step = self._nuts.sample(params)
         if t >= self._length_window_start:
             self._length_sum += step.num_steps * step.step_size
             self._length_count += 1
-        self._t += 1
-        if self._t == self._warmup_steps:  # warmup ends: take over the NUTS's tuning and choose the length
+        self._iteration += 1
+        if self._iteration == self._warmup_steps:  # warmup ends: take over the NUTS's tuning and choose the length
             if self._length_count > 0:
                 self.trajectory_length = self.config.length_scale * self._length_sum / self._length_count
-            self._adapter.step_size = self._nuts.step_size
-            self._adapter.mass_matrix_adapter.inverse_mass_matrix = dict(self._nuts.inverse_mass_matrix)
+            self._warmup_adapter.step_size = self._nuts.step_size
+            self._warmup_adapter.mass_matrix_adapter.inverse_mass_matrix = dict(self._nuts.inverse_mass_matrix)
             self._nuts.cleanup()
             self._nuts, self._state = None, None
         self._record(
@@ -489,7 +476,7 @@ class DRHMC(MCMCKernel):
     def _find_reasonable_step_size(self, z: dict[str, torch.Tensor]) -> float:
         """The adapter's step-size search at a window's end: Pyro's HMC heuristic (see :mod:`.warmup`)."""
         return find_reasonable_step_size(
-            self.potential_fn, self._adapter.mass_matrix_adapter, z, self.step_size, self._initial_params
+            self.potential_fn, self._warmup_adapter.mass_matrix_adapter, z, self.step_size, self._initial_params
         )
 
     def _record(self, **row: Any) -> None:
