@@ -115,3 +115,33 @@ def test_model_or_potential_exactly_one():
 def test_core_checks_its_arguments(kwargs, argument):
     message = _same_error(lambda b: b["build_kernel"](**kwargs))
     assert re.match(argument, message)
+
+
+def test_discrete_latent_is_refused_in_both():
+    """Both refuse a discrete latent site at set-up, naming it, with the same opening words."""
+
+    def numpyro_case():
+        import jax
+        import numpyro
+        import numpyro.distributions as dist
+        from numpyro.infer import MCMC
+
+        def model():
+            numpyro.sample("k", dist.Poisson(3.0))
+
+        MCMC(_numpyro()["DRHMC"](model), num_warmup=2, num_samples=2, progress_bar=False).run(jax.random.PRNGKey(0))
+
+    def pyro_case():
+        import pyro
+        import pyro.distributions as dist
+        from pyro.infer import MCMC
+
+        def model():
+            pyro.sample("k", dist.Poisson(3.0))
+
+        MCMC(_pyro()["DRHMC"](model), warmup_steps=2, num_samples=2, disable_progbar=True).run()
+
+    numpyro_error, pyro_error = _error(numpyro_case), _error(pyro_case)
+    assert type(numpyro_error) is type(pyro_error) is ValueError
+    opening = "model: DRHMC needs continuous latent sites, but ['k'] are discrete; marginalise them out"
+    assert str(numpyro_error).startswith(opening) and str(pyro_error).startswith(opening)
