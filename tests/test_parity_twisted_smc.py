@@ -233,3 +233,44 @@ def _two_site_log_Z(backend: str) -> float:
 def test_proposal_sites_are_replayed_by_name_in_any_order(backend):
     exact = -0.5 * math.log(2 * math.pi * 3.0) - 0.7**2 / 6.0  # log N(y; 0, 3)
     assert _two_site_log_Z(backend) == pytest.approx(exact, abs=1e-5)
+
+
+def test_config_validates_every_argument_once():
+    from adapters.smc import TwistedSMCConfig, exact_sample_paths, smc_summary
+
+    class Model:
+        def init(self, state):
+            pass
+
+        def step(self, state):
+            pass
+
+    config = TwistedSMCConfig(Model(), 8, resampling="stratified", ess_threshold=1)
+    assert (config.num_particles, config.resampling, config.ess_threshold) == (8, "stratified", 1.0)
+    with pytest.raises(ValueError, match="max_plate_nesting"):
+        TwistedSMCConfig(Model(), max_plate_nesting=-1)
+    init, steps = exact_sample_paths({"init": {"a": np.zeros((5, 2))}, "step": {"b": np.ones((5, 3))}}, 4, np.asarray)
+    assert init[0].shape == (4, 2) and steps[0].shape == (4, 3)
+    summary = smc_summary(-1.5, np.zeros(4), np.array([4.0, 2.0, 3.0]), np.array([False, True]))
+    assert summary == {
+        "log_Z": -1.5,
+        "num_particles": 4.0,
+        "final_ess": 3.0,
+        "final_ess_fraction": 0.75,
+        "min_ess": 2.0,
+        "num_steps": 2.0,
+        "num_resampled": 1.0,
+    }
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_results_summarise_alike(backend, capsys):
+    b = BACKENDS[backend]()
+    result = b["run"](b["make"](num_particles=8))
+    summary = result.summary()
+    assert summary["log_Z"] == result.log_Z and summary["num_particles"] == 8 and summary["num_steps"] == T
+    assert 0 < summary["final_ess"] <= 8
+    result.print_summary()
+    assert capsys.readouterr().out.splitlines()[0].startswith("log_Z")
+    idata = result.to_arviz()
+    assert idata.posterior["x"].shape[:2] == (1, 8) and idata.attrs["log_Z"] == result.log_Z

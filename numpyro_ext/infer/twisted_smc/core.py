@@ -7,6 +7,7 @@ function of its arguments (jit/vmap-able); the weights, ESS and resampling come 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -20,6 +21,7 @@ __all__ = [
     "FilterState",
     "Move",
     "SMCOutput",
+    "filter_step",
     "genealogy",
     "move_particle",
     "paths",
@@ -218,6 +220,55 @@ def _log_twist_fn(twist: Callable | None, twist_params: Any) -> Callable:
     return log_twist
 
 
+def filter_step(
+    carry: FilterState,
+    inputs: tuple,
+    *,
+    step: Callable,
+    proposal_step: Callable | None,
+    log_twist: Callable,
+    num_steps: int,
+    resampling: str,
+    ess_threshold: float,
+    clamped: bool,
+    names: list,
+) -> tuple[FilterState, tuple]:
+    """Step ``t`` of the state-space filter (the ``jax.lax.scan`` body of :func:`run_filter`).
+
+    ``inputs = (t, args_t, clamp_t)``: resample when ``ESS < ess_threshold * N``, move every
+    particle (particle 0 along ``clamp_t`` when ``clamped``), reweight by eq. 4 with
+    ``log psi_t`` (0 at ``t = num_steps``).  Returns the new carry and the step's record
+    ``(latents, states, log_weights, log_twists, ancestors, ess, resampled)``.
+    """
+    t, args_t, clamp_t = inputs
+    key, resample_key, move_key = jax.random.split(carry.rng_key, 3)
+    index, log_w, do_resample = resample_step(resample_key, carry.log_weights, ess_threshold, resampling, clamped)
+    state = jax.tree.map(lambda x: x[index], carry.particles)
+    log_psi = carry.log_twists[index]
+    move_keys = jax.random.split(move_key, log_w.shape[0])
+
+    def move_one(s, k, clamp_values):
+        return move_particle(step, proposal_step, s, k, tuple(args_t), clamp_values, names)
+
+    moved = jax.vmap(lambda s, k: move_one(s, k, None))(state, move_keys)
+    if clamped:
+        fixed = move_one(jax.tree.map(lambda x: x[0], state), move_keys[0], clamp_t)
+        moved = _with_clamped(moved, fixed)
+    if set(moved.state) != set(state):
+        raise ValueError(
+            f"model: step changed the keys of `state` from {sorted(state)} to {sorted(moved.state)}; "
+            "init must set every key that step uses"
+        )
+    new_psi = jax.vmap(lambda s: log_twist(t, s))(moved.state)
+    new_psi = jnp.where(t == num_steps, 0.0, new_psi)
+    increment = moved.log_weight + new_psi - log_psi
+    increment = jnp.where(jnp.isnan(increment), -jnp.inf, increment)
+    new_log_w = log_w + increment
+    log_Z = update_log_Z(carry.log_Z, log_w, new_log_w)
+    out = (moved.latents, moved.state, new_log_w, new_psi, index, effective_sample_size(new_log_w), do_resample)
+    return FilterState(moved.state, new_log_w, new_psi, log_Z, key), out
+
+
 def run_filter(
     rng_key: jax.Array,
     model: Any,
@@ -270,37 +321,17 @@ def run_filter(
         first = _with_clamped(first, init_one(init_keys[0], clamp[0]))
     first_twist = jax.vmap(lambda s: log_twist(jnp.array(0), s))(first.state)
 
-    def body(carry: FilterState, inputs):
-        t, args_t, clamp_t = inputs
-        key, resample_key, move_key = jax.random.split(carry.rng_key, 3)
-        index, log_w, do_resample = resample_step(
-            resample_key, carry.log_weights, ess_threshold, resampling, clamp is not None
-        )
-        state = jax.tree.map(lambda x: x[index], carry.particles)
-        log_psi = carry.log_twists[index]
-        move_keys = jax.random.split(move_key, num_particles)
-
-        def move_one(s, k, clamp_values):
-            return move_particle(model.step, proposal_step, s, k, tuple(args_t), clamp_values, step_names)
-
-        moved = jax.vmap(lambda s, k: move_one(s, k, None))(state, move_keys)
-        if clamp is not None:
-            fixed = move_one(jax.tree.map(lambda x: x[0], state), move_keys[0], clamp_t)
-            moved = _with_clamped(moved, fixed)
-        if set(moved.state) != set(state):
-            raise ValueError(
-                f"model: step changed the keys of `state` from {sorted(state)} to {sorted(moved.state)}; "
-                "init must set every key that step uses"
-            )
-        new_psi = jax.vmap(lambda s: log_twist(t, s))(moved.state)
-        new_psi = jnp.where(t == T, 0.0, new_psi)
-        increment = moved.log_weight + new_psi - log_psi
-        increment = jnp.where(jnp.isnan(increment), -jnp.inf, increment)
-        new_log_w = log_w + increment
-        log_Z = update_log_Z(carry.log_Z, log_w, new_log_w)
-        out = (moved.latents, moved.state, new_log_w, new_psi, index, effective_sample_size(new_log_w), do_resample)
-        return FilterState(moved.state, new_log_w, new_psi, log_Z, key), out
-
+    body = functools.partial(
+        filter_step,
+        step=model.step,
+        proposal_step=proposal_step,
+        log_twist=log_twist,
+        num_steps=T,
+        resampling=resampling,
+        ess_threshold=ess_threshold,
+        clamped=clamp is not None,
+        names=step_names,
+    )
     xs = (jnp.arange(1, T + 1), step_args, None if clamp is None else clamp[1])
     carry = FilterState(first.state, first.log_weight, first_twist, log_mean_exp(first.log_weight), rng_key)
     final, outs = jax.lax.scan(body, carry, xs, length=T)

@@ -136,33 +136,18 @@ class TwistedSMC:
             names: dict = {}
 
             def fn(key, step_args, init_args, params, clamp):
-                if self.tokens:
-                    names.update(init=[], step=["token"])
-                    return run_token_filter(
-                        key,
-                        self.model,
-                        num_particles,
-                        proposal=self.proposal,
-                        twist=self.twist,
-                        twist_params=params if self.learnable else None,
-                        resampling=self.resampling,
-                        ess_threshold=ess_threshold,
-                        clamp=clamp,
-                    )
-                return run_filter(
-                    key,
-                    self.model,
-                    step_args,
-                    num_particles,
-                    init_args=init_args,
+                common = dict(
                     proposal=self.proposal,
                     twist=self.twist,
                     twist_params=params if self.learnable else None,
                     resampling=self.resampling,
                     ess_threshold=ess_threshold,
                     clamp=clamp,
-                    names=names,
                 )
+                if self.tokens:
+                    names.update(init=[], step=["token"])
+                    return run_token_filter(key, self.model, num_particles, **common)
+                return run_filter(key, self.model, step_args, num_particles, init_args=init_args, names=names, **common)
 
             self._compiled[cache_key] = (jax.jit(fn), jax.jit(jax.vmap(fn, in_axes=(0, None, None, None, 0))), names)
         return self._compiled[cache_key]

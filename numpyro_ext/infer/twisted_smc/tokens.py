@@ -5,6 +5,7 @@ Equations: :mod:`numpyro_ext.infer.twisted_smc`.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ from adapters.validation import check_positive_int
 from numpyro_ext.infer.smc_util import effective_sample_size
 from numpyro_ext.infer.twisted_smc.core import FilterState, SMCOutput, resample_step, update_log_Z
 
-__all__ = ["TokenModel", "run_token_filter"]
+__all__ = ["TokenModel", "run_token_filter", "token_step"]
 
 
 class TokenModel:
@@ -43,6 +44,92 @@ class TokenModel:
         self.length = check_positive_int("length", length)
 
 
+def _log_psi_next(model: TokenModel, twist: Callable | None, twist_params: Any, tokens: jax.Array, position):
+    """``(N, V)``: ``log psi_{position+1}`` of every particle's prefix extended by each token (NaN -> ``-inf``);
+    ``psi_T = phi`` at the last position, ``psi = 1`` without a twist."""
+    V = model.vocab_size
+
+    def log_twist_next(tokens, position):
+        if twist is None:
+            return jnp.zeros(V)
+        value = twist(tokens, position) if twist_params is None else twist(twist_params, tokens, position)
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    def log_phi_next(tokens, position):
+        candidates = jax.vmap(lambda v: tokens.at[position].set(v))(jnp.arange(V, dtype=tokens.dtype))
+        value = jax.vmap(model.log_potential)(candidates)
+        return jnp.where(jnp.isnan(value), -jnp.inf, value)
+
+    return jax.lax.cond(
+        position == model.length - 1,
+        lambda tk: jax.vmap(log_phi_next, in_axes=(0, None))(tk, position),
+        lambda tk: jax.vmap(log_twist_next, in_axes=(0, None))(tk, position),
+        tokens,
+    )
+
+
+def token_step(
+    carry: FilterState,
+    inputs: tuple,
+    *,
+    model: TokenModel,
+    proposal: str | None,
+    twist: Callable | None,
+    twist_params: Any,
+    resampling: str,
+    ess_threshold: float,
+    clamped: bool,
+) -> tuple[FilterState, tuple]:
+    """Position ``t`` of the token filter (the ``jax.lax.scan`` body of :func:`run_token_filter`).
+
+    ``inputs = (position, clamp_token)``: resample, extend every prefix by a token from ``q``
+    (particle 0 by ``clamp_token`` when ``clamped``), reweight.  Returns the new carry and the
+    record ``(tokens drawn, buffers, log_weights, log_twists, ancestors, ess, resampled,
+    prefixes, pair log weights under pi_{t+1}, under p0)``.
+    """
+    V = model.vocab_size
+    position, clamp_token = inputs
+    key, resample_key, move_key = jax.random.split(carry.rng_key, 3)
+    index, log_w, do_resample = resample_step(resample_key, carry.log_weights, ess_threshold, resampling, clamped)
+    tokens, log_psi = carry.particles[index], carry.log_twists[index]
+    log_p0 = jax.vmap(model.next_token_log_probs, in_axes=(0, None))(tokens, position)
+    log_p0 = jnp.where(jnp.isnan(log_p0), -jnp.inf, log_p0)
+    log_psi_next = _log_psi_next(model, twist, twist_params, tokens, position)
+    log_target = log_p0 + log_psi_next  # (N, V): pi_{t+1}(s, v) / pi-normaliser, up to psi_t(s)
+    if proposal is None:
+        total = logsumexp(log_target, axis=1)
+        log_q = jnp.where(jnp.isfinite(total)[:, None], log_target - total[:, None], -math.log(V))
+    else:
+        log_q = log_p0
+    choice = jax.random.categorical(move_key, log_q, axis=1).astype(tokens.dtype)
+    if clamped:
+        choice = choice.at[0].set(clamp_token)
+    chosen_psi = jnp.take_along_axis(log_psi_next, choice[:, None], axis=1)[:, 0]
+    if proposal is None:
+        increment = logsumexp(log_target, axis=1) - log_psi
+    else:
+        increment = chosen_psi - log_psi
+    increment = jnp.where(jnp.isnan(increment), -jnp.inf, increment)
+    pair_log_w = log_w[:, None] + log_target - log_psi[:, None]
+    pair_log_w_base = log_w[:, None] - log_psi[:, None] + log_p0
+    new_tokens = tokens.at[:, position].set(choice)
+    new_log_w = log_w + increment
+    log_Z = update_log_Z(carry.log_Z, log_w, new_log_w)
+    out = (
+        choice,
+        new_tokens,
+        new_log_w,
+        chosen_psi,
+        index,
+        effective_sample_size(new_log_w),
+        do_resample,
+        tokens,
+        pair_log_w,
+        pair_log_w_base,
+    )
+    return FilterState(new_tokens, new_log_w, chosen_psi, log_Z, key), out
+
+
 def run_token_filter(
     rng_key: jax.Array,
     model: TokenModel,
@@ -65,68 +152,17 @@ def run_token_filter(
     the log weights of every (prefix, next token) pair under ``pi_{t+1}`` and under the
     untwisted ``p0`` (``(T, N, V)``), which twist learning uses to average over ``v`` exactly.
     """
-    T, V = model.length, model.vocab_size
-
-    def log_twist_next(tokens, position):
-        if twist is None:
-            return jnp.zeros(V)
-        value = twist(tokens, position) if twist_params is None else twist(twist_params, tokens, position)
-        return jnp.where(jnp.isnan(value), -jnp.inf, value)
-
-    def log_phi_next(tokens, position):
-        candidates = jax.vmap(lambda v: tokens.at[position].set(v))(jnp.arange(V, dtype=tokens.dtype))
-        value = jax.vmap(model.log_potential)(candidates)
-        return jnp.where(jnp.isnan(value), -jnp.inf, value)
-
-    def body(carry: FilterState, inputs):
-        position, clamp_token = inputs
-        key, resample_key, move_key = jax.random.split(carry.rng_key, 3)
-        index, log_w, do_resample = resample_step(
-            resample_key, carry.log_weights, ess_threshold, resampling, clamp is not None
-        )
-        tokens, log_psi = carry.particles[index], carry.log_twists[index]
-        log_p0 = jax.vmap(model.next_token_log_probs, in_axes=(0, None))(tokens, position)
-        log_p0 = jnp.where(jnp.isnan(log_p0), -jnp.inf, log_p0)
-        log_psi_next = jax.lax.cond(
-            position == T - 1,
-            lambda tk: jax.vmap(log_phi_next, in_axes=(0, None))(tk, position),
-            lambda tk: jax.vmap(log_twist_next, in_axes=(0, None))(tk, position),
-            tokens,
-        )
-        log_target = log_p0 + log_psi_next  # (N, V): pi_{t+1}(s, v) / pi-normaliser, up to psi_t(s)
-        if proposal is None:
-            total = logsumexp(log_target, axis=1)
-            log_q = jnp.where(jnp.isfinite(total)[:, None], log_target - total[:, None], -math.log(V))
-        else:
-            log_q = log_p0
-        choice = jax.random.categorical(move_key, log_q, axis=1).astype(tokens.dtype)
-        if clamp is not None:
-            choice = choice.at[0].set(clamp_token)
-        chosen_psi = jnp.take_along_axis(log_psi_next, choice[:, None], axis=1)[:, 0]
-        if proposal is None:
-            increment = logsumexp(log_target, axis=1) - log_psi
-        else:
-            increment = chosen_psi - log_psi
-        increment = jnp.where(jnp.isnan(increment), -jnp.inf, increment)
-        pair_log_w = log_w[:, None] + log_target - log_psi[:, None]
-        pair_log_w_base = log_w[:, None] - log_psi[:, None] + log_p0
-        new_tokens = tokens.at[:, position].set(choice)
-        new_log_w = log_w + increment
-        log_Z = update_log_Z(carry.log_Z, log_w, new_log_w)
-        out = (
-            choice,
-            new_tokens,
-            new_log_w,
-            chosen_psi,
-            index,
-            effective_sample_size(new_log_w),
-            do_resample,
-            tokens,
-            pair_log_w,
-            pair_log_w_base,
-        )
-        return FilterState(new_tokens, new_log_w, chosen_psi, log_Z, key), out
-
+    T = model.length
+    body = functools.partial(
+        token_step,
+        model=model,
+        proposal=proposal,
+        twist=twist,
+        twist_params=twist_params,
+        resampling=resampling,
+        ess_threshold=ess_threshold,
+        clamped=clamp is not None,
+    )
     tokens = jnp.zeros((num_particles, T), dtype=jnp.int32)
     zeros = jnp.zeros(num_particles)
     clamp_tokens = jnp.zeros(T, dtype=jnp.int32) if clamp is None else jnp.asarray(clamp[1][0], dtype=jnp.int32)

@@ -34,7 +34,9 @@ __all__ = [
     "resample_groups",
     "run_filter",
     "select_run",
+    "record_step",
     "update_log_Z",
+    "weight_step",
 ]
 
 
@@ -254,6 +256,23 @@ def update_log_Z(log_Z: torch.Tensor, log_weights: torch.Tensor, new_log_weights
     return torch.where(torch.isfinite(before), log_Z + after - before, torch.full_like(log_Z, -math.inf))
 
 
+def weight_step(rec: dict, log_Z, log_weights, increment, do_resample) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log Z_hat, log weights)`` after a move's log-weight ``increment`` ``(G, N)`` (NaN -> ``-inf``);
+    appends the new ESS and the resampling flags to ``rec["ess"]``, ``rec["resampled"]``."""
+    increment = torch.where(torch.isnan(increment), torch.full_like(increment, -math.inf), increment)
+    new_log_weights = log_weights + increment
+    log_Z = update_log_Z(log_Z, log_weights, new_log_weights)
+    rec["ess"].append(effective_sample_size(new_log_weights))
+    rec["resampled"].append(do_resample)
+    return log_Z, new_log_weights
+
+
+def record_step(rec: dict, **values: Any) -> None:
+    """Append each of ``values`` to the list ``rec[name]``."""
+    for name, value in values.items():
+        rec[name].append(value)
+
+
 def _as_tensor(value: Any) -> Any:
     return torch.as_tensor(value) if isinstance(value, np.ndarray) else value
 
@@ -383,20 +402,10 @@ def filter_runs(
             new_psi = torch.zeros_like(log_w)
         else:
             new_psi = _twist_values(twist, t, state, total).to(log_w.dtype).reshape(G, N)
-        increment = moved.log_weight.reshape(G, N) + new_psi - log_psi
-        increment = torch.where(torch.isnan(increment), torch.full_like(increment, -math.inf), increment)
-        new_log_w = log_w + increment
-        log_Z = update_log_Z(log_Z, log_w, new_log_w)
-        log_w, log_psi = new_log_w, new_psi
-        rec["ess"].append(effective_sample_size(log_w))
-        rec["resampled"].append(do_resample)
+        log_Z, log_w = weight_step(rec, log_Z, log_w, moved.log_weight.reshape(G, N) + new_psi - log_psi, do_resample)
+        log_psi = new_psi
         if record:
-            for key, value in zip(
-                ("states", "latents", "log_w", "psi", "index"),
-                (dict(state), moved.latents, log_w, log_psi, index),
-                strict=True,
-            ):
-                rec[key].append(value)
+            record_step(rec, states=dict(state), latents=moved.latents, log_w=log_w, psi=log_psi, index=index)
     names["init"], names["step"] = list(first.names), list(step_names or [])
     return _runs_output(rec, first, log_Z, log_w, G, N, T, record, len(step_names or []))
 

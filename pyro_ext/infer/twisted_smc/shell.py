@@ -186,20 +186,12 @@ class TwistedSMC:
                 )
             if names is not None:
                 names.update(init=[], step=["token"])
-            return token_runs(
-                self.model,
-                num_groups,
-                num_particles,
-                proposal=self.proposal,
-                twist=self.twist,
-                resampling=self.resampling,
-                ess_threshold=ess_threshold,
-                clamp=None if clamp is None else token_paths(clamp, self.model),
-                record=record,
-            )
         options = FilterOptions(
             tuple(init_args), self.proposal, self.twist, self.resampling, ess_threshold, self.max_plate_nesting
         )
+        if self.tokens:
+            tokens = None if clamp is None else token_paths(clamp, self.model)
+            return token_runs(self.model, num_groups, num_particles, options, clamp=tokens, record=record)
         return filter_runs(
             self.model, tuple(step_args), num_groups, num_particles, options, clamp=clamp, record=record, names=names
         )

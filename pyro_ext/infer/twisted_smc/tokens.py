@@ -15,8 +15,15 @@ import torch
 
 from adapters.smc import RESAMPLING, check_token_paths, check_token_proposal
 from adapters.validation import check_choice, check_positive_int
-from pyro_ext.infer.smc_util import effective_sample_size, normalized_weights
-from pyro_ext.infer.twisted_smc.core import SMCOutput, resample_groups, select_run, update_log_Z
+from pyro_ext.infer.smc_util import normalized_weights
+from pyro_ext.infer.twisted_smc.core import (
+    FilterOptions,
+    SMCOutput,
+    record_step,
+    resample_groups,
+    select_run,
+    weight_step,
+)
 
 __all__ = ["TokenModel", "run_token_filter", "token_paths", "token_runs"]
 
@@ -118,11 +125,8 @@ def token_runs(
     model: TokenModel,
     num_groups: int,
     num_particles: int,
+    options: FilterOptions | None = None,
     *,
-    proposal: str | None = None,
-    twist: Callable | None = None,
-    resampling: str = "systematic",
-    ess_threshold: float = 0.5,
     clamp: torch.Tensor | None = None,
     record: bool = True,
 ) -> SMCOutput:
@@ -132,6 +136,13 @@ def token_runs(
     an :class:`SMCOutput` with a run axis; with ``record=False`` only ``log_Z``,
     ``log_weights`` and ``ess``/``resampled`` are filled.
     """
+    options = FilterOptions() if options is None else options
+    proposal, twist, resampling, ess_threshold = (
+        options.proposal,
+        options.twist,
+        options.resampling,
+        options.ess_threshold,
+    )
     T, V = model.length, model.vocab_size
     G, N = num_groups, num_particles
     total = G * N
@@ -157,25 +168,18 @@ def token_runs(
         chosen_psi = torch.gather(log_next, 1, choice[:, None]).reshape(G, N)
         log_norm = torch.logsumexp(log_target, dim=-1)  # -inf where every continuation is impossible
         increment = (log_norm.reshape(G, N) if proposal is None else chosen_psi) - log_psi
-        increment = torch.where(torch.isnan(increment), torch.full_like(increment, -math.inf), increment)
         if record:
-            rec["pair"].append(_pair_log_weights(log_w, log_psi, log_target, G, N, V))
-            rec["base"].append(_pair_log_weights(log_w, log_psi, log_p0, G, N, V))
-            rec["prefix"].append(tokens.reshape(G, N, T))
+            pair = _pair_log_weights(log_w, log_psi, log_target, G, N, V)
+            base = _pair_log_weights(log_w, log_psi, log_p0, G, N, V)
+            record_step(rec, pair=pair, base=base, prefix=tokens.reshape(G, N, T))
         tokens = tokens.clone()
         tokens[:, position] = choice
-        new_log_w = log_w + increment
-        log_Z = update_log_Z(log_Z, log_w, new_log_w)
-        log_w, log_psi = new_log_w, chosen_psi
-        rec["ess"].append(effective_sample_size(log_w))
-        rec["resampled"].append(do_resample)
+        log_Z, log_w = weight_step(rec, log_Z, log_w, increment, do_resample)
+        log_psi = chosen_psi
         if record:
-            for key, value in zip(
-                ("choice", "tokens", "log_w", "psi", "index"),
-                (choice.reshape(G, N), tokens.reshape(G, N, T), log_w, log_psi, index),
-                strict=True,
-            ):
-                rec[key].append(value)
+            record_step(
+                rec, choice=choice.reshape(G, N), tokens=tokens.reshape(G, N, T), log_w=log_w, psi=log_psi, index=index
+            )
     return _token_output(rec, log_Z, log_w, G, N, dtype, record)
 
 
@@ -219,14 +223,6 @@ def run_token_filter(
     path = None
     if clamp is not None:
         path = token_paths((tuple(clamp[0]), tuple(torch.as_tensor(v)[None] for v in clamp[1])), model)
-    output = token_runs(
-        model,
-        1,
-        num_particles,
-        proposal=proposal,
-        twist=twist,
-        resampling=resampling,
-        ess_threshold=ess_threshold,
-        clamp=path,
-    )
+    options = FilterOptions(proposal=proposal, twist=twist, resampling=resampling, ess_threshold=ess_threshold)
+    output = token_runs(model, 1, num_particles, options, clamp=path)
     return select_run(output, 0)
