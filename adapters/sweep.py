@@ -5,15 +5,17 @@ the posterior's :class:`~adapters.target.Target` (the algorithm's backend port w
 is one, else the Stan route), calls the algorithm's registered ``run`` function and scores
 the draws against the posterior's reference draws (:func:`adapters.metrics.reference_score`).
 
-* **Algorithms** register themselves with :func:`register_algorithm` when their backend
-  package is imported (``numpyro_ext.infer``, ``pyro_ext.infer``); :func:`algorithms`
-  imports those packages lazily, skipping a backend that is not installed.
+* **Algorithms** are Python entry points of the group ``ppl_ext.sweep_algorithms``
+  (:mod:`adapters.sweep_registry`): this library declares its own in ``pyproject.toml``
+  (``numpyro_ext.infer.sweep_runs``, ``pyro_ext.infer.sweep_runs``), and a user's package
+  adds one the same way.  A run imports only its own algorithm's module, and an entry point
+  that fails to load is an error that names it.
 * **Engines** share every code path: :class:`SerialExecutor` runs the tasks in this process,
   :class:`DaskExecutor` on a ``dask.distributed`` cluster (a ``LocalCluster`` of one-thread
   process workers by default, or an existing scheduler's address, e.g. from dask-jobqueue).
-* **Store**: :class:`SweepStore`, one SQLite row per finished run, written in its own
-  transaction by the driver, so a sweep killed at any point loses no finished row and a
-  rerun of the same command skips the finished keys.
+* **Store**: :class:`SweepStore` (:mod:`adapters.sweep_store`), one SQLite row per
+  finished run, written in its own transaction by the driver, so a sweep killed at any
+  point loses no finished row and a rerun of the same command skips the finished keys.
 
 A run that raises, returns non-finite draws, or outlives ``timeout`` seconds is stored with
 ``status = "failed"`` and its error text; it never stops the sweep.  With a timeout, each
@@ -33,26 +35,63 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
-import importlib
 import json
 import math
 import os
 import platform
-import sqlite3
 import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
+from adapters.sweep_registry import (
+    COMMON_DEFAULTS,
+    ENTRY_POINT_GROUP,
+    Algorithm,
+    AlgorithmLoadError,
+    RunOutput,
+    algorithm_names,
+    algorithms,
+    define_algorithm,
+    get_algorithm,
+    register_algorithm,
+)
+from adapters.sweep_store import StoreError, SweepStore
 from adapters.validation import check_choice
 
-BACKEND_PACKAGES = {"numpyro": "numpyro_ext.infer", "pyro": "pyro_ext.infer"}
-COMMON_DEFAULTS = {"num_warmup": 1000, "num_samples": 1000, "num_chains": 4}
+__all__ = [
+    "COMMON_DEFAULTS",
+    "ENTRY_POINT_GROUP",
+    "ROUTES",
+    "SINGLE_THREAD_ENV",
+    "Algorithm",
+    "AlgorithmLoadError",
+    "DaskExecutor",
+    "Executor",
+    "RunOutput",
+    "SerialExecutor",
+    "StoreError",
+    "SweepStore",
+    "Task",
+    "algorithm_names",
+    "algorithms",
+    "build_tasks",
+    "default_compilation_cache",
+    "define_algorithm",
+    "execute",
+    "get_algorithm",
+    "parse_seeds",
+    "register_algorithm",
+    "resolve_target",
+    "run_sweep",
+    "run_task",
+    "select_posteriors",
+]
+
 ROUTES = ("auto", "port", "stan")
 _PACKAGES = ("numpy", "jax", "numpyro", "torch", "pyro-ppl", "arviz", "dask", "pystan")
 
@@ -65,97 +104,6 @@ SINGLE_THREAD_ENV = {
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
     "PPL_EXT_TORCH_THREADS": "1",
 }
-
-
-# ---------------------------------------------------------------------------------------
-# Algorithm registry
-# ---------------------------------------------------------------------------------------
-class RunOutput(NamedTuple):
-    """What an algorithm's run returns.
-
-    * ``draws``: constrained draws ``{site: array (chains, draws, *shape)}`` (as
-      ``MCMC.get_samples(group_by_chain=True)``), scored against the reference draws;
-    * ``grad_evals``: gradient evaluations of the sampling phase (warmup excluded);
-    * ``divergences``: divergent transitions of the sampling phase.
-    """
-
-    draws: Mapping[str, Any]
-    grad_evals: int
-    divergences: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Algorithm:
-    """A sweepable algorithm: ``run(target, config, seed) -> RunOutput``.
-
-    ``defaults`` lists the config keys every run's config holds (the common ``num_warmup``,
-    ``num_samples``, ``num_chains`` included) with their default values; ``optional`` the
-    keys a run's config holds only when they are set (with the value the run function uses
-    otherwise), so that an option added later leaves the stored runs' keys as they were;
-    ``setup`` runs in the worker before the posterior's target is built (e.g. to switch JAX
-    to float64).
-    """
-
-    name: str
-    backend: str
-    run: Callable[[Any, Mapping[str, Any], int], RunOutput]
-    defaults: Mapping[str, Any]
-    description: str = ""
-    setup: Callable[[], None] | None = None
-    optional: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-
-    def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The full config: ``defaults`` updated by ``overrides`` (unknown keys are refused)."""
-        overrides = dict(overrides or {})
-        known = {*self.defaults, *self.optional}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            known_text = f"known keys: {sorted(known)}"
-            raise ValueError(f"config of algorithm {self.name!r}: unknown key(s) {unknown}; {known_text}")
-        return {**self.defaults, **overrides}
-
-
-_REGISTRY: dict[str, Algorithm] = {}
-
-
-def register_algorithm(
-    name: str,
-    backend: str,
-    run: Callable[[Any, Mapping[str, Any], int], RunOutput],
-    defaults: Mapping[str, Any] | None = None,
-    description: str = "",
-    setup: Callable[[], None] | None = None,
-    optional: Mapping[str, Any] | None = None,
-) -> Algorithm:
-    """Make ``run`` sweepable under ``name`` (called by each algorithm's module at import).
-
-    ``run(target, config, seed)`` gets an :class:`~adapters.target.Target` of the posterior
-    (native to ``backend`` when the posterior has a port there), the resolved config and
-    the seed, and returns a :class:`RunOutput`.  Registering a name twice replaces it.
-    """
-    check_choice("backend", backend, tuple(BACKEND_PACKAGES))
-    defaults = {**COMMON_DEFAULTS, **(defaults or {})}
-    algorithm = Algorithm(name, backend, run, defaults, description, setup, dict(optional or {}))
-    _REGISTRY[name] = algorithm
-    return algorithm
-
-
-def algorithms() -> dict[str, Algorithm]:
-    """Every registered algorithm, importing the installed backends' packages first."""
-    for package in BACKEND_PACKAGES.values():
-        try:
-            importlib.import_module(package)
-        except ImportError:  # that backend's extra is not installed: its algorithms are absent
-            pass
-    return dict(sorted(_REGISTRY.items()))
-
-
-def get_algorithm(name: str) -> Algorithm:
-    """The algorithm registered as ``name``; a ``ValueError`` listing the valid names otherwise."""
-    registry = algorithms()
-    if name not in registry:
-        raise ValueError(f"unknown algorithm {name!r}; registered algorithms: {sorted(registry)}")
-    return registry[name]
 
 
 # ---------------------------------------------------------------------------------------
@@ -325,106 +273,6 @@ def versions(packages: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# Store
-# ---------------------------------------------------------------------------------------
-_COLUMNS = {
-    "key": "TEXT PRIMARY KEY",
-    "posterior": "TEXT NOT NULL",
-    "algorithm": "TEXT NOT NULL",
-    "config": "TEXT NOT NULL",
-    "seed": "INTEGER NOT NULL",
-    "route": "TEXT",
-    "status": "TEXT NOT NULL",
-    "error": "TEXT",
-    "wall_s": "REAL",
-    "grad_evals": "INTEGER",
-    "divergences": "INTEGER",
-    "min_ess_bulk": "REAL",
-    "ess_per_grad": "REAL",
-    "max_z_mean": "REAL",
-    "max_log_sd": "REAL",
-    "max_quantile": "REAL",
-    "worst": "TEXT",
-    "passed": "INTEGER",
-    "finished": "TEXT",
-    "machine": "TEXT",
-    "versions": "TEXT",
-}
-_JSON_COLUMNS = ("config", "machine", "versions")
-
-
-class StoreError(RuntimeError):
-    """The sweep store cannot be used (corrupt, locked, or not a sweep store)."""
-
-
-class SweepStore:
-    """One SQLite file of finished runs, table ``runs`` (one row per key)."""
-
-    def __init__(self, path: str | os.PathLike, timeout: float = 10.0):
-        self.path = Path(path)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            columns = ", ".join(f"{k} {v}" for k, v in _COLUMNS.items())
-            self._db.execute(f"CREATE TABLE IF NOT EXISTS runs ({columns})")
-            found = {r[1] for r in self._db.execute("PRAGMA table_info(runs)")}
-        except sqlite3.DatabaseError as err:
-            raise StoreError(self._explain(err)) from err
-        missing = sorted(set(_COLUMNS) - found)
-        if missing:
-            raise StoreError(f"--store {self.path}: table 'runs' is not a sweep table (missing columns {missing})")
-
-    def _explain(self, err: sqlite3.DatabaseError) -> str:
-        text = str(err)
-        if "locked" in text:
-            return f"--store {self.path}: the SQLite file is locked by another process (another sweep?): {text}"
-        return f"--store {self.path}: not a usable SQLite sweep store (corrupt or another kind of file): {text}"
-
-    def finished(self, include_failed: bool = True) -> set[str]:
-        """Keys of the stored runs (only the successful ones with ``include_failed=False``)."""
-        query = "SELECT key FROM runs" + ("" if include_failed else " WHERE status = 'ok'")
-        try:
-            return {r[0] for r in self._db.execute(query)}
-        except sqlite3.DatabaseError as err:
-            raise StoreError(self._explain(err)) from err
-
-    def add(self, row: Mapping[str, Any]) -> None:
-        """Insert (or replace) one run's row, in its own transaction."""
-        values = {k: row.get(k) for k in _COLUMNS}
-        for k in _JSON_COLUMNS:
-            values[k] = json.dumps(values[k], sort_keys=True, default=str)
-        if values["passed"] is not None:
-            values["passed"] = int(values["passed"])
-        for k in ("wall_s", "min_ess_bulk", "ess_per_grad", "max_z_mean", "max_log_sd", "max_quantile"):
-            if isinstance(values[k], float) and not math.isfinite(values[k]):
-                values[k] = None if math.isnan(values[k]) else values[k]
-        placeholders = ", ".join("?" for _ in values)
-        try:
-            with self._db:  # BEGIN ... COMMIT
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute(
-                    f"INSERT OR REPLACE INTO runs ({', '.join(values)}) VALUES ({placeholders})", list(values.values())
-                )
-        except sqlite3.DatabaseError as err:
-            raise StoreError(self._explain(err)) from err
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Every stored row, JSON columns decoded, ``passed`` as a bool."""
-        try:
-            cursor = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY posterior, algorithm, seed")
-            out = [dict(zip(_COLUMNS, r, strict=True)) for r in cursor]
-        except sqlite3.DatabaseError as err:
-            raise StoreError(self._explain(err)) from err
-        for row in out:
-            for k in _JSON_COLUMNS:
-                row[k] = json.loads(row[k]) if row[k] else None
-            row["passed"] = None if row["passed"] is None else bool(row["passed"])
-        return out
-
-    def close(self) -> None:
-        self._db.close()
 
 
 # ---------------------------------------------------------------------------------------
@@ -615,8 +463,7 @@ def _child_main() -> None:
 
 
 if __name__ == "__main__":
-    # run as ``python -m adapters.sweep``: use the imported module, whose registry the
-    # backends fill, not this ``__main__`` copy of it
+    # run as ``python -m adapters.sweep``: use the imported module, not this ``__main__`` copy of it
     import adapters.sweep
 
     adapters.sweep._child_main()

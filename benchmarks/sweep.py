@@ -3,8 +3,8 @@
 ``python -m benchmarks sweep --posteriors all --algorithms nuts,hmc,drhmc --seeds 0-2 --store sweep.sqlite``
 
 Rerunning the same command skips the runs the store already holds; ``python -m benchmarks
-report --store sweep.sqlite`` renders the table and figures.  The algorithms are those of
-:func:`adapters.sweep.algorithms`.
+report --store sweep.sqlite`` renders the table and figures.  The algorithms are the entry points of the group
+``ppl_ext.sweep_algorithms`` (:mod:`adapters.sweep_registry`).
 """
 
 from __future__ import annotations
@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         posteriors = sweep.select_posteriors(args.posteriors, args.path)
         seeds = sweep.parse_seeds(args.seeds)
         names = [a.strip() for a in args.algorithms.split(",") if a.strip()]
-        registry = sweep.algorithms()
-        unknown = [a for a in names if a not in registry]
+        registered = sweep.algorithm_names()  # no algorithm is loaded until build_tasks resolves its config
+        unknown = [a for a in names if a not in registered]
         if unknown:
-            raise ValueError(f"--algorithms: unknown {unknown}; registered algorithms: {sorted(registry)}")
+            raise ValueError(f"--algorithms: unknown {unknown}; registered algorithms: {registered}")
         overrides = _parse_set(args.set, names)
         common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
         for name in names:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cache = None if args.jax_cache == "off" else args.jax_cache
         tasks = sweep.build_tasks(posteriors, overrides, seeds, args.path, args.route, args.timeout_per_run, cache)
         store = sweep.SweepStore(args.store)
-    except (ValueError, sweep.StoreError) as err:
+    except (ValueError, sweep.StoreError, sweep.AlgorithmLoadError) as err:
         raise SystemExit(str(err)) from None
 
     if args.engine == "serial":

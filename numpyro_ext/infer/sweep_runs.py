@@ -1,6 +1,9 @@
 """NumPyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): NUTS, HMC and DR-HMC.
 
-Registered names: ``nuts`` and ``hmc`` (NumPyro's own kernels, the peers) and ``drhmc``.
+Algorithms ``nuts`` and ``hmc`` (NumPyro's own kernels, the peers) and ``drhmc``, declared as
+entry points of the group ``ppl_ext.sweep_algorithms`` in ``pyproject.toml``
+(:data:`NUTS_SWEEP`, :data:`HMC_SWEEP`, :data:`DRHMC_SWEEP`); nothing imports this module
+but the sweep, when a run needs one of them.
 Every run uses ``MCMC(..., chain_method="vectorized")`` under float64 and counts the
 gradient evaluations of the sampling phase (``num_steps`` for NUTS/HMC, DR-HMC's
 ``num_grad_evals``, ghost trajectories included).  A posterior with a NumPyro port is run
@@ -16,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from adapters.configs import DRHMC_SWEEP_OPTIONS
-from adapters.sweep import RunOutput, register_algorithm
+from adapters.sweep_registry import RunOutput, define_algorithm
 
 # HMC's fixed 16 leapfrog steps (step size and diagonal mass matrix adapted): NumPyro's
 # default trajectory length 2*pi costs 2*pi/step_size gradients a draw, which on badly
@@ -70,13 +73,15 @@ def run_mcmc(
     return RunOutput(draws, int(np.sum(extra[grad_field])), int(np.sum(extra["diverging"])))
 
 
-def _nuts(config: Mapping[str, Any]) -> Callable[..., Any]:
+def make_nuts(config: Mapping[str, Any]) -> Callable[..., Any]:
+    """``make_kernel(model=None, potential_fn=None)`` of the sweep's ``nuts`` for a resolved ``config``."""
     from numpyro.infer import NUTS
 
     return lambda **source: NUTS(**source, target_accept_prob=config["target_accept_prob"])
 
 
-def _hmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+def make_hmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+    """``make_kernel(model=None, potential_fn=None)`` of the sweep's ``hmc`` for a resolved ``config``."""
     from numpyro.infer import HMC
 
     return lambda **source: HMC(
@@ -84,7 +89,8 @@ def _hmc(config: Mapping[str, Any]) -> Callable[..., Any]:
     )
 
 
-def _drhmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+def make_drhmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+    """``make_kernel(model=None, potential_fn=None)`` of the sweep's ``drhmc`` for a resolved ``config``."""
     from numpyro_ext.infer.drhmc import DRHMC
 
     return lambda **source: DRHMC(
@@ -98,21 +104,21 @@ def _drhmc(config: Mapping[str, Any]) -> Callable[..., Any]:
 
 
 def run_nuts(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
-    return run_mcmc(_nuts(config), "num_steps", target, config, seed)
+    return run_mcmc(make_nuts(config), "num_steps", target, config, seed)
 
 
 def run_hmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
-    return run_mcmc(_hmc(config), "num_steps", target, config, seed)
+    return run_mcmc(make_hmc(config), "num_steps", target, config, seed)
 
 
 def run_drhmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
-    return run_mcmc(_drhmc(config), "num_grad_evals", target, config, seed)
+    return run_mcmc(make_drhmc(config), "num_grad_evals", target, config, seed)
 
 
-register_algorithm(
+NUTS_SWEEP = define_algorithm(
     "nuts", "numpyro", run_nuts, {"target_accept_prob": 0.8}, "NumPyro NUTS (the peer)", setup=enable_x64
 )
-register_algorithm(
+HMC_SWEEP = define_algorithm(
     "hmc",
     "numpyro",
     run_hmc,
@@ -120,7 +126,7 @@ register_algorithm(
     "NumPyro static HMC, 16 leapfrog steps",
     setup=enable_x64,
 )
-register_algorithm(
+DRHMC_SWEEP = define_algorithm(
     "drhmc",
     "numpyro",
     run_drhmc,

@@ -1,5 +1,9 @@
 """Pyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): ``pyro-nuts`` and ``pyro-drhmc``.
 
+Both are declared as entry points of the group ``ppl_ext.sweep_algorithms`` in
+``pyproject.toml`` (:data:`NUTS_SWEEP`, :data:`DRHMC_SWEEP`); nothing imports this module
+but the sweep, when a run needs one of them.
+
 Chains run one after the other in the calling process (Pyro's multi-chain MCMC starts
 processes, which a Dask worker may not), chain ``c`` seeded with ``1000 * seed + c``,
 in float64.  A posterior with a Pyro port is run on the model; any other
@@ -18,7 +22,7 @@ import torch
 from pyro.infer import MCMC, NUTS, Predictive
 
 from adapters.configs import DRHMC_SWEEP_OPTIONS
-from adapters.sweep import RunOutput, register_algorithm
+from adapters.sweep_registry import RunOutput, define_algorithm
 from pyro_ext.infer.drhmc import DRHMC
 
 
@@ -129,10 +133,10 @@ def run_drhmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
     return run_mcmc(make_kernel, target, config, seed)
 
 
-register_algorithm(
+NUTS_SWEEP = define_algorithm(
     "pyro-nuts", "pyro", run_nuts, {"target_accept_prob": 0.8}, "Pyro NUTS (the peer)", setup=enable_float64
 )
-register_algorithm(
+DRHMC_SWEEP = define_algorithm(
     "pyro-drhmc",
     "pyro",
     run_drhmc,

@@ -307,7 +307,7 @@ def test_optional_options_stay_out_of_the_key_until_set():
     # and the set option reaches the kernel
     from numpyro_ext.infer import sweep_runs
 
-    kernel = sweep_runs._drhmc(half.config)(model=lambda: None)
+    kernel = sweep_runs.make_drhmc(half.config)(model=lambda: None)
     assert kernel.config.trajectory_scale == 0.5
 
 
