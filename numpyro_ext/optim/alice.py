@@ -35,8 +35,14 @@ import optax
 
 from adapters.configs import check_gamma, check_rank, effective_rank
 from adapters.validation import check_beta_pair, check_betas, check_non_negative, check_positive, check_positive_int
-from numpyro_ext.optim._common import as_matrix, check_learning_rate, compute_dtype, with_adam_fallback
-from numpyro_ext.optim.racs import _require_matrices, limit_norm
+from numpyro_ext.optim.common import (
+    as_matrix,
+    check_learning_rate,
+    compute_dtype,
+    limit_norm,
+    matrix_method,
+    require_matrices,
+)
 
 __all__ = [
     "AliceLeafState",
@@ -132,7 +138,7 @@ def scale_by_alice(
         )
 
     def init_fn(params: Any) -> ScaleByAliceState:
-        _require_matrices(params, "scale_by_alice")
+        require_matrices(params, "scale_by_alice")
         leaves = jax.tree_util.tree_leaves(params)
         return ScaleByAliceState(count=jnp.zeros((), jnp.int32), leaves=tuple(init_leaf(leaf) for leaf in leaves))
 
@@ -225,22 +231,18 @@ def alice(
     learning_rate = check_learning_rate(learning_rate)
     weight_decay = check_non_negative("weight_decay", weight_decay)
     b1, b2 = check_beta_pair("fallback_betas", fallback_betas)
-    matrix = optax.chain(
-        scale_by_alice(
-            rank,
-            betas,
-            alpha,
-            alpha_c,
-            update_interval,
-            leading_basis,
-            gamma,
-            eps,
-            tracking,
-            clip_rank,
-            bias_correction,
-            seed,
-        ),
-        optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-        optax.scale_by_learning_rate(learning_rate),
+    direction = scale_by_alice(
+        rank,
+        betas,
+        alpha,
+        alpha_c,
+        update_interval,
+        leading_basis,
+        gamma,
+        eps,
+        tracking,
+        clip_rank,
+        bias_correction,
+        seed,
     )
-    return with_adam_fallback(matrix, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_slot=True)

@@ -5,7 +5,13 @@
   ``m × prod(rest)`` matrix);
 * :func:`with_adam_fallback` — ``optax.multi_transform`` that sends matrix leaves to the
   method and every other leaf (biases, scales, scalars) to Adam(W) with the same
-  learning rate, the documented fallback that mirrors the torch optimizers.
+  learning rate, the documented fallback that mirrors the torch optimizers;
+  :func:`matrix_method` — a method's direction, decoupled weight decay and the learning
+  rate, chained, with that fallback: the full optimizer of every matrix method;
+* :func:`stateless_matrix_transform` — the optax transform of a stateless direction
+  (SWAN, SinkGD); :func:`require_matrices` — the check of a stateful one (RACS, Alice);
+* :func:`limit_norm` — the norm-growth limiter RACS and Alice share; :func:`norm_floor` —
+  the floor of a normalising denominator.
 Hyperparameter checks live in :mod:`adapters.validation` (``check_positive``, ``check_betas``,
 ``check_non_negative``), so both backends reject bad input with the same message.
 """
@@ -13,6 +19,8 @@ Hyperparameter checks live in :mod:`adapters.validation` (``check_positive``, ``
 from __future__ import annotations
 
 import math
+import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -60,3 +68,88 @@ def check_learning_rate(learning_rate: Any) -> optax.ScalarOrSchedule:
     if callable(learning_rate):
         return learning_rate
     return check_positive("learning_rate", learning_rate)
+
+
+def check_learning_rate_if_number(learning_rate: Any) -> None:
+    """A plain number (or ``None``) must be finite and > 0; schedules and arrays are the user's to check."""
+    if not callable(learning_rate) and (isinstance(learning_rate, numbers.Number) or learning_rate is None):
+        check_positive("learning_rate", learning_rate)
+
+
+def norm_floor(eps: float, dtype: Any) -> float:
+    """``max(eps, tiny)``: a denominator never falls below the smallest normal number, so an all-zero row gives 0."""
+    return max(eps, float(jnp.finfo(dtype).tiny))
+
+
+def require_matrices(params: Any, name: str) -> None:
+    """A ``ValueError`` naming the transform ``name`` if a leaf of ``params`` is not a matrix (:func:`is_matrix`)."""
+    for leaf in jax.tree_util.tree_leaves(params):
+        if not is_matrix(leaf):
+            raise ValueError(
+                f"{name} acts on matrix leaves only (shape (m, *rest) with m > 1 and prod(rest) > 1), got a leaf of "
+                f"shape {jnp.shape(leaf)}; use the full optimizer, which sends other leaves to AdamW"
+            )
+
+
+def limit_norm(update: jax.Array, phi: jax.Array, gamma: float | None) -> tuple[jax.Array, jax.Array]:
+    """Norm-growth limiter: scale ``update`` to norm at most ``gamma * phi`` (no limit while ``phi = 0``)."""
+    norm = jnp.linalg.norm(update)
+    if gamma is None:
+        return update, norm
+    tiny = jnp.finfo(norm.dtype).tiny
+    eta = jnp.where(phi > 0, jnp.minimum(gamma * phi / jnp.maximum(norm, tiny), 1.0), 1.0)
+    return update * eta, eta * norm
+
+
+def stateless_matrix_transform(name: str, direction: Callable[[jax.Array], jax.Array]) -> optax.GradientTransformation:
+    """``direction`` on every leaf (all must be matrices), no state: ``scale_by_<name>``.
+
+    A leaf that is not a matrix raises a ``ValueError`` that points to ``<name>(...)``, the
+    full optimizer that sends such leaves to Adam.
+    """
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+
+        def leaf(g: jax.Array) -> jax.Array:
+            if not is_matrix(g):
+                raise ValueError(
+                    f"scale_by_{name} acts on matrices (>= 2 axes, two of length > 1), got a leaf of shape "
+                    f"{jnp.shape(g)}; use {name}(...), which sends other leaves to Adam, or optax.partition"
+                )
+            return direction(g)
+
+        return jax.tree_util.tree_map(leaf, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def matrix_method(
+    direction: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    b1: float,
+    b2: float,
+    eps: float,
+    weight_decay: float,
+    decay_slot: bool = False,
+) -> optax.GradientTransformation:
+    """The full optimizer of a matrix method: ``direction``, decoupled weight decay, ``-learning_rate``.
+
+    Matrix leaves get ``chain(direction, add_decayed_weights(weight_decay), scale_by_learning_rate)``
+    (the decay left out when ``weight_decay`` is 0, or an ``optax.identity()`` in its place with
+    ``decay_slot=True``, which keeps the state's layout the same for every ``weight_decay``);
+    the other leaves AdamW with the same ``learning_rate`` (:func:`with_adam_fallback`).
+    Arguments are validated by the caller.
+    """
+    parts = [direction]
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    elif decay_slot:
+        parts.append(optax.identity())
+    parts.append(optax.scale_by_learning_rate(learning_rate))
+    return with_adam_fallback(optax.chain(*parts), learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)

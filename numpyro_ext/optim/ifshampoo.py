@@ -31,7 +31,7 @@ import optax
 
 from adapters.configs import kronecker_shape
 from adapters.validation import check_non_negative, check_positive, check_positive_int, check_unit_interval
-from numpyro_ext.optim._common import check_learning_rate, compute_dtype
+from numpyro_ext.optim.common import check_learning_rate, compute_dtype
 
 __all__ = ["IFShampooState", "ifshampoo", "kronecker_shape", "precondition", "scale_by_ifshampoo", "update_factors"]
 

@@ -37,9 +37,16 @@ from adapters.validation import (
     check_positive_int,
     check_unit_interval,
 )
-from numpyro_ext.optim._common import as_matrix, check_learning_rate, compute_dtype, is_matrix, with_adam_fallback
+from numpyro_ext.optim.common import (
+    as_matrix,
+    check_learning_rate,
+    compute_dtype,
+    limit_norm,
+    matrix_method,
+    require_matrices,
+)
 
-__all__ = ["ScaleByRACSState", "racs", "racs_fixed_point", "scale_by_racs"]
+__all__ = ["ScaleByRACSState", "limit_norm", "racs", "racs_fixed_point", "scale_by_racs"]
 
 
 class ScaleByRACSState(NamedTuple):
@@ -59,16 +66,6 @@ def racs_fixed_point(sq_grad: jax.Array, q: jax.Array, num_iterations: int) -> t
         s = sq_grad.T @ q / jnp.maximum(q @ q, tiny)
         q = sq_grad @ s / jnp.maximum(s @ s, tiny)
     return q, s
-
-
-def limit_norm(update: jax.Array, phi: jax.Array, gamma: float | None) -> tuple[jax.Array, jax.Array]:
-    """Norm-growth limiter: scale ``update`` to norm at most ``gamma * phi`` (no limit while ``phi = 0``)."""
-    norm = jnp.linalg.norm(update)
-    if gamma is None:
-        return update, norm
-    tiny = jnp.finfo(norm.dtype).tiny
-    eta = jnp.where(phi > 0, jnp.minimum(gamma * phi / jnp.maximum(norm, tiny), 1.0), 1.0)
-    return update * eta, eta * norm
 
 
 def racs_leaf(
@@ -103,15 +100,6 @@ def racs_leaf(
     return alpha * scaled, q, s, phi
 
 
-def _require_matrices(params: Any, name: str) -> None:
-    for leaf in jax.tree_util.tree_leaves(params):
-        if not is_matrix(leaf):
-            raise ValueError(
-                f"{name} acts on matrix leaves only (shape (m, *rest) with m > 1 and prod(rest) > 1), got a leaf of "
-                f"shape {jnp.shape(leaf)}; use the full optimizer, which sends other leaves to AdamW"
-            )
-
-
 def scale_by_racs(
     beta: float = 0.9,
     alpha: float = 0.05,
@@ -129,7 +117,7 @@ def scale_by_racs(
     bias_correction = bool(bias_correction)
 
     def init_fn(params: Any) -> ScaleByRACSState:
-        _require_matrices(params, "scale_by_racs")
+        require_matrices(params, "scale_by_racs")
 
         def zeros(leaf: jax.Array, axis: int) -> jax.Array:
             return jnp.zeros(as_matrix(leaf).shape[axis], compute_dtype(leaf.dtype))
@@ -193,9 +181,5 @@ def racs(
     learning_rate = check_learning_rate(learning_rate)
     weight_decay = check_non_negative("weight_decay", weight_decay)
     b1, b2 = check_beta_pair("fallback_betas", fallback_betas)
-    matrix = optax.chain(
-        scale_by_racs(beta, alpha, gamma, eps, num_iterations, bias_correction),
-        optax.add_decayed_weights(weight_decay) if weight_decay else optax.identity(),
-        optax.scale_by_learning_rate(learning_rate),
-    )
-    return with_adam_fallback(matrix, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    direction = scale_by_racs(beta, alpha, gamma, eps, num_iterations, bias_correction)
+    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_slot=True)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import optax
 
 from adapters.validation import check_betas, check_non_negative, check_positive, check_unit_interval
-from numpyro_ext.optim._common import check_learning_rate, compute_dtype
+from numpyro_ext.optim.common import check_learning_rate, compute_dtype
 
 __all__ = [
     "ScaleByRootFreeAdamState",

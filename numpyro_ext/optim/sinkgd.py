@@ -26,16 +26,20 @@ non-finite updates (wrap with ``optax.apply_if_finite`` to skip such steps).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from adapters.validation import check_betas, check_non_negative, check_positive_int
-
-from ._common import as_matrix, compute_dtype, is_matrix, with_adam_fallback
-from .swan import _check_learning_rate, _floor
+from numpyro_ext.optim.common import (
+    as_matrix,
+    check_learning_rate_if_number,
+    compute_dtype,
+    matrix_method,
+    norm_floor,
+    stateless_matrix_transform,
+)
 
 __all__ = ["scale_by_sinkgd", "sinkgd", "sinkgd_direction", "sr_sinkhorn"]
 
@@ -46,7 +50,7 @@ def sr_sinkhorn(grad: jax.Array, sinkhorn_steps: int = 5, eps: float = 1e-8) -> 
     Row and column norms are floored at ``eps`` (an all-zero row or column stays zero).
     """
     m, n = grad.shape[-2], grad.shape[-1]
-    floor = _floor(eps, grad.dtype)
+    floor = norm_floor(eps, grad.dtype)
 
     def body(_, x):
         x = x * (math.sqrt(n) / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), floor))
@@ -70,24 +74,7 @@ def scale_by_sinkgd(sinkhorn_steps: int = 5, eps: float = 1e-8) -> optax.Gradien
     sinkhorn_steps = check_positive_int("sinkhorn_steps", sinkhorn_steps)
     eps = check_non_negative("eps", eps)
 
-    def init_fn(params: Any) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
-        del params
-
-        def leaf(g: jax.Array) -> jax.Array:
-            if not is_matrix(g):
-                raise ValueError(
-                    f"scale_by_sinkgd acts on matrices (>= 2 axes, two of length > 1), got a leaf of shape "
-                    f"{jnp.shape(g)}; use sinkgd(...), which sends other leaves to Adam, or optax.partition"
-                )
-            return sinkgd_direction(g, sinkhorn_steps, eps)
-
-        return jax.tree_util.tree_map(leaf, updates), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return stateless_matrix_transform("sinkgd", lambda g: sinkgd_direction(g, sinkhorn_steps, eps))
 
 
 def sinkgd(
@@ -107,11 +94,8 @@ def sinkgd(
     :param eps: Adam's epsilon, and the floor of the row and column norms (>= 0).
     :param weight_decay: decoupled weight decay on every leaf (>= 0).
     """
-    _check_learning_rate(learning_rate)
+    check_learning_rate_if_number(learning_rate)
     check_betas("(b1, b2)", (b1, b2))
     weight_decay = check_non_negative("weight_decay", weight_decay)
-    parts = [scale_by_sinkgd(sinkhorn_steps, eps)]
-    if weight_decay:
-        parts.append(optax.add_decayed_weights(weight_decay))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    return with_adam_fallback(optax.chain(*parts), learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    direction = scale_by_sinkgd(sinkhorn_steps, eps)
+    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)

@@ -24,7 +24,7 @@ null-space behaviour and the choice of ``ns_steps`` are documented in
   no learning rate), stateless (``optax.EmptyState``).  Every leaf it sees must be a matrix.
 * :func:`swan` — the optimizer: ``scale_by_swan`` (+ decoupled weight decay) and
   ``-learning_rate`` on matrix leaves, Adam(W) on every other leaf
-  (:func:`numpyro_ext.optim._common.with_adam_fallback`).  Use it directly in
+  (:func:`numpyro_ext.optim.common.with_adam_fallback`).  Use it directly in
   ``numpyro.infer.SVI(model, guide, swan(1e-3), Trace_ELBO())``.
 
 Half-precision leaves (bfloat16, float16) are normalised and whitened in float32 and cast
@@ -36,23 +36,22 @@ such steps.
 from __future__ import annotations
 
 import math
-import numbers
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from adapters.validation import check_betas, check_non_negative, check_positive, check_positive_int
-
-from ._common import as_matrix, compute_dtype, is_matrix, with_adam_fallback
+from numpyro_ext.optim.common import (
+    as_matrix,
+    check_learning_rate_if_number,
+    compute_dtype,
+    matrix_method,
+    norm_floor,
+    stateless_matrix_transform,
+)
 
 __all__ = ["grad_norm", "grad_whitening", "scale_by_swan", "swan", "swan_direction"]
-
-
-def _floor(eps: float, dtype: Any) -> float:
-    # denominators never fall below the smallest normal number, so an all-zero row gives 0, not nan
-    return max(eps, float(jnp.finfo(dtype).tiny))
 
 
 def grad_norm(grad: jax.Array, eps: float = 1e-8) -> jax.Array:
@@ -62,7 +61,7 @@ def grad_norm(grad: jax.Array, eps: float = 1e-8) -> jax.Array:
     """
     centred = grad - jnp.mean(grad, axis=-1, keepdims=True)
     std = jnp.sqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True))
-    return centred / jnp.maximum(std, _floor(eps, grad.dtype))
+    return centred / jnp.maximum(std, norm_floor(eps, grad.dtype))
 
 
 def grad_whitening(grad: jax.Array, ns_steps: int = 10) -> jax.Array:
@@ -112,30 +111,7 @@ def scale_by_swan(ns_steps: int = 10, eps: float = 1e-8, scale: float | None = N
     if scale is not None:
         scale = check_positive("scale", scale)
 
-    def init_fn(params: Any) -> optax.EmptyState:
-        del params
-        return optax.EmptyState()
-
-    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
-        del params
-
-        def leaf(g: jax.Array) -> jax.Array:
-            if not is_matrix(g):
-                raise ValueError(
-                    f"scale_by_swan acts on matrices (>= 2 axes, two of length > 1), got a leaf of shape "
-                    f"{jnp.shape(g)}; use swan(...), which sends other leaves to Adam, or optax.partition"
-                )
-            return swan_direction(g, ns_steps, eps, scale)
-
-        return jax.tree_util.tree_map(leaf, updates), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
-def _check_learning_rate(learning_rate: optax.ScalarOrSchedule) -> None:
-    # schedules and arrays are the user's to check; plain numbers are validated here
-    if not callable(learning_rate) and (isinstance(learning_rate, numbers.Number) or learning_rate is None):
-        check_positive("learning_rate", learning_rate)
+    return stateless_matrix_transform("swan", lambda g: swan_direction(g, ns_steps, eps, scale))
 
 
 def swan(
@@ -157,11 +133,8 @@ def swan(
     :param eps: Adam's epsilon, and the floor of GradNorm's row standard deviation (>= 0).
     :param weight_decay: decoupled weight decay on every leaf (>= 0).
     """
-    _check_learning_rate(learning_rate)
+    check_learning_rate_if_number(learning_rate)
     check_betas("(b1, b2)", (b1, b2))
     weight_decay = check_non_negative("weight_decay", weight_decay)
-    parts = [scale_by_swan(ns_steps, eps, scale)]
-    if weight_decay:
-        parts.append(optax.add_decayed_weights(weight_decay))
-    parts.append(optax.scale_by_learning_rate(learning_rate))
-    return with_adam_fallback(optax.chain(*parts), learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    direction = scale_by_swan(ns_steps, eps, scale)
+    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)

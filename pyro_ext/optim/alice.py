@@ -63,18 +63,18 @@ import torch
 
 from adapters.configs import check_gamma, check_rank, effective_rank
 from adapters.validation import check_beta_pair, check_positive, check_positive_int
-from pyro_ext.optim._common import (
-    adam_fallback_,
+from pyro_ext.optim.common import (
+    MatrixMethodOptimizer,
     as_matrix,
     check_betas,
-    check_finite_grad,
     check_lr,
     check_non_negative,
     compute_dtype,
+    descend_,
     is_matrix,
+    keep_state_dtypes,
     pyro_optim,
 )
-from pyro_ext.optim.racs import keep_state_dtypes
 
 __all__ = [
     "Alice",
@@ -176,7 +176,7 @@ def alice_direction(
     return alpha * direction, new
 
 
-class AliceOptimizer(torch.optim.Optimizer):
+class AliceOptimizer(MatrixMethodOptimizer):
     """Alice / Alice-0 (Gong et al. 2025, Sec. 5); see the module docstring for the update and state.
 
     Args:
@@ -201,6 +201,8 @@ class AliceOptimizer(torch.optim.Optimizer):
     Defaults ``lr = 0.02``, ``betas = (0.9, 0.9, 0.999)``, ``alpha = 0.3``, ``alpha_c = 0.4``,
     ``update_interval = 200``, ``gamma = 1.01`` follow the paper's LLaMA runs.
     """
+
+    method_name = "Alice"
 
     def __init__(
         self,
@@ -253,40 +255,8 @@ class AliceOptimizer(torch.optim.Optimizer):
             if is_matrix(param):
                 effective_rank(tuple(as_matrix(param).shape), rank, leading, group["clip_rank"])
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        position = -1
-        for group_index, group in enumerate(self.param_groups):
-            for index, param in enumerate(group["params"]):
-                position += 1
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if grad.is_sparse:
-                    raise ValueError("Alice does not support sparse gradients")
-                check_finite_grad(f"{group_index}.{index} (shape {tuple(param.shape)})", grad)
-                state = self.state[param]
-                if not is_matrix(param):
-                    adam_fallback_(
-                        param,
-                        grad,
-                        state,
-                        lr=group["lr"],
-                        betas=group["fallback_betas"],
-                        eps=group["eps"],
-                        weight_decay=group["weight_decay"],
-                    )
-                    continue
-                self._matrix_step(param, grad, state, group, position)
-        return loss
-
-    @staticmethod
-    def _matrix_step(
-        param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], position: int
+    def matrix_step(
+        self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], position: int
     ) -> None:
         g = as_matrix(grad).to(compute_dtype(param.dtype))
         transposed = g.shape[0] > g.shape[1]
@@ -327,9 +297,7 @@ class AliceOptimizer(torch.optim.Optimizer):
         state.update(new)
         if transposed:
             direction = direction.T
-        if group["weight_decay"]:
-            param.mul_(1.0 - group["lr"] * group["weight_decay"])
-        param.add_(direction.reshape(param.shape).to(param.dtype), alpha=-group["lr"])
+        descend_(param, direction.reshape(param.shape).to(param.dtype), group["lr"], group["weight_decay"])
 
 
 Alice = pyro_optim(AliceOptimizer)

@@ -9,13 +9,18 @@
   scales and must do something sensible with them;
 * :func:`pyro_optim` — wraps a ``torch.optim.Optimizer`` class into a ``PyroOptim``
   factory in Pyro's own style (``pyro_ext.optim.SWAN({"lr": 1e-3})``, like
-  ``pyro.optim.ClippedAdam``).
+  ``pyro.optim.ClippedAdam``);
+* the step plumbing: :func:`closure_loss`, :func:`params_with_grad`, :func:`apply_` and
+  :func:`descend_` (the parameter update), :func:`keep_state_dtypes` (``load_state_dict``
+  keeps float32 state of low-precision parameters), and two bases:
+  :class:`StatelessMatrixOptimizer` (SWAN, SinkGD) and :class:`MatrixMethodOptimizer`
+  (RACS, Alice), each AdamW on the non-matrix parameters.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
@@ -23,14 +28,23 @@ import torch
 from adapters.validation import check_betas, check_non_negative, check_positive
 
 __all__ = [
+    "MatrixMethodOptimizer",
+    "StatelessMatrixOptimizer",
     "adam_fallback_",
+    "apply_",
     "as_matrix",
     "check_betas",
     "check_finite_grad",
+    "check_finite_grads",
     "check_lr",
-    "compute_dtype",
     "check_non_negative",
+    "closure_loss",
+    "compute_dtype",
+    "descend_",
     "is_matrix",
+    "keep_state_dtypes",
+    "norm_floor",
+    "params_with_grad",
     "pyro_optim",
 ]
 
@@ -86,6 +100,72 @@ def adam_fallback_(
     bias2 = 1.0 - beta2**step
     denom = (state["exp_avg_sq"] / bias2).sqrt_().add_(eps)
     param.addcdiv_(state["exp_avg"], denom, value=-lr / bias1)
+
+
+def norm_floor(eps: float, dtype: torch.dtype) -> float:
+    """``max(eps, tiny)``: a denominator never falls below the smallest normal number, so an all-zero row gives 0."""
+    return max(eps, torch.finfo(dtype).tiny)
+
+
+def closure_loss(closure: Callable[[], Any] | None) -> Any:
+    """``closure()`` with gradients enabled (``None`` without a closure): the first line of every ``step``."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
+def params_with_grad(optimizer: torch.optim.Optimizer) -> Iterator[tuple[int, int, dict[str, Any], torch.Tensor]]:
+    """``(group_index, index, group, param)`` for every parameter of ``optimizer`` that has a gradient."""
+    for group_index, group in enumerate(optimizer.param_groups):
+        for index, param in enumerate(group["params"]):
+            if param.grad is not None:
+                yield group_index, index, group, param
+
+
+def descend_(param: torch.Tensor, direction: torch.Tensor, lr: float, weight_decay: float) -> None:
+    """``param <- (1 - lr * weight_decay) * param - lr * direction`` in place (the decay skipped when 0)."""
+    if weight_decay:
+        param.mul_(1.0 - lr * weight_decay)
+    param.add_(direction, alpha=-lr)
+
+
+def apply_(param: torch.Tensor, direction: torch.Tensor, alpha: float, decay: float = 1.0) -> None:
+    """``param = decay * param + alpha * direction``, the arithmetic in ``direction``'s (compute) dtype
+    (one rounding to a bfloat16 parameter per step)."""
+    if direction.dtype == param.dtype:
+        if decay != 1.0:
+            param.mul_(decay)
+        param.add_(direction, alpha=alpha)
+    else:
+        param.copy_(param.to(direction.dtype).mul_(decay).add_(direction, alpha=alpha))
+
+
+def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:
+    """Make ``load_state_dict`` keep the saved dtypes of the state (float32 state of bfloat16 parameters).
+
+    ``torch.optim.Optimizer.load_state_dict`` casts floating-point state to each parameter's dtype, which would
+    round a low-precision parameter's float32 state; these hooks put the saved tensors back (on the
+    parameter's device), so a resumed run is the uninterrupted one for every dtype.
+    """
+    stash: dict[str, Any] = {}
+
+    def pre_hook(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
+        stash["ids"] = [i for group in state_dict["param_groups"] for i in group["params"]]
+        stash["state"] = {
+            key: {name: value for name, value in entry.items() if torch.is_tensor(value)}
+            for key, entry in state_dict["state"].items()
+        }
+
+    def post_hook(opt: torch.optim.Optimizer) -> None:
+        params = [param for group in opt.param_groups for param in group["params"]]
+        for key, param in zip(stash.pop("ids", []), params, strict=False):
+            for name, value in stash["state"].get(key, {}).items():
+                opt.state[param][name] = value.to(device=param.device)
+        stash.clear()
+
+    optimizer.register_load_state_dict_pre_hook(pre_hook)
+    optimizer.register_load_state_dict_post_hook(post_hook)
 
 
 def pyro_optim(optimizer_class: type[torch.optim.Optimizer]) -> Callable[..., Any]:
@@ -154,22 +234,59 @@ class StatelessMatrixOptimizer(torch.optim.Optimizer, ABC):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = closure_loss(closure)
         check_finite_grads(self)
-        for group in self.param_groups:
+        for _, _, group, p in params_with_grad(self):
             lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
+            if is_matrix(p):
+                descend_(p, self.direction(p.grad, group), lr, wd)
+            else:
+                adam_fallback_(p, p.grad, self.state[p], lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=wd)
+        return loss
+
+
+class MatrixMethodOptimizer(torch.optim.Optimizer, ABC):
+    """Base of the stateful matrix methods (RACS, Alice): ``matrix_step`` on matrices, AdamW elsewhere.
+
+    ``step`` visits the parameters in order and checks each gradient (dense, finite: a
+    ``ValueError`` / ``FloatingPointError`` naming ``method_name`` or the parameter) just before
+    updating it; a parameter that is not a matrix gets AdamW with the group's ``lr``,
+    ``fallback_betas``, ``eps`` and ``weight_decay``.  A subclass gives ``method_name`` and
+    ``matrix_step``, and calls :func:`keep_state_dtypes` after ``super().__init__``.
+    """
+
+    method_name: str
+
+    @abstractmethod
+    def matrix_step(
+        self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], position: int
+    ) -> None:
+        """Update the matrix ``param`` in place; ``position`` counts every parameter before it (from 0)."""
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = closure_loss(closure)
+        position = -1
+        for group_index, group in enumerate(self.param_groups):
+            for index, param in enumerate(group["params"]):
+                position += 1
+                if param.grad is None:
                     continue
-                if is_matrix(p):
-                    if wd:
-                        p.mul_(1.0 - lr * wd)
-                    p.add_(self.direction(p.grad, group), alpha=-lr)
-                else:
+                grad = param.grad
+                if grad.is_sparse:
+                    raise ValueError(f"{self.method_name} does not support sparse gradients")
+                check_finite_grad(f"{group_index}.{index} (shape {tuple(param.shape)})", grad)
+                state = self.state[param]
+                if not is_matrix(param):
                     adam_fallback_(
-                        p, p.grad, self.state[p], lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=wd
+                        param,
+                        grad,
+                        state,
+                        lr=group["lr"],
+                        betas=group["fallback_betas"],
+                        eps=group["eps"],
+                        weight_decay=group["weight_decay"],
                     )
+                    continue
+                self.matrix_step(param, grad, state, group, position)
         return loss

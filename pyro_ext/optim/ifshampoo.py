@@ -51,8 +51,16 @@ import torch
 
 from adapters.configs import kronecker_shape
 from adapters.validation import check_positive, check_positive_int, check_unit_interval
-from pyro_ext.optim._common import check_finite_grad, check_lr, check_non_negative, compute_dtype, pyro_optim
-from pyro_ext.optim.rootfree import _apply_
+from pyro_ext.optim.common import (
+    apply_,
+    check_finite_grad,
+    check_lr,
+    check_non_negative,
+    closure_loss,
+    compute_dtype,
+    params_with_grad,
+    pyro_optim,
+)
 
 __all__ = ["IFShampoo", "IFShampooOptimizer", "kronecker_shape"]
 
@@ -194,19 +202,13 @@ class IFShampooOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for gi, group in enumerate(self.param_groups):
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                check_finite_grad(f"{type(self).__name__} group {gi} parameter {pi}", p.grad)
-                state = self.state[p]
-                if not state:
-                    self._init_state(group, p, state)
-                self._step_param(group, p, state)
+        loss = closure_loss(closure)
+        for gi, pi, group, p in params_with_grad(self):
+            check_finite_grad(f"{type(self).__name__} group {gi} parameter {pi}", p.grad)
+            state = self.state[p]
+            if not state:
+                self._init_state(group, p, state)
+            self._step_param(group, p, state)
         return loss
 
     def _step_param(self, group: dict[str, Any], p: torch.Tensor, state: dict[str, Any]) -> None:
@@ -228,7 +230,7 @@ class IFShampooOptimizer(torch.optim.Optimizer):
         if group["kappa"]:
             direction.add_(p.to(buf.dtype), alpha=group["kappa"])
         buf.mul_(group["alpha1"]).add_(direction)
-        _apply_(p, buf, -group["lr"])
+        apply_(p, buf, -group["lr"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch casts loaded floating tensors to the parameter's dtype; put factors and

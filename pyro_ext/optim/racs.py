@@ -34,59 +34,32 @@ The direction is invariant to rescaling the gradients, ``G_t → c G_t`` for all
 State per matrix: ``q`` (``m``), ``s`` (``n``), ``φ`` and the step count -- ``m + n`` numbers plus two
 scalars.  A parameter with at least two non-trivial axes ``(m, *rest)`` is treated as an
 ``m × prod(rest)`` matrix; 1-D and scalar parameters get AdamW with ``lr``, ``fallback_betas``,
-``eps`` and ``weight_decay`` (:func:`pyro_ext.optim._common.adam_fallback_`).  float16/bfloat16
+``eps`` and ``weight_decay`` (:func:`pyro_ext.optim.common.adam_fallback_`).  float16/bfloat16
 parameters are updated with float32 arithmetic and float32 state.  A non-finite gradient raises
 ``FloatingPointError`` naming the parameter.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 
 from adapters.configs import check_gamma
 from adapters.validation import check_beta_pair, check_positive, check_positive_int, check_unit_interval
-from pyro_ext.optim._common import (
-    adam_fallback_,
+from pyro_ext.optim.common import (
+    MatrixMethodOptimizer,
     as_matrix,
-    check_finite_grad,
     check_lr,
     check_non_negative,
     compute_dtype,
-    is_matrix,
+    descend_,
+    keep_state_dtypes,
     pyro_optim,
 )
 
 __all__ = ["RACS", "RACSOptimizer", "racs_direction", "racs_fixed_point"]
-
-
-def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:
-    """Make ``load_state_dict`` keep the saved dtypes of the state (float32 state of bfloat16 parameters).
-
-    ``torch.optim.Optimizer.load_state_dict`` casts floating-point state to each parameter's dtype, which would
-    round a low-precision parameter's float32 state; these hooks put the saved tensors back (on the
-    parameter's device), so a resumed run is the uninterrupted one for every dtype.
-    """
-    stash: dict[str, Any] = {}
-
-    def pre_hook(opt: torch.optim.Optimizer, state_dict: dict[str, Any]) -> None:
-        stash["ids"] = [i for group in state_dict["param_groups"] for i in group["params"]]
-        stash["state"] = {
-            key: {name: value for name, value in entry.items() if torch.is_tensor(value)}
-            for key, entry in state_dict["state"].items()
-        }
-
-    def post_hook(opt: torch.optim.Optimizer) -> None:
-        params = [param for group in opt.param_groups for param in group["params"]]
-        for key, param in zip(stash.pop("ids", []), params, strict=False):
-            for name, value in stash["state"].get(key, {}).items():
-                opt.state[param][name] = value.to(device=param.device)
-        stash.clear()
-
-    optimizer.register_load_state_dict_pre_hook(pre_hook)
-    optimizer.register_load_state_dict_post_hook(post_hook)
 
 
 def racs_fixed_point(sq_grad: torch.Tensor, q: torch.Tensor, num_iterations: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -142,7 +115,7 @@ def racs_direction(
     return scaled * (alpha * eta), q, s, eta * norm
 
 
-class RACSOptimizer(torch.optim.Optimizer):
+class RACSOptimizer(MatrixMethodOptimizer):
     """Row and column scaled SGD (Gong et al. 2025, Algorithm 1); see the module docstring for the update.
 
     Args:
@@ -161,6 +134,8 @@ class RACSOptimizer(torch.optim.Optimizer):
     ``step`` (int).  Defaults ``lr = 0.02``, ``alpha = 0.05``, ``beta = 0.9``, ``gamma = 1.01``
     follow the paper's LLaMA runs.
     """
+
+    method_name = "RACS"
 
     def __init__(
         self,
@@ -189,37 +164,9 @@ class RACSOptimizer(torch.optim.Optimizer):
         super().__init__(params, defaults)
         keep_state_dtypes(self)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group_index, group in enumerate(self.param_groups):
-            for index, param in enumerate(group["params"]):
-                if param.grad is None:
-                    continue
-                grad = param.grad
-                if grad.is_sparse:
-                    raise ValueError("RACS does not support sparse gradients")
-                check_finite_grad(f"{group_index}.{index} (shape {tuple(param.shape)})", grad)
-                state = self.state[param]
-                if not is_matrix(param):
-                    adam_fallback_(
-                        param,
-                        grad,
-                        state,
-                        lr=group["lr"],
-                        betas=group["fallback_betas"],
-                        eps=group["eps"],
-                        weight_decay=group["weight_decay"],
-                    )
-                    continue
-                self._matrix_step(param, grad, state, group)
-        return loss
-
-    @staticmethod
-    def _matrix_step(param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+    def matrix_step(
+        self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], position: int
+    ) -> None:
         dtype = compute_dtype(param.dtype)
         g = as_matrix(grad).to(dtype)
         if not state:
@@ -241,9 +188,7 @@ class RACSOptimizer(torch.optim.Optimizer):
             num_iterations=group["num_iterations"],
             bias_correction=group["bias_correction"],
         )
-        if group["weight_decay"]:
-            param.mul_(1.0 - group["lr"] * group["weight_decay"])
-        param.add_(direction.reshape(param.shape).to(param.dtype), alpha=-group["lr"])
+        descend_(param, direction.reshape(param.shape).to(param.dtype), group["lr"], group["weight_decay"])
 
 
 RACS = pyro_optim(RACSOptimizer)

@@ -34,12 +34,15 @@ from typing import Any
 import torch
 
 from adapters.validation import check_positive, check_unit_interval
-from pyro_ext.optim._common import (
+from pyro_ext.optim.common import (
+    apply_,
     check_betas,
     check_finite_grad,
     check_lr,
     check_non_negative,
+    closure_loss,
     compute_dtype,
+    params_with_grad,
     pyro_optim,
 )
 
@@ -123,34 +126,28 @@ class RootFreeRMSPropOptimizer(_RootFreeBase):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for gi, group in enumerate(self.param_groups):
+        loss = closure_loss(closure)
+        for gi, pi, group, p in params_with_grad(self):
             lr, beta2, alpha1 = group["lr"], group["beta2"], group["alpha1"]
             lam, kappa, batch, scale = group["lam"], group["kappa"], group["batch_size"], group["loss_scale"]
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                check_finite_grad(_param_name(self, gi, pi), p.grad)
-                dt = compute_dtype(p.dtype)
-                grad = p.grad.to(dt) / scale
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    # the paper initialises s at 1 (Fig. 4); RMSProp's 0 would make the first step g / lam
-                    state["square_avg"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
-                    state["momentum_buffer"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
-                state["step"] += 1
-                s = state["square_avg"]
-                s.mul_(1.0 - beta2).addcmul_(grad, grad, value=beta2 * batch)
-                direction = grad.div_(s + lam)
-                if kappa:
-                    direction.add_(p.to(dt), alpha=kappa)
-                buf = state["momentum_buffer"]
-                buf.mul_(alpha1).add_(direction)
-                _apply_(p, buf, -lr)
+            check_finite_grad(_param_name(self, gi, pi), p.grad)
+            dt = compute_dtype(p.dtype)
+            grad = p.grad.to(dt) / scale
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                # the paper initialises s at 1 (Fig. 4); RMSProp's 0 would make the first step g / lam
+                state["square_avg"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
+                state["momentum_buffer"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+            state["step"] += 1
+            s = state["square_avg"]
+            s.mul_(1.0 - beta2).addcmul_(grad, grad, value=beta2 * batch)
+            direction = grad.div_(s + lam)
+            if kappa:
+                direction.add_(p.to(dt), alpha=kappa)
+            buf = state["momentum_buffer"]
+            buf.mul_(alpha1).add_(direction)
+            apply_(p, buf, -lr)
         return loss
 
 
@@ -210,42 +207,25 @@ class RootFreeAdamWOptimizer(_RootFreeBase):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for gi, group in enumerate(self.param_groups):
+        loss = closure_loss(closure)
+        for gi, pi, group, p in params_with_grad(self):
             lr, (beta1, beta2), damping = group["lr"], group["betas"], group["damping"]
             wd, batch, scale = group["weight_decay"], group["batch_size"], group["loss_scale"]
-            for pi, p in enumerate(group["params"]):
-                if p.grad is None:
-                    continue
-                check_finite_grad(_param_name(self, gi, pi), p.grad)
-                dt = compute_dtype(p.dtype)
-                grad = p.grad.to(dt) / scale
-                state = self.state[p]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
-                    state["exp_avg_sq"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
-                state["step"] += 1
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(grad, 1.0 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * batch)
-                step_size = lr / (1.0 - beta1 ** state["step"]) if group["bias_correction"] else lr
-                _apply_(p, m / (v + damping), -step_size, decay=1.0 - lr * wd)
+            check_finite_grad(_param_name(self, gi, pi), p.grad)
+            dt = compute_dtype(p.dtype)
+            grad = p.grad.to(dt) / scale
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                state["exp_avg"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
+            state["step"] += 1
+            m, v = state["exp_avg"], state["exp_avg_sq"]
+            m.lerp_(grad, 1.0 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * batch)
+            step_size = lr / (1.0 - beta1 ** state["step"]) if group["bias_correction"] else lr
+            apply_(p, m / (v + damping), -step_size, decay=1.0 - lr * wd)
         return loss
-
-
-def _apply_(param: torch.Tensor, direction: torch.Tensor, alpha: float, decay: float = 1.0) -> None:
-    """``param = decay * param + alpha * direction``, the arithmetic in ``direction``'s (compute) dtype
-    (one rounding to a bfloat16 parameter per step)."""
-    if direction.dtype == param.dtype:
-        if decay != 1.0:
-            param.mul_(decay)
-        param.add_(direction, alpha=alpha)
-    else:
-        param.copy_(param.to(direction.dtype).mul_(decay).add_(direction, alpha=alpha))
 
 
 def _check_common(group: dict[str, Any]) -> None:

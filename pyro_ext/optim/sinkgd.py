@@ -26,7 +26,7 @@ float16) are normalised in float32 and the update is cast back.
 
 State: none for matrix parameters (``state_dict()["state"]`` has no entry for them); 1-D and
 scalar parameters take the documented Adam(W) fallback
-(:func:`pyro_ext.optim._common.adam_fallback_`).  Non-finite gradients raise
+(:func:`pyro_ext.optim.common.adam_fallback_`).  Non-finite gradients raise
 ``FloatingPointError`` naming the parameter, before any parameter of the step is changed.
 """
 
@@ -39,9 +39,7 @@ from typing import Any
 import torch
 
 from adapters.validation import check_positive_int
-
-from ._common import StatelessMatrixOptimizer, as_matrix, compute_dtype, pyro_optim
-from .swan import _floor
+from pyro_ext.optim.common import StatelessMatrixOptimizer, as_matrix, compute_dtype, norm_floor, pyro_optim
 
 __all__ = ["SinkGD", "SinkGDOptimizer", "sinkgd_direction", "sr_sinkhorn"]
 
@@ -52,7 +50,7 @@ def sr_sinkhorn(grad: torch.Tensor, sinkhorn_steps: int = 5, eps: float = 1e-8) 
     Row and column norms are floored at ``eps`` (an all-zero row or column stays zero).
     """
     m, n = grad.shape[-2], grad.shape[-1]
-    floor = _floor(eps, grad.dtype)
+    floor = norm_floor(eps, grad.dtype)
     x = grad
     for _ in range(sinkhorn_steps):
         x = x * (math.sqrt(n) / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(floor))

@@ -40,7 +40,7 @@ normalised and whitened in float32 and the update is cast back to the parameter'
 
 State: none for matrix parameters (``state_dict()["state"]`` has no entry for them); 1-D and
 scalar parameters take the documented Adam(W) fallback
-(:func:`pyro_ext.optim._common.adam_fallback_`, two moment buffers of the parameter's size).
+(:func:`pyro_ext.optim.common.adam_fallback_`, two moment buffers of the parameter's size).
 Non-finite gradients raise ``FloatingPointError`` naming the parameter, before any parameter
 of the step is changed.
 """
@@ -54,15 +54,9 @@ from typing import Any
 import torch
 
 from adapters.validation import check_positive, check_positive_int
-
-from ._common import StatelessMatrixOptimizer, as_matrix, compute_dtype, pyro_optim
+from pyro_ext.optim.common import StatelessMatrixOptimizer, as_matrix, compute_dtype, norm_floor, pyro_optim
 
 __all__ = ["SWAN", "SWANOptimizer", "grad_norm", "grad_whitening", "swan_direction"]
-
-
-def _floor(eps: float, dtype: torch.dtype) -> float:
-    # denominators never fall below the smallest normal number, so an all-zero row gives 0, not nan
-    return max(eps, torch.finfo(dtype).tiny)
 
 
 def grad_norm(grad: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -73,7 +67,7 @@ def grad_norm(grad: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """
     centred = grad - grad.mean(dim=-1, keepdim=True)
     std = centred.square().mean(dim=-1, keepdim=True).sqrt()
-    return centred / std.clamp_min(_floor(eps, grad.dtype))
+    return centred / std.clamp_min(norm_floor(eps, grad.dtype))
 
 
 def grad_whitening(grad: torch.Tensor, ns_steps: int = 10) -> torch.Tensor:
