@@ -245,9 +245,9 @@ class Target(ABC):
         compiler a ``RuntimeError``, and a missing pystan an ``ImportError``
         (``pip install ppl-ext[stan]``).
         """
-        from adapters.stan import _StanTarget
+        from adapters.stan import StanTarget
 
-        return _StanTarget(stan_code, {} if data is None else data, name)
+        return StanTarget(stan_code, {} if data is None else data, name)
 
     @staticmethod
     def from_posteriordb(name: str, backend: str = "numpyro", path: str | None = None) -> Target:

@@ -17,6 +17,7 @@ from adapters import Target, posteriordb
 pytest.importorskip("httpstan", reason="the stan extra (pystan + httpstan) is not installed")
 jax = pytest.importorskip("jax", reason="the numpyro extra is not installed")
 from adapters import stan as stan_route  # noqa: E402
+from adapters import stan_build  # noqa: E402
 
 needs_gxx = pytest.mark.skipif(stan_route.find_compiler() is None, reason="no C++ compiler (g++) to build Stan models")
 
@@ -194,6 +195,7 @@ def test_program_that_does_not_compile_gives_stancs_message():
 def test_missing_compiler_says_the_stan_route_needs_gxx(monkeypatch, tmp_path):
     monkeypatch.setenv(stan_route.CACHE_ENV_VAR, str(tmp_path))  # nothing cached here
     monkeypatch.setattr(stan_route, "find_compiler", lambda: None)
+    monkeypatch.setattr(stan_build, "find_compiler", lambda: None)  # compile_model's own look-up
     with pytest.raises(RuntimeError, match=r"the `stan` route needs a C\+\+ compiler \(g\+\+\).*'nogxx'"):
         Target.from_stan(EIGHT_SCHOOLS + "// not cached\n", {}, name="nogxx")
 
@@ -226,7 +228,7 @@ def test_public_api_fallback_matches_compiled(eight_schools):
     pytest.importorskip("stan", reason="pystan's public API does not import (it needs pkg_resources)")
     stan_target, _ = eight_schools
     data = posteriordb.load(ES_NAME, EMBEDDED).data
-    public = stan_route._StanTarget(EIGHT_SCHOOLS, data, "public", interface="public")
+    public = stan_route.StanTarget(EIGHT_SCHOOLS, data, "public", interface="public")
     assert public.interface == "public" and public.names == stan_target.names
     x = np.random.default_rng(2).normal(size=(2, 10))
     v_pub, g_pub = public.log_density_and_grad(x)
