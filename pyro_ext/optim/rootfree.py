@@ -54,7 +54,35 @@ def _param_name(optimizer: torch.optim.Optimizer, group_index: int, index: int) 
 
 
 class _RootFreeBase(torch.optim.Optimizer):
-    """State casting shared by the root-free optimizers: moments stay in ``compute_dtype``."""
+    """The step loop and state casting shared by the root-free optimizers: moments stay in ``compute_dtype``.
+
+    ``step`` checks each gradient (finite), divides it by ``loss_scale`` in the compute dtype,
+    creates the state on first use (``step`` plus the subclass's :meth:`init_state`), counts
+    the step and calls the subclass's :meth:`update`.
+    """
+
+    def init_state(self, state: dict[str, Any], p: torch.Tensor, dt: torch.dtype) -> None:
+        """Add the method's buffers (of dtype ``dt``, shaped like ``p``) to a new ``state``."""
+        raise NotImplementedError
+
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """One step on ``p`` from the scaled gradient ``grad`` (compute dtype; may be overwritten)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        loss = closure_loss(closure)
+        for gi, pi, group, p in params_with_grad(self):
+            check_finite_grad(_param_name(self, gi, pi), p.grad)
+            dt = compute_dtype(p.dtype)
+            grad = p.grad.to(dt) / group["loss_scale"]
+            state = self.state[p]
+            if not state:
+                state["step"] = 0
+                self.init_state(state, p, dt)
+            state["step"] += 1
+            self.update(p, grad, state, group)
+        return loss
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         # torch casts every loaded floating tensor to the parameter's dtype; bfloat16
@@ -124,31 +152,22 @@ class RootFreeRMSPropOptimizer(_RootFreeBase):
         for group in self.param_groups:
             _check_rmsprop_group(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = closure_loss(closure)
-        for gi, pi, group, p in params_with_grad(self):
-            lr, beta2, alpha1 = group["lr"], group["beta2"], group["alpha1"]
-            lam, kappa, batch, scale = group["lam"], group["kappa"], group["batch_size"], group["loss_scale"]
-            check_finite_grad(_param_name(self, gi, pi), p.grad)
-            dt = compute_dtype(p.dtype)
-            grad = p.grad.to(dt) / scale
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                # the paper initialises s at 1 (Fig. 4); RMSProp's 0 would make the first step g / lam
-                state["square_avg"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
-                state["momentum_buffer"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
-            state["step"] += 1
-            s = state["square_avg"]
-            s.mul_(1.0 - beta2).addcmul_(grad, grad, value=beta2 * batch)
-            direction = grad.div_(s + lam)
-            if kappa:
-                direction.add_(p.to(dt), alpha=kappa)
-            buf = state["momentum_buffer"]
-            buf.mul_(alpha1).add_(direction)
-            apply_(p, buf, -lr)
-        return loss
+    def init_state(self, state: dict[str, Any], p: torch.Tensor, dt: torch.dtype) -> None:
+        # the paper initialises s at 1 (Fig. 4); RMSProp's 0 would make the first step g / lam
+        state["square_avg"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
+        state["momentum_buffer"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        lr, beta2, alpha1 = group["lr"], group["beta2"], group["alpha1"]
+        lam, kappa, batch = group["lam"], group["kappa"], group["batch_size"]
+        s = state["square_avg"]
+        s.mul_(1.0 - beta2).addcmul_(grad, grad, value=beta2 * batch)
+        direction = grad.div_(s + lam)
+        if kappa:
+            direction.add_(p.to(grad.dtype), alpha=kappa)
+        buf = state["momentum_buffer"]
+        buf.mul_(alpha1).add_(direction)
+        apply_(p, buf, -lr)
 
 
 class RootFreeAdamWOptimizer(_RootFreeBase):
@@ -205,27 +224,18 @@ class RootFreeAdamWOptimizer(_RootFreeBase):
         for group in self.param_groups:
             _check_adamw_group(group)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:
-        loss = closure_loss(closure)
-        for gi, pi, group, p in params_with_grad(self):
-            lr, (beta1, beta2), damping = group["lr"], group["betas"], group["damping"]
-            wd, batch, scale = group["weight_decay"], group["batch_size"], group["loss_scale"]
-            check_finite_grad(_param_name(self, gi, pi), p.grad)
-            dt = compute_dtype(p.dtype)
-            grad = p.grad.to(dt) / scale
-            state = self.state[p]
-            if not state:
-                state["step"] = 0
-                state["exp_avg"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
-            state["step"] += 1
-            m, v = state["exp_avg"], state["exp_avg_sq"]
-            m.lerp_(grad, 1.0 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * batch)
-            step_size = lr / (1.0 - beta1 ** state["step"]) if group["bias_correction"] else lr
-            apply_(p, m / (v + damping), -step_size, decay=1.0 - lr * wd)
-        return loss
+    def init_state(self, state: dict[str, Any], p: torch.Tensor, dt: torch.dtype) -> None:
+        state["exp_avg"] = torch.zeros_like(p, dtype=dt, memory_format=torch.preserve_format)
+        state["exp_avg_sq"] = torch.ones_like(p, dtype=dt, memory_format=torch.preserve_format)
+
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        lr, (beta1, beta2), damping = group["lr"], group["betas"], group["damping"]
+        wd, batch = group["weight_decay"], group["batch_size"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(grad, 1.0 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * batch)
+        step_size = lr / (1.0 - beta1 ** state["step"]) if group["bias_correction"] else lr
+        apply_(p, m / (v + damping), -step_size, decay=1.0 - lr * wd)
 
 
 def _check_common(group: dict[str, Any]) -> None:

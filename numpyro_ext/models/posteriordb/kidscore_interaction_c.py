@@ -6,20 +6,13 @@ columns in the order of Stan's ``beta[1..4]``.
 """
 
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from numpyro_ext.models.posteriordb._util import as_float
+from numpyro_ext.models.posteriordb._util import normal_regression
 
 
 def model(N, kid_score, mom_hs, mom_iq):
     mom_hs, mom_iq = np.asarray(mom_hs, dtype=np.float64), np.asarray(mom_iq, dtype=np.float64)
     c_mom_hs, c_mom_iq = mom_hs - mom_hs.mean(), mom_iq - mom_iq.mean()
     x = np.stack([np.ones(N), c_mom_hs, c_mom_iq, c_mom_hs * c_mom_iq], axis=-1)
-    x, y = as_float(x), as_float(kid_score)
     # Stan gives beta and sigma no prior: flat densities on R^4 and (0, inf)
-    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (4,)))
-    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
-    with numpyro.plate("N", N):
-        numpyro.sample("kid_score", dist.Normal(x @ beta, sigma), obs=y)
+    normal_regression("kid_score", x, kid_score, N)

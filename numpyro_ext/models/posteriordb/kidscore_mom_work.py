@@ -6,19 +6,12 @@ columns in the order of Stan's ``beta[1..4]``.
 """
 
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from numpyro_ext.models.posteriordb._util import as_float
+from numpyro_ext.models.posteriordb._util import normal_regression
 
 
 def model(N, kid_score, mom_work):
     mom_work = np.asarray(mom_work)
     x = np.stack([np.ones(N), mom_work == 2, mom_work == 3, mom_work == 4], axis=-1)
-    x, y = as_float(x), as_float(kid_score)
     # Stan gives beta and sigma no prior: flat densities on R^4 and (0, inf)
-    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (4,)))
-    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
-    with numpyro.plate("N", N):
-        numpyro.sample("kid_score", dist.Normal(x @ beta, sigma), obs=y)
+    normal_regression("kid_score", x, kid_score, N)

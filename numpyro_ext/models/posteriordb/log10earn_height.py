@@ -6,18 +6,11 @@ columns in the order of Stan's ``beta[1..2]``.
 """
 
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from numpyro_ext.models.posteriordb._util import as_float
+from numpyro_ext.models.posteriordb._util import normal_regression
 
 
 def model(N, earn, height):
     x = np.stack([np.ones(N), np.asarray(height, dtype=np.float64)], axis=-1)
-    x, y = as_float(x), as_float(np.log10(np.asarray(earn, dtype=np.float64)))
     # Stan gives beta and sigma no prior: flat densities on R^2 and (0, inf)
-    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (2,)))
-    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
-    with numpyro.plate("N", N):
-        numpyro.sample("log10_earn", dist.Normal(x @ beta, sigma), obs=y)
+    normal_regression("log10_earn", x, np.log10(np.asarray(earn, dtype=np.float64)), N)

@@ -6,19 +6,12 @@ columns in the order of Stan's ``beta[1..4]``.
 """
 
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from numpyro_ext.models.posteriordb._util import as_float
+from numpyro_ext.models.posteriordb._util import normal_regression
 
 
 def model(N, earn, height, male):
     height, male = np.asarray(height, dtype=np.float64), np.asarray(male, dtype=np.float64)
     x = np.stack([np.ones(N), height, male, height * male], axis=-1)
-    x, y = as_float(x), as_float(np.log(np.asarray(earn, dtype=np.float64)))
     # Stan gives beta and sigma no prior: flat densities on R^4 and (0, inf)
-    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (4,)))
-    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
-    with numpyro.plate("N", N):
-        numpyro.sample("log_earn", dist.Normal(x @ beta, sigma), obs=y)
+    normal_regression("log_earn", x, np.log(np.asarray(earn, dtype=np.float64)), N)

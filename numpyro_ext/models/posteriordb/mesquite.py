@@ -6,19 +6,12 @@ columns in the order of Stan's ``beta[1..7]``.
 """
 
 import numpy as np
-import numpyro
-import numpyro.distributions as dist
-from numpyro.distributions import constraints
 
-from numpyro_ext.models.posteriordb._util import as_float
+from numpyro_ext.models.posteriordb._util import normal_regression
 
 
 def model(N, weight, diam1, diam2, canopy_height, total_height, density, group):
     columns = [diam1, diam2, canopy_height, total_height, density, group]
     x = np.stack([np.ones(N)] + [np.asarray(c, dtype=np.float64) for c in columns], axis=-1)
-    x, y = as_float(x), as_float(weight)
     # Stan gives beta and sigma no prior: flat densities on R^7 and (0, inf)
-    beta = numpyro.sample("beta", dist.ImproperUniform(constraints.real, (), (7,)))
-    sigma = numpyro.sample("sigma", dist.ImproperUniform(constraints.positive, (), ()))
-    with numpyro.plate("N", N):
-        numpyro.sample("weight", dist.Normal(x @ beta, sigma), obs=y)
+    normal_regression("weight", x, weight, N)

@@ -1,8 +1,10 @@
 """Helpers shared by the Pyro ports."""
 
 import numpy as np
+import pyro
 import pyro.distributions as dist
 import torch
+from pyro.distributions import constraints
 from torch.distributions import biject_to
 
 
@@ -23,3 +25,18 @@ class Flat(dist.ImproperUniform):
     def sample(self, sample_shape=()):
         shape = torch.Size(sample_shape) + self.batch_shape + self.event_shape
         return biject_to(self.support)(torch.rand(shape) * 4.0 - 2.0)
+
+
+def normal_regression(name: str, x, y, N: int, sigma_prior=None) -> None:
+    """Stan's ``y ~ normal(x * beta, sigma)`` over ``N`` data, ``x`` of shape ``(N, k)``.
+
+    Sites ``beta`` (flat on R^k: Stan gives it no prior), ``sigma`` (``sigma_prior``; flat on
+    ``(0, inf)`` when ``None``) and the observed ``name``; ``x`` and ``y`` are cast by :func:`as_float`.
+    """
+    x, y = as_float(x), as_float(y)
+    beta = pyro.sample("beta", Flat(constraints.real, (), (x.shape[-1],)))
+    if sigma_prior is None:
+        sigma_prior = Flat(constraints.positive, (), ())
+    sigma = pyro.sample("sigma", sigma_prior)
+    with pyro.plate("N", N):
+        pyro.sample(name, dist.Normal(x @ beta, sigma), obs=y)

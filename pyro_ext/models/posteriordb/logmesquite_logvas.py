@@ -6,11 +6,8 @@ columns in the order of Stan's ``beta[1..7]``.
 """
 
 import numpy as np
-import pyro
-import pyro.distributions as dist
-from pyro.distributions import constraints
 
-from pyro_ext.models.posteriordb._util import Flat, as_float
+from pyro_ext.models.posteriordb._util import normal_regression
 
 
 def model(N, weight, diam1, diam2, canopy_height, total_height, density, group):
@@ -25,9 +22,5 @@ def model(N, weight, diam1, diam2, canopy_height, total_height, density, group):
         np.asarray(group, dtype=np.float64),
     ]
     x = np.stack(columns, axis=-1)
-    x, y = as_float(x), as_float(np.log(np.asarray(weight, dtype=np.float64)))
     # Stan gives beta and sigma no prior: flat densities on R^7 and (0, inf)
-    beta = pyro.sample("beta", Flat(constraints.real, (), (7,)))
-    sigma = pyro.sample("sigma", Flat(constraints.positive, (), ()))
-    with pyro.plate("N", N):
-        pyro.sample("log_weight", dist.Normal(x @ beta, sigma), obs=y)
+    normal_regression("log_weight", x, np.log(np.asarray(weight, dtype=np.float64)), N)
