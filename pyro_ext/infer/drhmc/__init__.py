@@ -12,28 +12,8 @@ of :mod:`numpyro_ext.infer.drhmc`, in three modules:
   length) and step-size search, from Pyro's public API.
 """
 
-from pyro_ext.infer.drhmc.core import (
-    DelayedRejectionInfo,
-    DRHMCInfo,
-    DRHMCState,
-    IntegratorState,
-    build_kernel,
-    delayed_rejection,
-    init,
-    leapfrog_involution,
-    stage_schedule,
-)
+from pyro_ext.infer.drhmc import core
+from pyro_ext.infer.drhmc.core import *  # noqa: F403  (the math core's public names, core.__all__)
 from pyro_ext.infer.drhmc.kernel import DRHMC
 
-__all__ = [
-    "DRHMC",
-    "DRHMCInfo",
-    "DRHMCState",
-    "DelayedRejectionInfo",
-    "IntegratorState",
-    "build_kernel",
-    "delayed_rejection",
-    "init",
-    "leapfrog_involution",
-    "stage_schedule",
-]
+__all__ = ["DRHMC", *core.__all__]

@@ -372,16 +372,8 @@ def build_kernel(
 
         new, info = delayed_rejection(generator, point, log_joint, proposals, probabilistic, max_delta_energy)
         new_state = DRHMCState(new.position, new.logdensity, new.logdensity_grad)
-        return new_state, DRHMCInfo(
-            acceptance_rate=info.acceptance_rate,
-            first_acceptance_rate=info.first_acceptance_rate,
-            is_accepted=info.is_accepted,
-            stage=info.stage,
-            num_proposals=info.num_proposals,
-            is_divergent=info.is_divergent,
-            energy=-info.log_joint,
-            num_grad_evals=info.num_evals,
-            num_integration_steps=info.chain_evals,
-        )
+        # the first six fields (acceptance_rate ... is_divergent) are DelayedRejectionInfo's, in its order
+        extra = dict(energy=-info.log_joint, num_grad_evals=info.num_evals, num_integration_steps=info.chain_evals)
+        return new_state, DRHMCInfo(*info[:6], **extra)
 
     return step

@@ -168,15 +168,9 @@ class NUTSWarmup:
     def __init__(self, potential_fn: Callable, initial_params: dict[str, torch.Tensor], warmup_steps: int, config):
         self.potential_fn = potential_fn
         self.counter = _CountingPotential(potential_fn)
-        self.nuts = NUTS(
-            potential_fn=self.counter,
-            step_size=config.step_size,
-            adapt_step_size=config.adapt_step_size,
-            adapt_mass_matrix=config.adapt_mass_matrix,
-            full_mass=config.dense_mass,
-            target_accept_prob=config.target_accept_prob,
-            max_tree_depth=config.max_tree_depth,
-        )
+        same_names = ("step_size", "adapt_step_size", "adapt_mass_matrix", "target_accept_prob", "max_tree_depth")
+        settings = {name: getattr(config, name) for name in same_names}
+        self.nuts = NUTS(potential_fn=self.counter, full_mass=config.dense_mass, **settings)
         self.nuts.mass_matrix_adapter = _WindowEndMassMatrix(self.counter)
         self.nuts.initial_params = initial_params
         self.nuts.setup(warmup_steps)
