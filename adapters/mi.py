@@ -17,7 +17,8 @@ Everything here is NumPy; the backends turn schedules into their own arrays.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -230,6 +231,15 @@ class AISConfig:
         set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
         set_("adaptation_rate", check_positive("adaptation_rate", self.adaptation_rate))
         set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> AISConfig:
+        """The config of the entries of ``arguments`` named like its fields (others keep their defaults).
+
+        For a function whose parameters carry the fields' names: ``AISConfig.from_arguments(locals())``
+        as its first statement passes them on without listing each one again.
+        """
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
 
     @property
     def betas(self) -> np.ndarray:

@@ -52,26 +52,23 @@ Inputs are JAX functions of ONE sample: ``sample_joint(rng_key, n) -> (x (n, dx)
 from __future__ import annotations
 
 import functools
-import math
+import inspect
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import logsumexp
 
 from adapters.mi import AISConfig, BoundEstimate
 from adapters.validation import check_positive_int
-from numpyro_ext.infer.ais import _anneal, _directions, pilot_step_sizes
+from numpyro_ext.infer.ais.anneal import Adaptation, anneal, pilot_step_sizes
+from numpyro_ext.infer.ais.chain import KernelSettings
+from numpyro_ext.infer.smc_util import log_mean_exp
 
 __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
 
 Array = jax.Array
-
-
-def _log_mean_exp(x: Array) -> Array:
-    return logsumexp(x, axis=-1) - math.log(x.shape[-1])
 
 
 def _joint_draws(sample_joint: Callable, rng_key: Array, num: int) -> tuple[Array, Array]:
@@ -165,7 +162,7 @@ def _iwae_fn(sample_joint, log_prior, log_likelihood, proposal, num_samples, num
         def one(x_i, z_i, draws_i):
             _, log_weight = _densities(log_prior, log_likelihood, proposal, x_i)
             with_true = jnp.concatenate([z_i[None].astype(draws_i.dtype), draws_i[: num_importance - 1]])
-            return _log_mean_exp(jax.vmap(log_weight)(jnp.where(lower, with_true, draws_i)))
+            return log_mean_exp(jax.vmap(log_weight)(jnp.where(lower, with_true, draws_i)), axis=-1)
 
         log_px = jax.vmap(one)(x, z, draws)
         return x, z, log_px_z - log_px, log_px_z, log_px
@@ -173,9 +170,36 @@ def _iwae_fn(sample_joint, log_prior, log_likelihood, proposal, num_samples, num
     return run
 
 
+def _bound_pair(body: Callable, name: str) -> tuple[Callable, Callable]:
+    """``{name}_lower`` and ``{name}_upper``: ``body(*args, lower=True/False, **kwargs)`` with the
+    signature of ``body`` less its keyword-only ``lower``, so both bounds share one signature and body."""
+    signature = inspect.signature(body)
+    public = signature.replace(parameters=[p for p in signature.parameters.values() if p.name != "lower"])
+
+    def make(lower: bool) -> Callable:
+        def bound(*args: Any, **kwargs: Any) -> Any:
+            return body(*args, lower=lower, **kwargs)
+
+        bound.__name__ = bound.__qualname__ = f"{name}_{'lower' if lower else 'upper'}"
+        bound.__signature__ = public  # type: ignore[attr-defined]
+        return bound
+
+    return make(True), make(False)
+
+
 def _iwae(
-    rng_key, sample_joint, log_prior, log_likelihood, num_samples, num_importance, proposal, lower, return_details
-):
+    rng_key: Array,
+    sample_joint: Callable,
+    log_prior: Callable,
+    log_likelihood: Callable,
+    num_samples: int = 256,
+    num_importance: int = 16,
+    proposal: Callable | None = None,
+    return_details: bool = False,
+    *,
+    lower: bool,
+) -> BoundEstimate | tuple[BoundEstimate, dict]:
+    """:func:`iwae_mi_lower` (``lower``) and :func:`iwae_mi_upper`."""
     num_samples = check_positive_int("num_samples", num_samples)
     num_importance = check_positive_int("num_importance", num_importance)
     joint_key, proposal_key, _, _ = _split_key(rng_key)
@@ -186,17 +210,8 @@ def _iwae(
     return _finish(values, kind, f"iwae-mi-{kind}", details, return_details)
 
 
-def iwae_mi_lower(
-    rng_key: Array,
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 256,
-    num_importance: int = 16,
-    proposal: Callable | None = None,
-    return_details: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
-    """IWAE lower bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``,
+iwae_mi_lower, iwae_mi_upper = _bound_pair(_iwae, "iwae_mi")
+iwae_mi_lower.__doc__ = """IWAE lower bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``,
     ``z^1 = z_i`` (exact posterior sample), ``z^{2:K} ~ q(. | x_i)`` (the prior by default),
     ``w = p(x, z) / q(z | x)`` (module docstring; the ``T = 1`` multi-sample AIS lower bound).
 
@@ -205,29 +220,12 @@ def iwae_mi_lower(
     ``return_details`` also returns a dict with ``x``, ``z``, ``per_sample`` ``(N,)``,
     ``log_px_given_z`` and ``log_px_bound`` (the upper bound on ``log p(x_i)``).
     """
-    return _iwae(
-        rng_key, sample_joint, log_prior, log_likelihood, num_samples, num_importance, proposal, True, return_details
-    )
 
-
-def iwae_mi_upper(
-    rng_key: Array,
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 256,
-    num_importance: int = 16,
-    proposal: Callable | None = None,
-    return_details: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
-    """IWAE upper bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``
+iwae_mi_upper.__doc__ = """IWAE upper bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``
     with ``z^{1:K} ~ q(. | x_i)`` (the prior by default), ``w = p(x, z) / q(z | x)``; the IWAE
     lower bound on ``log p(x_i)`` makes it an upper bound on ``I`` (module docstring).
     ``return_details`` as in :func:`iwae_mi_lower` (``log_px_bound`` is then a lower bound).
     """
-    return _iwae(
-        rng_key, sample_joint, log_prior, log_likelihood, num_samples, num_importance, proposal, False, return_details
-    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -264,7 +262,6 @@ def _ais_program(
         reverse = jnp.tile(lower & (jnp.arange(num_chains) == 0), num_samples)
         data = jnp.repeat(x, num_chains, axis=0)
         steps_tc = jnp.broadcast_to(steps.astype(draws.dtype)[:, None], (steps.shape[0], init.shape[0]))
-        betas_from, betas_to, steps_tc = _directions(betas.astype(draws.dtype), steps_tc, reverse)
 
         def log_base(z, x_i):
             return _densities(log_prior, log_likelihood, proposal, x_i)[0](z)
@@ -272,25 +269,12 @@ def _ais_program(
         def log_increment(z, x_i):
             return _densities(log_prior, log_likelihood, proposal, x_i)[1](z)
 
-        final, info, adapted = _anneal(
-            chain_key,
-            init,
-            log_base,
-            log_increment,
-            betas_from,
-            betas_to,
-            steps_tc,
-            adapt,
-            target,
-            rate,
-            num_leapfrog,
-            inverse_mass_matrix,
-            transition,
-            max_delta_energy,
-            chain_data=data,
-        )
-        log_w = jnp.where(reverse, -final.log_weight, final.log_weight).reshape(num_samples, num_chains)
-        log_px = _log_mean_exp(log_w)
+        adaptation = Adaptation(adapt, target, rate)
+        kernel = KernelSettings(num_leapfrog, inverse_mass_matrix, transition, max_delta_energy)
+        betas = betas.astype(draws.dtype)
+        out = anneal(chain_key, init, log_base, log_increment, betas, steps_tc, reverse, adaptation, kernel, data)
+        log_w = out.log_weights.reshape(num_samples, num_chains)
+        log_px = log_mean_exp(log_w, axis=-1)
         return {
             "x": x,
             "z": z,
@@ -299,48 +283,49 @@ def _ais_program(
             "log_px_bound": log_px,
             "log_weights": log_w,
             "step_sizes": steps,
-            "pilot_step_sizes": pilot_step_sizes(adapted, log_w),
-            "acceptance_rate": jnp.mean(info.acceptance_rate, axis=1),
-            "num_divergent": jnp.sum(info.is_divergent),
+            "pilot_step_sizes": pilot_step_sizes(out.adapted_step_size, log_w),
+            "acceptance_rate": jnp.mean(out.acceptance_rate, axis=1),
+            "num_divergent": jnp.sum(out.is_divergent),
         }
 
     return program
 
 
-def _ais_mi(
-    rng_key,
-    sample_joint,
-    log_prior,
-    log_likelihood,
-    num_samples,
-    num_chains,
-    num_steps,
-    schedule,
-    proposal,
-    step_size,
-    num_leapfrog,
-    adapt_step_size,
-    target_accept_prob,
-    inverse_mass_matrix,
-    transition,
-    adaptation_rate,
-    max_delta_energy,
-    lower,
-    return_details,
-):
-    cfg = AISConfig(
-        num_steps=num_steps,
-        num_chains=num_chains,
-        schedule=schedule,
-        transition=transition,
-        step_size=step_size,
-        num_leapfrog=num_leapfrog,
-        adapt_step_size=adapt_step_size,
-        target_accept_prob=target_accept_prob,
-        adaptation_rate=adaptation_rate,
-        max_delta_energy=max_delta_energy,
-    )
+def _ais_mi_bound(
+    rng_key: Array,
+    sample_joint: Callable,
+    log_prior: Callable,
+    log_likelihood: Callable,
+    num_samples: int = 128,
+    num_chains: int = 16,
+    num_steps: int = 100,
+    schedule: Any = "sigmoid",
+    proposal: Callable | None = None,
+    step_size: float = 0.1,
+    num_leapfrog: int = 10,
+    adapt_step_size: bool = True,
+    target_accept_prob: float = 0.65,
+    inverse_mass_matrix: Any = None,
+    transition: str | Callable = "hmc",
+    adaptation_rate: float = 1.0,
+    max_delta_energy: float = 1000.0,
+    return_details: bool = False,
+    *,
+    lower: bool,
+) -> BoundEstimate | tuple[BoundEstimate, dict]:
+    """:func:`ais_mi_lower` (``lower``) and :func:`ais_mi_upper`."""
+    cfg = AISConfig.from_arguments(locals())
     num_samples = check_positive_int("num_samples", num_samples)
+    out = _ais_mi(
+        rng_key, sample_joint, log_prior, log_likelihood, num_samples, proposal, inverse_mass_matrix, cfg, lower
+    )
+    kind = "lower" if lower else "upper"
+    details = {k: v for k, v in out.items() if k not in ("per_sample", "pilot_step_sizes")}
+    return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details)
+
+
+def _ais_mi(rng_key, sample_joint, log_prior, log_likelihood, num_samples, proposal, inverse_mass_matrix, cfg, lower):
+    """The pilot (when ``cfg.adapt_step_size``) and the estimating pass of :func:`_ais_program`: its output dict."""
     program = _cached(
         _ais_program,
         sample_joint,
@@ -366,33 +351,11 @@ def _ais_mi(
         # the pilot: its own joint draws and chains, so the schedule is independent of the estimate's
         pilot_keys = jnp.stack(_split_key(keys[3]))
         steps = program(pilot_keys, betas, steps, True, False, imm)["pilot_step_sizes"]
-    out = program(keys, betas, steps, False, lower, imm)
-    kind = "lower" if lower else "upper"
-    details = {k: v for k, v in out.items() if k not in ("per_sample", "pilot_step_sizes")}
-    return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details)
+    return program(keys, betas, steps, False, lower, imm)
 
 
-def ais_mi_lower(
-    rng_key: Array,
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 128,
-    num_chains: int = 16,
-    num_steps: int = 100,
-    schedule: Any = "sigmoid",
-    proposal: Callable | None = None,
-    step_size: float = 0.1,
-    num_leapfrog: int = 10,
-    adapt_step_size: bool = True,
-    target_accept_prob: float = 0.65,
-    inverse_mass_matrix: Any = None,
-    transition: str | Callable = "hmc",
-    adaptation_rate: float = 1.0,
-    max_delta_energy: float = 1000.0,
-    return_details: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
-    """Multi-sample AIS lower bound on ``I(x; z)`` (Brekelmans et al. 2022, Multi-Sample AIS).
+ais_mi_lower, ais_mi_upper = _bound_pair(_ais_mi_bound, "ais_mi")
+ais_mi_lower.__doc__ = """Multi-sample AIS lower bound on ``I(x; z)`` (Brekelmans et al. 2022, Multi-Sample AIS).
 
     For each of ``N = num_samples`` draws ``(x_i, z_i) ~ p(x, z)``: ``K - 1`` forward AIS chains
     (``K = num_chains``) from ``pi_0`` (prior, or ``proposal(x_i)``) to ``p(z | x_i)`` and one
@@ -405,74 +368,11 @@ def ais_mi_lower(
     ``log_weights`` ``(N, K)`` (column 0 the reverse chain), ``step_sizes`` ``(T,)``,
     ``acceptance_rate`` ``(T,)``, ``num_divergent``.
     """
-    return _ais_mi(
-        rng_key,
-        sample_joint,
-        log_prior,
-        log_likelihood,
-        num_samples,
-        num_chains,
-        num_steps,
-        schedule,
-        proposal,
-        step_size,
-        num_leapfrog,
-        adapt_step_size,
-        target_accept_prob,
-        inverse_mass_matrix,
-        transition,
-        adaptation_rate,
-        max_delta_energy,
-        True,
-        return_details,
-    )
 
-
-def ais_mi_upper(
-    rng_key: Array,
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 128,
-    num_chains: int = 16,
-    num_steps: int = 100,
-    schedule: Any = "sigmoid",
-    proposal: Callable | None = None,
-    step_size: float = 0.1,
-    num_leapfrog: int = 10,
-    adapt_step_size: bool = True,
-    target_accept_prob: float = 0.65,
-    inverse_mass_matrix: Any = None,
-    transition: str | Callable = "hmc",
-    adaptation_rate: float = 1.0,
-    max_delta_energy: float = 1000.0,
-    return_details: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
-    """Multi-sample AIS upper bound on ``I(x; z)`` (Brekelmans et al. 2022, Multi-Sample AIS).
+ais_mi_upper.__doc__ = """Multi-sample AIS upper bound on ``I(x; z)`` (Brekelmans et al. 2022, Multi-Sample AIS).
 
     ``K`` forward chains per outer draw ``(x_i, z_i)``;
     ``u_i = log p(x_i|z_i) - log((1/K) sum_k w_k)`` with ``E u_i >= I``.  Arguments and
     ``return_details`` as in :func:`ais_mi_lower` (``log_px_bound`` is then a lower bound on
     ``log p(x_i)``); ``num_steps=1`` is :func:`iwae_mi_upper` on the same samples.
     """
-    return _ais_mi(
-        rng_key,
-        sample_joint,
-        log_prior,
-        log_likelihood,
-        num_samples,
-        num_chains,
-        num_steps,
-        schedule,
-        proposal,
-        step_size,
-        num_leapfrog,
-        adapt_step_size,
-        target_accept_prob,
-        inverse_mass_matrix,
-        transition,
-        adaptation_rate,
-        max_delta_energy,
-        False,
-        return_details,
-    )

@@ -215,6 +215,16 @@ def test_ais_config_defaults_and_array_schedule():
     np.testing.assert_array_equal(custom.betas, [0.0, 0.2, 1.0])
 
 
+def test_ais_config_from_arguments_takes_the_named_fields():
+    def entry_point(rng_key, num_chains=4, schedule="linear", step_size=0.3, other=None):
+        return AISConfig.from_arguments(locals())
+
+    cfg = entry_point(0)
+    assert cfg == AISConfig(num_chains=4, schedule="linear", step_size=0.3)
+    with pytest.raises(ValueError, match="num_chains must be a positive integer"):
+        entry_point(0, num_chains=0)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

@@ -1,19 +1,16 @@
-"""Delayed-rejection Hamiltonian Monte Carlo (DR-HMC) in JAX, and its NumPyro kernel.
+"""Delayed-rejection Hamiltonian Monte Carlo (DR-HMC) in JAX: the pure math core.
 
 Modi, Barnett & Carpenter, "Delayed rejection Hamiltonian Monte Carlo for sampling
 multiscale distributions", Bayesian Analysis 18(4), 2023 (arXiv:2110.00610).
 
-Three layers, each usable alone:
+The pure math core, apart from the NumPyro kernel (:mod:`numpyro_ext.infer.drhmc.kernel`):
 
 * :func:`delayed_rejection` - the meta-algorithm (Tierney & Mira 1999; Green & Mira 2001)
   for any sequence of deterministic, volume-preserving involutions on an extended state;
   HMC (leapfrog + momentum flip) is one such family, a random walk ``(x, v) -> (x + s v, -v)``
   is another.
-* :func:`init` / :func:`build_kernel` - DR-HMC's pure BlackJAX-style math core on a flat
-  position vector.
-* :class:`DRHMC` - a :class:`numpyro.infer.mcmc.MCMCKernel` for ``numpyro.infer.MCMC``,
-  with NumPyro's step-size/mass-matrix warmup and (when no trajectory length is given) a
-  NUTS warmup that picks the trajectory length.
+* :func:`init` / :func:`build_kernel` - DR-HMC's BlackJAX-style transition on a flat position
+  vector, built from the leapfrog of :mod:`numpyro_ext.infer.hmc_util`.
 
 The acceptance probability of stage ``k`` from ``x`` with proposal ``y_k = F_k(x)`` is the
 paper's eq. (9)/(12), written recursively for any number of stages and with the
@@ -31,26 +28,27 @@ probabilities is one more factor of the same product).
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.flatten_util import ravel_pytree
-from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.mcmc import MCMCKernel
 
-from adapters.configs import DRHMCConfig, check_model_or_potential
 from adapters.validation import check_greater, check_positive_int
+from numpyro_ext.infer.hmc_util import (
+    IntegratorState,
+    finite_or_neg_inf,
+    is_divergent,
+    kinetic_energy,
+    leapfrog_involution,
+    sample_momentum,
+)
 
 __all__ = [
-    "DRHMC",
     "DRHMCInfo",
     "DRHMCState",
     "DelayedRejectionInfo",
-    "IntegratorState",
     "build_kernel",
     "delayed_rejection",
     "init",
@@ -89,10 +87,6 @@ class DelayedRejectionInfo(NamedTuple):
     log_joint: Array
 
 
-def _finite_or_neg_inf(value: Array) -> Array:
-    return jnp.where(jnp.isfinite(value), value, -jnp.inf)
-
-
 def _log1m_exp(log_p: Array) -> Array:
     """log(1 - p) for log p <= 0, accurate near both ends (Maechler 2012)."""
     return jnp.where(log_p > -math.log(2.0), jnp.log(-jnp.expm1(log_p)), jnp.log1p(-jnp.exp(log_p)))
@@ -110,6 +104,44 @@ def _log_accept(log_joint_from, log_joint_to, log_rejects_from, log_rejects_to, 
     log_ratio = jnp.where(denominator == -jnp.inf, 0.0, numerator - denominator)
     log_ratio = jnp.where(jnp.isnan(log_ratio) | (numerator == -jnp.inf), -jnp.inf, log_ratio)
     return jnp.minimum(log_ratio, 0.0)
+
+
+def _ghost_ladder(proposals, log_joint_fn, weight, start, log_joint_start, depth):
+    """``log(1 - alpha_j(start))`` for ``j < depth`` (the ghost stages from ``start``), and their cost."""
+    log_rejects, cost = [], jnp.zeros((), jnp.int32)
+    for j in range(depth):
+        proposal, proposal_cost = proposals[j](start)
+        log_joint_proposal = finite_or_neg_inf(log_joint_fn(proposal))
+        ghost_rejects, ghost_cost = _ghost_ladder(proposals, log_joint_fn, weight, proposal, log_joint_proposal, j)
+        log_alpha = _log_accept(log_joint_start, log_joint_proposal, log_rejects, ghost_rejects, weight)
+        log_rejects.append(_log1m_exp(log_alpha))
+        cost = cost + proposal_cost + ghost_cost
+    return log_rejects, cost
+
+
+class _Carry(NamedTuple):
+    """The chain's side of :func:`delayed_rejection` between stages."""
+
+    point: Any
+    active: Array  # try the next stage
+    log_rejects: Array  # (num_stages,): log(1 - alpha_j(start)) of the stages tried
+    info: DelayedRejectionInfo
+
+
+def _start_info(log_joint_start: Array) -> DelayedRejectionInfo:
+    """The info of a transition that has tried no stage yet."""
+    zero_int = jnp.zeros((), jnp.int32)
+    return DelayedRejectionInfo(
+        acceptance_rate=jnp.zeros_like(log_joint_start),
+        first_acceptance_rate=jnp.zeros_like(log_joint_start),
+        is_accepted=jnp.array(False),
+        stage=jnp.array(-1, jnp.int32),
+        num_proposals=zero_int,
+        is_divergent=jnp.array(False),
+        num_evals=zero_int,
+        chain_evals=zero_int,
+        log_joint=log_joint_start,
+    )
 
 
 def delayed_rejection(
@@ -148,59 +180,27 @@ def delayed_rejection(
         raise ValueError(f"delayed_rejection: `proposals` must hold at least one proposal, got {num_stages}")
     weight = 2.0 if probabilistic else 1.0
 
-    def ghost_ladder(start, log_joint_start, depth):
-        """log(1 - alpha_j(start)) for j < depth, and the cost of computing them."""
-        log_rejects, cost = [], jnp.zeros((), jnp.int32)
-        for j in range(depth):
-            proposal, proposal_cost = proposals[j](start)
-            log_joint_proposal = _finite_or_neg_inf(log_joint_fn(proposal))
-            ghost_rejects, ghost_cost = ghost_ladder(proposal, log_joint_proposal, j)
-            log_alpha = _log_accept(log_joint_start, log_joint_proposal, log_rejects, ghost_rejects, weight)
-            log_rejects.append(_log1m_exp(log_alpha))
-            cost = cost + proposal_cost + ghost_cost
-        return log_rejects, cost
-
-    log_joint_start = _finite_or_neg_inf(log_joint_fn(point))
+    log_joint_start = finite_or_neg_inf(log_joint_fn(point))
     accept_keys, retry_keys = jax.random.split(rng_key)
     log_u_accept = jnp.log(jax.random.uniform(accept_keys, (num_stages,)))
     log_u_retry = jnp.log(jax.random.uniform(retry_keys, (num_stages,)))
 
-    class _Carry(NamedTuple):
-        point: Any
-        active: Array
-        log_rejects: Array  # (num_stages,): log(1 - alpha_j(start)) of the stages tried
-        info: DelayedRejectionInfo
-
-    zero_int = jnp.zeros((), jnp.int32)
     carry = _Carry(
-        point,
-        jnp.array(True),
-        jnp.zeros((num_stages,), log_joint_start.dtype),
-        DelayedRejectionInfo(
-            acceptance_rate=jnp.zeros_like(log_joint_start),
-            first_acceptance_rate=jnp.zeros_like(log_joint_start),
-            is_accepted=jnp.array(False),
-            stage=jnp.array(-1, jnp.int32),
-            num_proposals=zero_int,
-            is_divergent=jnp.array(False),
-            num_evals=zero_int,
-            chain_evals=zero_int,
-            log_joint=log_joint_start,
-        ),
+        point, jnp.array(True), jnp.zeros((num_stages,), log_joint_start.dtype), _start_info(log_joint_start)
     )
 
     for k in range(num_stages):
 
         def try_stage(carry, k=k):
             proposal, proposal_cost = proposals[k](point)
-            log_joint_proposal = _finite_or_neg_inf(log_joint_fn(proposal))
-            ghost_rejects, ghost_cost = ghost_ladder(proposal, log_joint_proposal, k)
+            log_joint_proposal = finite_or_neg_inf(log_joint_fn(proposal))
+            ghost_rejects, ghost_cost = _ghost_ladder(proposals, log_joint_fn, weight, proposal, log_joint_proposal, k)
             chain_rejects = [carry.log_rejects[j] for j in range(k)]
             log_alpha = _log_accept(log_joint_start, log_joint_proposal, chain_rejects, ghost_rejects, weight)
             accepted = log_u_accept[k] < log_alpha
             log_reject = _log1m_exp(log_alpha)
             retry = ~accepted & (log_u_retry[k] < (log_reject if probabilistic else 0.0))
-            divergent = (log_joint_proposal == -jnp.inf) | (log_joint_start - log_joint_proposal > max_delta_energy)
+            divergent = is_divergent(log_joint_start, log_joint_proposal, max_delta_energy)
             info = carry.info
             alpha = jnp.exp(log_alpha)
             info = DelayedRejectionInfo(
@@ -224,15 +224,6 @@ def delayed_rejection(
 # ---------------------------------------------------------------------------------------
 # DR-HMC math core
 # ---------------------------------------------------------------------------------------
-class IntegratorState(NamedTuple):
-    """A point of HMC's extended space; shapes ``(d,)`` except the scalar ``logdensity``."""
-
-    position: Array
-    momentum: Array
-    logdensity: Array
-    logdensity_grad: Array
-
-
 class DRHMCState(NamedTuple):
     """The chain's state: position ``(d,)``, its log density and gradient ``(d,)``."""
 
@@ -247,7 +238,7 @@ class DRHMCInfo(NamedTuple):
     acceptance_rate: Array
     first_acceptance_rate: Array
     is_accepted: Array
-    stage: Array
+    stage: Array  # the accepted stage, -1 when none
     num_proposals: Array
     is_divergent: Array
     energy: Array
@@ -271,42 +262,6 @@ def stage_schedule(step_size: Array, num_steps: Array, stage: int, reduction_fac
     return step_size * num_steps / num_steps_k, num_steps_k
 
 
-def _velocity(inverse_mass_matrix: Array, momentum: Array) -> Array:
-    return inverse_mass_matrix * momentum if inverse_mass_matrix.ndim == 1 else inverse_mass_matrix @ momentum
-
-
-def _kinetic_energy(inverse_mass_matrix: Array, momentum: Array) -> Array:
-    return 0.5 * jnp.dot(momentum, _velocity(inverse_mass_matrix, momentum))
-
-
-def _sample_momentum(rng_key: Array, inverse_mass_matrix: Array, like: Array) -> Array:
-    """Momentum ~ N(0, M) with ``M`` the inverse of ``inverse_mass_matrix``."""
-    noise = jax.random.normal(rng_key, like.shape, like.dtype)
-    if inverse_mass_matrix.ndim == 1:
-        return noise / jnp.sqrt(inverse_mass_matrix)
-    # with inverse_mass_matrix = C C^T, r = C^{-T} noise has covariance (C C^T)^{-1} = M
-    cholesky = jnp.linalg.cholesky(inverse_mass_matrix)
-    return jax.scipy.linalg.solve_triangular(cholesky.T, noise, lower=False)
-
-
-def _leapfrog_involution(logdensity_fn, inverse_mass_matrix, step_size, num_steps):
-    """``num_steps`` velocity-Verlet steps followed by a momentum flip: an involution."""
-    value_and_grad = jax.value_and_grad(logdensity_fn)
-
-    def one_step(_, point: IntegratorState) -> IntegratorState:
-        momentum = point.momentum + 0.5 * step_size * point.logdensity_grad
-        position = point.position + step_size * _velocity(inverse_mass_matrix, momentum)
-        logdensity, logdensity_grad = value_and_grad(position)
-        momentum = momentum + 0.5 * step_size * logdensity_grad
-        return IntegratorState(position, momentum, logdensity, logdensity_grad)
-
-    def involution(point: IntegratorState) -> tuple[IntegratorState, Array]:
-        end = jax.lax.fori_loop(0, num_steps, one_step, point)
-        return end._replace(momentum=-end.momentum), num_steps
-
-    return involution
-
-
 def build_kernel(
     max_proposals: int = 3,
     reduction_factor: float = 4.0,
@@ -326,17 +281,17 @@ def build_kernel(
 
     def step(rng_key, state: DRHMCState, logdensity_fn, step_size, inverse_mass_matrix, num_steps):
         momentum_key, accept_key = jax.random.split(rng_key)
-        momentum = _sample_momentum(momentum_key, inverse_mass_matrix, state.position)
+        momentum = sample_momentum(momentum_key, inverse_mass_matrix, state.position)
         point = IntegratorState(state.position, momentum, state.logdensity, state.logdensity_grad)
         proposals = [
-            _leapfrog_involution(
+            leapfrog_involution(
                 logdensity_fn, inverse_mass_matrix, *stage_schedule(step_size, num_steps, k, reduction_factor)
             )
             for k in range(max_proposals)
         ]
 
         def log_joint(point: IntegratorState) -> Array:
-            return point.logdensity - _kinetic_energy(inverse_mass_matrix, point.momentum)
+            return point.logdensity - kinetic_energy(inverse_mass_matrix, point.momentum)
 
         new_point, dr_info = delayed_rejection(accept_key, point, log_joint, proposals, probabilistic, max_delta_energy)
         new_state = DRHMCState(new_point.position, new_point.logdensity, new_point.logdensity_grad)
@@ -354,507 +309,3 @@ def build_kernel(
         return new_state, info
 
     return step
-
-
-# ---------------------------------------------------------------------------------------
-# NumPyro kernel
-# ---------------------------------------------------------------------------------------
-class DRHMCKernelState(NamedTuple):
-    """State of :class:`DRHMC`, named like NumPyro's ``HMCState`` so ``MCMC`` and ArviZ read it.
-
-    ``z`` holds the unconstrained sites (a dict for a model, a flat vector for a potential),
-    ``num_steps`` the leapfrog steps of the chain's own trajectories in this transition,
-    ``num_grad_evals`` all gradient evaluations (ghost trajectories included), ``stage`` the
-    accepted stage (-1 if none), ``accept_prob`` the last tried stage's acceptance
-    probability, ``trajectory_length`` the first stage's ``step_size * L``.
-    """
-
-    i: Array
-    z: Any
-    z_grad: Any
-    potential_energy: Array
-    energy: Array
-    num_steps: Array
-    accept_prob: Array
-    mean_accept_prob: Array
-    diverging: Array
-    stage: Array
-    num_grad_evals: Array
-    trajectory_length: Array
-    length_sum: Array
-    length_count: Array
-    adapt_state: Any
-    rng_key: Array
-
-
-class _Transition(NamedTuple):
-    position: Array
-    potential_energy: Array
-    potential_grad: Array
-    energy: Array
-    adapt_accept_prob: Array
-    accept_prob: Array
-    diverging: Array
-    num_steps: Array
-    num_grad_evals: Array
-    stage: Array
-
-
-class DRHMC(MCMCKernel):
-    """Delayed-rejection HMC (Modi, Barnett & Carpenter 2023) for :class:`numpyro.infer.MCMC`.
-
-    Each iteration draws one momentum and tries up to ``max_proposals`` leapfrog
-    trajectories of the same length from the same start: stage ``k`` uses step size
-    ``step_size / reduction_factor**k`` and ``num_steps * reduction_factor**k`` steps.
-    Later stages are only needed where the first one fails, i.e. in regions of high
-    curvature, so a step size tuned for the bulk keeps working in a funnel's neck.
-
-    Args:
-        model: a NumPyro model, or an :class:`adapters.Target` (any backend).
-        potential_fn: instead of ``model``, a potential energy (negative log density) of
-            the unconstrained parameters; ``MCMC.run(..., init_params=...)`` is then needed.
-        step_size: first-stage step size ``eps`` (the start of adaptation when adapting).
-        trajectory_length: ``eps * L`` of every stage. With neither this nor ``num_steps``
-            given, warmup runs NUTS (same adaptation) and sets the trajectory length to the
-            mean NUTS integration time ``eps * n_leapfrog`` over the last slow window and the
-            terminal window of warmup, times ``trajectory_scale``; the DR-HMC transitions
-            start after warmup.
-        num_steps: first-stage number of leapfrog steps ``L`` (fixed, overrides
-            ``trajectory_length``).
-        max_proposals: number of stages ``K`` (1 is plain HMC; cost grows like ``2^K``).
-        reduction_factor: ``c > 1``, the step-size ratio between consecutive stages.
-        probabilistic: probabilistic delayed rejection: after stage ``k`` is rejected with
-            acceptance probability ``alpha_k``, try the next stage only with probability
-            ``1 - alpha_k`` (Modi et al. 2023, Sec. 3.2).
-        adapt_step_size: dual-averaging adaptation of the first-stage step size to
-            ``target_accept_prob`` during warmup (first-stage acceptance probability).
-        target_accept_prob: target of that adaptation.
-        adapt_mass_matrix: Welford adaptation of the (inverse) mass matrix, NumPyro's windows.
-        dense_mass: dense instead of diagonal mass matrix.
-        inverse_mass_matrix: an initial inverse mass matrix, ``(d,)`` or ``(d, d)``.
-        init_strategy: NumPyro initialisation strategy for ``model``.
-        max_delta_energy: an energy error above this (or non-finite) marks a divergence.
-        max_tree_depth: tree-depth limit of the NUTS warmup, also capping ``L`` at
-            ``2**max_tree_depth``.
-        trajectory_scale: factor on the trajectory length warmup chooses (default 0.5). NUTS
-            stops a trajectory only after it doubled past the U-turn, so its mean integration
-            time overshoots the length a static trajectory needs (see the docs' "Choosing the
-            trajectory length").
-        jitter_trajectory: each iteration, scale every stage's trajectory length by one
-            ``u ~ Uniform(0, 1]`` drawn independently of the state (randomised lengths as in
-            Neal 2011, "MCMC using Hamiltonian dynamics": a mixture of valid kernels), which
-            breaks the periodicity of a fixed length.
-
-    Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``):
-    ``accept_prob`` (ArviZ ``acceptance_rate``), ``diverging``, ``stage``, ``num_steps``
-    (``n_steps``), ``num_grad_evals``, ``energy``, ``potential_energy`` (``lp``) and
-    ``adapt_state.step_size`` (``step_size``).
-    """
-
-    sample_field = "z"
-
-    def __init__(
-        self,
-        model: Callable | None = None,
-        potential_fn: Callable | None = None,
-        step_size: float = 1.0,
-        trajectory_length: float | None = None,
-        num_steps: int | None = None,
-        max_proposals: int = 3,
-        reduction_factor: float = 4,
-        probabilistic: bool = True,
-        adapt_step_size: bool = True,
-        target_accept_prob: float = 0.8,
-        adapt_mass_matrix: bool = True,
-        dense_mass: bool = False,
-        inverse_mass_matrix: Any = None,
-        init_strategy: Callable = init_to_uniform,
-        max_delta_energy: float = 1000.0,
-        max_tree_depth: int = 10,
-        trajectory_scale: float | None = None,
-        jitter_trajectory: bool = False,
-    ):
-        from adapters.target import Target
-
-        check_model_or_potential("DRHMC", model, potential_fn)
-        self.config = DRHMCConfig(
-            step_size=step_size,
-            trajectory_length=trajectory_length,
-            num_steps=num_steps,
-            max_proposals=max_proposals,
-            reduction_factor=reduction_factor,
-            probabilistic=probabilistic,
-            adapt_step_size=adapt_step_size,
-            target_accept_prob=target_accept_prob,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            max_delta_energy=max_delta_energy,
-            max_tree_depth=max_tree_depth,
-            trajectory_scale=trajectory_scale,
-            jitter_trajectory=jitter_trajectory,
-        )
-        self._target = self._target_args = None
-        if isinstance(model, Target):
-            if model.backend == "numpyro":
-                self._target_args = (model.model_args, model.model_kwargs)
-                model = model.model
-            else:
-                self._target, model = model, None
-        self._model = model
-        self._potential_fn_input = potential_fn
-        self._inverse_mass_matrix = inverse_mass_matrix
-        self._init_strategy = init_strategy
-        cfg = self.config
-        self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
-        self._potential_fn_gen = None
-        self._postprocess_fn = None
-        self._unravel = None
-
-    # ---- MCMCKernel interface ---------------------------------------------------------
-    @property
-    def model(self):
-        return self._model
-
-    @property
-    def default_fields(self) -> tuple[str, ...]:
-        return (
-            "z",
-            "diverging",
-            "accept_prob",
-            "stage",
-            "num_steps",
-            "num_grad_evals",
-            "energy",
-            "potential_energy",
-            "adapt_state.step_size",
-        )
-
-    def get_diagnostics_str(self, state: DRHMCKernelState) -> str:
-        return f"{int(state.num_grad_evals)} grads/it, acc. prob={float(state.mean_accept_prob):.2f}"
-
-    def postprocess_fn(self, model_args, model_kwargs):
-        if self._target is not None:
-            return self._target_postprocess
-        if self._postprocess_fn is None:
-            return lambda z: z
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        return self._postprocess_fn(*model_args, **model_kwargs)
-
-    def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
-        self._num_warmup = int(num_warmup)
-        batched = jnp.ndim(rng_key) > (0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1)
-        self._vectorized = batched
-        rng_key, init_key = jax.vmap(jax.random.split, out_axes=1)(rng_key) if batched else jax.random.split(rng_key)
-        init_params = self._init_params(init_key, init_params, model_args, model_kwargs, batched)
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        prototype = jax.tree.map(lambda a: a[0], init_params) if batched else init_params
-        flat, self._unravel = ravel_pytree(prototype)
-        potential_fn = self._make_potential_fn(model_args, model_kwargs)
-        self._dim = flat.shape[0]
-        self._length_window_start = self._length_window(self._num_warmup)
-        wa_init, self._wa_update = self._warmup_adapter(potential_fn)
-
-        def init_one(z, key):
-            key, wa_key = jax.random.split(key)
-            position = ravel_pytree(z)[0]
-            potential_energy, potential_grad = jax.value_and_grad(potential_fn)(position)
-            from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
-
-            adapt_state = wa_init(
-                NumPyroIntegratorState(position, None, potential_energy, potential_grad),
-                wa_key,
-                self.config.step_size,
-                inverse_mass_matrix=self._inverse_mass_matrix,
-                mass_matrix_size=self._dim,
-            )
-            trajectory_length = (
-                self.config.trajectory_length if self.config.trajectory_length is not None else 2 * math.pi
-            )
-            zero = jnp.zeros((), position.dtype)
-            zero_int = jnp.zeros((), jnp.int32)
-            return DRHMCKernelState(
-                i=zero_int,
-                z=z,
-                z_grad=self._unravel(potential_grad),
-                potential_energy=potential_energy,
-                energy=potential_energy,
-                num_steps=zero_int,
-                accept_prob=zero,
-                mean_accept_prob=zero,
-                diverging=jnp.array(False),
-                stage=jnp.array(-1, jnp.int32),
-                num_grad_evals=zero_int,
-                trajectory_length=jnp.asarray(trajectory_length, position.dtype),
-                length_sum=zero,
-                length_count=zero,
-                adapt_state=adapt_state,
-                rng_key=key,
-            )
-
-        return jax.vmap(init_one)(init_params, rng_key) if batched else init_one(init_params, rng_key)
-
-    def sample(self, state: DRHMCKernelState, model_args, model_kwargs) -> DRHMCKernelState:
-        def transition(state, nuts_warmup):
-            sample_one = functools.partial(self._sample_one, nuts_warmup=nuts_warmup)
-            if self._vectorized:  # chain_method="vectorized": init got a batch of keys
-                return jax.vmap(sample_one, in_axes=(0, None, None))(state, model_args, model_kwargs)
-            return sample_one(state, model_args, model_kwargs)
-
-        if not (self.config.choose_length and self._num_warmup > 0):
-            return transition(state, nuts_warmup=False)
-        # The NUTS-or-DR choice is made on the unbatched iteration counter (all chains share
-        # it): a predicate batched by vmap would turn the cond into a select that builds a
-        # NUTS tree at every sampling iteration.
-        iteration = state.i[0] if self._vectorized else state.i
-        return jax.lax.cond(
-            iteration < self._num_warmup,
-            lambda s: transition(s, nuts_warmup=True),
-            lambda s: transition(s, nuts_warmup=False),
-            state,
-        )
-
-    def _sample_one(self, state: DRHMCKernelState, model_args, model_kwargs, nuts_warmup: bool) -> DRHMCKernelState:
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        potential_fn = self._make_potential_fn(model_args, model_kwargs)
-        rng_key, transition_key = jax.random.split(state.rng_key)
-        step_size = state.adapt_state.step_size
-        inverse_mass_matrix = state.adapt_state.inverse_mass_matrix
-        position = ravel_pytree(state.z)[0]
-        potential_grad = ravel_pytree(state.z_grad)[0]
-        args = (
-            transition_key,
-            position,
-            state.potential_energy,
-            potential_grad,
-            step_size,
-            inverse_mass_matrix,
-        )
-        if nuts_warmup:
-            new = self._nuts_transition(potential_fn, *args)
-        else:
-            new = self._dr_transition(potential_fn, *args, state.trajectory_length)
-
-        adapt_state, trajectory_length = state.adapt_state, state.trajectory_length
-        length_sum, length_count = state.length_sum, state.length_count
-        if self._num_warmup > 0:
-            in_warmup = state.i < self._num_warmup
-            from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
-
-            z_info = NumPyroIntegratorState(new.position, None, new.potential_energy, new.potential_grad)
-            adapt_state = jax.lax.cond(
-                in_warmup,
-                lambda s: self._wa_update(state.i, new.adapt_accept_prob, z_info, s),
-                lambda s: s,
-                adapt_state,
-            )
-            if self.config.choose_length:
-                counted = in_warmup & (state.i >= self._length_window_start)
-                length_sum = length_sum + jnp.where(counted, new.num_steps * step_size, 0.0)
-                length_count = length_count + counted
-                trajectory_length = jnp.where(
-                    state.i == self._num_warmup - 1,
-                    self.config.length_scale * length_sum / jnp.maximum(length_count, 1.0),
-                    trajectory_length,
-                )
-        # the running mean restarts when sampling starts, as in NumPyro's HMC
-        n = jnp.where(state.i < self._num_warmup, state.i, state.i - self._num_warmup) + 1
-        mean_accept_prob = state.mean_accept_prob + (new.accept_prob - state.mean_accept_prob) / n
-        return DRHMCKernelState(
-            i=state.i + 1,
-            z=self._unravel(new.position),
-            z_grad=self._unravel(new.potential_grad),
-            potential_energy=new.potential_energy,
-            energy=new.energy,
-            num_steps=new.num_steps,
-            accept_prob=new.accept_prob,
-            mean_accept_prob=mean_accept_prob,
-            diverging=new.diverging,
-            stage=new.stage,
-            num_grad_evals=new.num_grad_evals,
-            trajectory_length=trajectory_length,
-            length_sum=length_sum,
-            length_count=length_count,
-            adapt_state=adapt_state,
-            rng_key=rng_key,
-        )
-
-    # ---- transitions ----------------------------------------------------------------
-    def _first_stage_num_steps(self, step_size, trajectory_length, fraction=1.0):
-        """``L``: ``num_steps`` or ``ceil(T / eps)``, of a ``fraction`` of the length when jittering."""
-        if self.config.num_steps is not None:
-            return jnp.maximum(jnp.ceil(self.config.num_steps * fraction - 1e-6), 1).astype(jnp.int32)
-        num_steps = jnp.ceil(fraction * trajectory_length / step_size - 1e-6)
-        return jnp.clip(num_steps, 1, 2**self.config.max_tree_depth).astype(jnp.int32)
-
-    def _dr_transition(
-        self,
-        potential_fn,
-        key,
-        position,
-        potential_energy,
-        potential_grad,
-        step_size,
-        inverse_mass_matrix,
-        trajectory_length,
-    ):
-        state = DRHMCState(position, -potential_energy, -potential_grad)
-        fraction = 1.0
-        if self.config.jitter_trajectory:
-            key, jitter_key = jax.random.split(key)
-            fraction = 1.0 - jax.random.uniform(jitter_key, dtype=position.dtype)  # in (0, 1]
-        num_steps = self._first_stage_num_steps(step_size, trajectory_length, fraction)
-        new_state, info = self._dr_step(
-            key, state, lambda x: -potential_fn(x), step_size, inverse_mass_matrix, num_steps
-        )
-        return _Transition(
-            position=new_state.position,
-            potential_energy=-new_state.logdensity,
-            potential_grad=-new_state.logdensity_grad,
-            energy=info.energy,
-            adapt_accept_prob=info.first_acceptance_rate,
-            accept_prob=info.acceptance_rate,
-            diverging=info.is_divergent,
-            num_steps=info.num_integration_steps,
-            num_grad_evals=info.num_grad_evals,
-            stage=info.stage,
-        )
-
-    def _nuts_transition(
-        self, potential_fn, key, position, potential_energy, potential_grad, step_size, inverse_mass_matrix
-    ):
-        from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
-        from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
-
-        momentum_key, tree_key = jax.random.split(key)
-        momentum = _sample_momentum(momentum_key, inverse_mass_matrix, position)
-        _, vv_update = velocity_verlet(potential_fn, euclidean_kinetic_energy)
-        start = NumPyroIntegratorState(position, momentum, potential_energy, potential_grad)
-        tree = build_tree(
-            vv_update,
-            euclidean_kinetic_energy,
-            start,
-            inverse_mass_matrix,
-            step_size,
-            tree_key,
-            max_delta_energy=self.config.max_delta_energy,
-            max_tree_depth=self.config.max_tree_depth,
-        )
-        accept_prob = tree.sum_accept_probs / tree.num_proposals
-        num_steps = jnp.asarray(tree.num_proposals, jnp.int32)
-        return _Transition(
-            position=tree.z_proposal,
-            potential_energy=tree.z_proposal_pe,
-            potential_grad=tree.z_proposal_grad,
-            energy=tree.z_proposal_energy,
-            adapt_accept_prob=accept_prob,
-            accept_prob=accept_prob,
-            diverging=tree.diverging,
-            num_steps=num_steps,
-            num_grad_evals=num_steps,
-            stage=jnp.array(-1, jnp.int32),
-        )
-
-    # ---- set-up helpers -------------------------------------------------------------
-    @staticmethod
-    def _length_window(num_warmup: int) -> int:
-        """First warmup iteration whose NUTS lengths set the trajectory length."""
-        from numpyro.infer.hmc_util import build_adaptation_schedule
-
-        schedule = build_adaptation_schedule(num_warmup)
-        return int(schedule[-2][0]) if len(schedule) >= 2 else 0
-
-    def _warmup_adapter(self, potential_fn):
-        from numpyro.infer.hmc_util import euclidean_kinetic_energy, find_reasonable_step_size, warmup_adapter
-
-        def momentum_generator(position, inverse_mass_matrix, key):
-            return _sample_momentum(key, inverse_mass_matrix, position)
-
-        def reasonable_step_size(step_size, inverse_mass_matrix, z_info, key):
-            return find_reasonable_step_size(
-                potential_fn, euclidean_kinetic_energy, momentum_generator, step_size, inverse_mass_matrix, z_info, key
-            )
-
-        return warmup_adapter(
-            self._num_warmup,
-            find_reasonable_step_size=reasonable_step_size,
-            adapt_step_size=self.config.adapt_step_size,
-            adapt_mass_matrix=self.config.adapt_mass_matrix,
-            dense_mass=self.config.dense_mass,
-            target_accept_prob=self.config.target_accept_prob,
-        )
-
-    def _bound_args(self, model_args, model_kwargs):
-        if self._target_args is not None:
-            if model_args or model_kwargs:
-                raise ValueError("DRHMC: the Target binds the model's arguments; call MCMC.run(rng_key) without them")
-            return self._target_args
-        return model_args, model_kwargs
-
-    def _make_potential_fn(self, model_args, model_kwargs):
-        if self._target is not None:
-            logdensity = self._target.as_jax()
-            return lambda x: -logdensity(x)
-        if self._potential_fn_gen is not None:
-            unravel = self._unravel
-            potential = self._potential_fn_gen(*model_args, **model_kwargs)
-            return lambda x: potential(unravel(x))
-        unravel = self._unravel
-        return lambda x: self._potential_fn_input(unravel(x))
-
-    def _init_params(self, key, init_params, model_args, model_kwargs, batched):
-        if self._target is not None:
-            if init_params is not None:
-                return init_params
-            draw_seed = lambda k: jax.random.randint(k, (), 0, 2**31 - 1)  # noqa: E731
-            seeds = jax.vmap(draw_seed)(key) if batched else draw_seed(key)
-            dtype = jnp.result_type(float)
-            if batched:
-                return jnp.stack([jnp.asarray(self._target.initial_position(int(s)), dtype) for s in seeds])
-            return jnp.asarray(self._target.initial_position(int(seeds)), dtype)
-        if self._model is None:
-            if init_params is None:
-                raise ValueError("DRHMC: with `potential_fn`, pass `init_params` to MCMC.run (one value per chain)")
-            return init_params
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        self._check_continuous(model_args, model_kwargs)
-        from numpyro.infer.util import initialize_model
-
-        info = initialize_model(
-            key,
-            self._model,
-            init_strategy=self._init_strategy,
-            dynamic_args=True,
-            model_args=model_args,
-            model_kwargs=model_kwargs,
-        )
-        self._potential_fn_gen = info.potential_fn
-        self._postprocess_fn = info.postprocess_fn
-        return info.param_info.z if init_params is None else init_params
-
-    def _check_continuous(self, model_args, model_kwargs):
-        from numpyro import handlers
-
-        seeded = handlers.substitute(handlers.seed(self._model, 0), substitute_fn=self._init_strategy)
-        trace = handlers.trace(seeded).get_trace(*model_args, **model_kwargs)
-        discrete = [
-            name
-            for name, site in trace.items()
-            if site["type"] == "sample" and not site["is_observed"] and site["fn"].support.is_discrete
-        ]
-        if discrete:
-            raise ValueError(
-                f"model: DRHMC needs continuous latent sites, but {discrete} are discrete; "
-                "marginalise them out or use numpyro.infer.MixedHMC / DiscreteHMCGibbs"
-            )
-
-    def _target_postprocess(self, x):
-        import numpy as np
-
-        target = self._target
-        example = target.constrain(np.zeros(target.dim))
-        shapes = {k: jax.ShapeDtypeStruct(x.shape[:-1] + np.shape(v), x.dtype) for k, v in example.items()}
-
-        def constrain(x):
-            return {k: np.asarray(v, dtype=x.dtype) for k, v in target.constrain(np.asarray(x)).items()}
-
-        return jax.pure_callback(constrain, shapes, x, vmap_method="expand_dims")
