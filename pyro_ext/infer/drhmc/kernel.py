@@ -240,18 +240,18 @@ class DRHMC(MCMCKernel):
 
     @property
     def step_size(self) -> float:
-        """Current first-stage step size (the adapter's)."""
-        return self._warmup_adapter.step_size
+        """Current first-stage step size (the NUTS warmup's while it runs, else the adapter's)."""
+        return self._nuts.step_size if self._nuts is not None else self._warmup_adapter.step_size
 
     @property
     def inverse_mass_matrix(self) -> dict[tuple[str, ...], torch.Tensor]:
-        """Pyro's block inverse mass matrix: ``{site names: (d,) or (d, d)}`` (one block)."""
-        return self._warmup_adapter.mass_matrix_adapter.inverse_mass_matrix
+        """Pyro's block inverse mass matrix ``{site names: (d,) or (d, d)}`` (one block; as :attr:`step_size`)."""
+        return self.mass_matrix_adapter.inverse_mass_matrix
 
     @property
     def mass_matrix_adapter(self):
-        """Pyro's :class:`~pyro.infer.mcmc.adaptation.BlockMassMatrix` of the warmup adapter."""
-        return self._warmup_adapter.mass_matrix_adapter
+        """Pyro's :class:`~pyro.infer.mcmc.adaptation.BlockMassMatrix` in use (as :attr:`step_size`)."""
+        return self._nuts.mass_matrix_adapter if self._nuts is not None else self._warmup_adapter.mass_matrix_adapter
 
     @property
     def adaptation_schedule(self) -> list:

@@ -183,6 +183,10 @@ class NUTSWarmup:
     def inverse_mass_matrix(self) -> dict[tuple[str, ...], torch.Tensor]:
         return self.nuts.inverse_mass_matrix
 
+    @property
+    def mass_matrix_adapter(self) -> BlockMassMatrix:
+        return self.nuts.mass_matrix_adapter
+
     def sample(self, params: dict[str, torch.Tensor]) -> NUTSStep:
         """One NUTS transition; its step size is read before the adapter moves it."""
         step_size = float(self.nuts.step_size)
