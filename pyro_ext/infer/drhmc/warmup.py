@@ -188,7 +188,13 @@ class NUTSWarmup:
         return self.nuts.mass_matrix_adapter
 
     def sample(self, params: dict[str, torch.Tensor]) -> NUTSStep:
-        """One NUTS transition; its step size is read before the adapter moves it."""
+        """One NUTS transition from ``params`` (NUTS itself starts from its own last draw).
+
+        ``step_size`` is read before the adapter moves it; ``num_steps`` counts the tree's
+        potential evaluations (one per leapfrog step), not those of the step-size search at a
+        mass-matrix window's end; ``potential_energy`` is one more evaluation without gradient
+        (not counted), as Pyro's NUTS keeps its own to itself.
+        """
         step_size = float(self.nuts.step_size)
         self.counter.calls, self.counter.frozen = 0, False
         z = self.nuts.sample(params)
