@@ -20,15 +20,25 @@ from numpyro_ext.models.posteriordb._util import as_float
 from numpyro_ext.models.posteriordb.hmm_example import forward_log_likelihood
 
 
-def model(K, N, u, v, alpha):
-    u, v, alpha = as_float(u), as_float(v), as_float(alpha)
+def drive_priors(K, alpha, rates_support):
+    """The drive HMMs' priors: sites ``theta1``, ``theta2`` (Dirichlet rows), ``phi``, ``lambda``.
+
+    ``phi`` and ``lambda`` are flat on ``rates_support`` (an ordered vector of length ``K``)
+    with normal(0, 1) and normal(3, 1) factors on their first and second entries.  Returns
+    ``(log_theta, phi, lam)``, ``log_theta`` the log transition matrix (rows ``theta1``, ``theta2``).
+    """
     theta1 = numpyro.sample("theta1", dist.Dirichlet(alpha[0]))
     theta2 = numpyro.sample("theta2", dist.Dirichlet(alpha[1]))
-    phi = numpyro.sample("phi", dist.ImproperUniform(constraints.positive_ordered_vector, (), (K,)))
-    lam = numpyro.sample("lambda", dist.ImproperUniform(constraints.positive_ordered_vector, (), (K,)))
+    phi = numpyro.sample("phi", dist.ImproperUniform(rates_support, (), (K,)))
+    lam = numpyro.sample("lambda", dist.ImproperUniform(rates_support, (), (K,)))
     first, second = dist.Normal(0.0, 1.0), dist.Normal(3.0, 1.0)
     numpyro.factor("phi_prior", first.log_prob(phi[0]) + second.log_prob(phi[1]))
     numpyro.factor("lambda_prior", first.log_prob(lam[0]) + second.log_prob(lam[1]))
-    log_theta = jnp.log(jnp.stack([theta1, theta2]))
+    return jnp.log(jnp.stack([theta1, theta2])), phi, lam
+
+
+def model(K, N, u, v, alpha):
+    u, v, alpha = as_float(u), as_float(v), as_float(alpha)
+    log_theta, phi, lam = drive_priors(K, alpha, constraints.positive_ordered_vector)
     log_emission = dist.Exponential(phi).log_prob(u[:, None]) + dist.Exponential(lam).log_prob(v[:, None])
     numpyro.factor("forward", forward_log_likelihood(log_theta, log_emission))

@@ -10,23 +10,16 @@ entries.  The hidden states are summed out with Stan's forward algorithm in log 
 
 import pyro
 import pyro.distributions as dist
-import torch
 from pyro.distributions import constraints
 
-from pyro_ext.models.posteriordb._util import Flat, as_float
+from pyro_ext.models.posteriordb._util import as_float
+from pyro_ext.models.posteriordb.hmm_drive_0 import drive_priors
 from pyro_ext.models.posteriordb.hmm_example import forward_log_likelihood
 
 
 def model(K, N, u, v, alpha, tau, rho):
     u, v, alpha = as_float(u), as_float(v), as_float(alpha)
-    theta1 = pyro.sample("theta1", dist.Dirichlet(alpha[0]))
-    theta2 = pyro.sample("theta2", dist.Dirichlet(alpha[1]))
-    phi = pyro.sample("phi", Flat(constraints.ordered_vector, (), (K,)))
-    lam = pyro.sample("lambda", Flat(constraints.ordered_vector, (), (K,)))
-    first, second = dist.Normal(0.0, 1.0), dist.Normal(3.0, 1.0)
-    pyro.factor("phi_prior", first.log_prob(phi[0]) + second.log_prob(phi[1]))
-    pyro.factor("lambda_prior", first.log_prob(lam[0]) + second.log_prob(lam[1]))
-    log_theta = torch.log(torch.stack([theta1, theta2]))
+    log_theta, phi, lam = drive_priors(K, alpha, constraints.ordered_vector)
     log_emission = dist.Normal(phi, as_float(tau)).log_prob(u[:, None]) + dist.Normal(lam, as_float(rho)).log_prob(
         v[:, None]
     )
