@@ -121,3 +121,17 @@ def check_vector(name: str, value: Any, dim: int) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         arr = arr.astype(np.float64)
     return arr
+
+
+def check_finite_array(name: str, values: Any, hint: str = "") -> None:
+    """Raise a ``ValueError`` when the array ``values`` (on the host: numpy, or a backend's array
+    converted) holds a non-finite entry, naming how many there are and the first one's index and
+    value; ``hint`` (e.g. ``"; a critic that overflows ..."``) ends the message."""
+    values = np.asarray(values)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name} must be finite, got {int(bad.sum())} non-finite entries (first at index {first}, "
+            f"value {float(values[first])!r}){hint}"
+        )

@@ -47,10 +47,10 @@ import numpy as np
 import pyro
 import torch
 
-from adapters.mi import AISConfig, BoundEstimate
+from adapters.mi import BoundEstimate
 from adapters.validation import check_positive_int
 from pyro_ext.infer.ais import anneal, pilot_step_sizes
-from pyro_ext.infer.ais.anneal import kernel_options
+from pyro_ext.infer.ais.anneal import config_from, kernel_options
 from pyro_ext.infer.model_util import unvalidated, vmap_log_density
 from pyro_ext.infer.smc_util import log_mean_exp
 
@@ -145,33 +145,41 @@ def _finish(
 # ---------------------------------------------------------------------------------------
 # IWAE (T = 1)
 # ---------------------------------------------------------------------------------------
-def _iwae(sample_joint, log_prior, log_likelihood, num_samples, num_importance, proposal, vectorized, lower, details):
-    num_samples = check_positive_int("num_samples", num_samples)
-    num_importance = check_positive_int("num_importance", num_importance)
-    joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
-    x, z, draws, log_px_z = joint.draws(sample_joint, num_samples, num_importance)
-    if lower:
-        draws = torch.cat([z[:, None, :].to(draws.dtype), draws[:, : num_importance - 1]], dim=1)
-    x_rows = torch.repeat_interleave(x, num_importance, dim=0)
-    _, log_weight = joint.densities(x_rows)
-    with torch.no_grad():
-        log_w = log_weight(draws.reshape(num_samples * num_importance, -1)).reshape(num_samples, num_importance)
-    log_px = log_mean_exp(log_w, dim=-1)
+def _iwae_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[BoundEstimate, dict]]:
+    """:func:`iwae_mi_lower` (``lower``) or :func:`iwae_mi_upper`: one body, the two public signatures alike."""
     kind = "lower" if lower else "upper"
-    info = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px}
-    return _finish(log_px_z - log_px, kind, f"iwae-mi-{kind}", info, details)
+
+    def bound(
+        sample_joint: Callable,
+        log_prior: Callable,
+        log_likelihood: Callable,
+        num_samples: int = 256,
+        num_importance: int = 16,
+        proposal: Callable | None = None,
+        return_details: bool = False,
+        vectorized: bool = False,
+    ) -> BoundEstimate | tuple[BoundEstimate, dict]:
+        num_samples = check_positive_int("num_samples", num_samples)
+        num_importance = check_positive_int("num_importance", num_importance)
+        joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
+        x, z, draws, log_px_z = joint.draws(sample_joint, num_samples, num_importance)
+        if lower:
+            draws = torch.cat([z[:, None, :].to(draws.dtype), draws[:, : num_importance - 1]], dim=1)
+        x_rows = torch.repeat_interleave(x, num_importance, dim=0)
+        _, log_weight = joint.densities(x_rows)
+        with torch.no_grad():
+            log_w = log_weight(draws.reshape(num_samples * num_importance, -1)).reshape(num_samples, num_importance)
+        log_px = log_mean_exp(log_w, dim=-1)
+        info = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px}
+        return _finish(log_px_z - log_px, kind, f"iwae-mi-{kind}", info, return_details)
+
+    bound.__name__ = bound.__qualname__ = f"iwae_mi_{kind}"
+    bound.__doc__ = doc
+    return bound
 
 
-def iwae_mi_lower(
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 256,
-    num_importance: int = 16,
-    proposal: Callable | None = None,
-    return_details: bool = False,
-    vectorized: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
+iwae_mi_lower = _iwae_bound(
+    True,
     """IWAE lower bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``,
     ``z^1 = z_i`` (exact posterior sample), ``z^{2:K} ~ q(. | x_i)`` (the prior by default),
     ``w = p(x, z) / q(z | x)`` (module docstring; the ``T = 1`` multi-sample AIS lower bound).
@@ -180,37 +188,15 @@ def iwae_mi_lower(
     ``<= log K + log q(z_i|x_i) - log p(z_i)`` (``<= log K`` with the prior).  With
     ``return_details`` also returns a dict with ``x``, ``z``, ``per_sample`` ``(N,)``,
     ``log_px_given_z`` and ``log_px_bound`` (the upper bound on ``log p(x_i)``), numpy arrays.
-    """
-    return _iwae(
-        sample_joint, log_prior, log_likelihood, num_samples, num_importance, proposal, vectorized, True, return_details
-    )
-
-
-def iwae_mi_upper(
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 256,
-    num_importance: int = 16,
-    proposal: Callable | None = None,
-    return_details: bool = False,
-    vectorized: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
+    """,
+)
+iwae_mi_upper = _iwae_bound(
+    False,
     """IWAE upper bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``
     with ``z^{1:K} ~ q(. | x_i)`` (the prior by default), ``w = p(x, z) / q(z | x)``.
     ``return_details`` as in :func:`iwae_mi_lower` (``log_px_bound`` is then a lower bound).
-    """
-    return _iwae(
-        sample_joint,
-        log_prior,
-        log_likelihood,
-        num_samples,
-        num_importance,
-        proposal,
-        vectorized,
-        False,
-        return_details,
-    )
+    """,
+)
 
 
 # ---------------------------------------------------------------------------------------
@@ -247,75 +233,52 @@ def _ais_pass(joint, drawn, cfg, steps, adapt, lower, inverse_mass_matrix):
     }
 
 
-def _ais_mi(
-    sample_joint,
-    log_prior,
-    log_likelihood,
-    num_samples,
-    num_chains,
-    num_steps,
-    schedule,
-    proposal,
-    step_size,
-    num_leapfrog,
-    adapt_step_size,
-    target_accept_prob,
-    inverse_mass_matrix,
-    transition,
-    adaptation_rate,
-    max_delta_energy,
-    lower,
-    return_details,
-    vectorized,
-):
-    cfg = AISConfig(
-        num_steps=num_steps,
-        num_chains=num_chains,
-        schedule=schedule,
-        transition=transition,
-        step_size=step_size,
-        num_leapfrog=num_leapfrog,
-        adapt_step_size=adapt_step_size,
-        target_accept_prob=target_accept_prob,
-        adaptation_rate=adaptation_rate,
-        max_delta_energy=max_delta_energy,
-    )
-    num_samples = check_positive_int("num_samples", num_samples)
-    joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
-    # the estimating run's draws come first, so num_steps=1 sees the IWAE estimator's samples
-    drawn = joint.draws(sample_joint, num_samples, cfg.num_chains)
-    steps = torch.full((cfg.num_steps,), cfg.step_size, dtype=drawn[2].dtype)
-    if cfg.adapt_step_size:
-        # the pilot: its own joint draws and chains, so the schedule is independent of the estimate's
-        pilot_draws = joint.draws(sample_joint, num_samples, cfg.num_chains)
-        pilot = _ais_pass(joint, pilot_draws, cfg, steps, True, False, inverse_mass_matrix)
-        steps = pilot["pilot_step_sizes"]
-    out = _ais_pass(joint, drawn, cfg, steps, False, lower, inverse_mass_matrix)
+def _ais_mi_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[BoundEstimate, dict]]:
+    """:func:`ais_mi_lower` (``lower``) or :func:`ais_mi_upper`: one body, the two public signatures alike."""
     kind = "lower" if lower else "upper"
-    details = {k: v for k, v in out.items() if k not in ("per_sample", "pilot_step_sizes")}
-    return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details)
+
+    def bound(
+        sample_joint: Callable,
+        log_prior: Callable,
+        log_likelihood: Callable,
+        num_samples: int = 128,
+        num_chains: int = 16,
+        num_steps: int = 100,
+        schedule: Any = "sigmoid",
+        proposal: Callable | None = None,
+        step_size: float = 0.1,
+        num_leapfrog: int = 10,
+        adapt_step_size: bool = True,
+        target_accept_prob: float = 0.65,
+        inverse_mass_matrix: Any = None,
+        transition: str | Callable = "hmc",
+        adaptation_rate: float = 1.0,
+        max_delta_energy: float = 1000.0,
+        return_details: bool = False,
+        vectorized: bool = False,
+    ) -> BoundEstimate | tuple[BoundEstimate, dict]:
+        cfg = config_from(locals())
+        num_samples = check_positive_int("num_samples", num_samples)
+        joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
+        # the estimating run's draws come first, so num_steps=1 sees the IWAE estimator's samples
+        drawn = joint.draws(sample_joint, num_samples, cfg.num_chains)
+        steps = torch.full((cfg.num_steps,), cfg.step_size, dtype=drawn[2].dtype)
+        if cfg.adapt_step_size:
+            # the pilot: its own joint draws and chains, so the schedule is independent of the estimate's
+            pilot_draws = joint.draws(sample_joint, num_samples, cfg.num_chains)
+            pilot = _ais_pass(joint, pilot_draws, cfg, steps, True, False, inverse_mass_matrix)
+            steps = pilot["pilot_step_sizes"]
+        out = _ais_pass(joint, drawn, cfg, steps, False, lower, inverse_mass_matrix)
+        details = {k: v for k, v in out.items() if k not in ("per_sample", "pilot_step_sizes")}
+        return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details)
+
+    bound.__name__ = bound.__qualname__ = f"ais_mi_{kind}"
+    bound.__doc__ = doc
+    return bound
 
 
-def ais_mi_lower(
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 128,
-    num_chains: int = 16,
-    num_steps: int = 100,
-    schedule: Any = "sigmoid",
-    proposal: Callable | None = None,
-    step_size: float = 0.1,
-    num_leapfrog: int = 10,
-    adapt_step_size: bool = True,
-    target_accept_prob: float = 0.65,
-    inverse_mass_matrix: Any = None,
-    transition: str | Callable = "hmc",
-    adaptation_rate: float = 1.0,
-    max_delta_energy: float = 1000.0,
-    return_details: bool = False,
-    vectorized: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
+ais_mi_lower = _ais_mi_bound(
+    True,
     """Multi-sample AIS lower bound on ``I(x; z)`` (Brekelmans et al. 2022, Multi-Sample AIS).
 
     For each of ``N = num_samples`` draws ``(x_i, z_i) ~ p(x, z)``: ``K - 1`` forward AIS chains
@@ -328,75 +291,15 @@ def ais_mi_lower(
     ``per_sample`` ``(N,)``, ``log_px_given_z``, ``log_px_bound`` (upper bounds on
     ``log p(x_i)``), ``log_weights`` ``(N, K)`` (column 0 the reverse chain), ``step_sizes``
     ``(T,)``, ``acceptance_rate`` ``(T,)``, ``num_divergent``.
-    """
-    return _ais_mi(
-        sample_joint,
-        log_prior,
-        log_likelihood,
-        num_samples,
-        num_chains,
-        num_steps,
-        schedule,
-        proposal,
-        step_size,
-        num_leapfrog,
-        adapt_step_size,
-        target_accept_prob,
-        inverse_mass_matrix,
-        transition,
-        adaptation_rate,
-        max_delta_energy,
-        True,
-        return_details,
-        vectorized,
-    )
-
-
-def ais_mi_upper(
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
-    num_samples: int = 128,
-    num_chains: int = 16,
-    num_steps: int = 100,
-    schedule: Any = "sigmoid",
-    proposal: Callable | None = None,
-    step_size: float = 0.1,
-    num_leapfrog: int = 10,
-    adapt_step_size: bool = True,
-    target_accept_prob: float = 0.65,
-    inverse_mass_matrix: Any = None,
-    transition: str | Callable = "hmc",
-    adaptation_rate: float = 1.0,
-    max_delta_energy: float = 1000.0,
-    return_details: bool = False,
-    vectorized: bool = False,
-) -> BoundEstimate | tuple[BoundEstimate, dict]:
+    """,
+)
+ais_mi_upper = _ais_mi_bound(
+    False,
     """Multi-sample AIS upper bound on ``I(x; z)`` (Brekelmans et al. 2022, Multi-Sample AIS).
 
     ``K`` forward chains per outer draw ``(x_i, z_i)``;
     ``u_i = log p(x_i|z_i) - log((1/K) sum_k w_k)`` with ``E u_i >= I``.  Arguments and
     ``return_details`` as in :func:`ais_mi_lower` (``log_px_bound`` is then a lower bound on
     ``log p(x_i)``); ``num_steps=1`` is :func:`iwae_mi_upper` on the same samples.
-    """
-    return _ais_mi(
-        sample_joint,
-        log_prior,
-        log_likelihood,
-        num_samples,
-        num_chains,
-        num_steps,
-        schedule,
-        proposal,
-        step_size,
-        num_leapfrog,
-        adapt_step_size,
-        target_accept_prob,
-        inverse_mass_matrix,
-        transition,
-        adaptation_rate,
-        max_delta_energy,
-        False,
-        return_details,
-        vectorized,
-    )
+    """,
+)

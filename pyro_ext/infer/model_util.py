@@ -26,13 +26,7 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 
-__all__ = [
-    "FlatModel",
-    "check_continuous_latents",
-    "flat_model",
-    "unvalidated",
-    "vmap_log_density",
-]
+__all__ = ["FlatModel", "check_continuous_latents", "flat_model", "unvalidated", "vmap_log_density"]
 
 Tensor = torch.Tensor
 
@@ -87,8 +81,9 @@ def _sample_sites(trace: Any) -> dict[str, dict]:
 def check_continuous_latents(trace: Any, algorithm: str) -> None:
     """Raise a ValueError naming the discrete latent sites of a Pyro ``trace`` (``algorithm`` needs none).
 
-    The message is the NumPyro twin's: ``model: <algorithm> needs continuous latent sites, but
-    [...] are discrete; marginalise them out``.
+    The message is the NumPyro twin's (:func:`numpyro_ext.infer.model_util.check_continuous`):
+    ``model: <algorithm> needs continuous latent sites, but [...] are discrete; marginalise them
+    out (e.g. with logsumexp over their values) or observe them``.
     """
     discrete = [
         name
@@ -97,14 +92,16 @@ def check_continuous_latents(trace: Any, algorithm: str) -> None:
     ]
     if discrete:
         raise ValueError(
-            f"model: {algorithm} needs continuous latent sites, but {discrete} are discrete; marginalise them out"
+            f"model: {algorithm} needs continuous latent sites, but {discrete} are discrete; "
+            "marginalise them out (e.g. with logsumexp over their values) or observe them"
         )
 
 
 class FlatModel(NamedTuple):
     """A Pyro model on a flat unconstrained ``R^d`` (module docstring), for given model arguments.
 
-    ``latent`` the latent site names in their order in ``x``, ``observed`` the observed ones;
+    ``latent`` the latent site names in their order in ``x``, ``observed`` the observed ones (with
+    the deterministic sites, which Pyro records as observed ``Delta`` sites of log probability 0);
     ``log_prior`` and ``log_likelihood`` batched ``(K, d) -> (K,)`` (one vmapped trace per
     position serves both); ``constrain(x (K, d)) -> {site: (K, ...)}`` (deterministic sites
     included); ``unconstrain({site: (K, ...)}) -> (K, d)`` for constrained latent values;

@@ -14,9 +14,9 @@ import numpy as np
 import pyro
 import torch
 
-from adapters.mi import AISConfig, AISResultBase
+from adapters.mi import AISResultBase
 from adapters.validation import check_positive_int
-from pyro_ext.infer.ais.anneal import anneal, kernel_options, pilot_step_sizes
+from pyro_ext.infer.ais.anneal import anneal, config_from, kernel_options, pilot_step_sizes
 from pyro_ext.infer.ais.core import AISOutput, BatchedLogDensity, as_positions
 from pyro_ext.infer.model_util import flat_model, unvalidated, vmap_log_density
 
@@ -237,22 +237,9 @@ class AIS:
     ):
         from adapters.target import Target
 
-        self.config = AISConfig(
-            num_steps=num_steps,
-            num_chains=num_chains,
-            schedule=schedule,
-            transition=transition,
-            step_size=step_size,
-            num_leapfrog=num_leapfrog,
-            adapt_step_size=adapt_step_size,
-            target_accept_prob=target_accept_prob,
-            adaptation_rate=adaptation_rate,
-            max_delta_energy=max_delta_energy,
-        )
+        self.config = config_from(locals())
         if (model is None) == (log_likelihood_fn is None):
-            raise ValueError(
-                "AIS: give exactly one of `model` (a Pyro model or adapters.Target) and `log_likelihood_fn`"
-            )
+            raise ValueError("AIS: give exactly one of `model` (a model or an adapters.Target) and `log_likelihood_fn`")
         if not isinstance(vectorized, bool):
             raise ValueError(f"vectorized must be True or False, got {vectorized!r}")
         self._bound_args = None
