@@ -56,7 +56,7 @@ def check_finite(name: str, value: Any) -> Array:
             first = tuple(int(i) for i in np.argwhere(bad)[0])
             raise ValueError(
                 f"{name} must be finite, got {int(bad.sum())} non-finite entries (first at index {first}, "
-                f"value {host[first]!r}); a critic that overflows or a proposal with zero density produces these"
+                f"value {float(host[first])!r}); a critic that overflows or a proposal with zero density produces these"
             )
     return arr
 
