@@ -124,16 +124,24 @@ def _site_log_prob(site: dict) -> Tensor:
     return scale_and_mask(log_p, site["scale"], site["mask"]).sum()
 
 
-def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm: str = "AIS") -> FlatModel:
-    """``model`` (run with ``model_args``, ``model_kwargs``) as a :class:`FlatModel`.
+class _Layout(NamedTuple):
+    """Where each latent site lies in the flat ``x``: its transform ``biject_to(support)``, its
+    unconstrained shape and size, and its constrained shape; the deterministic sites' names and
+    the dtype of the prototype's unconstrained values."""
 
-    One prototype trace finds the sites and their shapes; a discrete latent site or a model
-    without latent sites is a ValueError (``algorithm`` names the caller in the message).
-    """
-    from pyro import poutine
+    latent: list[str]
+    observed: list[str]
+    deterministic: list[str]
+    transforms: dict[str, Any]
+    shapes: dict[str, tuple]
+    sizes: list[int]
+    site_shapes: dict[str, tuple]
+    dtype: torch.dtype
+
+
+def _layout(trace: Any, algorithm: str) -> _Layout:
     from torch.distributions import biject_to
 
-    trace = poutine.trace(model).get_trace(*model_args, **model_kwargs)
     sample_sites = _sample_sites(trace)
     latent = sorted(name for name, site in sample_sites.items() if not site["is_observed"])
     observed = [name for name, site in sample_sites.items() if site["is_observed"]]
@@ -143,15 +151,58 @@ def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm
     transforms = {name: biject_to(sample_sites[name]["fn"].support) for name in latent}
     prototype = {name: transforms[name].inv(sample_sites[name]["value"].detach()) for name in latent}
     shapes = {name: tuple(prototype[name].shape) for name in latent}
-    sizes = [math.prod(shapes[name]) for name in latent]
-    dtype = prototype[latent[0]].dtype
     deterministic = [
         name for name, site in trace.nodes.items() if site["type"] == "sample" and site["infer"].get("_deterministic")
     ]
+    return _Layout(
+        latent,
+        observed,
+        deterministic,
+        transforms,
+        shapes,
+        [math.prod(shapes[name]) for name in latent],
+        {name: tuple(sample_sites[name]["value"].shape) for name in latent},
+        prototype[latent[0]].dtype,
+    )
+
+
+def _unconstrain(layout: _Layout, samples: Any) -> Tensor:
+    """Constrained latent draws ``{site: (K, ...)}`` as flat unconstrained positions ``(K, d)``."""
+    latent = layout.latent
+    if not isinstance(samples, Mapping):
+        raise ValueError(
+            f"posterior_samples must be a dict of constrained latent sites {latent}, got {type(samples).__name__}"
+        )
+    missing = [k for k in latent if k not in samples]
+    if missing:
+        raise ValueError(f"posterior_samples is missing the latent sites {missing} (expected {latent})")
+    parts = []
+    for name in latent:
+        value = torch.as_tensor(samples[name], dtype=layout.dtype)
+        num = value.shape[0] if value.dim() > 0 else 0
+        site_shape = layout.site_shapes[name]
+        if value.dim() == 0 or tuple(value.shape[1:]) != site_shape:
+            raise ValueError(
+                f"posterior_samples[{name!r}] must have shape (num_chains, *{site_shape}), got {tuple(value.shape)}"
+            )
+        parts.append(layout.transforms[name].inv(value).reshape(num, -1))
+    return torch.cat(parts, dim=-1)
+
+
+def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm: str = "AIS") -> FlatModel:
+    """``model`` (run with ``model_args``, ``model_kwargs``) as a :class:`FlatModel`.
+
+    One prototype trace finds the sites and their shapes; a discrete latent site or a model
+    without latent sites is a ValueError (``algorithm`` names the caller in the message).
+    """
+    from pyro import poutine
+
+    layout = _layout(poutine.trace(model).get_trace(*model_args, **model_kwargs), algorithm)
+    latent, transforms = layout.latent, layout.transforms
 
     def conditioned(x):
-        parts = torch.split(x, sizes, dim=-1)
-        unconstrained = {name: part.reshape(shapes[name]) for name, part in zip(latent, parts, strict=True)}
+        parts = torch.split(x, layout.sizes, dim=-1)
+        unconstrained = {name: part.reshape(layout.shapes[name]) for name, part in zip(latent, parts, strict=True)}
         values = {name: transforms[name](u) for name, u in unconstrained.items()}
         log_jacobian = sum(
             (transforms[name].log_abs_det_jacobian(unconstrained[name], values[name]).sum() for name in latent),
@@ -163,7 +214,9 @@ def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm
     def components_one(x):
         tr, log_jacobian = conditioned(x)
         log_prior = log_jacobian + sum(_site_log_prob(tr.nodes[name]) for name in latent)
-        log_likelihood = sum((_site_log_prob(tr.nodes[name]) for name in observed), torch.zeros((), dtype=x.dtype))
+        log_likelihood = sum(
+            (_site_log_prob(tr.nodes[name]) for name in layout.observed), torch.zeros((), dtype=x.dtype)
+        )
         return torch.stack([log_prior.to(x.dtype), log_likelihood.to(x.dtype)])
 
     components = vmap_log_density(components_one, "model")
@@ -177,45 +230,25 @@ def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm
 
     def constrain_one(x):
         tr, _ = conditioned(x)
-        return {name: tr.nodes[name]["value"] for name in latent + deterministic}
+        return {name: tr.nodes[name]["value"] for name in latent + layout.deterministic}
 
     def constrain(positions):
         with torch.no_grad(), pyro.validation_enabled(False):
-            return torch.func.vmap(constrain_one)(positions.to(dtype))
-
-    def unconstrain(samples):
-        if not isinstance(samples, Mapping):
-            raise ValueError(
-                f"posterior_samples must be a dict of constrained latent sites {latent}, got {type(samples).__name__}"
-            )
-        missing = [k for k in latent if k not in samples]
-        if missing:
-            raise ValueError(f"posterior_samples is missing the latent sites {missing} (expected {latent})")
-        parts = []
-        for name in latent:
-            value = torch.as_tensor(samples[name], dtype=dtype)
-            num = value.shape[0] if value.dim() > 0 else 0
-            site_shape = tuple(sample_sites[name]["value"].shape)
-            if value.dim() == 0 or tuple(value.shape[1:]) != site_shape:
-                raise ValueError(
-                    f"posterior_samples[{name!r}] must have shape (num_chains, *{site_shape}), got {tuple(value.shape)}"
-                )
-            parts.append(transforms[name].inv(value).reshape(num, -1))
-        return torch.cat(parts, dim=-1)
+            return torch.func.vmap(constrain_one)(positions.to(layout.dtype))
 
     def sample_prior(num):
         draws = []
         for _ in range(num):  # Pyro's own sampling, one model run per chain (once per run)
             tr = poutine.trace(model).get_trace(*model_args, **model_kwargs)
             draws.append(torch.cat([transforms[k].inv(tr.nodes[k]["value"].detach()).reshape(-1) for k in latent]))
-        return torch.stack(draws).to(dtype)
+        return torch.stack(draws).to(layout.dtype)
 
     return FlatModel(
         latent,
-        observed,
+        layout.observed,
         lambda x: both(x)[:, 0],
         lambda x: both(x)[:, 1],
         constrain,
-        unconstrain,
+        lambda samples: _unconstrain(layout, samples),
         sample_prior,
     )
