@@ -63,7 +63,7 @@ import numpy as np
 from adapters.mi import AISConfig, BoundEstimate
 from adapters.validation import check_positive_int
 from numpyro_ext.infer.ais.anneal import Adaptation, anneal, pilot_step_sizes
-from numpyro_ext.infer.ais.chain import KernelSettings
+from numpyro_ext.infer.ais.core import KernelSettings
 from numpyro_ext.infer.smc_util import log_mean_exp
 
 __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]

@@ -41,7 +41,7 @@ multi-sample AIS bounds of :mod:`numpyro_ext.infer.ais_mi` require.
 Three layers, one module each:
 
 * :func:`ais_init` / :func:`ais_step` — one chain, BlackJAX style, pure and ``jit``/``vmap``-able
-  (:mod:`numpyro_ext.infer.ais.chain`);
+  (:mod:`numpyro_ext.infer.ais.core`);
 * :func:`ais`, :func:`ais_reverse`, :func:`tune_step_sizes` — ``K`` chains vmapped over a
   ``lax.scan`` through the schedule (:mod:`numpyro_ext.infer.ais.anneal`);
 * :class:`AIS` — a shell built from a NumPyro model (prior of the latent sites to the posterior
@@ -53,7 +53,7 @@ Shapes: ``K`` chains, ``d`` unconstrained dimensions, ``T`` annealing steps.
 """
 
 from numpyro_ext.infer.ais.anneal import AISOutput, ais, ais_reverse, pilot_step_sizes, tune_step_sizes
-from numpyro_ext.infer.ais.chain import AISInfo, AISState, ais_init, ais_step
+from numpyro_ext.infer.ais.core import AISInfo, AISState, ais_init, ais_step
 from numpyro_ext.infer.ais.shell import AIS, AISResult
 
 __all__ = [

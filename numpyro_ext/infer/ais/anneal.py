@@ -1,7 +1,7 @@
 """``K`` AIS chains through a schedule: forward (Neal 2001), reverse (BDMC, Grosse et al. 2015) and the pilot.
 
 :func:`ais`, :func:`ais_reverse` and :func:`tune_step_sizes` vmap the one-chain step of
-:mod:`numpyro_ext.infer.ais.chain` over chains inside one ``lax.scan`` through the temperatures;
+:mod:`numpyro_ext.infer.ais.core` over chains inside one ``lax.scan`` through the temperatures;
 :func:`anneal` is the engine they share with :class:`numpyro_ext.infer.AIS` and the multi-sample
 bounds of :mod:`numpyro_ext.infer.ais_mi`.  Shapes: ``K`` chains, ``d`` dimensions, ``T`` steps.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from adapters.mi import check_schedule
 from adapters.validation import check_positive_int, check_probability
-from numpyro_ext.infer.ais.chain import (
+from numpyro_ext.infer.ais.core import (
     AISState,
     KernelSettings,
     LogDensityFn,

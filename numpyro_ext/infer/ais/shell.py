@@ -17,14 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters.mi import AISConfig, AISResultBase
-from numpyro_ext.infer.ais.anneal import (
-    Adaptation,
-    AISOutput,
-    anneal,
-    check_positions,
-    pilot_step_sizes,
-)
-from numpyro_ext.infer.ais.chain import KernelSettings, LogDensityFn
+from numpyro_ext.infer.ais.anneal import Adaptation, AISOutput, anneal, check_positions, pilot_step_sizes
+from numpyro_ext.infer.ais.core import KernelSettings, LogDensityFn
 from numpyro_ext.infer.model_util import check_latent_samples, flat_model
 
 __all__ = ["AIS", "AISResult"]
@@ -53,6 +47,8 @@ class _Problem(NamedTuple):
 
 
 def _numpyro_problem(model: Callable, model_args: tuple, model_kwargs: dict, proposal: Any) -> _Problem:
+    """The prior of the latent sites to the posterior (the split of :func:`~numpyro_ext.infer.model_util.flat_model`),
+    or, with a ``proposal``, the proposal to the model's joint density."""
     flat = flat_model(model, model_args, model_kwargs, "AIS")
     if not flat.observed and proposal is None:
         raise ValueError(

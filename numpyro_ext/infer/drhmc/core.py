@@ -295,17 +295,10 @@ def build_kernel(
 
         new_point, dr_info = delayed_rejection(accept_key, point, log_joint, proposals, probabilistic, max_delta_energy)
         new_state = DRHMCState(new_point.position, new_point.logdensity, new_point.logdensity_grad)
-        info = DRHMCInfo(
-            acceptance_rate=dr_info.acceptance_rate,
-            first_acceptance_rate=dr_info.first_acceptance_rate,
-            is_accepted=dr_info.is_accepted,
-            stage=dr_info.stage,
-            num_proposals=dr_info.num_proposals,
-            is_divergent=dr_info.is_divergent,
-            energy=-dr_info.log_joint,
-            num_grad_evals=dr_info.num_evals,
-            num_integration_steps=dr_info.chain_evals,
+        # the first six fields (acceptance_rate ... is_divergent) are DelayedRejectionInfo's, in its order
+        extra = dict(
+            energy=-dr_info.log_joint, num_grad_evals=dr_info.num_evals, num_integration_steps=dr_info.chain_evals
         )
-        return new_state, info
+        return new_state, DRHMCInfo(*dr_info[:6], **extra)
 
     return step
