@@ -47,10 +47,10 @@ import numpy as np
 import pyro
 import torch
 
-from adapters.mi import BoundEstimate
+from adapters.mi import AISConfig, BoundEstimate
 from adapters.validation import check_positive_int
 from pyro_ext.infer.ais import anneal, pilot_step_sizes
-from pyro_ext.infer.ais.anneal import config_from, kernel_options
+from pyro_ext.infer.ais.anneal import kernel_options
 from pyro_ext.infer.model_util import unvalidated, vmap_log_density
 from pyro_ext.infer.smc_util import log_mean_exp
 
@@ -257,7 +257,7 @@ def _ais_mi_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[
         return_details: bool = False,
         vectorized: bool = False,
     ) -> BoundEstimate | tuple[BoundEstimate, dict]:
-        cfg = config_from(locals())
+        cfg = AISConfig.from_arguments(locals())
         num_samples = check_positive_int("num_samples", num_samples)
         joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
         # the estimating run's draws come first, so num_steps=1 sees the IWAE estimator's samples

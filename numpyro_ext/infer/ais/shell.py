@@ -217,9 +217,7 @@ class AIS:
 
         self.config = AISConfig.from_arguments(locals())
         if (model is None) == (log_likelihood_fn is None):
-            raise ValueError(
-                "AIS: give exactly one of `model` (a NumPyro model or adapters.Target) and `log_likelihood_fn`"
-            )
+            raise ValueError("AIS: give exactly one of `model` (a model or an adapters.Target) and `log_likelihood_fn`")
         self._bound_args = None
         self._target = None
         if isinstance(model, Target):
@@ -234,7 +232,7 @@ class AIS:
                     )
                 self._target, model = model, None
         elif model is not None and not callable(model):
-            raise ValueError(f"model must be a NumPyro model (a callable) or an adapters.Target, got {model!r}")
+            raise ValueError(f"model must be a model (a callable) or an adapters.Target, got {model!r}")
         if log_likelihood_fn is not None:
             if proposal is None:
                 raise ValueError("proposal: with log_likelihood_fn, give the prior as `proposal` (sample and log_prob)")

@@ -7,8 +7,7 @@ dimensions, ``T`` annealing steps.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from pyro_ext.infer.ais.core import (
     check_transition,
 )
 
-__all__ = ["ais", "ais_reverse", "anneal", "config_from", "kernel_options", "pilot_step_sizes", "tune_step_sizes"]
+__all__ = ["ais", "ais_reverse", "anneal", "kernel_options", "pilot_step_sizes", "tune_step_sizes"]
 
 Tensor = torch.Tensor
 # the pilot's step sizes stay within exp(+-18) ~ [1.5e-8, 6.6e7] (as in the NumPyro module)
@@ -140,13 +139,6 @@ def anneal(
         info.step_size,
         torch.stack(adapted),
     )
-
-
-def config_from(arguments: Mapping[str, Any]) -> AISConfig:
-    """The validated :class:`adapters.mi.AISConfig` of a shell's arguments (e.g. its ``locals()``):
-    the entries named like a config field; the others keep their defaults."""
-    names = {field.name for field in dataclasses.fields(AISConfig)}
-    return AISConfig(**{name: value for name, value in arguments.items() if name in names})
 
 
 def kernel_options(config: AISConfig, inverse_mass_matrix: Any = None) -> dict[str, Any]:

@@ -14,9 +14,9 @@ import numpy as np
 import pyro
 import torch
 
-from adapters.mi import AISResultBase
+from adapters.mi import AISConfig, AISResultBase
 from adapters.validation import check_positive_int
-from pyro_ext.infer.ais.anneal import anneal, config_from, kernel_options, pilot_step_sizes
+from pyro_ext.infer.ais.anneal import anneal, kernel_options, pilot_step_sizes
 from pyro_ext.infer.ais.core import AISOutput, BatchedLogDensity, as_positions
 from pyro_ext.infer.model_util import flat_model, unvalidated, vmap_log_density
 
@@ -237,7 +237,7 @@ class AIS:
     ):
         from adapters.target import Target
 
-        self.config = config_from(locals())
+        self.config = AISConfig.from_arguments(locals())
         if (model is None) == (log_likelihood_fn is None):
             raise ValueError("AIS: give exactly one of `model` (a model or an adapters.Target) and `log_likelihood_fn`")
         if not isinstance(vectorized, bool):
@@ -256,7 +256,7 @@ class AIS:
                     )
                 self._target, model = model, None
         elif model is not None and not callable(model):
-            raise ValueError(f"model must be a Pyro model (a callable) or an adapters.Target, got {model!r}")
+            raise ValueError(f"model must be a model (a callable) or an adapters.Target, got {model!r}")
         if log_likelihood_fn is not None:
             if proposal is None:
                 raise ValueError("proposal: with log_likelihood_fn, give the prior as `proposal` (sample and log_prob)")

@@ -12,10 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapters.mi import BoundEstimate
+from adapters.mi import AISConfig, BoundEstimate
 from adapters.validation import check_positive, check_positive_int
 from pyro_ext.infer.ais import ais, ais_reverse, tune_step_sizes
-from pyro_ext.infer.ais.anneal import config_from
 from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, leapfrog, metropolis_test, sample_momentum
 from pyro_ext.infer.mi_bounds.checks import check_critic, check_dims, check_joint, check_prior, to_numpy
 from pyro_ext.infer.mi_bounds.critics import Critic
@@ -148,7 +147,7 @@ def mine_ais(
     ``step_sizes`` ``(T,)``, ``acceptance_rate`` ``(T,)``.  Same arguments and results as
     :func:`numpyro_ext.infer.mi_bounds.mine_ais`, without the key and params (the critic holds them).
     """
-    cfg = config_from(locals())
+    cfg = AISConfig.from_arguments(locals())
     num_pilot = check_positive_int("num_pilot", num_pilot)
     critic = check_critic(critic)
     params = list(critic.parameters()) if isinstance(critic, nn.Module) else []
