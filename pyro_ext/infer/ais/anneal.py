@@ -274,32 +274,17 @@ def tune_step_sizes(
     log_likelihood_fn: BatchedLogDensity,
     betas: Any,
     step_size: float = 0.1,
-    num_leapfrog: int = 10,
-    inverse_mass_matrix: Tensor | None = None,
-    transition: str | Callable = "hmc",
-    target_accept_prob: float = 0.65,
-    adaptation_rate: float = 1.0,
-    max_delta_energy: float = 1000.0,
-    generator: torch.Generator | None = None,
+    **options: Any,
 ) -> Tensor:
     """A step-size schedule ``(T,)`` from an adaptive pilot run of :func:`ais` (module docstring).
 
-    Give the pilot its own ``init_positions`` and random numbers (independent of the estimating
-    run's), so the schedule is independent of the chains that use it and AIS stays unbiased.
+    ``options`` are :func:`ais`'s keywords other than ``adapt_step_size`` (``num_leapfrog``,
+    ``inverse_mass_matrix``, ``transition``, ``target_accept_prob``, ``adaptation_rate``,
+    ``max_delta_energy``, ``generator``), with its defaults.  Give the pilot its own
+    ``init_positions`` and random numbers (independent of the estimating run's), so the schedule
+    is independent of the chains that use it and AIS stays unbiased.
     """
     output = ais(
-        init_positions,
-        log_prior_fn,
-        log_likelihood_fn,
-        betas,
-        step_size=step_size,
-        num_leapfrog=num_leapfrog,
-        inverse_mass_matrix=inverse_mass_matrix,
-        transition=transition,
-        adapt_step_size=True,
-        target_accept_prob=target_accept_prob,
-        adaptation_rate=adaptation_rate,
-        max_delta_energy=max_delta_energy,
-        generator=generator,
+        init_positions, log_prior_fn, log_likelihood_fn, betas, step_size=step_size, adapt_step_size=True, **options
     )
     return pilot_step_sizes(output.adapted_step_size, output.log_weights)
