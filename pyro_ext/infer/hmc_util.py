@@ -31,6 +31,7 @@ import torch
 __all__ = [
     "IntegratorState",
     "MetropolisInfo",
+    "finite_or_neg_inf",
     "kinetic_energy",
     "leapfrog",
     "metropolis_test",
@@ -60,6 +61,11 @@ class MetropolisInfo(NamedTuple):
     log_accept_prob: Tensor
     is_accepted: Tensor
     is_divergent: Tensor
+
+
+def finite_or_neg_inf(value: Tensor) -> Tensor:
+    """``value`` where finite, ``-inf`` elsewhere (a NaN or ``+inf`` log density is a zero density)."""
+    return torch.where(torch.isfinite(value), value, torch.full_like(value, -math.inf))
 
 
 def velocity(inverse_mass_matrix: Tensor | None, momentum: Tensor) -> Tensor:

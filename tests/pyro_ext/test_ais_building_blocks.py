@@ -17,6 +17,7 @@ import torch
 
 from pyro_ext.infer.hmc_util import (
     IntegratorState,
+    finite_or_neg_inf,
     kinetic_energy,
     leapfrog,
     metropolis_test,
@@ -113,6 +114,11 @@ def test_metropolis_test_rejects_invalid_and_flags_divergences():
     # the default validity is a finite delta: NaN is rejected and divergent
     default = metropolis_test(None, torch.tensor([math.nan, 0.0], dtype=F64), torch.zeros(2, dtype=F64))
     assert default.is_divergent.tolist() == [True, False] and default.is_accepted.tolist() == [False, True]
+
+
+def test_finite_or_neg_inf_maps_nan_and_plus_inf_to_zero_density():
+    value = torch.tensor([1.5, math.nan, math.inf, -math.inf], dtype=F64)
+    assert finite_or_neg_inf(value).tolist() == [1.5, -math.inf, -math.inf, -math.inf]
 
 
 # ---------------------------------------------------------------------------------------

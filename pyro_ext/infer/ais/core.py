@@ -15,7 +15,14 @@ from typing import Any, NamedTuple
 import torch
 
 from adapters.validation import check_positive_int
-from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, leapfrog, metropolis_test, sample_momentum
+from pyro_ext.infer.hmc_util import (
+    IntegratorState,
+    finite_or_neg_inf,
+    kinetic_energy,
+    leapfrog,
+    metropolis_test,
+    sample_momentum,
+)
 
 __all__ = [
     "AISInfo",
@@ -86,10 +93,6 @@ class AISOutput(NamedTuple):
 # ---------------------------------------------------------------------------------------
 # Batched densities and HMC pieces
 # ---------------------------------------------------------------------------------------
-def _finite_or_neg_inf(value: Tensor) -> Tensor:
-    return torch.where(torch.isfinite(value), value, torch.full_like(value, -math.inf))
-
-
 def _check_batched(value: Any, num_chains: int, name: str) -> Tensor:
     if not isinstance(value, Tensor) or value.shape != (num_chains,):
         shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
@@ -139,8 +142,8 @@ def _evaluate(
             else:
                 g = None
             grads = [torch.zeros_like(x) if g is None else g, None]
-    log_prior = _finite_or_neg_inf(log_prior.detach().to(position.dtype))
-    log_likelihood = _finite_or_neg_inf(log_likelihood.detach().to(position.dtype))
+    log_prior = finite_or_neg_inf(log_prior.detach().to(position.dtype))
+    log_likelihood = finite_or_neg_inf(log_likelihood.detach().to(position.dtype))
     finite_prior = torch.isfinite(log_prior)[:, None]
     finite_both = finite_prior & torch.isfinite(log_likelihood)[:, None]
     if beta is None:
@@ -201,7 +204,7 @@ def _hmc_move(generator, state, beta, log_prior_fn, log_likelihood_fn, step_size
     start_point = IntegratorState(start, momentum, log_target_start, grad)
     end = leapfrog(start_point, evaluate, step_size[:, None], imm, num_leapfrog)
     log_joint_end = end.logdensity - kinetic_energy(imm, end.momentum)
-    log_joint_end = torch.where(alive, _finite_or_neg_inf(log_joint_end), torch.full_like(log_joint_end, -math.inf))
+    log_joint_end = torch.where(alive, finite_or_neg_inf(log_joint_end), torch.full_like(log_joint_end, -math.inf))
     delta = log_joint_end - log_joint_start
     valid = ~(torch.isnan(delta) | (log_joint_end == -math.inf))
     test = metropolis_test(generator, delta, start, valid, max_delta_energy)
