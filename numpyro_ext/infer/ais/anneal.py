@@ -35,7 +35,6 @@ __all__ = [
     "anneal",
     "chain_schedules",
     "check_positions",
-    "is_concrete",
     "pilot_step_sizes",
     "tune_step_sizes",
 ]
@@ -66,12 +65,12 @@ class AISOutput(NamedTuple):
     adapted_step_size: Array
 
 
-def is_concrete(value: Any) -> bool:
+def _is_concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
 def _betas(betas: Any, dtype) -> tuple[Array, int]:
-    if is_concrete(betas):
+    if _is_concrete(betas):
         betas = check_schedule(np.asarray(betas), name="betas")
     betas = jnp.asarray(betas, dtype)
     return betas, int(betas.shape[0]) - 1
@@ -90,7 +89,7 @@ def check_positions(init_positions: Any, name: str = "init_positions") -> Array:
 
 def _step_sizes(step_size: Any, num_steps: int, num_chains: int, dtype) -> Array:
     """``step_size`` (scalar, ``(T,)`` per temperature or ``(T, K)``) as ``(T, K)``."""
-    if is_concrete(step_size):
+    if _is_concrete(step_size):
         values = np.asarray(step_size, dtype=np.float64)
         if values.size == 0 or not np.all(np.isfinite(values) & (values > 0)):
             raise ValueError(f"step_size must be finite and > 0, got {step_size!r}")
@@ -208,7 +207,7 @@ def anneal(
 
 def _check_kernel_args(transition, num_leapfrog, target_accept_prob=None):
     check_transition(transition)
-    if target_accept_prob is not None and is_concrete(target_accept_prob):
+    if target_accept_prob is not None and _is_concrete(target_accept_prob):
         check_probability("target_accept_prob", float(target_accept_prob))
     return check_positive_int("num_leapfrog", num_leapfrog)
 

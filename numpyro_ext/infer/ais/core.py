@@ -26,7 +26,6 @@ __all__ = [
     "ais_step",
     "ais_transition",
     "check_transition",
-    "densities_and_grads",
     "hmc_uniforms",
 ]
 
@@ -73,7 +72,7 @@ class AISInfo(NamedTuple):
     step_size: Array
 
 
-def densities_and_grads(position: Array, log_prior_fn: LogDensityFn, log_likelihood_fn: LogDensityFn):
+def _densities_and_grads(position: Array, log_prior_fn: LogDensityFn, log_likelihood_fn: LogDensityFn):
     """``log pi_0``, ``log L`` and their gradients at ``position``: one forward pass, two backward."""
 
     def both(x):
@@ -94,7 +93,7 @@ def ais_init(
     position = jnp.asarray(position)
     if not jnp.issubdtype(position.dtype, jnp.floating):
         position = position.astype(jnp.result_type(float))
-    log_prior, log_likelihood, prior_grad, likelihood_grad = densities_and_grads(
+    log_prior, log_likelihood, prior_grad, likelihood_grad = _densities_and_grads(
         position, log_prior_fn, log_likelihood_fn
     )
     return AISState(
@@ -161,6 +160,31 @@ def ais_step(
     return ais_transition(randomness, state, beta_prev, beta, log_prior_fn, log_likelihood_fn, step_size, kernel)
 
 
+def _hmc_move(uniforms, state, beta, logdensity_fn, step_size, kernel):
+    """HMC from ``state`` on ``logdensity_fn = log pi_0 + beta log L`` (:mod:`numpyro_ext.infer.hmc_util`).
+
+    ``uniforms`` ``(d + 1,)`` on ``(0, 1)``: the momentum through the normal quantile function,
+    then the Metropolis test.  Returns the proposal, whether it was accepted, whether it diverged
+    and its acceptance probability.
+    """
+    num_leapfrog, inverse_mass_matrix, _, max_delta_energy = kernel
+    dtype = state.position.dtype
+    if inverse_mass_matrix is None:
+        inverse_mass_matrix = jnp.ones_like(state.position)
+    inverse_mass_matrix = jnp.asarray(inverse_mass_matrix, dtype)
+    # at beta = 0 a zero likelihood must not turn the prior's density into NaN
+    logdensity = state.log_prior + jnp.where(beta == 0, 0.0, beta * state.log_likelihood)
+    momentum = momentum_from_noise(ndtri(uniforms[:-1]), inverse_mass_matrix)
+    start = IntegratorState(
+        state.position, momentum, logdensity, state.log_prior_grad + beta * state.log_likelihood_grad
+    )
+    log_u = jnp.log(uniforms[-1])
+    end, test = hmc_proposal(
+        start, log_u, logdensity_fn, inverse_mass_matrix, step_size, num_leapfrog, max_delta_energy
+    )
+    return end.position, test.is_accepted, test.is_divergent, jnp.exp(test.log_accept_prob)
+
+
 def ais_transition(
     randomness: Array,
     state: AISState,
@@ -176,35 +200,21 @@ def ais_transition(
     beta_prev = jnp.asarray(beta_prev, dtype)
     beta = jnp.asarray(beta, dtype)
     step_size = state.step_size if step_size is None else jnp.asarray(step_size, dtype)
-    num_leapfrog, inverse_mass_matrix, transition, max_delta_energy = kernel
+    transition = kernel.transition
     log_weight = state.log_weight + (beta - beta_prev) * state.log_likelihood
 
     def logdensity_fn(x):
         return jnp.asarray(log_prior_fn(x) + beta * log_likelihood_fn(x)).astype(dtype)
 
     if isinstance(transition, str):
-        if inverse_mass_matrix is None:
-            inverse_mass_matrix = jnp.ones_like(state.position)
-        inverse_mass_matrix = jnp.asarray(inverse_mass_matrix, dtype)
-        # at beta = 0 a zero likelihood must not turn the prior's density into NaN
-        tempered_likelihood = jnp.where(beta == 0, 0.0, beta * state.log_likelihood)
-        # the uniforms (d + 1,): the momentum through the normal quantile function, then the Metropolis test
-        momentum = momentum_from_noise(ndtri(randomness[:-1]), inverse_mass_matrix)
-        logdensity = state.log_prior + tempered_likelihood
-        start = IntegratorState(
-            state.position, momentum, logdensity, state.log_prior_grad + beta * state.log_likelihood_grad
+        proposal, accepted, divergent, acceptance_rate = _hmc_move(
+            randomness, state, beta, logdensity_fn, step_size, kernel
         )
-        log_u = jnp.log(randomness[-1])
-        end, test = hmc_proposal(
-            start, log_u, logdensity_fn, inverse_mass_matrix, step_size, num_leapfrog, max_delta_energy
-        )
-        proposal, accepted, divergent = end.position, test.is_accepted, test.is_divergent
-        acceptance_rate = jnp.exp(test.log_accept_prob)
     else:
         proposal, acceptance_rate = transition(randomness, state.position, logdensity_fn, step_size)
         proposal = jnp.asarray(proposal, dtype)
         accepted = jnp.any(proposal != state.position)
-    log_prior, log_likelihood, prior_grad, likelihood_grad = densities_and_grads(
+    log_prior, log_likelihood, prior_grad, likelihood_grad = _densities_and_grads(
         proposal, log_prior_fn, log_likelihood_fn
     )
     valid = jnp.isfinite(log_prior + jnp.where(beta == 0, 0.0, beta * log_likelihood))

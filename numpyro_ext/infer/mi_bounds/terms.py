@@ -16,6 +16,7 @@ import numpy as np
 from jax.scipy.special import logsumexp
 
 from adapters.mi import BoundEstimate
+from adapters.validation import check_finite_array
 from numpyro_ext.infer.smc_util import log_mean_exp
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
 ]
 
 Array = jax.Array
+_NON_FINITE_HINT = "; a critic that overflows or a proposal with zero density produces these"
 
 
 # ---------------------------------------------------------------------------------------
@@ -48,16 +50,11 @@ def _concrete(value: Any) -> bool:
 
 
 def check_finite(name: str, value: Any) -> Array:
+    """``value`` as a JAX array; when concrete, a ``ValueError`` naming its non-finite entries
+    (:func:`adapters.validation.check_finite_array`, the message both backends give)."""
     arr = jnp.asarray(value)
     if _concrete(arr):
-        host = np.asarray(arr)
-        bad = ~np.isfinite(host)
-        if bad.any():
-            first = tuple(int(i) for i in np.argwhere(bad)[0])
-            raise ValueError(
-                f"{name} must be finite, got {int(bad.sum())} non-finite entries (first at index {first}, "
-                f"value {float(host[first])!r}); a critic that overflows or a proposal with zero density produces these"
-            )
+        check_finite_array(name, arr, _NON_FINITE_HINT)
     return arr
 
 
