@@ -21,6 +21,7 @@ __all__ = [
     "FilterState",
     "Move",
     "SMCOutput",
+    "StepSettings",
     "filter_step",
     "genealogy",
     "move_particle",
@@ -220,26 +221,34 @@ def _log_twist_fn(twist: Callable | None, twist_params: Any) -> Callable:
     return log_twist
 
 
+class StepSettings(NamedTuple):
+    """The resampling settings of every filter step: the scheme, the ESS trigger, whether particle 0 is clamped."""
+
+    resampling: str
+    ess_threshold: float
+    clamped: bool
+
+
 def filter_step(
-    carry: FilterState,
-    inputs: tuple,
-    *,
     step: Callable,
     proposal_step: Callable | None,
     log_twist: Callable,
     num_steps: int,
-    resampling: str,
-    ess_threshold: float,
-    clamped: bool,
+    settings: StepSettings,
     names: list,
+    carry: FilterState,
+    inputs: tuple,
 ) -> tuple[FilterState, tuple]:
-    """Step ``t`` of the state-space filter (the ``jax.lax.scan`` body of :func:`run_filter`).
+    """Step ``t`` of the state-space filter (with the leading arguments bound, the ``jax.lax.scan`` body
+    of :func:`run_filter`).
 
     ``inputs = (t, args_t, clamp_t)``: resample when ``ESS < ess_threshold * N``, move every
-    particle (particle 0 along ``clamp_t`` when ``clamped``), reweight by eq. 4 with
-    ``log psi_t`` (0 at ``t = num_steps``).  Returns the new carry and the step's record
-    ``(latents, states, log_weights, log_twists, ancestors, ess, resampled)``.
+    particle by ``step`` (proposed by ``proposal_step``; particle 0 along ``clamp_t`` when
+    clamped), reweight by eq. 4 with ``log_twist(t, state)`` (0 at ``t = num_steps``).  Returns
+    the new carry and the step's record ``(latents, states, log_weights, log_twists, ancestors,
+    ess, resampled)``.
     """
+    resampling, ess_threshold, clamped = settings
     t, args_t, clamp_t = inputs
     key, resample_key, move_key = jax.random.split(carry.rng_key, 3)
     index, log_w, do_resample = resample_step(resample_key, carry.log_weights, ess_threshold, resampling, clamped)
@@ -321,17 +330,8 @@ def run_filter(
         first = _with_clamped(first, init_one(init_keys[0], clamp[0]))
     first_twist = jax.vmap(lambda s: log_twist(jnp.array(0), s))(first.state)
 
-    body = functools.partial(
-        filter_step,
-        step=model.step,
-        proposal_step=proposal_step,
-        log_twist=log_twist,
-        num_steps=T,
-        resampling=resampling,
-        ess_threshold=ess_threshold,
-        clamped=clamp is not None,
-        names=step_names,
-    )
+    settings = StepSettings(resampling, ess_threshold, clamp is not None)
+    body = functools.partial(filter_step, model.step, proposal_step, log_twist, T, settings, step_names)
     xs = (jnp.arange(1, T + 1), step_args, None if clamp is None else clamp[1])
     carry = FilterState(first.state, first.log_weight, first_twist, log_mean_exp(first.log_weight), rng_key)
     final, outs = jax.lax.scan(body, carry, xs, length=T)

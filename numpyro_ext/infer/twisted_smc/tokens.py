@@ -16,7 +16,7 @@ from jax.scipy.special import logsumexp
 
 from adapters.validation import check_positive_int
 from numpyro_ext.infer.smc_util import effective_sample_size
-from numpyro_ext.infer.twisted_smc.core import FilterState, SMCOutput, resample_step, update_log_Z
+from numpyro_ext.infer.twisted_smc.core import FilterState, SMCOutput, StepSettings, resample_step, update_log_Z
 
 __all__ = ["TokenModel", "run_token_filter", "token_step"]
 
@@ -69,24 +69,23 @@ def _log_psi_next(model: TokenModel, twist: Callable | None, twist_params: Any, 
 
 
 def token_step(
-    carry: FilterState,
-    inputs: tuple,
-    *,
     model: TokenModel,
     proposal: str | None,
     twist: Callable | None,
     twist_params: Any,
-    resampling: str,
-    ess_threshold: float,
-    clamped: bool,
+    settings: StepSettings,
+    carry: FilterState,
+    inputs: tuple,
 ) -> tuple[FilterState, tuple]:
-    """Position ``t`` of the token filter (the ``jax.lax.scan`` body of :func:`run_token_filter`).
+    """Position ``t`` of the token filter (with the leading arguments bound, the ``jax.lax.scan`` body of
+    :func:`run_token_filter`).
 
     ``inputs = (position, clamp_token)``: resample, extend every prefix by a token from ``q``
-    (particle 0 by ``clamp_token`` when ``clamped``), reweight.  Returns the new carry and the
+    (particle 0 by ``clamp_token`` when clamped), reweight.  Returns the new carry and the
     record ``(tokens drawn, buffers, log_weights, log_twists, ancestors, ess, resampled,
     prefixes, pair log weights under pi_{t+1}, under p0)``.
     """
+    resampling, ess_threshold, clamped = settings
     V = model.vocab_size
     position, clamp_token = inputs
     key, resample_key, move_key = jax.random.split(carry.rng_key, 3)
@@ -153,16 +152,8 @@ def run_token_filter(
     untwisted ``p0`` (``(T, N, V)``), which twist learning uses to average over ``v`` exactly.
     """
     T = model.length
-    body = functools.partial(
-        token_step,
-        model=model,
-        proposal=proposal,
-        twist=twist,
-        twist_params=twist_params,
-        resampling=resampling,
-        ess_threshold=ess_threshold,
-        clamped=clamp is not None,
-    )
+    settings = StepSettings(resampling, ess_threshold, clamp is not None)
+    body = functools.partial(token_step, model, proposal, twist, twist_params, settings)
     tokens = jnp.zeros((num_particles, T), dtype=jnp.int32)
     zeros = jnp.zeros(num_particles)
     clamp_tokens = jnp.zeros(T, dtype=jnp.int32) if clamp is None else jnp.asarray(clamp[1][0], dtype=jnp.int32)
