@@ -24,7 +24,7 @@ from jax.flatten_util import ravel_pytree
 
 __all__ = [
     "FlatModel",
-    "check_continuous",
+    "check_continuous_latents",
     "check_latent_samples",
     "discrete_latent_sites",
     "flat_model",
@@ -53,7 +53,7 @@ def discrete_latent_sites(trace: Mapping[str, dict]) -> list[str]:
     ]
 
 
-def check_continuous(trace: Mapping[str, dict], algorithm: str) -> None:
+def check_continuous_latents(trace: Mapping[str, dict], algorithm: str) -> None:
     """Raise a ``ValueError`` naming the discrete latent sites of ``trace`` (gradient-based
     ``algorithm`` s such as HMC and AIS need every latent site continuous)."""
     discrete = discrete_latent_sites(trace)
@@ -87,7 +87,7 @@ class FlatModel(NamedTuple):
 
 def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm: str) -> FlatModel:
     """:class:`FlatModel` of ``model`` at these arguments, after checking that its latent sites
-    are continuous (:func:`check_continuous`) and that it has at least one (errors name ``algorithm``)."""
+    are continuous (:func:`check_continuous_latents`) and that it has at least one (errors name ``algorithm``)."""
     from numpyro import handlers
     from numpyro.infer.util import constrain_fn, potential_energy, unconstrain_fn
 
@@ -95,7 +95,7 @@ def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm
     sample_sites = {name: site for name, site in trace.items() if site["type"] == "sample"}
     latent = sorted(name for name, site in sample_sites.items() if not site["is_observed"])
     observed = [name for name, site in sample_sites.items() if site["is_observed"]]
-    check_continuous({name: sample_sites[name] for name in latent}, algorithm)
+    check_continuous_latents({name: sample_sites[name] for name in latent}, algorithm)
     if not latent:
         raise ValueError(f"model: {algorithm} needs at least one latent sample site, the model has none")
     prototype = unconstrain_fn(model, model_args, model_kwargs, {k: trace[k]["value"] for k in latent})

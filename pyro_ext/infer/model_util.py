@@ -81,7 +81,7 @@ def _sample_sites(trace: Any) -> dict[str, dict]:
 def check_continuous_latents(trace: Any, algorithm: str) -> None:
     """Raise a ValueError naming the discrete latent sites of a Pyro ``trace`` (``algorithm`` needs none).
 
-    The message is the NumPyro twin's (:func:`numpyro_ext.infer.model_util.check_continuous`):
+    The message is the NumPyro twin's (:func:`numpyro_ext.infer.model_util.check_continuous_latents`):
     ``model: <algorithm> needs continuous latent sites, but [...] are discrete; marginalise them
     out (e.g. with logsumexp over their values) or observe them``.
     """

@@ -24,7 +24,7 @@ from numpyro_ext.infer.hmc_util import (
     momentum_from_noise,
     sample_momentum,
 )
-from numpyro_ext.infer.model_util import check_continuous, check_latent_samples, flat_model, trace_model
+from numpyro_ext.infer.model_util import check_continuous_latents, check_latent_samples, flat_model, trace_model
 
 DENSE = jnp.array([[2.0, 0.3, 0.0], [0.3, 1.0, -0.2], [0.0, -0.2, 0.5]])
 DIAG = jnp.array([2.0, 1.0, 0.5])
@@ -138,7 +138,7 @@ def test_discrete_latents_missing_latents_and_samples_are_named():
 
     message = r"model: DRHMC needs continuous latent sites, but \['k'\] are discrete; marginalise them out"
     with pytest.raises(ValueError, match=message):
-        check_continuous(trace_model(discrete, (1.0,), {}), "DRHMC")
+        check_continuous_latents(trace_model(discrete, (1.0,), {}), "DRHMC")
     with pytest.raises(ValueError, match=r"AIS needs continuous latent sites, but \['k'\]"):
         flat_model(discrete, (1.0,), {}, "AIS")
     with pytest.raises(ValueError, match="AIS needs at least one latent sample site"):

@@ -32,7 +32,7 @@ from numpyro.infer.util import initialize_model
 from adapters.configs import DRHMCConfig, check_model_or_potential
 from numpyro_ext.infer.drhmc.core import DRHMCState, build_kernel
 from numpyro_ext.infer.hmc_util import sample_momentum
-from numpyro_ext.infer.model_util import check_continuous, trace_model
+from numpyro_ext.infer.model_util import check_continuous_latents, trace_model
 
 __all__ = ["DRHMC", "DRHMCKernelState"]
 
@@ -485,7 +485,7 @@ class DRHMC(MCMCKernel):
                 raise ValueError("DRHMC: with `potential_fn`, pass `init_params` to MCMC.run (one value per chain)")
             return init_params
         model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        check_continuous(trace_model(self._model, model_args, model_kwargs, self._init_strategy), "DRHMC")
+        check_continuous_latents(trace_model(self._model, model_args, model_kwargs, self._init_strategy), "DRHMC")
         info = initialize_model(
             key,
             self._model,

@@ -1,4 +1,4 @@
-"""DR-HMC's Pyro kernel: a :class:`pyro.infer.mcmc.mcmc_kernel.MCMCKernel` around :mod:`.core`.
+"""DR-HMC's Pyro kernel: a :class:`pyro.infer.mcmc.mcmc_kernel.MCMCKernel` around :mod:`pyro_ext.infer.drhmc.core`.
 
 Built from Pyro's public pieces only: :func:`pyro.infer.mcmc.util.initialize_model` (potential
 energy, transforms, initial parameters), :class:`pyro.infer.mcmc.adaptation.WarmupAdapter`
