@@ -54,10 +54,11 @@ the suffix validate their inputs and return a :class:`~adapters.mi.BoundEstimate
 Modules: :mod:`~numpyro_ext.infer.mi_bounds.terms` (bounds on given scores, pure terms),
 :mod:`~numpyro_ext.infer.mi_bounds.critics` (critic and proposal networks),
 :mod:`~numpyro_ext.infer.mi_bounds.estimators` (trainable estimators, :func:`fit_critic`),
-:mod:`~numpyro_ext.infer.mi_bounds.mine_ais` (MINE-AIS's HMC and AIS evaluation).
+:mod:`~numpyro_ext.infer.mi_bounds.annealed` (MINE-AIS's HMC and AIS evaluation).
 """
 
 from adapters.mi import BoundEstimate
+from numpyro_ext.infer.mi_bounds.annealed import hmc_chain, mine_ais
 from numpyro_ext.infer.mi_bounds.critics import (
     ConcatCritic,
     Critic,
@@ -77,7 +78,6 @@ from numpyro_ext.infer.mi_bounds.estimators import (
     InfoNCE,
     fit_critic,
 )
-from numpyro_ext.infer.mi_bounds.mine_ais import hmc_chain, mine_ais
 from numpyro_ext.infer.mi_bounds.terms import (
     barber_agakov,
     barber_agakov_terms,

@@ -17,8 +17,8 @@ import numpy as np
 
 from adapters.mi import BoundEstimate
 from adapters.validation import check_choice, check_positive, check_positive_int
+from numpyro_ext.infer.mi_bounds.annealed import hmc_chain, mine_ais
 from numpyro_ext.infer.mi_bounds.critics import Critic, score_matrix
-from numpyro_ext.infer.mi_bounds.mine_ais import hmc_chain, mine_ais
 from numpyro_ext.infer.mi_bounds.terms import (
     barber_agakov,
     barber_agakov_terms,
