@@ -86,10 +86,12 @@ class DRHMCConfig:
 DRHMC_SWEEP_OPTIONS = {"trajectory_scale": 1.0, "jitter_trajectory": False}
 
 
-def check_model_or_potential(algorithm: str, model: object, potential_fn: object) -> None:
-    """Exactly one of ``model`` and ``potential_fn``, as NumPyro's and Pyro's HMC require."""
+def check_model_or_potential(
+    algorithm: str, model: object, potential_fn: object, alternative: str = "potential_fn"
+) -> None:
+    """Exactly one of ``model`` and ``potential_fn`` (named ``alternative``), as NumPyro's and Pyro's HMC require."""
     if (model is None) == (potential_fn is None):
-        raise ValueError(f"{algorithm}: give exactly one of `model` (a model or adapters.Target) and `potential_fn`")
+        raise ValueError(f"{algorithm}: give exactly one of `model` (a model or adapters.Target) and `{alternative}`")
 
 
 # Optimizer hyperparameters shared by the torch and optax versions (Gong et al. 2025, RACS and Alice).

@@ -172,6 +172,15 @@ def log_mean_exp_bound(log_weights: Any, kind: BoundKind, estimator: str) -> Bou
     return BoundEstimate(sign * value, stderr, kind, estimator, count)
 
 
+def check_group_size(name: str, batch_size: int, num_samples: int | None) -> int:
+    """The group size ``K`` of a critic bound (``num_samples``, or the whole batch when ``None``);
+    the batch of ``batch_size`` joint samples must split into groups of ``K``."""
+    k = batch_size if num_samples is None else num_samples
+    if batch_size % k:
+        raise ValueError(f"the batch of {batch_size} joint samples must split into groups of {name} = {k}")
+    return k
+
+
 def effective_sample_size(log_weights: Any) -> float:
     """Kish's ``(sum w)^2 / sum w^2`` of the weights ``exp(log_weights)`` (0 when all are zero)."""
     values = np.asarray(log_weights, dtype=np.float64).reshape(-1)

@@ -28,6 +28,7 @@ Non-finite gradients raise ``FloatingPointError`` naming the parameter.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -53,7 +54,7 @@ def _param_name(optimizer: torch.optim.Optimizer, group_index: int, index: int) 
     return f"{type(optimizer).__name__} group {group_index} parameter {index}"
 
 
-class _RootFreeBase(torch.optim.Optimizer):
+class _RootFreeBase(torch.optim.Optimizer, abc.ABC):
     """The step loop and state casting shared by the root-free optimizers: moments stay in ``compute_dtype``.
 
     ``step`` checks each gradient (finite), divides it by ``loss_scale`` in the compute dtype,
@@ -61,13 +62,13 @@ class _RootFreeBase(torch.optim.Optimizer):
     the step and calls the subclass's :meth:`update`.
     """
 
+    @abc.abstractmethod
     def init_state(self, state: dict[str, Any], p: torch.Tensor, dt: torch.dtype) -> None:
         """Add the method's buffers (of dtype ``dt``, shaped like ``p``) to a new ``state``."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         """One step on ``p`` from the scaled gradient ``grad`` (compute dtype; may be overwritten)."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:

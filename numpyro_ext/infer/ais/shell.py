@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapters.configs import check_model_or_potential
 from adapters.mi import AISConfig, AISResultBase
 from numpyro_ext.infer.ais.anneal import Adaptation, AISOutput, anneal, check_positions, pilot_step_sizes
 from numpyro_ext.infer.ais.core import KernelSettings, LogDensityFn
@@ -216,8 +217,7 @@ class AIS:
         from adapters.target import Target
 
         self.config = AISConfig.from_arguments(locals())
-        if (model is None) == (log_likelihood_fn is None):
-            raise ValueError("AIS: give exactly one of `model` (a model or an adapters.Target) and `log_likelihood_fn`")
+        check_model_or_potential("AIS", model, log_likelihood_fn, alternative="log_likelihood_fn")
         self._bound_args = None
         self._target = None
         if isinstance(model, Target):

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters.mi import BoundEstimate
+from adapters.mi import BoundEstimate, check_group_size
 from adapters.validation import check_choice, check_positive, check_positive_int
 from numpyro_ext.infer.mi_bounds.annealed import hmc_chain, mine_ais
 from numpyro_ext.infer.mi_bounds.critics import Critic, score_matrix
@@ -64,9 +64,7 @@ class _Estimator:
 def _groups(name: str, x: Array, z: Array, num_samples: int | None) -> tuple[Array, Array]:
     """``(N, d)`` -> ``(N // K, K, d)``; ``N`` must be a multiple of ``K``."""
     n = x.shape[0]
-    k = n if num_samples is None else num_samples
-    if n % k:
-        raise ValueError(f"the batch of {n} joint samples must split into groups of {name} = {k}")
+    k = check_group_size(name, n, num_samples)
     return x.reshape(n // k, k, x.shape[-1]), z.reshape(n // k, k, z.shape[-1])
 
 

@@ -14,6 +14,7 @@ import numpy as np
 import pyro
 import torch
 
+from adapters.configs import check_model_or_potential
 from adapters.mi import AISConfig, AISResultBase
 from adapters.validation import check_positive_int
 from pyro_ext.infer.ais.anneal import anneal, kernel_options, pilot_step_sizes
@@ -238,8 +239,7 @@ class AIS:
         from adapters.target import Target
 
         self.config = AISConfig.from_arguments(locals())
-        if (model is None) == (log_likelihood_fn is None):
-            raise ValueError("AIS: give exactly one of `model` (a model or an adapters.Target) and `log_likelihood_fn`")
+        check_model_or_potential("AIS", model, log_likelihood_fn, alternative="log_likelihood_fn")
         if not isinstance(vectorized, bool):
             raise ValueError(f"vectorized must be True or False, got {vectorized!r}")
         self._bound_args = None

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapters.mi import BoundEstimate
+from adapters.mi import BoundEstimate, check_group_size
 from adapters.validation import check_choice, check_positive, check_positive_int
 from pyro_ext.infer.mi_bounds import terms
 from pyro_ext.infer.mi_bounds.annealed import hmc_chain, mine_ais
@@ -54,9 +54,7 @@ class _Estimator(nn.Module):
 def _groups(name: str, x: Tensor, z: Tensor, num_samples: int | None) -> tuple[Tensor, Tensor]:
     """``(N, d)`` -> ``(N // K, K, d)``; ``N`` must be a multiple of ``K``."""
     n = x.shape[0]
-    k = n if num_samples is None else num_samples
-    if n % k:
-        raise ValueError(f"the batch of {n} joint samples must split into groups of {name} = {k}")
+    k = check_group_size(name, n, num_samples)
     return x.reshape(n // k, k, x.shape[-1]), z.reshape(n // k, k, z.shape[-1])
 
 
