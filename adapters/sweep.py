@@ -87,6 +87,7 @@ __all__ = [
     "parse_seeds",
     "register_algorithm",
     "resolve_target",
+    "run_output",
     "run_sweep",
     "run_task",
     "select_posteriors",
@@ -121,6 +122,11 @@ class Task:
     route: str = "auto"
     timeout: float | None = None
     compilation_cache: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any], path: str | None = None) -> Task:
+        """The task of a stored row (:meth:`SweepStore.rows`), on the route the run took; ``path``: its posteriordb."""
+        return cls(row["posterior"], row["algorithm"], dict(row["config"]), int(row["seed"]), path, row["route"])
 
     @property
     def key(self) -> str:
@@ -174,20 +180,34 @@ def use_compilation_cache(directory: str | None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def run_output(task: Task) -> RunOutput:
+    """Run ``task`` in this process and return the algorithm's :class:`RunOutput`: the draws themselves.
+
+    The store keeps a run's scores, not its draws; a run is a pure function of its key, so
+    ``run_output(Task.from_row(row, path)).to_arviz()`` gives a stored run's draws again as
+    ArviZ ``InferenceData`` (same numbers on the same machine and versions).
+    """
+    return _run(task)[0]
+
+
+def _run(task: Task) -> tuple[RunOutput, str]:
+    use_compilation_cache(task.compilation_cache)
+    algorithm = get_algorithm(task.algorithm)
+    if algorithm.setup is not None:
+        algorithm.setup()
+    target, route = resolve_target(task.posterior, algorithm.backend, task.route, task.path)
+    _pin_threads()
+    return algorithm.run(target, dict(task.config), task.seed), route
+
+
 def run_task(task: Task) -> dict[str, Any]:
     """Execute one run in this process and return its store row (never raises)."""
     row = _key_row(task)
     start = time.perf_counter()
     try:
-        use_compilation_cache(task.compilation_cache)
         from adapters import metrics, posteriordb
 
-        algorithm = get_algorithm(task.algorithm)
-        if algorithm.setup is not None:
-            algorithm.setup()
-        target, row["route"] = resolve_target(task.posterior, algorithm.backend, task.route, task.path)
-        _pin_threads()
-        output = algorithm.run(target, dict(task.config), task.seed)
+        output, row["route"] = _run(task)
         row["wall_s"] = time.perf_counter() - start
         draws = metrics.flatten_draws(output.draws)
         bad = sorted(k for k, v in draws.items() if not np.all(np.isfinite(v)))

@@ -45,12 +45,27 @@ class RunOutput(NamedTuple):
     * ``draws``: constrained draws ``{site: array (chains, draws, *shape)}`` (as
       ``MCMC.get_samples(group_by_chain=True)``), scored against the reference draws;
     * ``grad_evals``: gradient evaluations of the sampling phase (warmup excluded);
-    * ``divergences``: divergent transitions of the sampling phase.
+    * ``divergences``: divergent transitions of the sampling phase;
+    * ``sample_stats``: optional per-draw statistics ``{name: array (chains, draws)}`` by the
+      library's names (the library's algorithms give ``diverging`` and ``num_grad_evals``,
+      which sum to ``divergences`` and ``grad_evals``).
     """
 
     draws: Mapping[str, Any]
     grad_evals: int
     divergences: int
+    sample_stats: Mapping[str, Any] | None = None
+
+    def to_arviz(self):
+        """ArviZ ``InferenceData``: ``posterior`` from ``draws``, ``sample_stats`` (ArviZ's names) if any.
+
+        The totals ``grad_evals`` and ``divergences`` are attributes of the ``posterior`` group.
+        """
+        from adapters.inference_data import from_samples
+
+        idata = from_samples(self.draws, self.sample_stats)
+        idata.posterior.attrs.update(grad_evals=int(self.grad_evals), divergences=int(self.divergences))
+        return idata
 
 
 @dataclasses.dataclass(frozen=True)

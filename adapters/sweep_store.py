@@ -97,7 +97,11 @@ class SweepStore:
             raise StoreError(self._explain(err)) from err
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every stored row, JSON columns decoded, ``passed`` as a bool."""
+        """Every stored row, JSON columns decoded, ``passed`` as a bool.
+
+        A row is a run's scores, not its draws, so it has no ``to_arviz()``: the draws of a
+        stored run are ``adapters.sweep.run_output(Task.from_row(row, path)).to_arviz()``.
+        """
         try:
             cursor = self._db.execute(f"SELECT {', '.join(_COLUMNS)} FROM runs ORDER BY posterior, algorithm, seed")
             out = [dict(zip(_COLUMNS, r, strict=True)) for r in cursor]

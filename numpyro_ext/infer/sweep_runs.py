@@ -70,7 +70,8 @@ def run_mcmc(
         mcmc.run(rng_key, init_params=init if num_chains > 1 else init[0], extra_fields=fields)
         draws = target.constrain(np.asarray(mcmc.get_samples(group_by_chain=True)))
     extra = mcmc.get_extra_fields(group_by_chain=True)
-    return RunOutput(draws, int(np.sum(extra[grad_field])), int(np.sum(extra["diverging"])))
+    stats = {"diverging": np.asarray(extra["diverging"]), "num_grad_evals": np.asarray(extra[grad_field])}
+    return RunOutput(draws, int(np.sum(stats["num_grad_evals"])), int(np.sum(stats["diverging"])), stats)
 
 
 def make_nuts(config: Mapping[str, Any]) -> Callable[..., Any]:

@@ -32,13 +32,13 @@ def enable_float64() -> None:
 
 
 class _CountingNUTS(NUTS):
-    """Pyro's NUTS that counts potential-energy evaluations (one per leapfrog step) after warmup."""
+    """Pyro's NUTS that counts potential-energy evaluations (one per leapfrog step) of each draw after warmup."""
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         super().setup(warmup_steps, *args, **kwargs)
         potential_fn = self.potential_fn
         self._warmup_left = warmup_steps
-        self.sampling_evals = 0
+        self.sampling_evals: list[int] = []
         self._evals = 0
 
         def counting(params):
@@ -53,7 +53,7 @@ class _CountingNUTS(NUTS):
         if self._warmup_left > 0:
             self._warmup_left -= 1
         else:
-            self.sampling_evals += self._evals - before
+            self.sampling_evals.append(self._evals - before)
         return out
 
 
@@ -73,7 +73,8 @@ def run_mcmc(make_kernel: Callable[..., Any], target: Any, config: Mapping[str, 
     native = target.backend == "pyro"
     logdensity = None if native else target.as_torch()
     chains: list[dict[str, np.ndarray]] = []
-    grads = divergences = 0
+    grads: list[np.ndarray] = []  # per chain: gradient evaluations of each draw
+    diverging: list[np.ndarray] = []
     for chain in range(int(config["num_chains"])):
         pyro.set_rng_seed(1000 * seed + chain)
         if native:
@@ -102,14 +103,16 @@ def run_mcmc(make_kernel: Callable[..., Any], target: Any, config: Mapping[str, 
             chains.append({k: v.detach().cpu().numpy() for k, v in samples.items()})
         else:
             chains.append(target.constrain(samples["x"].detach().cpu().numpy()))
-        divergences += len(mcmc.diagnostics()["divergences"]["chain 0"])
+        diverging.append(np.zeros(int(config["num_samples"]), dtype=bool))
+        diverging[-1][np.asarray(mcmc.diagnostics()["divergences"]["chain 0"], dtype=int)] = True
         if isinstance(kernel, DRHMC):
             stats = kernel.get_sample_stats()
-            grads += int(np.sum(stats["num_grad_evals"][~stats["warmup"]]))
+            grads.append(np.asarray(stats["num_grad_evals"])[~np.asarray(stats["warmup"], dtype=bool)])
         else:
-            grads += kernel.sampling_evals
+            grads.append(np.asarray(kernel.sampling_evals))
     draws = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
-    return RunOutput(draws, grads, divergences)
+    stats = {"diverging": np.stack(diverging), "num_grad_evals": np.stack(grads)}
+    return RunOutput(draws, int(np.sum(stats["num_grad_evals"])), int(np.sum(stats["diverging"])), stats)
 
 
 def run_nuts(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:

@@ -319,3 +319,57 @@ def test_report_needs_a_store_with_runs(tmp_path):
     sweep.SweepStore(tmp_path / "empty.sqlite").close()
     with pytest.raises(SystemExit, match="holds no finished run yet"):
         report.main(["--store", str(tmp_path / "empty.sqlite"), "--out", str(tmp_path / "out")])
+
+
+def test_run_output_to_arviz_keeps_draws_stats_and_totals():
+    import numpy as np
+
+    from adapters.inference_data import SAMPLE_STAT_NAMES
+
+    rng = np.random.default_rng(0)
+    draws = {"mu": rng.normal(size=(2, 5)), "theta": rng.normal(size=(2, 5, 3))}
+    stats = {"diverging": np.arange(10).reshape(2, 5) == 3, "num_grad_evals": np.full((2, 5), 7)}
+    idata = sweep.RunOutput(draws, 70, 1, stats).to_arviz()
+    np.testing.assert_array_equal(idata.posterior["theta"].values, draws["theta"])
+    np.testing.assert_array_equal(idata.posterior["mu"].values, draws["mu"])
+    grads = SAMPLE_STAT_NAMES.get("num_grad_evals", "num_grad_evals")
+    np.testing.assert_array_equal(idata.sample_stats[grads].values, stats["num_grad_evals"])
+    np.testing.assert_array_equal(idata.sample_stats["diverging"].values, stats["diverging"])
+    assert (idata.posterior.attrs["grad_evals"], idata.posterior.attrs["divergences"]) == (70, 1)
+    # a user's algorithm may return no per-draw statistics
+    assert "sample_stats" not in sweep.RunOutput(draws, 70, 1).to_arviz().groups()
+
+
+@pytest.mark.slow  # compiles the run's sampler again: 5-15 s
+def test_a_stored_run_run_again_gives_its_draws_as_arviz(serial_rows):
+    from adapters import metrics, posteriordb
+    from adapters.inference_data import SAMPLE_STAT_NAMES
+
+    row = next(
+        r for r in serial_rows.values() if (r["posterior"], r["algorithm"], r["seed"]) == (POSTERIORS[0], "hmc", 1)
+    )
+    output = sweep.run_output(sweep.Task.from_row(row, str(EMBEDDED_PATH)))
+    idata = output.to_arviz()
+    assert (idata.posterior.sizes["chain"], idata.posterior.sizes["draw"]) == (1, SMALL["num_samples"])
+    grads = idata.sample_stats[SAMPLE_STAT_NAMES.get("num_grad_evals", "num_grad_evals")]
+    assert int(grads.sum()) == output.grad_evals == row["grad_evals"] == 16 * SMALL["num_samples"]
+    assert int(idata.sample_stats["diverging"].sum()) == output.divergences == row["divergences"]
+    # the same draws as the stored run: the same score
+    reference = posteriordb.load(POSTERIORS[0], str(EMBEDDED_PATH)).reference_draws
+    score = metrics.reference_score(metrics.flatten_draws(output.draws), reference).summary()
+    assert score["min_ess"] == row["min_ess_bulk"] and score["max_z_mean"] == row["max_z_mean"]
+
+
+def test_pyro_run_output_has_per_draw_stats_that_sum_to_its_totals():
+    pytest.importorskip("pyro", reason="the pyro extra is not installed")
+    import numpy as np
+
+    algorithm = sweep.get_algorithm("pyro-nuts")
+    algorithm.setup()
+    target, _ = sweep.resolve_target(POSTERIORS[0], "pyro", "auto", str(EMBEDDED_PATH))
+    output = algorithm.run(target, algorithm.resolve({"num_warmup": 10, "num_samples": 10, "num_chains": 2}), 0)
+    assert {k: v.shape for k, v in output.sample_stats.items()} == {"diverging": (2, 10), "num_grad_evals": (2, 10)}
+    assert int(np.sum(output.sample_stats["num_grad_evals"])) == output.grad_evals > 0
+    assert int(np.sum(output.sample_stats["diverging"])) == output.divergences
+    idata = output.to_arviz()
+    np.testing.assert_array_equal(idata.posterior["theta"].values, output.draws["theta"])
