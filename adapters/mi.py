@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 
-from adapters.validation import check_choice, check_positive, check_positive_int, check_probability
+from adapters.diagnostics import divergence_warning, warn_unreliable, weight_degeneracy_warning
+from adapters.validation import check_choice, check_numeric, check_positive, check_positive_int, check_probability
 
 BoundKind = Literal["lower", "upper", "estimate"]
 
@@ -36,6 +37,11 @@ class BoundEstimate:
     deviation over ``sqrt(num_samples)``.  ``kind`` is ``"lower"`` or ``"upper"`` when the
     *expectation* of the estimator is a bound on the true value (a stochastic bound: a single
     estimate may cross the truth by a few ``stderr``), ``"estimate"`` otherwise.
+
+    ``samples`` ``(num_samples,)`` holds the per-sample terms whose mean is ``value`` when the
+    estimator has them (:meth:`from_samples`; ``None`` for a ``log Z`` from AIS weights, whose
+    result object keeps the weights), and ``warnings`` the :mod:`adapters.diagnostics` messages
+    the run warned with (divergences, degenerate weights).  Neither takes part in ``==``.
     """
 
     value: float
@@ -43,17 +49,44 @@ class BoundEstimate:
     kind: BoundKind
     estimator: str
     num_samples: int
+    samples: np.ndarray | None = field(default=None, compare=False, repr=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, ("lower", "upper", "estimate"))
+        object.__setattr__(self, "warnings", tuple(self.warnings))
 
     @classmethod
-    def from_samples(cls, samples: Any, kind: BoundKind, estimator: str) -> BoundEstimate:
-        """Mean and standard error of per-sample estimates (any array-like, flattened)."""
+    def from_samples(
+        cls, samples: Any, kind: BoundKind, estimator: str, warnings: tuple[str, ...] | list[str] = ()
+    ) -> BoundEstimate:
+        """Mean and standard error of per-sample estimates (any array-like, flattened; kept as ``samples``)."""
         values = np.asarray(samples, dtype=np.float64).reshape(-1)
         n = values.size
         stderr = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
-        return cls(float(values.mean()), stderr, kind, estimator, n)
+        return cls(float(values.mean()), stderr, kind, estimator, n, values, tuple(warnings))
+
+    def to_arviz(self):
+        """``arviz.InferenceData`` of the estimate: the per-sample terms (when known) as one chain of
+        ``sample_stats`` variable ``terms`` ``(1, num_samples)``, and ``value``, ``stderr``, ``kind``,
+        ``estimator``, ``num_samples`` and ``warnings`` in ``attrs``.
+
+        An estimate is not a posterior, so there is no ``posterior`` group; the terms are what
+        ArviZ can summarise (``az.summary(idata, group="sample_stats")``, ``az.plot_dist``).
+        """
+        import arviz as az
+
+        stats = {} if self.samples is None else {"terms": np.asarray(self.samples)[None]}
+        idata = az.from_dict(sample_stats=stats) if stats else az.InferenceData()
+        idata.attrs.update(
+            value=self.value,
+            stderr=self.stderr,
+            kind=self.kind,
+            estimator=self.estimator,
+            num_samples=self.num_samples,
+            warnings=list(self.warnings),
+        )
+        return idata
 
     def interval(self, z: float = 2.0) -> tuple[float, float]:
         """``value ± z * stderr``."""
@@ -92,6 +125,7 @@ def check_schedule(schedule: Any, num_steps: int | None = None, name: str = "sch
         if num_steps is None:
             raise ValueError(f"{name}={schedule!r} needs num_steps")
         return linear_schedule(num_steps) if schedule == "linear" else sigmoid_schedule(num_steps)
+    check_numeric(name, schedule, "'linear', 'sigmoid' or an array of inverse temperatures")
     betas = np.asarray(schedule, dtype=np.float64)
     if betas.ndim != 1 or betas.size < 2:
         raise ValueError(f"{name} must be a 1-D array of at least 2 inverse temperatures, got shape {betas.shape}")
@@ -181,6 +215,54 @@ def check_group_size(name: str, batch_size: int, num_samples: int | None) -> int
     return k
 
 
+# ---------------------------------------------------------------------------------------
+# A model as a joint p(z) p(x | z): which sites are z and which are x (both backends' joint_model)
+# ---------------------------------------------------------------------------------------
+def check_site_names(name: str, value: Any) -> list[str]:
+    """``value`` (a site name or a list of them) as a non-empty list of names; the error names ``name``."""
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list | tuple) or not names or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{name} must be a site name or a list of site names, got {value!r}")
+    return list(names)
+
+
+def check_joint_sites(trace_sites: dict, latent: Any, observed: Any, algorithm: str) -> tuple[list[str], list[str]]:
+    """Check ``latent`` and ``observed`` against ``trace_sites`` ``{name: is_observed}`` (the model run
+    without data): each names sample sites the model draws, the two do not overlap, and together they
+    cover every sample site (``p(x | z)`` must be the product of the observed sites' densities)."""
+    latent, observed = check_site_names("latent", latent), check_site_names("observed", observed)
+    overlap = sorted(set(latent) & set(observed))
+    if overlap:
+        raise ValueError(f"latent and observed share the sites {overlap}; each site is one or the other")
+    for name, names in (("latent", latent), ("observed", observed)):
+        missing = [n for n in names if n not in trace_sites]
+        if missing:
+            raise ValueError(f"{name}: the model has no sample sites {missing}; its sites are {sorted(trace_sites)}")
+    fixed = [n for n in latent + observed if trace_sites[n]]
+    if fixed:
+        raise ValueError(
+            f"model: the sites {fixed} are observed (obs=...) when the model runs with model_args/model_kwargs; "
+            f"{algorithm} samples the joint, so leave their data out (obs=None)"
+        )
+    others = sorted(set(trace_sites) - set(latent) - set(observed))
+    if others:
+        raise ValueError(
+            f"model: the sample sites {others} are neither latent nor observed; {algorithm} needs p(x | z) in closed "
+            "form, so name every sample site in latent or observed (marginalise the others out of the model)"
+        )
+    return latent, observed
+
+
+def check_posterior_samples(samples: Any) -> None:
+    """AIS's reverse-run start: a dict of numeric arrays (one per latent site) or one numeric array;
+    a ``TypeError`` naming the entry otherwise (before any backend converts it)."""
+    if isinstance(samples, Mapping):
+        for key, value in samples.items():
+            check_numeric(f"posterior_samples[{key!r}]", value, "an array of draws (num_chains, ...)")
+    else:
+        check_numeric("posterior_samples", samples, "an array of shape (num_chains, d) or a dict of latent sites")
+
+
 def effective_sample_size(log_weights: Any) -> float:
     """Kish's ``(sum w)^2 / sum w^2`` of the weights ``exp(log_weights)`` (0 when all are zero)."""
     values = np.asarray(log_weights, dtype=np.float64).reshape(-1)
@@ -258,6 +340,37 @@ class AISConfig:
         return np.asarray(self.schedule, dtype=np.float64)
 
 
+#: AIS and the MI bounds flag weights whose Kish ESS is below this fraction of the chains: a
+#: tenth is "far below" (the estimate then follows one or two chains) yet leaves healthy runs
+#: of a few dozen chains, whose ESS is typically a third or more of them, unflagged.
+AIS_MIN_ESS_FRACTION = 0.1
+
+
+def ais_reliability(
+    algorithm: str,
+    num_divergent: int,
+    num_transitions: int,
+    ess: float,
+    num_chains: int,
+    *,
+    what: str = "importance weights",
+    stacklevel: int = 4,
+) -> list[str]:
+    """Warn, in AIS's and the MI bounds' words, when ``num_divergent`` of ``num_transitions``
+    transitions diverged (more than :data:`adapters.diagnostics.DEFAULT_MAX_DIVERGENCE_RATE`) or the
+    Kish ESS of ``num_chains`` weights is below :data:`AIS_MIN_ESS_FRACTION` of them; the messages.
+
+    Divergent transitions leave chains where they were, so AIS's weights no longer come from
+    ``pi_t``-invariant moves along the whole path; degenerate weights mean the estimate (and its
+    standard error) rest on one or two chains, so it is far below ``log Z`` in expectation.
+    """
+    return warn_unreliable(
+        divergence_warning(algorithm, num_divergent, num_transitions),
+        weight_degeneracy_warning(algorithm, ess, num_chains, min_fraction=AIS_MIN_ESS_FRACTION, what=what),
+        stacklevel=stacklevel,
+    )
+
+
 class AISResultBase:
     """The backend-free half of ``AISResult`` (both backends): everything computed from numpy arrays.
 
@@ -276,7 +389,8 @@ class AISResultBase:
     Attributes: ``direction`` (``"forward"``/``"reverse"``), ``log_weights`` (float64),
     ``log_Z`` and ``mean_log_weight`` (:class:`BoundEstimate`; the latter the single-chain bound
     ``mean_k log w_k``), ``ess`` (Kish's, of ``w`` forward and ``1/w`` reverse), ``step_sizes``,
-    ``acceptance_rate``, ``num_divergent``.
+    ``acceptance_rate``, ``num_divergent``, ``num_transitions`` and ``warnings`` (the messages of
+    :meth:`check_reliability`, empty until a shell calls it).
     """
 
     def __init__(self, log_weights: Any, kind: BoundKind, step_sizes: Any, acceptance_rate: Any, is_divergent: Any):
@@ -288,8 +402,25 @@ class AISResultBase:
             self.mean_log_weight = BoundEstimate.from_samples(self.log_weights, kind, f"{estimator}-mean-log-weight")
         self.step_sizes = np.asarray(step_sizes)
         self.acceptance_rate = np.asarray(acceptance_rate)
-        self.num_divergent = int(np.sum(np.asarray(is_divergent)))
+        divergent = np.asarray(is_divergent)
+        self.num_divergent = int(np.sum(divergent))
+        self.num_transitions = int(divergent.size)
         self.ess = effective_sample_size(self.log_weights if kind == "lower" else -self.log_weights)
+        self.warnings: list[str] = []
+
+    def check_reliability(self, stacklevel: int = 4) -> list[str]:
+        """Warn (:class:`adapters.diagnostics.ReliabilityWarning`) when the divergence rate or the
+        weights' ESS says the estimate cannot be trusted (:func:`ais_reliability`); the messages
+        are kept in ``warnings`` and returned.  The shells call it once a run has finished."""
+        self.warnings = ais_reliability(
+            "AIS" if self.direction == "forward" else "reverse AIS (BDMC)",
+            self.num_divergent,
+            self.num_transitions,
+            self.ess,
+            self.log_weights.size,
+            stacklevel=stacklevel + 1,
+        )
+        return self.warnings
 
     def resampling(self, num_samples: int | None = None) -> tuple[np.ndarray, int]:
         """``(logits (K,), num)``: multinomial importance resampling draws ``num`` chain indices
@@ -313,12 +444,13 @@ class AISResultBase:
     def inference_data(self, samples: dict[str, Any]):
         """``arviz.InferenceData`` of resampled draws ``{site: (num, ...)}`` (numpy) as one chain
         (``posterior``), the chains' ``log_weight`` (``sample_stats``) and ``log_Z``,
-        ``log_Z_stderr``, ``log_Z_kind`` in ``attrs``."""
+        ``log_Z_stderr``, ``log_Z_kind``, ``ess``, ``num_divergent`` and ``warnings`` in ``attrs``."""
         import arviz as az
 
         posterior = {k: np.asarray(v)[None] for k, v in samples.items()}
         idata = az.from_dict(posterior=posterior, sample_stats={"log_weight": self.log_weights[None]})
         idata.attrs.update(log_Z=self.log_Z.value, log_Z_stderr=self.log_Z.stderr, log_Z_kind=self.log_Z.kind)
+        idata.attrs.update(ess=self.ess, num_divergent=self.num_divergent, warnings=list(self.warnings))
         return idata
 
     def summary(self) -> str:

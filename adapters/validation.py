@@ -135,3 +135,29 @@ def check_finite_array(name: str, values: Any, hint: str = "") -> None:
             f"{name} must be finite, got {int(bad.sum())} non-finite entries (first at index {first}, "
             f"value {float(values[first])!r}){hint}"
         )
+
+
+def check_numeric(name: str, value: Any, expected: str = "an array of numbers") -> None:
+    """Raise a ``TypeError`` naming ``name`` when ``value`` is not numeric: ``None``, a string, or an
+    array-like whose entries are not numbers (a JAX or torch array is numeric by construction)."""
+    if value is None or isinstance(value, str | bytes):
+        raise TypeError(f"{name} must be {expected}, got {value!r}")
+    if hasattr(value, "dtype") and not isinstance(value, np.ndarray | np.generic):
+        return
+    try:
+        kind = np.asarray(value).dtype.kind
+    except (TypeError, ValueError) as err:  # ragged nesting, unconvertible objects
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__}: {err}") from None
+    if kind not in "biuf":
+        raise TypeError(f"{name} must be {expected}, got {type(value).__name__} of dtype {np.asarray(value).dtype}")
+
+
+def invalid_site_message(algorithm: str, site: str, problem: str, num_bad: int, num_total: int) -> str:
+    """The error both backends give for a model whose sample site ``site`` breaks a constraint at its
+    first draw: ``problem`` is e.g. ``"Normal distribution got invalid scale parameter"`` (NumPyro's
+    ``validate_args`` wording) or ``"observed value is outside the support of its Poisson distribution"``."""
+    return (
+        f"model: site {site!r}: {problem} ({num_bad} of {num_total} values); {algorithm} validates the model's "
+        "distributions before it runs, as NUTS does, because a density that is NaN or -inf on part of the space "
+        "makes every estimate from it meaningless"
+    )

@@ -20,15 +20,22 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.flatten_util import ravel_pytree
+
+from adapters.mi import check_joint_sites
+from adapters.validation import invalid_site_message
 
 __all__ = [
     "FlatModel",
+    "JointModel",
     "check_continuous_latents",
     "check_latent_samples",
     "discrete_latent_sites",
     "flat_model",
+    "joint_model",
     "trace_model",
+    "validate_model",
 ]
 
 Array = jax.Array
@@ -136,3 +143,154 @@ def check_latent_samples(samples: Any, latent: list[str], name: str = "posterior
     if missing:
         raise ValueError(f"{name} is missing the latent sites {missing} (expected {latent})")
     return {k: jnp.asarray(samples[k]) for k in latent}
+
+
+# ---------------------------------------------------------------------------------------
+# Validation at the door (once, on concrete arguments, outside jit)
+# ---------------------------------------------------------------------------------------
+def _distributions(fn: Any):
+    """``fn`` and the distributions it wraps (``Independent``, ``ExpandedDistribution``, masks: ``base_dist``)."""
+    while fn is not None:
+        yield fn
+        fn = getattr(fn, "base_dist", None)
+
+
+def _check_site(name: str, site: dict, algorithm: str) -> None:
+    """NumPyro's ``Distribution.validate_args`` on one sample site, and the support of an observed value;
+    a ``ValueError`` worded as :func:`adapters.validation.invalid_site_message` (the Pyro twin's words)."""
+    from numpyro.distributions import constraints
+    from numpyro.distributions.util import lazy_property
+
+    for fn in _distributions(site["fn"]):
+        if type(fn).__name__ == "Unit":  # a factor: its log_factor may be -inf by design (a hard constraint)
+            return
+        for param, constraint in fn.arg_constraints.items():
+            if constraints.is_dependent(constraint):
+                continue
+            if param not in fn.__dict__ and isinstance(getattr(type(fn), param, None), lazy_property):
+                continue  # derived from another parameter (probs from logits): checked through that one
+            valid = np.asarray(constraint(getattr(fn, param)))
+            if not valid.all():
+                problem = f"{type(fn).__name__} distribution got invalid {param} parameter"
+                raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.size))
+    if site["is_observed"]:
+        valid = np.asarray(site["fn"].support(site["value"]))
+        if not valid.all():
+            problem = f"observed value is outside the support of its {type(site['fn']).__name__} distribution"
+            raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.size))
+
+
+def validate_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm: str) -> dict:
+    """Run ``model`` once (seed 0) and check every sample site's distribution parameters against their
+    constraints, and every observed value against its support; return the trace.
+
+    NumPyro's ``MCMC`` refuses such a model at initialisation (``validate_args``: "Normal distribution
+    got invalid scale parameter"); an algorithm that evaluates the density inside ``jit``, where
+    validation is skipped, sees NaN or ``-inf`` instead and runs on.  Call this on concrete
+    arguments before jitting; the checks are the same as :func:`pyro_ext.infer.model_util.validate_model`'s.
+    """
+    import numpyro
+
+    with numpyro.validation_enabled(False):  # our own checks, so both backends word the error alike
+        trace = trace_model(model, model_args, model_kwargs)
+    for name, site in trace.items():
+        if site["type"] == "sample":
+            _check_site(name, site, algorithm)
+    return trace
+
+
+# ---------------------------------------------------------------------------------------
+# A joint p(z) p(x | z) as the three functions of the MI bounds
+# ---------------------------------------------------------------------------------------
+class JointModel(NamedTuple):
+    """A model's joint ``p(z) p(x | z)`` as functions of one flat sample, for :mod:`numpyro_ext.infer.ais_mi`.
+
+    ``z`` ``(dz,)`` is the ``latent`` sites' values in the unconstrained space (sites in the
+    given order, each raveled; ``I(x; z)`` does not change under a bijection of ``z``), ``x``
+    ``(dx,)`` the ``observed`` sites' values raveled.  ``sample_joint(rng_key, n) -> (x (n, dx),
+    z (n, dz))``; ``log_prior(z)`` is ``sum_latent log p(z_s | parents)`` plus the transforms'
+    log-Jacobians; ``log_likelihood(x, z) = sum_observed log p(x_s | parents)``.
+    """
+
+    latent: list[str]
+    observed: list[str]
+    sample_joint: Callable[[Array, int], tuple[Array, Array]]
+    log_prior: Callable[[Array], Array]
+    log_likelihood: Callable[[Array, Array], Array]
+
+
+def joint_model(
+    model: Callable,
+    latent: Any,
+    observed: Any,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    algorithm: str = "the MI bound",
+) -> JointModel:
+    """:class:`JointModel` of ``model`` run with ``model_args``/``model_kwargs`` (the observed sites
+    left without data, so the model samples them), after :func:`validate_model`.
+
+    The latent sites must not depend on the observed ones (``p(z)`` is annealed from, so it must be
+    normalised on its own): checked by evaluating ``log_prior`` next to two different ``x``.
+    """
+    from numpyro import handlers
+    from numpyro.distributions.transforms import biject_to
+
+    model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
+    model_args = tuple(model_args)
+    trace = validate_model(model, model_args, model_kwargs, algorithm)
+    sites = {name: site["is_observed"] for name, site in trace.items() if site["type"] == "sample"}
+    latent, observed = check_joint_sites(sites, latent, observed, algorithm)
+    check_continuous_latents({name: trace[name] for name in latent}, algorithm)
+    transforms = {name: biject_to(trace[name]["fn"].support) for name in latent}
+    shapes = {name: jnp.shape(trace[name]["value"]) for name in latent + observed}
+    free_shapes = {name: transforms[name].inverse_shape(shapes[name]) for name in latent}
+    z_sizes = [int(np.prod(free_shapes[name])) for name in latent]
+    x_sizes = [int(np.prod(shapes[name])) for name in observed]
+
+    def flat(tr):
+        z = jnp.concatenate([jnp.ravel(transforms[n].inv(tr[n]["value"])) for n in latent])
+        x = jnp.concatenate([jnp.ravel(tr[n]["value"]).astype(z.dtype) for n in observed])
+        return x, z
+
+    def sample_joint(rng_key, n):
+        def one(key):
+            return flat(handlers.trace(handlers.seed(model, key)).get_trace(*model_args, **model_kwargs))
+
+        return jax.vmap(one)(jax.random.split(rng_key, n))
+
+    def split(v, names, sizes, shape_of):
+        parts = jnp.split(v, np.cumsum(sizes)[:-1])
+        return {n: p.reshape(shape_of[n]) for n, p in zip(names, parts, strict=True)}
+
+    def parts(x, z):
+        free = split(z, latent, z_sizes, free_shapes)
+        values = {n: transforms[n](u) for n, u in free.items()}
+        data = split(x, observed, x_sizes, shapes)
+        tr = handlers.trace(handlers.condition(model, {**values, **data})).get_trace(*model_args, **model_kwargs)
+
+        def total(names):
+            terms = []
+            for n in names:
+                log_p = jnp.sum(tr[n]["fn"].log_prob(tr[n]["value"]))
+                terms.append(log_p if tr[n].get("scale") is None else tr[n]["scale"] * log_p)
+            return sum(terms)
+
+        log_jacobian = sum(jnp.sum(transforms[n].log_abs_det_jacobian(free[n], values[n])) for n in latent)
+        return total(latent) + log_jacobian, total(observed)
+
+    x_ref, z_ref = flat(trace)
+
+    def log_prior(z):
+        return parts(x_ref.astype(z.dtype), z)[0]
+
+    def log_likelihood(x, z):
+        return parts(x, z)[1]
+
+    x_other, _ = sample_joint(jax.random.PRNGKey(1), 1)
+    if not np.allclose(np.asarray(log_prior(z_ref)), np.asarray(parts(x_other[0], z_ref)[0]), equal_nan=True):
+        raise ValueError(
+            f"model: the latent sites {latent} depend on the observed sites {observed}; {algorithm} anneals from "
+            "p(z), so the latent sites must come first and not depend on x"
+        )
+    return JointModel(latent, observed, sample_joint, log_prior, log_likelihood)

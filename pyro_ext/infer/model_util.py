@@ -26,7 +26,19 @@ from typing import Any, NamedTuple
 import pyro
 import torch
 
-__all__ = ["FlatModel", "check_continuous_latents", "flat_model", "unvalidated", "vmap_log_density"]
+from adapters.mi import check_joint_sites
+from adapters.validation import invalid_site_message
+
+__all__ = [
+    "FlatModel",
+    "JointModel",
+    "check_continuous_latents",
+    "flat_model",
+    "joint_model",
+    "unvalidated",
+    "validate_model",
+    "vmap_log_density",
+]
 
 Tensor = torch.Tensor
 
@@ -78,8 +90,9 @@ def _sample_sites(trace: Any) -> dict[str, dict]:
     }
 
 
-def check_continuous_latents(trace: Any, algorithm: str) -> None:
-    """Raise a ValueError naming the discrete latent sites of a Pyro ``trace`` (``algorithm`` needs none).
+def check_continuous_latents(trace: Any, algorithm: str, sites: list[str] | None = None) -> None:
+    """Raise a ValueError naming the discrete latent sites of a Pyro ``trace`` (``algorithm`` needs none);
+    with ``sites``, only those sites are the latent ones (the others may be discrete).
 
     The message is the NumPyro twin's (:func:`numpyro_ext.infer.model_util.check_continuous_latents`):
     ``model: <algorithm> needs continuous latent sites, but [...] are discrete; marginalise them
@@ -88,7 +101,7 @@ def check_continuous_latents(trace: Any, algorithm: str) -> None:
     discrete = [
         name
         for name, site in _sample_sites(trace).items()
-        if not site["is_observed"] and site["fn"].support.is_discrete
+        if not site["is_observed"] and site["fn"].support.is_discrete and (sites is None or name in sites)
     ]
     if discrete:
         raise ValueError(
@@ -252,3 +265,155 @@ def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm
         lambda samples: _unconstrain(layout, samples),
         sample_prior,
     )
+
+
+# ---------------------------------------------------------------------------------------
+# Validation at the door (once per run, before any batched evaluation)
+# ---------------------------------------------------------------------------------------
+def _distributions(fn: Any):
+    """``fn`` and the distributions it wraps (``Independent``, ``ExpandedDistribution``, masks: ``base_dist``)."""
+    while fn is not None:
+        yield fn
+        fn = getattr(fn, "base_dist", None)
+
+
+def _check_site(name: str, site: dict, algorithm: str) -> None:
+    """torch's ``Distribution`` argument validation on one sample site, and the support of an observed
+    value; the error of :func:`numpyro_ext.infer.model_util.validate_model` word for word."""
+    from torch.distributions import constraints
+    from torch.distributions.utils import lazy_property
+
+    for fn in _distributions(site["fn"]):
+        if type(fn).__name__ == "Unit":  # a factor: its log_factor may be -inf by design (a hard constraint)
+            return
+        for param, constraint in fn.arg_constraints.items():
+            if constraints.is_dependent(constraint):
+                continue
+            if param not in fn.__dict__ and isinstance(getattr(type(fn), param, None), lazy_property):
+                continue  # derived from another parameter (probs from logits): checked through that one
+            valid = constraint.check(torch.as_tensor(getattr(fn, param))).detach()
+            if not bool(valid.all()):
+                problem = f"{type(fn).__name__} distribution got invalid {param} parameter"
+                raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.numel()))
+    if site["is_observed"]:
+        valid = site["fn"].support.check(site["value"]).detach()
+        if not bool(valid.all()):
+            problem = f"observed value is outside the support of its {type(site['fn']).__name__} distribution"
+            raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.numel()))
+
+
+def validate_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm: str) -> Any:
+    """Run ``model`` once and check every sample site's distribution parameters against their
+    constraints and every observed value against its support; return the trace.
+
+    The checks (and the message) are :func:`numpyro_ext.infer.model_util.validate_model`'s, made
+    with Pyro's validation off so that torch's own (differently worded) error does not come first.
+    """
+    from pyro import poutine
+
+    with pyro.validation_enabled(False):
+        trace = poutine.trace(model).get_trace(*model_args, **model_kwargs)
+    for name, site in _sample_sites(trace).items():
+        if not site["infer"].get("_deterministic"):
+            _check_site(name, site, algorithm)
+    return trace
+
+
+# ---------------------------------------------------------------------------------------
+# A joint p(z) p(x | z) as the three functions of the MI bounds
+# ---------------------------------------------------------------------------------------
+class JointModel(NamedTuple):
+    """A model's joint ``p(z) p(x | z)`` as functions of one flat sample, for :mod:`pyro_ext.infer.ais_mi`.
+
+    The twin of :class:`numpyro_ext.infer.model_util.JointModel`: ``z`` ``(dz,)`` the ``latent``
+    sites unconstrained and raveled, ``x`` ``(dx,)`` the ``observed`` sites raveled;
+    ``sample_joint(n) -> (x (n, dx), z (n, dz))`` (one model run per draw, torch's global
+    generator); ``log_prior(z)`` (log-Jacobians included) and ``log_likelihood(x, z)`` of one
+    sample, batched by ``torch.func.vmap``.
+    """
+
+    latent: list[str]
+    observed: list[str]
+    sample_joint: Callable[[int], tuple[Tensor, Tensor]]
+    log_prior: Callable[[Tensor], Tensor]
+    log_likelihood: Callable[[Tensor, Tensor], Tensor]
+
+
+def joint_model(
+    model: Callable,
+    latent: Any,
+    observed: Any,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
+    algorithm: str = "the MI bound",
+) -> JointModel:
+    """:class:`JointModel` of ``model`` run with ``model_args``/``model_kwargs`` (the observed sites
+    left without data), after :func:`validate_model`; the checks and messages of
+    :func:`numpyro_ext.infer.model_util.joint_model`."""
+    from pyro import poutine
+    from torch.distributions import biject_to
+
+    model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
+    model_args = tuple(model_args)
+    trace = validate_model(model, model_args, model_kwargs, algorithm)
+    sample_sites = {
+        name: site for name, site in _sample_sites(trace).items() if not site["infer"].get("_deterministic")
+    }
+    sites = {name: site["is_observed"] for name, site in sample_sites.items()}
+    latent, observed = check_joint_sites(sites, latent, observed, algorithm)
+    check_continuous_latents(trace, algorithm, sites=latent)
+    transforms = {name: biject_to(sample_sites[name]["fn"].support) for name in latent}
+    shapes = {name: tuple(sample_sites[name]["value"].shape) for name in latent + observed}
+    free_shapes = {name: tuple(transforms[name].inverse_shape(shapes[name])) for name in latent}
+    z_sizes = [math.prod(free_shapes[name]) for name in latent]
+    x_sizes = [math.prod(shapes[name]) for name in observed]
+    dtype = transforms[latent[0]].inv(sample_sites[latent[0]]["value"]).dtype
+
+    def flat(nodes):
+        z = torch.cat([transforms[n].inv(nodes[n]["value"].detach()).reshape(-1) for n in latent])
+        x = torch.cat([nodes[n]["value"].detach().reshape(-1).to(z.dtype) for n in observed])
+        return x, z
+
+    def sample_joint(num):
+        draws = []
+        with torch.no_grad():
+            for _ in range(num):  # Pyro's own sampling, one model run per draw
+                draws.append(flat(poutine.trace(model).get_trace(*model_args, **model_kwargs).nodes))
+        if not draws:
+            return torch.zeros(0, sum(x_sizes), dtype=dtype), torch.zeros(0, sum(z_sizes), dtype=dtype)
+        return torch.stack([x for x, _ in draws]), torch.stack([z for _, z in draws])
+
+    def split(v, names, sizes, shape_of):
+        parts = torch.split(v, sizes, dim=-1)
+        return {n: p.reshape(shape_of[n]) for n, p in zip(names, parts, strict=True)}
+
+    def parts(x, z):
+        free = split(z, latent, z_sizes, free_shapes)
+        values = {n: transforms[n](u) for n, u in free.items()}
+        data = split(x, observed, x_sizes, shapes)
+        tr = poutine.trace(poutine.condition(model, {**values, **data})).get_trace(*model_args, **model_kwargs)
+        log_jacobian = sum(
+            (transforms[n].log_abs_det_jacobian(free[n], values[n]).sum() for n in latent),
+            torch.zeros((), dtype=z.dtype),
+        )
+        log_prior = sum((_site_log_prob(tr.nodes[n]) for n in latent), torch.zeros((), dtype=z.dtype))
+        log_likelihood = sum((_site_log_prob(tr.nodes[n]) for n in observed), torch.zeros((), dtype=z.dtype))
+        return (log_prior + log_jacobian).to(z.dtype), log_likelihood.to(z.dtype)
+
+    x_ref, z_ref = flat(trace.nodes)
+
+    def log_prior(z):
+        return parts(x_ref.to(z.dtype), z)[0]
+
+    def log_likelihood(x, z):
+        return parts(x, z)[1]
+
+    x_other, _ = sample_joint(1)
+    with torch.no_grad(), pyro.validation_enabled(False):
+        same = torch.allclose(log_prior(z_ref), parts(x_other[0], z_ref)[0], equal_nan=True)
+    if not same:
+        raise ValueError(
+            f"model: the latent sites {latent} depend on the observed sites {observed}; {algorithm} anneals from "
+            "p(z), so the latent sites must come first and not depend on x"
+        )
+    return JointModel(latent, observed, sample_joint, log_prior, log_likelihood)

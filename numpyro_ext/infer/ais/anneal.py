@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters.mi import check_schedule
-from adapters.validation import check_positive_int, check_probability
+from adapters.validation import check_numeric, check_positive_int, check_probability
 from numpyro_ext.infer.ais.core import (
     AISState,
     KernelSettings,
@@ -35,6 +35,7 @@ __all__ = [
     "anneal",
     "chain_schedules",
     "check_positions",
+    "check_rng_key",
     "pilot_step_sizes",
     "tune_step_sizes",
 ]
@@ -76,7 +77,21 @@ def _betas(betas: Any, dtype) -> tuple[Array, int]:
     return betas, int(betas.shape[0]) - 1
 
 
+def check_rng_key(rng_key: Any, name: str = "rng_key") -> Array:
+    """``rng_key`` if it is a JAX PRNG key (``jax.random.PRNGKey(0)``: uint32 ``(2,)``, or a typed key), else a
+    ``TypeError`` naming ``name`` (a seed or a string would fail deep inside ``jax.random``)."""
+    if isinstance(rng_key, jax.core.Tracer):
+        return rng_key
+    dtype = getattr(rng_key, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and jnp.shape(rng_key) == ():
+        return rng_key
+    if dtype is not None and dtype == np.uint32 and jnp.shape(rng_key) == (2,):
+        return jnp.asarray(rng_key)
+    raise TypeError(f"{name} must be a JAX PRNG key such as jax.random.PRNGKey(0), got {rng_key!r}")
+
+
 def check_positions(init_positions: Any, name: str = "init_positions") -> Array:
+    check_numeric(name, init_positions, "an array of shape (num_chains, d)")
     positions = jnp.asarray(init_positions)
     if positions.ndim != 2 or positions.shape[0] < 1:
         raise ValueError(

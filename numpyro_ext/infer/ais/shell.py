@@ -17,10 +17,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from adapters.configs import check_model_or_potential
-from adapters.mi import AISConfig, AISResultBase
-from numpyro_ext.infer.ais.anneal import Adaptation, AISOutput, anneal, check_positions, pilot_step_sizes
+from adapters.mi import AISConfig, AISResultBase, check_posterior_samples
+from adapters.validation import check_numeric
+from numpyro_ext.infer.ais.anneal import (
+    Adaptation,
+    AISOutput,
+    anneal,
+    check_positions,
+    check_rng_key,
+    pilot_step_sizes,
+)
 from numpyro_ext.infer.ais.core import KernelSettings, LogDensityFn
-from numpyro_ext.infer.model_util import check_latent_samples, flat_model
+from numpyro_ext.infer.model_util import check_latent_samples, flat_model, validate_model
 
 __all__ = ["AIS", "AISResult"]
 
@@ -218,6 +226,8 @@ class AIS:
 
         self.config = AISConfig.from_arguments(locals())
         check_model_or_potential("AIS", model, log_likelihood_fn, alternative="log_likelihood_fn")
+        if inverse_mass_matrix is not None:
+            check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
         self._bound_args = None
         self._target = None
         if isinstance(model, Target):
@@ -268,6 +278,13 @@ class AIS:
         if self.model is None and (model_args or model_kwargs):
             raise ValueError("AIS: model arguments are only for a NumPyro model; this AIS was built from functions")
         return tuple(model_args), dict(model_kwargs)
+
+    def _validate(self, model_args: tuple, model_kwargs: dict) -> None:
+        """A model's distributions checked once on the concrete arguments, outside ``jit`` (where NumPyro
+        skips validation): an invalid parameter or observed value is a ``ValueError`` naming the site
+        (:func:`~numpyro_ext.infer.model_util.validate_model`), as NUTS raises at initialisation."""
+        if self.model is not None:
+            validate_model(self.model, model_args, model_kwargs, "AIS")
 
     def _runner(self, model_args: tuple, model_kwargs: dict):
         """Jitted ``(sample_init, run_chains, constrain, unconstrain)`` for these arguments, and their array leaves.
@@ -338,7 +355,9 @@ class AIS:
     def run(self, rng_key: Array, *model_args: Any, **model_kwargs: Any) -> AISResult:
         """Forward AIS: ``K`` chains from ``pi_0``; ``result.log_Z`` is a stochastic lower bound."""
         cfg = self.config
+        rng_key = check_rng_key(rng_key)
         model_args, model_kwargs = self._bind(model_args, model_kwargs)
+        self._validate(model_args, model_kwargs)
         runner, dynamic = self._runner(model_args, model_kwargs)
         pilot_key, init_key, run_key = jax.random.split(rng_key, 3)
         init = runner.sample_init(dynamic, init_key, cfg.num_chains)
@@ -348,7 +367,9 @@ class AIS:
             steps = jnp.full(cfg.num_steps, cfg.step_size, init.dtype)
         output = runner.run_chains(dynamic, run_key, init, jnp.zeros(cfg.num_chains, bool), steps, False)
         self.step_sizes = np.asarray(steps)
-        return AISResult(output, "lower", functools.partial(runner.constrain, dynamic), steps)
+        result = AISResult(output, "lower", functools.partial(runner.constrain, dynamic), steps)
+        result.check_reliability()
+        return result
 
     def run_reverse(self, rng_key: Array, posterior_samples: Any, *model_args: Any, **model_kwargs: Any) -> AISResult:
         """Reverse AIS (BDMC) from exact posterior samples; ``result.log_Z`` is a stochastic upper bound.
@@ -360,7 +381,10 @@ class AIS:
         those of a fresh pilot forward run, else the fixed ``step_size``.
         """
         cfg = self.config
+        rng_key = check_rng_key(rng_key)
+        check_posterior_samples(posterior_samples)
         model_args, model_kwargs = self._bind(model_args, model_kwargs)
+        self._validate(model_args, model_kwargs)
         runner, dynamic = self._runner(model_args, model_kwargs)
         if isinstance(posterior_samples, Mapping):
             posterior_samples = {k: jnp.asarray(v) for k, v in posterior_samples.items()}
@@ -374,4 +398,6 @@ class AIS:
         else:
             steps = jnp.full(cfg.num_steps, cfg.step_size, init.dtype)
         output = runner.run_chains(dynamic, run_key, init, jnp.ones(init.shape[0], bool), steps, False)
-        return AISResult(output, "upper", functools.partial(runner.constrain, dynamic), steps)
+        result = AISResult(output, "upper", functools.partial(runner.constrain, dynamic), steps)
+        result.check_reliability()
+        return result

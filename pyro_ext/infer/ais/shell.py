@@ -15,11 +15,11 @@ import pyro
 import torch
 
 from adapters.configs import check_model_or_potential
-from adapters.mi import AISConfig, AISResultBase
-from adapters.validation import check_positive_int
+from adapters.mi import AISConfig, AISResultBase, check_posterior_samples
+from adapters.validation import check_numeric, check_positive_int
 from pyro_ext.infer.ais.anneal import anneal, kernel_options, pilot_step_sizes
 from pyro_ext.infer.ais.core import AISOutput, BatchedLogDensity, as_positions
-from pyro_ext.infer.model_util import flat_model, unvalidated, vmap_log_density
+from pyro_ext.infer.model_util import flat_model, unvalidated, validate_model, vmap_log_density
 
 __all__ = ["AIS", "AISResult"]
 
@@ -98,8 +98,11 @@ def _pyro_problem(model: Callable, model_args: tuple, model_kwargs: dict, propos
     + log|J|`` (the Jacobians of the transforms belong to the prior) and ``log L = sum_observed
     log p`` (``pyro.factor`` included) from one conditioned trace per chain, batched by
     ``torch.func.vmap`` (so the model is written for one draw, as for NUTS).  Prior draws run
-    the model once per chain (Pyro's own sampling).
+    the model once per chain (Pyro's own sampling).  The model's distributions are checked first
+    (:func:`~pyro_ext.infer.model_util.validate_model`: an invalid parameter or observed value is a
+    ``ValueError`` naming the site, as NUTS refuses such a model).
     """
+    validate_model(model, model_args, model_kwargs, "AIS")
     flat = flat_model(model, model_args, model_kwargs, "AIS")
     if not flat.observed and proposal is None:
         raise ValueError(
@@ -240,6 +243,8 @@ class AIS:
 
         self.config = AISConfig.from_arguments(locals())
         check_model_or_potential("AIS", model, log_likelihood_fn, alternative="log_likelihood_fn")
+        if inverse_mass_matrix is not None:
+            check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
         if not isinstance(vectorized, bool):
             raise ValueError(f"vectorized must be True or False, got {vectorized!r}")
         self._bound_args = None
@@ -331,7 +336,9 @@ class AIS:
             steps = torch.full((cfg.num_steps,), cfg.step_size, dtype=init.dtype)
         output = self._anneal(problem, init, False, steps, False)
         self.step_sizes = steps.detach().cpu().numpy()
-        return AISResult(output, "lower", problem.constrain, steps)
+        result = AISResult(output, "lower", problem.constrain, steps)
+        result.check_reliability()
+        return result
 
     def run_reverse(self, posterior_samples: Any, *model_args: Any, **model_kwargs: Any) -> AISResult:
         """Reverse AIS (BDMC) from exact posterior samples; ``result.log_Z`` is a stochastic upper bound.
@@ -343,6 +350,7 @@ class AIS:
         of a fresh pilot forward run, else the fixed ``step_size``.
         """
         cfg = self.config
+        check_posterior_samples(posterior_samples)
         model_args, model_kwargs = self._bind(model_args, model_kwargs)
         problem = self._problem(model_args, model_kwargs)
         init = problem.unconstrain(posterior_samples)
@@ -354,4 +362,6 @@ class AIS:
         else:
             steps = torch.full((cfg.num_steps,), cfg.step_size, dtype=init.dtype)
         output = self._anneal(problem, init, True, steps, False)
-        return AISResult(output, "upper", problem.constrain, steps)
+        result = AISResult(output, "upper", problem.constrain, steps)
+        result.check_reliability()
+        return result
