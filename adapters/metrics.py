@@ -11,32 +11,59 @@ the reference standard deviation, so one rule fits every posterior:
 * ``log_sd``    = ``|log(sd / ref_sd)|``
 * ``q05``, ``q95`` = ``|q_p - ref_q_p| / ref_sd``, the 5% and 95% quantiles,
 
-each on the raw scale and, for a parameter whose reference draws and draws are all
-positive, also on the log scale (rows named ``log(tau)``): a check of raw means alone misses the centred
-eight-schools bias in ``tau``, which shows clearly on ``log(tau)``.
+each on the raw scale and, for a parameter constrained positive (``positive=``, or the
+:attr:`~adapters.posteriordb.Posterior.positive` of a posterior passed as ``reference``:
+Stan's ``<lower=0>``, a port's positive support), also on the log scale (rows named
+``log(tau)``): a check of raw means alone misses the centred eight-schools bias in ``tau``,
+which shows clearly on ``log(tau)``.  A coefficient that happens to be positive in every
+draw gets no log row.
 
 The pass rule (:data:`DEFAULT_RULE`) holds at bulk ESS >= 400: max ``z_mean`` < 0.15, max
 ``log_sd`` < 0.2, max quantile error < 0.4, the maxima taken over all parameters and both
-scales.  Calibration (``python -m benchmarks score-calibration``): an exact sampler (random
+scales; the score names each criterion with its value and threshold, the failed ones
+first (:attr:`ReferenceScore.criteria`, :meth:`ReferenceScore.verdict`).
+Calibration (``python -m benchmarks score-calibration``): an exact sampler (random
 subsets of 400 of the near-independent reference draws, scored against the other 9 600, 20
-subsets on each of the 27 posteriors of the shared subset) gives max ``z_mean`` 0.076 median
-/ 0.134 at the 95th percentile, max ``log_sd`` 0.063 / 0.142, and max quantile error 0.220 /
-0.356.  The quantile threshold of 0.2 first suggested would fail an exact sampler more often
-than not at ESS 400, hence 0.4.  The errors shrink like 1/sqrt(ESS), so the fixed
-thresholds get more lenient, relative to Monte Carlo error, as ESS grows; the centred
-eight-schools bias (z_mean 0.33 and quantile error 1.06 on ``log(tau)`` with NumPyro's NUTS)
-fails at any ESS.
+subsets on each of the 27 posteriors of the shared subset; 2026-12-07) gives max ``z_mean``
+0.076 median / 0.130 at the 95th percentile, max ``log_sd`` 0.061 / 0.131, and max quantile
+error 0.214 / 0.343; 93% of the subsets pass.  The quantile threshold of 0.2 first
+suggested would fail an exact sampler more often than not at ESS 400, hence 0.4.  The
+errors shrink like 1/sqrt(ESS), so the fixed thresholds get more lenient, relative to Monte
+Carlo error, as ESS grows; the centred eight-schools bias (z_mean 0.33 and quantile error
+1.06 on ``log(tau)`` with NumPyro's NUTS) fails at any ESS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+import numbers
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from adapters.target import stan_names
+from adapters.validation import check_choice, check_positive
+
+
+def _check_draws(name: str, draws: Any) -> dict[str, np.ndarray]:
+    """``draws`` as ``{parameter: float array (chains, draws)}``; bad input names ``name``."""
+    if not isinstance(draws, Mapping):
+        raise TypeError(
+            f"{name} must be a mapping {{parameter name: array (chains, draws)}}, got {type(draws).__name__}"
+        )
+    out = {}
+    for key, value in draws.items():
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name}[{key!r}] must be an array of numbers, got {type(value).__name__}: {err}") from None
+        if arr.ndim != 2:
+            raise ValueError(f"{name}[{key!r}] must have shape (chains, draws), got {arr.shape}")
+        out[key] = arr
+    return out
 
 
 def flatten_draws(samples: Mapping[str, Any], group_by_chain: bool = True) -> dict[str, np.ndarray]:
@@ -44,9 +71,16 @@ def flatten_draws(samples: Mapping[str, Any], group_by_chain: bool = True) -> di
 
     With ``group_by_chain=False`` the input is ``(draws, *shape)`` and one chain is assumed.
     """
+    if not isinstance(samples, Mapping):
+        raise TypeError(f"samples must be a mapping {{site name: array}}, got {type(samples).__name__}")
     out: dict[str, np.ndarray] = {}
     for site, value in samples.items():
-        arr = np.asarray(value, dtype=np.float64)
+        try:
+            arr = np.asarray(value, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"samples[{site!r}] must be an array of numbers, got {type(value).__name__}: {err}"
+            ) from None
         if not group_by_chain:
             arr = arr[None]
         if arr.ndim < 2:
@@ -59,16 +93,16 @@ def flatten_draws(samples: Mapping[str, Any], group_by_chain: bool = True) -> di
 
 
 def ess(draws: Mapping[str, np.ndarray], method: str = "bulk") -> dict[str, float]:
-    """ArviZ's rank-normalised ESS (``method="bulk"`` or ``"tail"``) of each parameter."""
+    """ArviZ's rank-normalised ESS (``method="bulk"`` or ``"tail"``) of each entry ``{name: (chains, draws)}``."""
     import arviz as az
 
-    return {k: float(az.ess(np.asarray(v, dtype=np.float64), method=method)) for k, v in draws.items()}
+    check_choice("method", method, ("bulk", "tail"))
+    return {k: float(az.ess(v, method=method)) for k, v in _check_draws("draws", draws).items()}
 
 
 def ess_per_grad(draws: Mapping[str, np.ndarray], num_grad_evals: int, method: str = "bulk") -> float:
     """The smallest ESS over parameters divided by the gradient evaluations that produced the draws."""
-    if num_grad_evals <= 0:
-        raise ValueError(f"num_grad_evals must be > 0, got {num_grad_evals}")
+    num_grad_evals = check_positive("num_grad_evals", num_grad_evals)
     return min(ess(draws, method).values()) / num_grad_evals
 
 
@@ -80,6 +114,11 @@ class ScoreRule:
     max_log_sd: float = 0.2
     max_quantile: float = 0.4
     min_ess: float = 400.0
+
+    def __post_init__(self):
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or math.isnan(value) or value < 0:
+                raise ValueError(f"ScoreRule.{name} must be a number >= 0, got {value!r}")
 
 
 DEFAULT_RULE = ScoreRule()
@@ -96,13 +135,51 @@ class ParameterScore:
     q95: float
 
 
+class Criterion(NamedTuple):
+    """One criterion of the pass rule, as measured: its value, its threshold and the verdict.
+
+    ``name`` is the :class:`ScoreRule` field (``max_z_mean``, ``max_log_sd``,
+    ``max_quantile``, ``min_ess``); ``worst`` is the row (or parameter) that sets ``value``.
+    """
+
+    name: str
+    value: float
+    threshold: float
+    passed: bool
+    worst: str
+
+    def __str__(self) -> str:
+        label, fmt = _CRITERIA[self.name]
+        at = f" (worst {self.worst})" if self.worst else ""
+        if self.name == "min_ess":
+            if self.passed:
+                return f"{label} {self.value:{fmt}} >= {self.threshold:g}{at}"
+            return f"{label} {self.value:{fmt}}{at}, needs >= {self.threshold:g}"
+        if self.passed:
+            return f"{label} {self.value:{fmt}} < {self.threshold:g}{at}"
+        return f"{label} {self.value:{fmt}}{at}, needs < {self.threshold:g}"
+
+
+# rule field -> (printed label, value format), in the order the verdict lists them
+_CRITERIA = {
+    "max_z_mean": ("max z_mean", ".3f"),
+    "max_log_sd": ("max |log sd ratio|", ".3f"),
+    "max_quantile": ("max quantile error", ".3f"),
+    "min_ess": ("min bulk ESS", ".0f"),
+}
+
+
 @dataclass(frozen=True)
 class ReferenceScore:
-    """Per-parameter scores, their maxima, the worst parameter and the verdict of a rule."""
+    """Per-parameter scores, their maxima, the worst parameter and the verdict of a rule.
+
+    ``min_ess_parameter`` is the reference parameter with the smallest bulk ESS.
+    """
 
     parameters: list[ParameterScore]
     min_ess: float
     rule: ScoreRule = field(default=DEFAULT_RULE)
+    min_ess_parameter: str = ""
 
     def max(self, metric: str) -> float:
         return max(getattr(p, metric) for p in self.parameters)
@@ -112,20 +189,59 @@ class ReferenceScore:
         return max(self.max("q05"), self.max("q95"))
 
     def worst(self, metric: str = "z_mean") -> ParameterScore:
+        """The row with the largest ``metric`` (``"quantile"``: the larger of ``q05`` and ``q95``)."""
+        if metric == "quantile":
+            return max(self.parameters, key=lambda p: max(p.q05, p.q95))
         return max(self.parameters, key=lambda p: getattr(p, metric))
 
     @property
-    def passed(self) -> bool:
+    def criteria(self) -> list[Criterion]:
+        """Each criterion of the rule with its value, threshold and verdict (order of the printed verdict)."""
         r = self.rule
-        return (
-            self.min_ess >= r.min_ess
-            and self.max("z_mean") < r.max_z_mean
-            and self.max("log_sd") < r.max_log_sd
-            and self.max_quantile < r.max_quantile
-        )
+        return [
+            Criterion(
+                "max_z_mean",
+                self.max("z_mean"),
+                r.max_z_mean,
+                self.max("z_mean") < r.max_z_mean,
+                self.worst("z_mean").name,
+            ),
+            Criterion(
+                "max_log_sd",
+                self.max("log_sd"),
+                r.max_log_sd,
+                self.max("log_sd") < r.max_log_sd,
+                self.worst("log_sd").name,
+            ),
+            Criterion(
+                "max_quantile",
+                self.max_quantile,
+                r.max_quantile,
+                self.max_quantile < r.max_quantile,
+                self.worst("quantile").name,
+            ),
+            Criterion("min_ess", self.min_ess, r.min_ess, self.min_ess >= r.min_ess, self.min_ess_parameter),
+        ]
+
+    @property
+    def failed(self) -> list[Criterion]:
+        """The criteria that fail (empty when the score passes)."""
+        return [c for c in self.criteria if not c.passed]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failed
+
+    def verdict(self) -> str:
+        """One line: ``PASS``/``FAIL``, the failed criteria with their thresholds, then the passed ones."""
+        failed = [str(c) for c in self.criteria if not c.passed]
+        passed = [str(c) for c in self.criteria if c.passed]
+        if not failed:
+            return "PASS: " + ", ".join(passed)
+        return "FAIL: " + "; ".join(failed) + ("; passed: " + ", ".join(passed) if passed else "")
 
     def summary(self) -> dict[str, Any]:
-        """The maxima, the worst parameter by ``z_mean`` and the verdict, as a flat dict."""
+        """The maxima, the worst parameter by ``z_mean``, the verdict and the names of the failed criteria."""
         return {
             "max_z_mean": self.max("z_mean"),
             "max_z_m2": self.max("z_m2"),
@@ -134,22 +250,18 @@ class ReferenceScore:
             "worst": self.worst().name,
             "min_ess": self.min_ess,
             "passed": self.passed,
+            "failed": [c.name for c in self.failed],
         }
 
     def to_dict(self) -> dict[str, Any]:
         rows = [asdict(p) for p in self.parameters]
-        return {"summary": self.summary(), "rule": asdict(self.rule), "parameters": rows}
+        criteria = [c._asdict() for c in self.criteria]
+        return {"summary": self.summary(), "rule": asdict(self.rule), "criteria": criteria, "parameters": rows}
 
     def __str__(self) -> str:
         head = f"{'parameter':<16}" + "".join(f"{m:>9}" for m in _METRICS)
         rows = [f"{p.name:<16}" + "".join(f"{getattr(p, m):9.3f}" for m in _METRICS) for p in self.parameters]
-        s = self.summary()
-        verdict = "PASS" if self.passed else "FAIL"
-        tail = (
-            f"{verdict}: max z_mean {s['max_z_mean']:.3f} (worst {s['worst']}), max |log sd ratio| "
-            f"{s['max_log_sd']:.3f}, max quantile error {s['max_quantile']:.3f}, min bulk ESS {s['min_ess']:.0f}"
-        )
-        return "\n".join([head, *rows, tail])
+        return "\n".join([head, *rows, self.verdict()])
 
 
 def _score_one(name: str, x: np.ndarray, ref: np.ndarray) -> ParameterScore:
@@ -171,33 +283,74 @@ def _score_one(name: str, x: np.ndarray, ref: np.ndarray) -> ParameterScore:
 
 def reference_score(
     draws: Mapping[str, np.ndarray],
-    reference: Mapping[str, np.ndarray],
+    reference: Any,
     rule: ScoreRule = DEFAULT_RULE,
+    positive: Iterable[str] | None = None,
 ) -> ReferenceScore:
     """Score ``draws`` against ``reference`` on every reference parameter.
 
-    Both are ``{Stan name: array (chains, draws)}``; every reference name must be in
-    ``draws`` (extra draws, e.g. a non-centred model's auxiliary variables, are ignored).
+    Args:
+        draws: ``{Stan name: array (chains, draws)}``; every reference name must be in it
+            (extra draws, e.g. a non-centred model's auxiliary variables, are ignored).
+        reference: reference draws ``{Stan name: array (chains, draws)}``, or a
+            :class:`~adapters.posteriordb.Posterior`, whose reference draws are used and whose
+            :attr:`~adapters.posteriordb.Posterior.positive` parameters get log rows.
+        rule: the pass thresholds.
+        positive: parameters constrained positive, by base name (``"sigma"`` covers
+            ``sigma[1]``, ``sigma[2]``, ...) or full name; each is also scored on the log
+            scale.  ``None``: the posterior's own when ``reference`` is a posterior, else none.
+
     ``min_ess`` of the result is the smallest bulk ESS of ``draws`` over the reference names.
     """
+    from adapters.posteriordb import Posterior
+
+    if not isinstance(rule, ScoreRule):
+        raise TypeError(f"rule must be a metrics.ScoreRule, got {type(rule).__name__}")
+    if isinstance(reference, Posterior):
+        if reference.reference_draws is None:
+            raise ValueError(f"reference: posterior {reference.name!r} has no reference draws in its database")
+        positive = reference.positive if positive is None else positive
+        reference = reference.reference_draws
+    reference = _check_draws("reference", reference)
+    positive = _check_positive_names(positive, reference)
+    if not isinstance(draws, Mapping):
+        raise TypeError(
+            f"draws must be a mapping {{parameter name: array (chains, draws)}}, got {type(draws).__name__}"
+        )
     missing = [k for k in reference if k not in draws]
     if missing:
         raise KeyError(
             f"draws lack reference parameters {missing}; draws have {sorted(draws)}. "
             "Report transformed parameters under the reference names (Stan style, 1-based)."
         )
+    draws = _check_draws("draws", {k: draws[k] for k in reference})  # extra entries are not read
     rows = []
     for name, ref in reference.items():
-        x = np.asarray(draws[name], dtype=np.float64).ravel()
-        ref = np.asarray(ref, dtype=np.float64).ravel()
+        x, ref = draws[name].ravel(), ref.ravel()
         rows.append(_score_one(name, x, ref))
-        # a coefficient that is positive in all 10 000 reference draws may still have a
-        # little mass below zero, so the log scale needs every draw positive on both sides
-        if np.all(ref > 0) and np.all(x > 0):
-            rows.append(_score_one(f"log({name})", np.log(x), np.log(ref)))
+        if name in positive:
+            # a draw <= 0 of a positive parameter breaks its constraint: its log is NaN or
+            # -inf, and the row scores infinite, a failure
+            with np.errstate(divide="ignore", invalid="ignore"):
+                rows.append(_score_one(f"log({name})", np.log(x), np.log(ref)))
     rows = [_nan_to_inf(r) for r in rows]
-    min_ess = min(ess({k: draws[k] for k in reference}).values())
-    return ReferenceScore(parameters=rows, min_ess=min_ess, rule=rule)
+    ess_bulk = ess({k: draws[k] for k in reference})
+    worst_ess = min(ess_bulk, key=ess_bulk.get)
+    return ReferenceScore(parameters=rows, min_ess=ess_bulk[worst_ess], rule=rule, min_ess_parameter=worst_ess)
+
+
+def _check_positive_names(positive: Any, reference: Mapping[str, np.ndarray]) -> set[str]:
+    """The reference names that ``positive`` covers (by full or base name); unknown names are an error."""
+    if positive is None:
+        return set()
+    if isinstance(positive, str) or not isinstance(positive, Iterable):
+        raise TypeError(f"positive must be a collection of parameter names such as ('tau',), got {positive!r}")
+    names = list(positive)
+    bases = {re.sub(r"\[.*\]$", "", k): k for k in reference}
+    unknown = [n for n in names if n not in reference and n not in bases]
+    if unknown:
+        raise ValueError(f"positive names {unknown} that are not reference parameters {sorted(bases)}")
+    return {k for k in reference if k in names or re.sub(r"\[.*\]$", "", k) in names}
 
 
 def _nan_to_inf(score: ParameterScore) -> ParameterScore:

@@ -8,6 +8,9 @@ A posteriordb database is a folder ``posterior_database/`` read through the
 3. the small subset shipped inside this package (six posteriors with their data and
    reference draws, BSD-3, © Stan Developers: see ``adapters/_embedded/README.md``).
 
+A name the database lacks raises a ``KeyError`` that names the database in use, lists its
+posteriors when it is the embedded subset, and says how to point at a full posteriordb.
+
 Ports of posteriordb models live one module per Stan model, in
 ``numpyro_ext/models/posteriordb/<model_name>.py`` and
 ``pyro_ext/models/posteriordb/<model_name>.py``; each defines ``model(**data)`` whose
@@ -18,9 +21,11 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.util
 import inspect
 import os
 import pkgutil
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +38,17 @@ from adapters.validation import check_choice, check_name
 EMBEDDED_PATH = Path(__file__).parent / "_embedded" / "posterior_database"
 ENV_VAR = "POSTERIOR_DB_PATH"
 _PORT_PACKAGES = {"numpyro": "numpyro_ext.models.posteriordb", "pyro": "pyro_ext.models.posteriordb"}
+_BACKEND_MODULES = {"numpyro": "jax", "pyro": "torch"}
+FULL_DATABASE_HINT = (
+    "To use a full posteriordb, clone https://github.com/stan-dev/posteriordb and pass its posterior_database "
+    f"folder as path=... (--path on the command line of python -m numpyro_ext / python -m pyro_ext) or set the "
+    f"environment variable {ENV_VAR}."
+)
+
+
+def _check_path(path) -> None:
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise TypeError(f"path must be a str or os.PathLike naming a posteriordb folder, or None, got {path!r}")
 
 
 def find_database(path: str | os.PathLike | None = None) -> Path:
@@ -41,6 +57,7 @@ def find_database(path: str | os.PathLike | None = None) -> Path:
     A given ``path`` may point at ``posterior_database/`` itself or at a clone that holds it.
     Raises ``FileNotFoundError`` saying where it looked.
     """
+    _check_path(path)
     looked = []
     candidates = []
     if path is not None:
@@ -57,8 +74,32 @@ def find_database(path: str | os.PathLike | None = None) -> Path:
     raise FileNotFoundError(
         "no posteriordb database found (a folder with a 'posteriors/' subfolder); looked at "
         + "; ".join(looked)
-        + f". Pass path=..., set {ENV_VAR}, or unset it to use the embedded subset."
+        + f". Pass path=... (--path on the command line), set {ENV_VAR}, or unset it to use the embedded subset."
     )
+
+
+def check_posterior(name: str, folder: Path, known: list[str]) -> str:
+    """``name`` if the database at ``folder`` (whose posteriors are ``known``) holds it.
+
+    Otherwise a ``KeyError`` with the close names, the database in use and, for the
+    embedded subset, what it holds and how to point at a full posteriordb; a non-string
+    ``name`` is a ``TypeError``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(
+            f"name must be a posterior name (str) such as 'eight_schools-eight_schools_noncentered', got {name!r}"
+        )
+    try:
+        return check_name("posterior", name, known)
+    except KeyError as err:
+        if Path(folder).resolve() == EMBEDDED_PATH.resolve():
+            where = (
+                f" The database in use is the embedded subset of posteriordb that ships with ppl-ext: the "
+                f"{len(known)} posteriors listed, no others ({EMBEDDED_PATH})."
+            )
+        else:
+            where = f" The database in use is {folder} ({len(known)} posteriors)."
+        raise KeyError(err.args[0] + where + " " + FULL_DATABASE_HINT) from None
 
 
 def _database(path):
@@ -69,6 +110,10 @@ def _database(path):
 
 def list_posteriors(path: str | os.PathLike | None = None, keyword: str | None = None) -> list[str]:
     """Sorted names of the database's posteriors, optionally only those with ``keyword``."""
+    if keyword is not None and not isinstance(keyword, str):
+        raise TypeError(
+            f"keyword must be a str (a posteriordb keyword such as 'stan benchmark') or None, got {keyword!r}"
+        )
     db = _database(path)
     names = sorted(db.posterior_names())
     if keyword is not None:
@@ -106,14 +151,93 @@ class Posterior:
     def reference_names(self) -> list[str]:
         return list(self.reference_draws) if self.reference_draws else []
 
+    @functools.cached_property
+    def positive(self) -> tuple[str, ...]:
+        """The parameters (names of :attr:`dimensions`) constrained positive: lower bound >= 0.
+
+        Read from the Stan program's declarations (``<lower=0>``, ``positive_ordered``,
+        ``simplex``) when the database holds it, otherwise from the supports of the port's
+        sample sites (NumPyro's port when JAX is installed, else Pyro's) and the port
+        module's ``POSITIVE_DETERMINISTIC`` (a deterministic site carries no support);
+        ``()`` when neither is available.  :func:`adapters.metrics.reference_score` scores
+        these, and only these, on the log scale too.
+        """
+        if self.stan_code is not None:
+            found = stan_positive_parameters(self.stan_code)
+        else:
+            found = ()
+            for backend, module_name in _BACKEND_MODULES.items():
+                if importlib.util.find_spec(module_name) is None or self.model_name not in ported_models(backend):
+                    continue
+                port = importlib.import_module(f"{_PORT_PACKAGES[backend]}.{self.model_name}")
+                util = importlib.import_module(f"{_PORT_PACKAGES[backend]}._util")
+                sites = util.positive_sites(port.model, **_model_data(port.model, self.data))
+                found = (*sites, *getattr(port, "POSITIVE_DETERMINISTIC", ()))
+                break
+        return tuple(sorted(k for k in set(found) if k in self.dimensions))
+
 
 def _to_arrays(data: dict[str, Any]) -> dict[str, Any]:
     return {k: np.asarray(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
 def load(name: str, path: str | os.PathLike | None = None) -> Posterior:
-    """Load posterior ``name``; an unknown name raises a ``KeyError`` listing close names."""
-    return _load_cached(name, find_database(path))
+    """Load posterior ``name``; an unknown name raises a ``KeyError`` (see :func:`check_posterior`)."""
+    folder = find_database(path)
+    if not isinstance(name, str):  # before the cache, which needs a hashable name
+        check_posterior(name, folder, [])
+    return _load_cached(name, folder)
+
+
+# ---- constraints of a Stan program ------------------------------------------------------
+_STAN_TYPES = (
+    "real|vector|row_vector|matrix|positive_ordered|simplex|ordered|unit_vector|sum_to_zero_vector|int|complex"
+    "|cov_matrix|corr_matrix|cholesky_factor_cov|cholesky_factor_corr"
+)
+_STAN_DECLARATION = re.compile(
+    rf"^(?:array\s*\[[^\]]*\]\s*)?(?P<type>{_STAN_TYPES})\b\s*(?P<bounds><[^>]*>)?\s*(?:\[[^\]]*\])?\s*(?P<name>\w+)"
+)
+_STAN_BLOCK = re.compile(r"(?<![\w])(?:transformed\s+)?parameters\s*\{")
+
+
+def stan_positive_parameters(stan_code: str) -> tuple[str, ...]:
+    """Names of the parameters and transformed parameters a Stan program declares positive.
+
+    Positive: a numeric lower bound >= 0 (``real<lower=0>``, ``vector<lower=0, upper=1>[K]``,
+    ``array[N] real<lower=0>``), or the types ``positive_ordered`` and ``simplex``.  A bound
+    that is an expression (``<lower=L>``) is not known to be positive and does not count.
+    """
+    code = re.sub(r"/\*.*?\*/|//[^\n]*|#[^\n]*", "", stan_code, flags=re.S)
+    found = []
+    for block in _STAN_BLOCK.finditer(code):
+        depth, start, statement = 1, block.end(), []
+        for i in range(start, len(code)):  # the block's top-level statements, up to its closing brace
+            char = code[i]
+            depth += (char == "{") - (char == "}")
+            if depth == 0:
+                break
+            if depth == 1 and char == ";":
+                match = _STAN_DECLARATION.match("".join(statement).strip())
+                if match and _declared_positive(match["type"], match["bounds"]):
+                    found.append(match["name"])
+                statement = []
+            elif depth == 1 and char != "}":
+                statement.append(char)
+            elif char == "}":
+                statement = []
+    return tuple(dict.fromkeys(found))
+
+
+def _declared_positive(stan_type: str, bounds: str | None) -> bool:
+    if stan_type in ("positive_ordered", "simplex"):
+        return True
+    lower = re.search(r"lower\s*=\s*([^,>]+)", bounds or "")
+    if lower is None:
+        return False
+    try:
+        return float(lower.group(1).strip().strip("()")) >= 0
+    except ValueError:  # an expression: its sign is not known here
+        return False
 
 
 @functools.lru_cache(maxsize=64)
@@ -121,7 +245,7 @@ def _load_cached(name: str, folder: Path) -> Posterior:
     from posteriordb import PosteriorDatabase
 
     db = PosteriorDatabase(str(folder))
-    check_name("posterior", name, sorted(db.posterior_names()))
+    check_posterior(name, folder, sorted(db.posterior_names()))
     post = db.posterior(name)
     reference = info = None
     if post.posterior_info.get("reference_posterior_name"):
@@ -177,9 +301,12 @@ def _port(name: str, backend: str, path) -> ModelPort:
             f"ported models: {ports}"
         )
     module = importlib.import_module(f"{_PORT_PACKAGES[backend]}.{posterior.model_name}")
-    params = inspect.signature(module.model).parameters
-    data = {k: v for k, v in posterior.data.items() if k in params}
-    return ModelPort(module.model, data)
+    return ModelPort(module.model, _model_data(module.model, posterior.data))
+
+
+def _model_data(model: Callable, data: dict[str, Any]) -> dict[str, Any]:
+    params = inspect.signature(model).parameters
+    return {k: v for k, v in data.items() if k in params}
 
 
 def numpyro_model(name: str, path: str | os.PathLike | None = None) -> ModelPort:

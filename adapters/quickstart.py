@@ -19,7 +19,10 @@ from adapters import posteriordb
 def main(prog: str, backend: str, run: Callable, samplers: dict[str, str], argv: list[str] | None = None) -> int:
     """Parse ``argv``, call ``run`` and print; exit code 0 when the reference score passes.
 
-    ``samplers`` maps each ``--sampler`` choice to the name printed for it.
+    ``backend`` is ``"NumPyro"`` or ``"Pyro"``; ``samplers`` maps each ``--sampler`` choice to
+    the name printed for it.  A database that is not there, a posterior it lacks (for the
+    embedded subset: what it holds and how to point at a full posteriordb) or a posterior
+    without a port in ``backend`` exits with status 2 and the library's message.
     """
     import arviz as az
 
@@ -31,7 +34,13 @@ def main(prog: str, backend: str, run: Callable, samplers: dict[str, str], argv:
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=defaults[name])
     parser.add_argument("--path", default=None, help="posteriordb folder (default: $POSTERIOR_DB_PATH or embedded)")
     args = parser.parse_args(argv)
-    print(f"database: {posteriordb.find_database(args.path)}")
+    port = {"numpyro": posteriordb.numpyro_model, "pyro": posteriordb.pyro_model}[backend.lower()]
+    try:  # a wrong database, posterior name or port stops here, before any sampling
+        database = posteriordb.find_database(args.path)
+        port(args.posterior, args.path)
+    except (FileNotFoundError, KeyError, TypeError) as err:
+        parser.error(err.args[0])  # the library's message, without KeyError's quotes; exit status 2
+    print(f"database: {database}")
     print(f"{samplers[args.sampler]} on {args.posterior}: {args.num_chains} chains x {args.num_samples} draws")
     start = time.perf_counter()
     idata, score = run(

@@ -199,6 +199,8 @@ class Target(ABC):
         ``jax.flatten_util.ravel_pytree`` does); ``constrain`` also returns the model's
         ``numpyro.deterministic`` sites.  Discrete latent sites raise a ``ValueError``.
         """
+        _check_callable("model", model, "a NumPyro model (a function that calls numpyro.sample)")
+        _check_label(name)
         return _NumPyroTarget(model, args, kwargs, name)
 
     @staticmethod
@@ -211,6 +213,8 @@ class Target(ABC):
         such a site as a fixed-support draw and a ``pyro.factor`` for the Jacobian, as the
         garch11 port does).  Discrete latent sites raise a ``ValueError``.
         """
+        _check_callable("model", model, "a Pyro model (a function that calls pyro.sample)")
+        _check_label(name)
         return _PyroTarget(model, args, kwargs, name)
 
     @staticmethod
@@ -228,6 +232,12 @@ class Target(ABC):
         otherwise from torch autograd when ``fn`` maps a tensor to a tensor with a graph; a
         numpy-only ``fn`` needs ``grad`` (a function returning the gradient vector).
         """
+        _check_callable("fn", fn, "a function of a vector of length dim returning the log density")
+        if grad is not None:
+            _check_callable("grad", grad, "None or a function returning the gradient of fn")
+        if names is not None and (isinstance(names, str) or not all(isinstance(n, str) for n in names)):
+            raise TypeError(f"names must be a list of str (one per coordinate) or None, got {names!r}")
+        _check_label(name)
         return _FunctionTarget(fn, dim, grad, names, name)
 
     @staticmethod
@@ -279,6 +289,16 @@ class Target(ABC):
 
 def _model_name(model: Callable, name: str | None) -> str:
     return name or getattr(model, "__name__", None) or type(model).__name__
+
+
+def _check_callable(arg: str, value: Any, expected: str) -> None:
+    if not callable(value):
+        raise TypeError(f"{arg} must be {expected}, got {type(value).__name__} {value!r:.80}")
+
+
+def _check_label(name: Any) -> None:
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str (a label for messages and tables) or None, got {name!r}")
 
 
 def _raise_on_discrete(latent_discrete: list[str], model_name: str) -> None:

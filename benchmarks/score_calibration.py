@@ -2,8 +2,9 @@
 
 For every posterior of the database, random subsets of ``n`` reference draws (near
 independent: posteriordb thins them to ESS ~ draws) are scored against the remaining
-draws; the study reports the median, 95th and 99th percentiles of the maxima (max z_mean,
-max |log sd ratio|, max quantile error) and the fraction of subsets that pass
+draws (log rows for the posterior's positive parameters, as for a sampler's draws); the
+study reports the median, 95th and 99th percentiles of the maxima (max z_mean, max |log sd
+ratio|, max quantile error) and the fraction of subsets that pass
 ``adapters.metrics.DEFAULT_RULE``.  No sampling: it runs in seconds.
 """
 
@@ -42,14 +43,15 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
         maxima = {"max_z_mean": [], "max_log_sd": [], "max_quantile": []}
         passed = 0
         for name in tqdm(names, desc=f"score-calibration n={n}", unit="posterior"):
-            ref = posteriordb.load(name, args.path).reference_draws
+            post = posteriordb.load(name, args.path)
+            ref = post.reference_draws
             rng = np.random.default_rng(args.seed)
             total = next(iter(ref.values())).size
             for _ in range(args.repeats):
                 order = rng.permutation(total)
                 subset = {k: v.ravel()[order[:n]].reshape(4, -1) for k, v in ref.items()}
                 rest = {k: v.ravel()[order[n:]].reshape(1, -1) for k, v in ref.items()}
-                score = metrics.reference_score(subset, rest, rule=rule)
+                score = metrics.reference_score(subset, rest, rule=rule, positive=post.positive)
                 maxima["max_z_mean"].append(score.max("z_mean"))
                 maxima["max_log_sd"].append(score.max("log_sd"))
                 maxima["max_quantile"].append(score.max_quantile)

@@ -41,8 +41,8 @@ def run(
     mcmc.run(jax.random.PRNGKey(seed), extra_fields=fields, **port.data)
     idata = inference_data.from_mcmc(mcmc)
     draws = metrics.flatten_draws(mcmc.get_samples(group_by_chain=True))
-    reference = posteriordb.load(posterior, path).reference_draws
-    return idata, metrics.reference_score(draws, reference)
+    # the posterior, not only its draws: its positive parameters get log-scale rows
+    return idata, metrics.reference_score(draws, posteriordb.load(posterior, path))
 
 
 def main(argv: list[str] | None = None) -> int:

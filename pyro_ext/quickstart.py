@@ -49,7 +49,8 @@ def run(
         k: np.asarray(v.detach()).reshape((num_chains, num_samples) + tuple(v.shape[1:])) for k, v in samples.items()
     }
     draws = metrics.flatten_draws(grouped)
-    return idata, metrics.reference_score(draws, posteriordb.load(posterior, path).reference_draws)
+    # the posterior, not only its draws: its positive parameters get log-scale rows
+    return idata, metrics.reference_score(draws, posteriordb.load(posterior, path))
 
 
 def main(argv: list[str] | None = None) -> int:

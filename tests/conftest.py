@@ -1,23 +1,32 @@
-"""Test set-up: float64 in both backends and the shared posteriordb subset.
+"""Test set-up: float64 in both backends, and the posteriordb database the tests read.
 
 Comparisons with posteriordb references run in float64 (the library itself never flips
-JAX's x64 switch).  Tests read ``../shared/posteriordb/posterior_database`` through
-``POSTERIOR_DB_PATH``; tests that need it skip with a reason when it is absent, and tests
-of the embedded subset pass its path explicitly.
+JAX's x64 switch).  The test database is, in this order,
+
+1. ``POSTERIOR_DB_PATH`` when set (a full posteriordb clone's ``posterior_database``
+   folder runs every port test; a path with no database stops the run),
+2. the shared subset ``../shared/posteriordb/posterior_database`` (27 posteriors) when present,
+3. the embedded subset (six posteriors): what a fresh clone has.
+
+It is exported as ``POSTERIOR_DB_PATH``, so library calls without ``path=`` read it.  A test
+of posteriors the test database lacks calls ``posterior_db.require(name)`` and skips with a
+reason that names ``POSTERIOR_DB_PATH``; tests of the embedded subset itself pass its path
+explicitly.  Run the tests as a fresh clone would with
+``POSTERIOR_DB_PATH=adapters/_embedded/posterior_database pytest ...``.
 """
+
+from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
+from adapters import posteriordb
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DB = ROOT.parent / "shared" / "posteriordb" / "posterior_database"
-
-if SHARED_DB.is_dir():
-    os.environ["POSTERIOR_DB_PATH"] = str(SHARED_DB)
-else:  # never fall through to a user's own database
-    os.environ.pop("POSTERIOR_DB_PATH", None)
 
 try:
     import jax
@@ -34,8 +43,58 @@ except ImportError:
     pass
 
 
+class PosteriorDB(NamedTuple):
+    """The test database: its folder, what it is, and the posteriors it holds."""
+
+    path: Path
+    kind: str
+    names: frozenset[str]
+
+    def require(self, *names: str) -> None:
+        """Skip the calling test unless the test database holds every posterior of ``names``."""
+        missing = sorted(set(names) - self.names)
+        if missing:
+            pytest.skip(
+                f"{', '.join(missing)} not in the test database ({self.kind}, {self.path}): set POSTERIOR_DB_PATH "
+                "to a full posteriordb (the posterior_database folder of a stan-dev/posteriordb clone) to run it"
+            )
+
+
+def _test_database() -> PosteriorDB:
+    env = os.environ.get(posteriordb.ENV_VAR)
+    if env:
+        try:
+            path, kind = posteriordb.find_database(env), f"${posteriordb.ENV_VAR}"
+        except FileNotFoundError as err:
+            raise pytest.UsageError(f"{posteriordb.ENV_VAR}={env} holds no posteriordb database: {err}") from None
+    elif SHARED_DB.is_dir():
+        path, kind = SHARED_DB.resolve(), "the shared subset"
+    else:
+        path, kind = posteriordb.EMBEDDED_PATH.resolve(), "the embedded subset"
+    return PosteriorDB(path, kind, frozenset(posteriordb.list_posteriors(path)))
+
+
+TEST_DB: PosteriorDB | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global TEST_DB
+    TEST_DB = _test_database()
+    os.environ[posteriordb.ENV_VAR] = str(TEST_DB.path)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"posteriordb: {TEST_DB.kind}, {TEST_DB.path} ({len(TEST_DB.names)} posteriors)"
+
+
+@pytest.fixture(scope="session")
+def posterior_db() -> PosteriorDB:
+    return TEST_DB
+
+
 @pytest.fixture
 def shared_db() -> Path:
+    """The shared 27-posterior subset itself, for tests about that subset."""
     if not SHARED_DB.is_dir():
-        pytest.skip(f"shared posteriordb subset not found at {SHARED_DB}")
+        pytest.skip(f"shared posteriordb subset not found at {SHARED_DB} (this test checks that subset itself)")
     return SHARED_DB

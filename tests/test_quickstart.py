@@ -1,5 +1,7 @@
 """The README's main job (python -m numpyro_ext) on the embedded default, and import hygiene."""
 
+import importlib
+import re
 import subprocess
 import sys
 
@@ -15,7 +17,31 @@ def test_numpyro_quickstart_passes_on_embedded_posterior(capsys):
     code = main(["--num-warmup", "500", "--num-samples", "500", "--path", str(EMBEDDED_PATH)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "PASS: max z_mean" in out and "r_hat" in out  # the reference score and the ArviZ summary
+    assert "r_hat" in out  # the ArviZ summary
+    # the reference score: every criterion with its threshold, and log rows for tau only (declared positive)
+    assert re.search(
+        r"PASS: max z_mean 0\.\d{3} < 0\.15 \(worst .+\), max \|log sd ratio\| 0\.\d{3} < 0\.2 \(worst .+\), "
+        r"max quantile error 0\.\d{3} < 0\.4 \(worst .+\), min bulk ESS \d+ >= 400 \(worst .+\)",
+        out,
+    ), out
+    assert re.findall(r"^log\(\S+\)", out, flags=re.M) == ["log(tau)"]
+
+
+@pytest.mark.parametrize("package", ["numpyro_ext", "pyro_ext"])
+def test_cli_posterior_missing_from_the_embedded_subset_says_where_to_go_next(package, capsys):
+    pytest.importorskip("numpyro" if package == "numpyro_ext" else "pyro", reason=f"the {package} extra is missing")
+    main = importlib.import_module(f"{package}.quickstart").main
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--posterior", "radon", "--path", str(EMBEDDED_PATH)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert f"python -m {package}: error: unknown posterior 'radon'." in err
+    assert "the embedded subset of posteriordb" in err and "eight_schools-eight_schools_noncentered" in err
+    assert "--path" in err and "POSTERIOR_DB_PATH" in err
+    with pytest.raises(SystemExit), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("POSTERIOR_DB_PATH", "/nonexistent/posteriordb")
+        main([])
+    assert "$POSTERIOR_DB_PATH: /nonexistent/posteriordb" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

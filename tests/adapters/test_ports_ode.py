@@ -173,8 +173,9 @@ def _reference(name, params):
 # ---- tests --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", PORTED)
 @pytest.mark.parametrize("backend", ["numpyro", "pyro"])
-def test_ode_port_matches_scipy(name, backend, targets, shared_db):
+def test_ode_port_matches_scipy(name, backend, targets, posterior_db):
     """Solution and log density (each library's own Jacobian added back) == SciPy's, within the solver's error."""
+    posterior_db.require(name)
     target = targets(name, backend)
     post = posteriordb.load(name)
     site = REFERENCE[post.model_name][3]
@@ -193,8 +194,9 @@ def test_ode_port_matches_scipy(name, backend, targets, shared_db):
 
 
 @pytest.mark.parametrize("name", PORTED)
-def test_ode_ports_agree_across_backends(name, targets, shared_db):
+def test_ode_ports_agree_across_backends(name, targets, posterior_db):
     """Same names, constrained values, log densities (up to a constant) and gradients, within the solver's error."""
+    posterior_db.require(name)
     tn, tp = targets(name, "numpyro"), targets(name, "pyro")
     assert tn.dim == tp.dim and tn.names == tp.names
     post = posteriordb.load(name)
@@ -227,8 +229,9 @@ FAILING = {
 
 @pytest.mark.parametrize("name", PORTED)
 @pytest.mark.parametrize("backend", ["numpyro", "pyro"])
-def test_failed_ode_solve_gives_minus_inf(name, backend, targets, shared_db):
+def test_failed_ode_solve_gives_minus_inf(name, backend, targets, posterior_db):
     """A solve that fails (as far-out warmup proposals may) gives log density -inf, no exception."""
+    posterior_db.require(name)
     target = targets(name, backend)
     x = target.unconstrain(FAILING[name])
     assert target.log_density(x) == -np.inf

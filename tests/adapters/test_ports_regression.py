@@ -59,8 +59,9 @@ def targets():
 
 @pytest.mark.parametrize("name", PORTED)
 @pytest.mark.parametrize("backend", ["numpyro", "pyro"])
-def test_port_matches_stan_semantics(name, backend, targets, shared_db):
+def test_port_matches_stan_semantics(name, backend, targets, posterior_db):
     """Port log density == the Stan program's, written out in scipy, up to one constant."""
+    posterior_db.require(name)
     post = posteriordb.load(name)
     target = targets(name, backend)
     x = _random_points(target.dim)
@@ -70,7 +71,8 @@ def test_port_matches_stan_semantics(name, backend, targets, shared_db):
 
 
 @pytest.mark.parametrize("name", PORTED)
-def test_numpyro_and_pyro_ports_agree(name, targets, shared_db):
+def test_numpyro_and_pyro_ports_agree(name, targets, posterior_db):
+    posterior_db.require(name)
     tn, tp = targets(name, "numpyro"), targets(name, "pyro")
     assert tn.dim == tp.dim and tn.names == tp.names
     x = _random_points(tn.dim, seed=1)

@@ -48,8 +48,9 @@ PORTED = sorted([*EMBEDDED, "sblri-blr"])
 
 @pytest.mark.parametrize("name", PORTED)
 @pytest.mark.parametrize("backend", ["numpyro", "pyro"])
-def test_port_matches_stan_semantics(name, backend, targets, shared_db):
+def test_port_matches_stan_semantics(name, backend, targets, posterior_db):
     """Port log density == the Stan program's, written out in scipy, up to one constant."""
+    posterior_db.require(name)
     post = posteriordb.load(name)
     target = targets(name, backend)
     x = _random_points(target.dim)
@@ -60,7 +61,8 @@ def test_port_matches_stan_semantics(name, backend, targets, shared_db):
 
 
 @pytest.mark.parametrize("name", PORTED)
-def test_numpyro_and_pyro_ports_agree(name, targets, shared_db):
+def test_numpyro_and_pyro_ports_agree(name, targets, posterior_db):
+    posterior_db.require(name)
     tn, tp = targets(name, "numpyro"), targets(name, "pyro")
     assert tn.dim == tp.dim and tn.names == tp.names
     x = _random_points(tn.dim, seed=1)
@@ -74,7 +76,8 @@ def test_numpyro_and_pyro_ports_agree(name, targets, shared_db):
 
 
 @pytest.mark.parametrize("backend", ["numpyro", "pyro"])
-def test_constrain_unconstrain_round_trip(backend, targets, shared_db):
+def test_constrain_unconstrain_round_trip(backend, targets, posterior_db):
+    posterior_db.require("garch-garch11")
     target = targets("garch-garch11", backend)
     x = _random_points(target.dim)
     params = target.constrain(x)
@@ -84,7 +87,8 @@ def test_constrain_unconstrain_round_trip(backend, targets, shared_db):
         np.testing.assert_allclose(target.unconstrain({k: v[i] for k, v in params.items()}), x[i], atol=1e-10)
 
 
-def test_gradient_matches_finite_differences(targets, shared_db):
+def test_gradient_matches_finite_differences(targets, posterior_db):
+    posterior_db.require("eight_schools-eight_schools_centered")
     target = targets("eight_schools-eight_schools_centered", "numpyro")
     x = _random_points(target.dim)[0]
     _, grad = target.log_density_and_grad(x)
@@ -94,8 +98,9 @@ def test_gradient_matches_finite_differences(targets, shared_db):
 
 
 # ---- cross-backend views ------------------------------------------------------------------
-def test_pyro_target_in_jax_under_jit_vmap_grad(targets, shared_db):
+def test_pyro_target_in_jax_under_jit_vmap_grad(targets, posterior_db):
     """A Pyro model's density inside JAX (pure_callback + custom JVP) equals the NumPyro port's."""
+    posterior_db.require("kidiq-kidscore_momiq")
     tp, tn = targets("kidiq-kidscore_momiq", "pyro"), targets("kidiq-kidscore_momiq", "numpyro")
     x = jnp.asarray(_random_points(tp.dim))
     f_cross, f_native = tp.as_jax(), tn.as_jax()
@@ -106,7 +111,8 @@ def test_pyro_target_in_jax_under_jit_vmap_grad(targets, shared_db):
     np.testing.assert_allclose(g_cross, jax.vmap(jax.grad(f_native))(x), rtol=1e-8)
 
 
-def test_numpyro_target_in_torch_autograd(targets, shared_db):
+def test_numpyro_target_in_torch_autograd(targets, posterior_db):
+    posterior_db.require("arK-arK")
     tn, tp = targets("arK-arK", "numpyro"), targets("arK-arK", "pyro")
     x = torch.tensor(_random_points(tn.dim), requires_grad=True)
     v = tn.as_torch()(x)
@@ -238,6 +244,29 @@ def test_discrete_latent_site_is_an_error():
 def test_bad_backend():
     with pytest.raises(ValueError, match="backend must be one of"):
         Target.from_posteriordb("arK-arK", backend="stan2")
+
+
+def test_bad_constructor_arguments_name_the_argument():
+    with pytest.raises(TypeError, match="model must be a NumPyro model"):
+        Target.from_numpyro("eight_schools")
+    with pytest.raises(TypeError, match="model must be a Pyro model"):
+        Target.from_pyro(None)
+    with pytest.raises(TypeError, match="fn must be a function of a vector"):
+        Target.from_logdensity(np.zeros(3), 3)
+    with pytest.raises(TypeError, match="grad must be None or a function"):
+        Target.from_logdensity(_exact, 3, grad=np.zeros(3))
+    with pytest.raises(TypeError, match="names must be a list of str"):
+        Target.from_logdensity(_exact, 3, grad=_exact_grad, names="abc")
+    with pytest.raises(TypeError, match="name must be a str"):
+        Target.from_logdensity(_exact, 3, grad=_exact_grad, name=3)
+    with pytest.raises(ValueError, match="dim must be a positive integer, got '3'"):
+        Target.from_logdensity(_exact, "3", grad=_exact_grad)
+    with pytest.raises(TypeError, match="name must be a posterior name"):
+        Target.from_posteriordb(3)
+    with pytest.raises(TypeError, match="path must be a str or os.PathLike"):
+        Target.from_posteriordb("arK-arK", path=3)
+    with pytest.raises(KeyError, match="embedded subset of posteriordb.*POSTERIOR_DB_PATH"):
+        Target.from_posteriordb("radon", path=posteriordb.EMBEDDED_PATH)
 
 
 def test_repr_names_the_target():

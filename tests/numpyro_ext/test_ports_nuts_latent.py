@@ -21,6 +21,7 @@ from tests.numpyro_ext.test_ports_nuts import nuts_score  # noqa: E402
         pytest.param("gp_pois_regr-gp_pois_regr", marks=pytest.mark.slow),
     ],
 )
-def test_nuts_on_port_matches_reference(name, shared_db):
+def test_nuts_on_port_matches_reference(name, posterior_db):
+    posterior_db.require(name)
     score = nuts_score(name)
     assert score.passed, f"{name}\n{score}"

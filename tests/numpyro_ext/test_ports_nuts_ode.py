@@ -24,14 +24,16 @@ HEAVY_TAILED = ("K_m", "V_m")  # raw-scale sd too noisy to score (see the module
 
 
 @pytest.mark.slow
-def test_nuts_on_lotka_volterra_matches_reference(shared_db):
+def test_nuts_on_lotka_volterra_matches_reference(posterior_db):
+    posterior_db.require("hudson_lynx_hare-lotka_volterra")
     name = "hudson_lynx_hare-lotka_volterra"
     score = nuts_score(name)
     assert score.passed, f"{name}\n{score}"
 
 
 @pytest.mark.slow  # 170 s; the port's density is checked against SciPy in CI (tests/adapters/test_ports_ode.py)
-def test_nuts_on_one_comp_mm_elim_abs_matches_reference(shared_db):
+def test_nuts_on_one_comp_mm_elim_abs_matches_reference(posterior_db):
+    posterior_db.require("one_comp_mm_elim_abs-one_comp_mm_elim_abs")
     name = "one_comp_mm_elim_abs-one_comp_mm_elim_abs"
     score = nuts_score(name, target_accept_prob=0.99)
     rule = score.rule

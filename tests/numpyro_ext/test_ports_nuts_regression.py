@@ -39,6 +39,7 @@ from tests.numpyro_ext.test_ports_nuts import nuts_score  # noqa: E402
         pytest.param("low_dim_gauss_mix-low_dim_gauss_mix", {}, id="low_dim_gauss_mix-low_dim_gauss_mix"),
     ],
 )
-def test_nuts_on_port_matches_reference(name, kernel_kwargs, shared_db):
+def test_nuts_on_port_matches_reference(name, kernel_kwargs, posterior_db):
+    posterior_db.require(name)
     score = nuts_score(name, **kernel_kwargs)
     assert score.passed, f"{name}\n{score}"

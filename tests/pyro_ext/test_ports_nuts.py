@@ -21,12 +21,14 @@ def _check(name, num_samples):
 
 
 @pytest.mark.parametrize("name", FAST)
-def test_pyro_nuts_on_port_matches_reference(name, shared_db):
+def test_pyro_nuts_on_port_matches_reference(name, posterior_db):
+    posterior_db.require(name)
     # 2000 draws: at 1000 (ESS ~600) the 5%/95% quantile errors sit too close to the rule's 0.4
     _check(name, num_samples=2000)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", SLOW)
-def test_pyro_nuts_on_port_matches_reference_slow(name, shared_db):
+def test_pyro_nuts_on_port_matches_reference_slow(name, posterior_db):
+    posterior_db.require(name)
     _check(name, num_samples=2000)

@@ -17,6 +17,9 @@ from numpyro.distributions import constraints
 
 from numpyro_ext.models.posteriordb._util import as_float
 
+# Stan's beta1 is <lower=0>; here it is a deterministic site, which carries no support
+POSITIVE_DETERMINISTIC = ("beta1",)
+
 
 def model(T, y, sigma1):
     y = as_float(y)

@@ -27,6 +27,38 @@ class Flat(dist.ImproperUniform):
         return biject_to(self.support)(torch.rand(shape) * 4.0 - 2.0)
 
 
+def positive_sites(model, **data) -> list[str]:
+    """Names of ``model``'s latent sample sites whose support is positive (lower bound >= 0).
+
+    Positive: ``positive``, ``nonnegative``, ``unit_interval``, any interval or
+    ``greater_than`` with a lower bound >= 0, ``positive_ordered_vector`` and ``simplex``
+    (also under ``independent``): the same rule as the NumPyro ports' ``positive_sites``.
+    """
+    from pyro import poutine
+    from pyro.infer.autoguide.initialization import InitMessenger, init_to_uniform
+    from pyro.poutine.util import site_is_subsample
+
+    with torch.no_grad():
+        trace = poutine.trace(InitMessenger(init_to_uniform)(model)).get_trace(**data)
+    return [
+        name
+        for name, site in trace.nodes.items()
+        if site["type"] == "sample"
+        and not site["is_observed"]
+        and not site_is_subsample(site)
+        and _is_positive(site["fn"].support)
+    ]
+
+
+def _is_positive(support) -> bool:
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    if support is constraints.positive_ordered_vector or support is constraints.simplex:
+        return True
+    lower = getattr(support, "lower_bound", None)
+    return lower is not None and bool(torch.all(torch.as_tensor(lower) >= 0))
+
+
 def normal_regression(name: str, x, y, N: int, sigma_prior=None) -> None:
     """Stan's ``y ~ normal(x * beta, sigma)`` over ``N`` data, ``x`` of shape ``(N, k)``.
 

@@ -14,6 +14,9 @@ from pyro.distributions import constraints
 
 from pyro_ext.models.posteriordb._util import Flat, as_float
 
+# Stan's beta1 is <lower=0>; here it is a deterministic site, which carries no support
+POSITIVE_DETERMINISTIC = ("beta1",)
+
 
 def model(T, y, sigma1):
     y = as_float(y)
