@@ -4,8 +4,8 @@ Written against arviz 0.2x (``InferenceData``); arviz 1.x (Python >= 3.12) retur
 ``DataTree`` and would be ported here alone.
 
 * :func:`from_mcmc` takes a NumPyro or a Pyro ``MCMC`` object and returns ArviZ's own
-  conversion (posterior, sample_stats, log_likelihood, observed_data), with the
-  library's extra per-draw statistics renamed to ArviZ's conventions.
+  conversion (posterior, sample_stats, log_likelihood, observed_data); a Pyro kernel's
+  per-draw statistics are added under the names ``az.from_numpyro`` gives its NumPyro twin's.
 * :func:`from_samples` builds one from arrays shaped ``(chains, draws, *event)``, for the
   library's own result objects (SMC, AIS, ...).
 """
@@ -17,14 +17,26 @@ from typing import Any
 
 import numpy as np
 
-# library / NumPyro names -> ArviZ sample_stats names
+# library / NumPyro names -> ArviZ sample_stats names: exactly the renames ``az.from_numpyro`` makes,
+# so a statistic has one name whichever converter made the InferenceData. Other statistics keep the
+# kernel's name (DR-HMC's ``stage``, ``num_grad_evals``), as ``az.from_numpyro`` keeps them.
 SAMPLE_STAT_NAMES = {
     "accept_prob": "acceptance_rate",
     "num_steps": "n_steps",
-    "num_grad_evals": "n_grad_evals",
     "potential_energy": "lp",  # negated on the way
     "adapt_state.step_size": "step_size",
 }
+
+
+def tree_depth(num_steps: Any) -> np.ndarray:
+    """ArviZ's ``tree_depth`` statistic, ``floor(log2(n_steps)) + 1``, as ``az.from_numpyro`` derives it.
+
+    It is NUTS's tree depth when the steps come from a NUTS tree; for a fixed-length kernel such as
+    DR-HMC it is only the binary order of magnitude of the leapfrog steps (0 where no step ran).
+    """
+    num_steps = np.asarray(num_steps)
+    safe = np.maximum(num_steps, 1)
+    return np.where(num_steps > 0, np.log2(safe).astype(int) + 1, 0)
 
 
 def _rename_stats(stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
@@ -40,23 +52,19 @@ def _rename_stats(stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
 def from_mcmc(mcmc: Any, log_likelihood: bool = True, **kwargs: Any):
     """ArviZ ``InferenceData`` of a NumPyro or Pyro ``MCMC`` run.
 
-    NumPyro: ``az.from_numpyro`` reads every field passed as ``extra_fields=`` to
-    ``mcmc.run``; this renames the library's own fields (e.g. DR-HMC's ``num_grad_evals``
-    -> ``n_grad_evals``).  Pyro: ``az.from_pyro`` (posterior, ``diverging``, log likelihood),
-    plus the per-draw statistics a library kernel keeps (``kernel.get_sample_stats()``, e.g.
-    DR-HMC's ``stage``) when the chain ran in this process (one chain).
+    NumPyro: exactly ``az.from_numpyro``, which reads the kernel's default fields and every
+    field passed as ``extra_fields=`` to ``mcmc.run`` (renamed by :data:`SAMPLE_STAT_NAMES`,
+    plus ArviZ's :func:`tree_depth` from ``num_steps``).  Pyro: ``az.from_pyro`` (posterior,
+    ``diverging``, log likelihood), plus the per-draw statistics a library kernel keeps
+    (``kernel.get_sample_stats()``, e.g. DR-HMC's ``stage``) when the chain ran in this process
+    (one chain), under the same names ``az.from_numpyro`` gives the NumPyro twin's.
     Extra keyword arguments go to the ArviZ converter (``coords``, ``dims``, ...).
     """
     import arviz as az
 
     module = type(mcmc).__module__
     if module.startswith("numpyro"):
-        idata = az.from_numpyro(mcmc, log_likelihood=log_likelihood, **kwargs)
-        stats = idata.sample_stats
-        renames = {k: v for k, v in SAMPLE_STAT_NAMES.items() if k in stats and v not in stats}
-        if renames:
-            idata.sample_stats = idata.sample_stats.rename(renames)
-        return idata
+        return az.from_numpyro(mcmc, log_likelihood=log_likelihood, **kwargs)
     if module.startswith("pyro"):
         idata = az.from_pyro(mcmc, log_likelihood=log_likelihood, **kwargs)
         return _add_kernel_stats(idata, mcmc)
@@ -111,6 +119,8 @@ def _add_kernel_stats(idata, mcmc):
         return idata  # chains that ran in worker processes took their kernels' statistics with them
     sampling = ~np.asarray(stats["warmup"], dtype=bool)
     renamed = _rename_stats({k: np.asarray(v)[sampling][None] for k, v in stats.items() if k != "warmup"})
+    if "n_steps" in renamed:  # as az.from_numpyro adds it to a NumPyro kernel's statistics
+        renamed["tree_depth"] = tree_depth(renamed["n_steps"])
     draws = idata.posterior.sizes["draw"]
     if any(v.shape[1] != draws for v in renamed.values()):
         return idata

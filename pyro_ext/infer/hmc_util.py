@@ -32,6 +32,7 @@ __all__ = [
     "IntegratorState",
     "MetropolisInfo",
     "finite_or_neg_inf",
+    "fixed_length_steps",
     "kinetic_energy",
     "leapfrog",
     "metropolis_test",
@@ -106,6 +107,22 @@ def sample_momentum(generator: torch.Generator | None, inverse_mass_matrix: Tens
         return torch.linalg.solve_triangular(cholesky.T, noise[:, None], upper=True)[:, 0]
     flat = noise.reshape(-1, noise.shape[-1])
     return torch.linalg.solve_triangular(cholesky.T, flat.T, upper=True).T.reshape(noise.shape)
+
+
+def fixed_length_steps(step_size: float, trajectory_length: float, max_num_steps: int) -> tuple[float, int]:
+    """``(step size, number of steps)`` of a leapfrog trajectory of length ``T`` (NumPyro's ``HMC`` rule).
+
+    ``L = ceil(T / eps)`` steps of ``T / L <= eps``, so every trajectory integrates exactly ``T``
+    whatever ``eps`` adaptation tries; ``L`` is capped at ``max_num_steps``, and a capped trajectory
+    keeps ``eps`` (and is shorter than ``T``) rather than take steps larger than ``eps``. The JAX
+    twin :func:`numpyro_ext.infer.hmc_util.fixed_length_steps` says why a trajectory of ``L`` steps
+    of ``eps`` (anywhere in ``[T, T + eps)``) misleads warmup's mass-matrix estimate.
+    """
+    num_steps = math.ceil(trajectory_length / step_size - 1e-6)  # T / eps = 2 + rounding error: 2 steps
+    if num_steps > max_num_steps:
+        return step_size, max_num_steps
+    num_steps = max(num_steps, 1)
+    return trajectory_length / num_steps, num_steps
 
 
 def leapfrog(

@@ -50,8 +50,16 @@ def test_from_samples_renames_stats_and_takes_tensors():
     }
     idata = inference_data.from_samples(samples, sample_stats=stats)
     assert idata.posterior["x"].shape == (2, 10, 3)
-    assert set(idata.sample_stats.data_vars) == {"acceptance_rate", "lp", "n_grad_evals"}
+    # az.from_numpyro's renames only: the library's own statistics keep their names
+    assert set(idata.sample_stats.data_vars) == {"acceptance_rate", "lp", "num_grad_evals"}
     assert float(idata.sample_stats["lp"][0, 0]) == -1.0
+
+
+def test_tree_depth_is_arviz_own():
+    """The Pyro route adds ``tree_depth`` as ``az.from_numpyro`` derives it, so both backends give it."""
+    num_steps = np.array([1, 2, 3, 4, 7, 8, 65])
+    np.testing.assert_array_equal(inference_data.tree_depth(num_steps), np.log2(num_steps).astype(int) + 1)
+    assert inference_data.tree_depth(np.array([0]))[0] == 0  # no step ran: no warning, no garbage
 
 
 def test_from_samples_rejects_mismatched_shapes():

@@ -5,6 +5,7 @@ x_i | v ~ N(0, e^{v/2})), a Gaussian with scales (1, 0.1) for the too-large step
 and a truncated normal written as a log density that is NaN outside its support.
 """
 
+import arviz as az
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,18 @@ from numpyro_ext.models import test_problems
 from tests.mc_checks import assert_ks, assert_mean, assert_variance, fraction_moved
 
 RHO = 0.95
+# DR-HMC's ArviZ sample_stats, as docs/drhmc.rst lists them (tree_depth: ArviZ's log2(n_steps) + 1)
+DRHMC_SAMPLE_STATS = {
+    "acceptance_rate",
+    "diverging",
+    "stage",
+    "n_steps",
+    "tree_depth",
+    "num_grad_evals",
+    "energy",
+    "lp",
+    "step_size",
+}
 COVARIANCE = np.array([[1.0, RHO], [RHO, 1.0]])
 
 
@@ -223,17 +236,39 @@ def test_stage_schedule_keeps_trajectory_length():
     assert int(n) == 13 and np.isclose(float(step) * 13, 1.5)
 
 
+def test_first_stage_integrates_exactly_the_trajectory_length():
+    """L = ceil(T / eps) steps of T / L, NumPyro's HMC rule: on a flat density a draw moves by exactly T M^{-1} r.
+
+    With zero potential every proposal is accepted and the energy is ``|r|^2 / 2`` (unit metric), so
+    ``|dx| / sqrt(2 energy)`` is the integration time. ``eps = 0.75, T = 2`` gives three steps of
+    ``2/3`` (time 2), not of ``0.75`` (time 2.25: the old rule, which made warmup's metric wrong).
+    """
+    fixed = dict(step_size=0.75, trajectory_length=2.0, adapt_step_size=False, adapt_mass_matrix=False)
+    kernel = DRHMC(potential_fn=lambda x: 0.0 * jnp.sum(x), max_proposals=1, **fixed)
+    # the MCMCKernel interface directly: one jitted transition, cheaper to compile than MCMC's loop
+    state = kernel.init(jax.random.PRNGKey(0), 0, jnp.zeros(4), (), {})
+    sample = jax.jit(lambda state: kernel.sample(state, (), {}))
+    for _ in range(3):
+        new = sample(state)
+        time = np.linalg.norm(np.asarray(new.z - state.z)) / np.sqrt(2 * float(new.energy))
+        np.testing.assert_allclose(time, 2.0, rtol=1e-5)
+        assert int(new.num_steps) == 3
+        state = new
+
+
 def test_same_seed_same_draws_and_arviz_stats():
     kernel = DRHMC(funnel, trajectory_length=2.0)
     first = run(kernel, num_warmup=100, num_samples=100, num_chains=2, seed=5)
     second = run(DRHMC(funnel, trajectory_length=2.0), num_warmup=100, num_samples=100, num_chains=2, seed=5)
     np.testing.assert_array_equal(first.get_samples()["v"], second.get_samples()["v"])
 
-    idata = from_mcmc(first)
-    for name in ("acceptance_rate", "diverging", "stage", "n_steps", "n_grad_evals", "energy", "lp", "step_size"):
-        assert name in idata.sample_stats, name
+    # one set of names whichever converter is used, the set docs/drhmc.rst lists
+    idata, arviz_own = from_mcmc(first), az.from_numpyro(first)
+    assert set(idata.sample_stats.data_vars) == set(arviz_own.sample_stats.data_vars) == DRHMC_SAMPLE_STATS
+    for name in DRHMC_SAMPLE_STATS:
         assert idata.sample_stats[name].shape == (2, 100), name
-    grads = idata.sample_stats["n_grad_evals"].values
+        np.testing.assert_array_equal(idata.sample_stats[name], arviz_own.sample_stats[name], err_msg=name)
+    grads = idata.sample_stats["num_grad_evals"].values
     assert (grads >= idata.sample_stats["n_steps"].values).all()
     stage = idata.sample_stats["stage"].values
     assert set(np.unique(stage)) <= {-1, 0, 1, 2}

@@ -27,6 +27,18 @@ from pyro_ext.models import test_problems
 from tests.mc_checks import assert_ks, assert_mean, assert_variance, fraction_moved
 
 RHO = 0.95
+# DR-HMC's ArviZ sample_stats, as docs/drhmc.rst lists them (tree_depth: ArviZ's log2(n_steps) + 1)
+DRHMC_SAMPLE_STATS = {
+    "acceptance_rate",
+    "diverging",
+    "stage",
+    "n_steps",
+    "tree_depth",
+    "num_grad_evals",
+    "energy",
+    "lp",
+    "step_size",
+}
 PRECISION = torch.linalg.inv(torch.tensor([[1.0, RHO], [RHO, 1.0]], dtype=torch.float64))
 
 
@@ -377,6 +389,24 @@ def test_single_stage_kernel_is_textbook_hmc_under_pyro_seed():
     assert 0.05 < fraction_moved(draws.numpy()[:, 0]) < 1
 
 
+def test_first_stage_integrates_exactly_the_trajectory_length():
+    """L = ceil(T / eps) steps of T / L, NumPyro's HMC rule: on a flat density a draw moves by exactly T M^{-1} r.
+
+    With zero potential every proposal is accepted and the energy is ``|r|^2 / 2`` (unit metric), so
+    ``|dx| / sqrt(2 energy)`` is the integration time. ``eps = 0.75, T = 2`` gives three steps of
+    ``2/3`` (time 2), not of ``0.75`` (time 2.25: the old rule, which made warmup's metric wrong).
+    """
+    fixed = dict(step_size=0.75, trajectory_length=2.0, adapt_step_size=False, adapt_mass_matrix=False)
+    kernel = DRHMC(potential_fn=lambda params: 0.0 * params["x"].sum(), max_proposals=1, **fixed)
+    start = torch.zeros(4, dtype=torch.float64)
+    draws = run(kernel, warmup=0, samples=3, initial_params={"x": start}).get_samples()["x"]
+    draws = torch.cat([start[None], draws]).numpy()
+    stats_ = kernel.get_sample_stats()
+    times = np.linalg.norm(np.diff(draws, axis=0), axis=1) / np.sqrt(2 * stats_["energy"])
+    np.testing.assert_allclose(times, 2.0, rtol=1e-12)
+    assert (stats_["num_steps"] == 3).all() and kernel.num_steps == 3
+
+
 def test_stage_schedule_keeps_the_trajectory_length():
     for c in (2.0, 3.0, 4.0, 2.5):
         for k in range(4):
@@ -528,9 +558,14 @@ def test_arviz_diagnostics_and_sample_stats():
     assert idata.posterior["v"].shape == (1, 50)
     assert idata.posterior["x"].shape == (1, 50, 2)
     assert idata.sample_stats["diverging"].shape == (1, 50)
+    # the names az.from_numpyro gives the NumPyro kernel's (docs/drhmc.rst), and az.from_pyro's one agrees
     idata = from_mcmc(mcmc, log_likelihood=False)
-    for name in ("acceptance_rate", "diverging", "stage", "n_steps", "n_grad_evals", "energy", "lp", "step_size"):
+    assert set(idata.sample_stats.data_vars) == DRHMC_SAMPLE_STATS
+    for name in DRHMC_SAMPLE_STATS:
         assert idata.sample_stats[name].shape == (1, 50), name
+    np.testing.assert_array_equal(idata.sample_stats["diverging"], az.from_pyro(mcmc).sample_stats["diverging"])
+    n_steps = idata.sample_stats["n_steps"].values
+    np.testing.assert_array_equal(idata.sample_stats["tree_depth"], np.floor(np.log2(n_steps)) + 1)
     stats_ = mcmc.kernel.get_sample_stats()
     assert len(stats_["stage"]) == 100 and stats_["warmup"].sum() == 50
     assert (stats_["num_grad_evals"] >= stats_["num_steps"]).all()

@@ -31,7 +31,7 @@ from numpyro.infer.util import initialize_model
 
 from adapters.configs import DRHMCConfig, check_model_or_potential
 from numpyro_ext.infer.drhmc.core import DRHMCState, build_kernel
-from numpyro_ext.infer.hmc_util import sample_momentum
+from numpyro_ext.infer.hmc_util import fixed_length_steps, sample_momentum
 from numpyro_ext.infer.model_util import check_continuous_latents, trace_model
 
 __all__ = ["DRHMC", "DRHMCKernelState"]
@@ -46,7 +46,7 @@ class DRHMCKernelState(NamedTuple):
     ``num_steps`` the leapfrog steps of the chain's own trajectories in this transition,
     ``num_grad_evals`` all gradient evaluations (ghost trajectories included), ``stage`` the
     accepted stage (-1 if none), ``accept_prob`` the last tried stage's acceptance
-    probability, ``trajectory_length`` the first stage's ``step_size * L``.
+    probability, ``trajectory_length`` the integration time ``T`` of every stage.
     """
 
     i: Array
@@ -94,12 +94,14 @@ class DRHMC(MCMCKernel):
         potential_fn: instead of ``model``, a potential energy (negative log density) of
             the unconstrained parameters; ``MCMC.run(..., init_params=...)`` is then needed.
         step_size: first-stage step size ``eps`` (the start of adaptation when adapting).
-        trajectory_length: ``eps * L`` of every stage. With neither this nor ``num_steps``
+            With a trajectory length ``T`` the first stage runs NumPyro's ``HMC`` rule,
+            ``L = ceil(T / eps)`` steps of ``T / L <= eps``, so it integrates exactly ``T``.
+        trajectory_length: ``T``, the integration time of every stage. With neither this nor ``num_steps``
             given, warmup runs NUTS (same adaptation) and sets the trajectory length to the
             mean NUTS integration time ``eps * n_leapfrog`` over the last slow window and the
             terminal window of warmup, times ``trajectory_scale``; the DR-HMC transitions
             start after warmup.
-        num_steps: first-stage number of leapfrog steps ``L`` (fixed, overrides
+        num_steps: first-stage number of leapfrog steps ``L`` of ``eps`` (fixed, overrides
             ``trajectory_length``).
         max_proposals: number of stages ``K`` (1 is plain HMC; cost grows like ``2^K``).
         reduction_factor: ``c > 1``, the step-size ratio between consecutive stages.
@@ -355,12 +357,17 @@ class DRHMC(MCMCKernel):
         )
 
     # ---- transitions ----------------------------------------------------------------
-    def _first_stage_num_steps(self, step_size, trajectory_length, fraction=1.0):
-        """``L``: ``num_steps`` or ``ceil(T / eps)``, of a ``fraction`` of the length when jittering."""
+    def _first_stage_steps(self, step_size, trajectory_length, fraction=1.0):
+        """The first stage's ``(step size, L)``, of a ``fraction`` of the length when jittering.
+
+        ``num_steps`` given: ``L = ceil(fraction * num_steps)`` steps of ``eps``. Otherwise NumPyro's
+        ``HMC`` rule (:func:`~numpyro_ext.infer.hmc_util.fixed_length_steps`): ``L = ceil(T' / eps)``
+        steps of ``T' / L`` with ``T' = fraction * T``, so the trajectory is exactly ``T'`` long.
+        """
         if self.config.num_steps is not None:
-            return jnp.maximum(jnp.ceil(self.config.num_steps * fraction - 1e-6), 1).astype(jnp.int32)
-        num_steps = jnp.ceil(fraction * trajectory_length / step_size - 1e-6)
-        return jnp.clip(num_steps, 1, 2**self.config.max_tree_depth).astype(jnp.int32)
+            num_steps = jnp.maximum(jnp.ceil(self.config.num_steps * fraction - 1e-6), 1).astype(jnp.int32)
+            return step_size, num_steps
+        return fixed_length_steps(step_size, fraction * trajectory_length, 2**self.config.max_tree_depth)
 
     def _dr_transition(
         self,
@@ -378,7 +385,7 @@ class DRHMC(MCMCKernel):
         if self.config.jitter_trajectory:
             key, jitter_key = jax.random.split(key)
             fraction = 1.0 - jax.random.uniform(jitter_key, dtype=position.dtype)  # in (0, 1]
-        num_steps = self._first_stage_num_steps(step_size, trajectory_length, fraction)
+        step_size, num_steps = self._first_stage_steps(step_size, trajectory_length, fraction)
         new_state, info = self._dr_step(
             key, state, lambda x: -potential_fn(x), step_size, inverse_mass_matrix, num_steps
         )

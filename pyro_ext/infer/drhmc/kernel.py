@@ -27,6 +27,7 @@ from pyro.ops.integrator import potential_grad
 from adapters.configs import DRHMCConfig, check_model_or_potential
 from pyro_ext.infer.drhmc.core import DRHMCState, build_kernel
 from pyro_ext.infer.drhmc.warmup import NUTSWarmup, find_reasonable_step_size, is_numerical_failure
+from pyro_ext.infer.hmc_util import fixed_length_steps
 from pyro_ext.infer.model_util import check_continuous_latents
 
 __all__ = ["DRHMC", "check_continuous", "target_model"]
@@ -343,9 +344,10 @@ class DRHMC(MCMCKernel):
         grad = -torch.cat([z_grads[name].detach().reshape(-1) for name in sites])
         logdensity_start = -float(potential_energy)
         state = DRHMCState(position, logdensity_start if math.isfinite(logdensity_start) else -math.inf, grad)
-        step_size = float(self.step_size)
+        step_size = float(self.step_size)  # the adapted eps, recorded; the integrator's may be smaller
+        integrator_step_size, num_steps = self._iteration_steps()
         with pyro.validation_enabled(False):  # NaN and out-of-support values are expected on diverging trajectories
-            new, info = self._dr_step(state, logdensity, step_size, inverse_mass_matrix, self._iteration_num_steps())
+            new, info = self._dr_step(state, logdensity, integrator_step_size, inverse_mass_matrix, num_steps)
         z_new = unflatten(new.position)
         z_grads_new = unflatten(-new.logdensity_grad)
         potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
@@ -367,7 +369,9 @@ class DRHMC(MCMCKernel):
         if warmup:
             n = self._iteration
             accept = torch.as_tensor(info.first_acceptance_rate, dtype=position.dtype)
-            self._warmup_adapter.step(self._iteration, z_new, accept, z_grads_new)
+            # t counts from 0, as the adapter documents and NumPyro's warmup_adapter runs (Pyro's HMC passes
+            # t + 1): every window then ends on the same iteration as NumPyro's, the last included
+            self._warmup_adapter.step(self._iteration - 1, z_new, accept, z_grads_new)
         else:
             n = self._iteration - self._warmup_steps
             self._num_accepted += int(info.is_accepted)
@@ -384,21 +388,25 @@ class DRHMC(MCMCKernel):
     @property
     def num_steps(self) -> int:
         """First-stage number of leapfrog steps ``L`` at the current step size."""
-        return self._num_steps_of(1.0)
+        return self._first_stage_steps(1.0)[1]
 
-    def _num_steps_of(self, fraction: float) -> int:
-        """``L`` of a ``fraction`` of the trajectory: ``ceil(fraction * num_steps)`` or
-        ``clip(ceil(fraction * T / eps), 1, 2**max_tree_depth)``."""
+    def _first_stage_steps(self, fraction: float) -> tuple[float, int]:
+        """The first stage's ``(step size, L)`` for a ``fraction`` of the trajectory.
+
+        ``num_steps`` given: ``L = ceil(fraction * num_steps)`` steps of ``eps``. Otherwise NumPyro's
+        ``HMC`` rule (:func:`~pyro_ext.infer.hmc_util.fixed_length_steps`): ``L = ceil(T' / eps)``
+        steps of ``T' / L`` with ``T' = fraction * T``, capped at ``2**max_tree_depth`` steps.
+        """
+        step_size = float(self.step_size)
         if self.config.num_steps is not None:
-            return max(1, math.ceil(self.config.num_steps * fraction - 1e-6))
-        num_steps = math.ceil(fraction * self.trajectory_length / float(self.step_size) - 1e-6)
-        return int(min(max(num_steps, 1), 2**self.config.max_tree_depth))
+            return step_size, max(1, math.ceil(self.config.num_steps * fraction - 1e-6))
+        return fixed_length_steps(step_size, fraction * self.trajectory_length, 2**self.config.max_tree_depth)
 
-    def _iteration_num_steps(self) -> int:
-        """This iteration's ``L``: of a ``u ~ Uniform(0, 1]`` fraction of the length when jittering."""
+    def _iteration_steps(self) -> tuple[float, int]:
+        """This iteration's ``(step size, L)``: of a ``u ~ Uniform(0, 1]`` fraction of the length when jittering."""
         if not self.config.jitter_trajectory:
-            return self.num_steps
-        return self._num_steps_of(1.0 - torch.rand((), dtype=torch.float64).item())
+            return self._first_stage_steps(1.0)
+        return self._first_stage_steps(1.0 - torch.rand((), dtype=torch.float64).item())
 
     def logging(self) -> dict[str, str]:
         if self._nuts is not None:
