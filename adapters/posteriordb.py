@@ -78,7 +78,7 @@ def find_database(path: str | os.PathLike | None = None) -> Path:
     )
 
 
-def check_posterior(name: str, folder: Path, known: list[str]) -> str:
+def _check_posterior(name: str, folder: Path, known: list[str]) -> str:
     """``name`` if the database at ``folder`` (whose posteriors are ``known``) holds it.
 
     Otherwise a ``KeyError`` with the close names, the database in use and, for the
@@ -182,10 +182,14 @@ def _to_arrays(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(name: str, path: str | os.PathLike | None = None) -> Posterior:
-    """Load posterior ``name``; an unknown name raises a ``KeyError`` (see :func:`check_posterior`)."""
+    """Load posterior ``name``.
+
+    A name the database lacks raises a ``KeyError`` with the close names and the database in
+    use (for the embedded subset: what it holds and how to point at a full posteriordb).
+    """
     folder = find_database(path)
     if not isinstance(name, str):  # before the cache, which needs a hashable name
-        check_posterior(name, folder, [])
+        _check_posterior(name, folder, [])
     return _load_cached(name, folder)
 
 
@@ -245,7 +249,7 @@ def _load_cached(name: str, folder: Path) -> Posterior:
     from posteriordb import PosteriorDatabase
 
     db = PosteriorDatabase(str(folder))
-    check_posterior(name, folder, sorted(db.posterior_names()))
+    _check_posterior(name, folder, sorted(db.posterior_names()))
     post = db.posterior(name)
     reference = info = None
     if post.posterior_info.get("reference_posterior_name"):
