@@ -253,6 +253,77 @@ def check_joint_sites(trace_sites: dict, latent: Any, observed: Any, algorithm: 
     return latent, observed
 
 
+MODEL_HINT = (
+    "; to bound the MI of a model, pass the model in place of the three functions, with latent= and observed= "
+    "site names"
+)
+
+
+def check_joint_functions(functions: tuple, site_args: tuple, sample_joint_params: tuple[str, ...]) -> bool:
+    """Which joint the MI bounds got: ``True`` for a model (``functions[0]``, with ``site_args =
+    (latent, observed, model_args, model_kwargs)``), ``False`` for the three functions
+    ``(sample_joint, log_prior, log_likelihood)``, each of which must take its arguments
+    (``sample_joint_params``: ``("rng_key", "n")`` in JAX, ``("n",)`` in torch; ``(z)``; ``(x, z)``).
+    A ``TypeError`` says which argument is wrong and how to pass a model instead.
+    """
+    import inspect
+
+    sample_joint, log_prior, log_likelihood = functions
+    latent, observed, model_args, model_kwargs = site_args
+    if latent is not None or observed is not None:
+        if log_prior is not None or log_likelihood is not None:
+            raise TypeError(
+                "give either a model with latent= and observed= site names, or the three functions sample_joint, "
+                "log_prior and log_likelihood, not both"
+            )
+        if latent is None or observed is None:
+            raise TypeError("a model needs both latent= and observed= site names (z and x of I(x; z))")
+        if not callable(sample_joint):
+            raise TypeError(f"model must be a model (a callable), got {sample_joint!r}")
+        if not isinstance(model_args, tuple | list):
+            raise TypeError(f"model_args must be a tuple of the model's positional arguments, got {model_args!r}")
+        if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+            raise TypeError(f"model_kwargs must be a dict of the model's keyword arguments, got {model_kwargs!r}")
+        return True
+    if model_args or model_kwargs:
+        raise TypeError("model_args and model_kwargs are for a model given with latent= and observed= site names")
+    names = ("sample_joint", "log_prior", "log_likelihood")
+    missing = [name for name, fn in zip(names, functions, strict=True) if fn is None]
+    if missing:
+        raise TypeError(f"{', '.join(missing)} missing: give sample_joint, log_prior and log_likelihood{MODEL_HINT}")
+    expected = dict(zip(names, (sample_joint_params, ("z",), ("x", "z")), strict=True))
+    for name, fn in zip(names, functions, strict=True):
+        call = f"{name}({', '.join(expected[name])})"
+        if not callable(fn):
+            raise TypeError(f"{name} must be a function {call}, got {fn!r}{MODEL_HINT}")
+        try:
+            signature = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin or C function without a signature: trust it
+            continue
+        try:
+            signature.bind(*expected[name])
+        except TypeError as err:
+            raise TypeError(
+                f"{name} must be a function {call}, but it cannot be called so ({err}){MODEL_HINT}"
+            ) from None
+    return False
+
+
+def check_joint_draws(draws: Any, call: str) -> tuple[Any, Any]:
+    """``(x, z)`` from ``sample_joint``'s return value ``draws``; a ``TypeError`` (with how to pass a
+    model instead) when it is not a pair, as when a model is passed as ``sample_joint``."""
+    if not (isinstance(draws, tuple | list) and len(draws) == 2):
+        raise TypeError(f"{call} must return a pair (x, z) of arrays (n, dx) and (n, dz), got {draws!r}{MODEL_HINT}")
+    return draws[0], draws[1]
+
+
+def mean_row_ess(log_weights: Any) -> float:
+    """The mean over rows of :func:`effective_sample_size` of each row of ``log_weights`` ``(N, K)``
+    (the ``K`` chains of each outer sample of the MI bounds)."""
+    rows = np.asarray(log_weights, dtype=np.float64).reshape(-1, np.shape(log_weights)[-1])
+    return float(np.mean([effective_sample_size(row) for row in rows]))
+
+
 def check_posterior_samples(samples: Any) -> None:
     """AIS's reverse-run start: a dict of numeric arrays (one per latent site) or one numeric array;
     a ``TypeError`` naming the entry otherwise (before any backend converts it)."""

@@ -45,8 +45,15 @@ draws (see :mod:`numpyro_ext.infer.ais`).
 Inputs are JAX functions of ONE sample: ``sample_joint(rng_key, n) -> (x (n, dx), z (n, dz))``,
 ``log_prior(z (dz,))``, ``log_likelihood(x (dx,), z (dz,))``, and optionally
 ``proposal(x) -> distribution`` with ``sample(rng_key, (K,)) -> (K, dz)`` and ``log_prob(z)``
-(e.g. a NumPyro distribution with event shape ``(dz,)``).  Every estimate is a
-:class:`adapters.mi.BoundEstimate` whose standard error is over the ``N`` outer samples.
+(e.g. a NumPyro distribution with event shape ``(dz,)``).  Or a NumPyro model in place of the
+three functions, with ``latent=`` and ``observed=`` site names (and ``model_args``,
+``model_kwargs``): :func:`numpyro_ext.infer.model_util.joint_model` makes the three functions
+(``z`` the latent sites unconstrained, ``x`` the observed sites, both raveled), after checking
+the model's distributions as NUTS does.  Every estimate is a :class:`adapters.mi.BoundEstimate`
+whose standard error is over the ``N`` outer samples; a run whose transitions diverge (more than
+1%) or whose importance weights are degenerate (mean Kish ESS per outer sample below a tenth of
+``K``) warns with :class:`adapters.diagnostics.ReliabilityWarning`, and the messages are kept in
+the estimate's ``warnings``.
 """
 
 from __future__ import annotations
@@ -60,10 +67,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters.mi import AISConfig, BoundEstimate
-from adapters.validation import check_positive_int
-from numpyro_ext.infer.ais.anneal import Adaptation, anneal, pilot_step_sizes
+from adapters.mi import (
+    AISConfig,
+    BoundEstimate,
+    ais_reliability,
+    check_joint_draws,
+    check_joint_functions,
+    check_site_names,
+    mean_row_ess,
+)
+from adapters.validation import check_numeric, check_positive_int
+from numpyro_ext.infer.ais.anneal import Adaptation, anneal, check_rng_key, pilot_step_sizes
 from numpyro_ext.infer.ais.core import KernelSettings
+from numpyro_ext.infer.model_util import joint_model
 from numpyro_ext.infer.smc_util import log_mean_exp
 
 __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
@@ -71,8 +87,49 @@ __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
 Array = jax.Array
 
 
+@functools.lru_cache(maxsize=16)
+def _cached_joint_model(model: Callable, latent: tuple, observed: tuple, args: tuple, kwargs: tuple, algorithm: str):
+    return joint_model(model, list(latent), list(observed), args, dict(kwargs), algorithm)
+
+
+def _joint(rng_key: Any, functions: tuple, site_args: tuple, algorithm: str) -> tuple[Array, Callable, ...]:
+    """``(rng_key, sample_joint, log_prior, log_likelihood)``: the three functions as given, or a model's
+    (``functions[0]`` with ``site_args = (latent, observed, model_args, model_kwargs)``), after the checks
+    of :func:`adapters.mi.check_joint_functions`.  A model's functions are cached on the model and
+    hashable arguments, so the lower and the upper bound of one model share a compiled program."""
+    rng_key = check_rng_key(rng_key)
+    if not check_joint_functions(functions, site_args, ("rng_key", "n")):
+        return (rng_key, *functions)
+    model, (latent, observed, model_args, model_kwargs) = functions[0], site_args
+    try:
+        key = (model, *(tuple(check_site_names(n, v)) for n, v in (("latent", latent), ("observed", observed))))
+        key += (tuple(model_args), tuple(sorted((model_kwargs or {}).items())), algorithm)
+        joint = _cached_joint_model(*key)
+    except TypeError as err:  # unhashable arguments (arrays): build afresh; a wrong site name type raises anew
+        if "unhashable" not in str(err):
+            raise
+        joint = joint_model(model, latent, observed, model_args, model_kwargs, algorithm)
+    return rng_key, joint.sample_joint, joint.log_prior, joint.log_likelihood
+
+
+def _reliability(algorithm: str, log_weights: Any, num_divergent: int, num_steps: int) -> list[str]:
+    """:func:`adapters.mi.ais_reliability` for ``N x K`` chains of ``num_steps`` transitions each,
+    warning at the user's call (user -> public bound -> body -> here)."""
+    log_weights = np.asarray(log_weights)
+    num_samples, num_chains = log_weights.shape
+    return ais_reliability(
+        algorithm,
+        num_divergent,
+        num_samples * num_chains * num_steps,
+        mean_row_ess(log_weights),
+        num_chains,
+        what="importance weights of each outer sample (mean ESS over the samples)",
+        stacklevel=6,
+    )
+
+
 def _joint_draws(sample_joint: Callable, rng_key: Array, num: int) -> tuple[Array, Array]:
-    x, z = sample_joint(rng_key, num)
+    x, z = check_joint_draws(sample_joint(rng_key, num), "sample_joint(rng_key, n)")
     x, z = jnp.asarray(x), jnp.asarray(z)
     if x.ndim != 2 or z.ndim != 2 or x.shape[0] != num or z.shape[0] != num:
         raise ValueError(
@@ -111,9 +168,9 @@ def _split_key(rng_key: Array) -> tuple[Array, Array, Array, Array]:
 
 
 def _finish(
-    per_sample: Array, kind: str, estimator: str, details: dict, return_details: bool
+    per_sample: Array, kind: str, estimator: str, details: dict, return_details: bool, warnings: list[str]
 ) -> BoundEstimate | tuple[BoundEstimate, dict]:
-    estimate = BoundEstimate.from_samples(np.asarray(per_sample), kind, estimator)
+    estimate = BoundEstimate.from_samples(np.asarray(per_sample), kind, estimator, warnings)
     if not return_details:
         return estimate
     return estimate, {k: np.asarray(v) for k, v in details.items()} | {"per_sample": np.asarray(per_sample)}
@@ -151,7 +208,8 @@ def _draws_fn(sample_joint, log_likelihood, proposal, num_samples: int, num_inne
 
 @functools.lru_cache(maxsize=32)
 def _iwae_fn(sample_joint, log_prior, log_likelihood, proposal, num_samples, num_importance) -> Callable:
-    """A jitted ``(joint_key, proposal_key, lower) -> (x, z, per-sample bound, log p(x|z), log p(x) bound)``;
+    """A jitted ``(joint_key, proposal_key, lower) -> (x, z, per-sample bound, log p(x|z), log p(x) bound,
+    log weights (N, K))``;
     ``lower`` is traced, so both bounds share one compiled program."""
     draws_fn = _cached(_draws_fn, sample_joint, log_likelihood, proposal, num_samples, num_importance)
 
@@ -162,10 +220,11 @@ def _iwae_fn(sample_joint, log_prior, log_likelihood, proposal, num_samples, num
         def one(x_i, z_i, draws_i):
             _, log_weight = _densities(log_prior, log_likelihood, proposal, x_i)
             with_true = jnp.concatenate([z_i[None].astype(draws_i.dtype), draws_i[: num_importance - 1]])
-            return log_mean_exp(jax.vmap(log_weight)(jnp.where(lower, with_true, draws_i)), axis=-1)
+            return jax.vmap(log_weight)(jnp.where(lower, with_true, draws_i))
 
-        log_px = jax.vmap(one)(x, z, draws)
-        return x, z, log_px_z - log_px, log_px_z, log_px
+        log_w = jax.vmap(one)(x, z, draws)
+        log_px = log_mean_exp(log_w, axis=-1)
+        return x, z, log_px_z - log_px, log_px_z, log_px, log_w
 
     return run
 
@@ -189,25 +248,36 @@ def _bound_pair(body: Callable, name: str) -> tuple[Callable, Callable]:
 
 def _iwae(
     rng_key: Array,
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
+    sample_joint: Callable | None = None,
+    log_prior: Callable | None = None,
+    log_likelihood: Callable | None = None,
     num_samples: int = 256,
     num_importance: int = 16,
     proposal: Callable | None = None,
     return_details: bool = False,
     *,
+    latent: str | list[str] | None = None,
+    observed: str | list[str] | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
     lower: bool,
 ) -> BoundEstimate | tuple[BoundEstimate, dict]:
     """:func:`iwae_mi_lower` (``lower``) and :func:`iwae_mi_upper`."""
+    kind = "lower" if lower else "upper"
     num_samples = check_positive_int("num_samples", num_samples)
     num_importance = check_positive_int("num_importance", num_importance)
+    rng_key, sample_joint, log_prior, log_likelihood = _joint(
+        rng_key,
+        (sample_joint, log_prior, log_likelihood),
+        (latent, observed, model_args, model_kwargs),
+        "iwae_mi_lower/iwae_mi_upper",
+    )
     joint_key, proposal_key, _, _ = _split_key(rng_key)
     run = _cached(_iwae_fn, sample_joint, log_prior, log_likelihood, proposal, num_samples, num_importance)
-    x, z, values, log_px_z, log_px = run(joint_key, proposal_key, lower)
-    kind = "lower" if lower else "upper"
-    details = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px}
-    return _finish(values, kind, f"iwae-mi-{kind}", details, return_details)
+    x, z, values, log_px_z, log_px, log_w = run(joint_key, proposal_key, lower)
+    warned = _reliability(f"iwae_mi_{kind}", log_w, 0, 1)
+    details = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px, "log_weights": log_w}
+    return _finish(values, kind, f"iwae-mi-{kind}", details, return_details, warned)
 
 
 iwae_mi_lower, iwae_mi_upper = _bound_pair(_iwae, "iwae_mi")
@@ -293,9 +363,9 @@ def _ais_program(
 
 def _ais_mi_bound(
     rng_key: Array,
-    sample_joint: Callable,
-    log_prior: Callable,
-    log_likelihood: Callable,
+    sample_joint: Callable | None = None,
+    log_prior: Callable | None = None,
+    log_likelihood: Callable | None = None,
     num_samples: int = 128,
     num_chains: int = 16,
     num_steps: int = 100,
@@ -311,17 +381,30 @@ def _ais_mi_bound(
     max_delta_energy: float = 1000.0,
     return_details: bool = False,
     *,
+    latent: str | list[str] | None = None,
+    observed: str | list[str] | None = None,
+    model_args: tuple = (),
+    model_kwargs: dict | None = None,
     lower: bool,
 ) -> BoundEstimate | tuple[BoundEstimate, dict]:
     """:func:`ais_mi_lower` (``lower``) and :func:`ais_mi_upper`."""
     cfg = AISConfig.from_arguments(locals())
+    kind = "lower" if lower else "upper"
     num_samples = check_positive_int("num_samples", num_samples)
+    if inverse_mass_matrix is not None:
+        check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (dz,) or (dz, dz)")
+    rng_key, sample_joint, log_prior, log_likelihood = _joint(
+        rng_key,
+        (sample_joint, log_prior, log_likelihood),
+        (latent, observed, model_args, model_kwargs),
+        "ais_mi_lower/ais_mi_upper",
+    )
     out = _ais_mi(
         rng_key, sample_joint, log_prior, log_likelihood, num_samples, proposal, inverse_mass_matrix, cfg, lower
     )
-    kind = "lower" if lower else "upper"
+    warned = _reliability(f"ais_mi_{kind}", out["log_weights"], int(out["num_divergent"]), cfg.num_steps)
     details = {k: v for k, v in out.items() if k not in ("per_sample", "pilot_step_sizes")}
-    return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details)
+    return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details, warned)
 
 
 def _ais_mi(rng_key, sample_joint, log_prior, log_likelihood, num_samples, proposal, inverse_mass_matrix, cfg, lower):
@@ -341,10 +424,11 @@ def _ais_mi(rng_key, sample_joint, log_prior, log_likelihood, num_samples, propo
         cfg.adaptation_rate,
     )
     keys = jnp.stack(_split_key(rng_key))  # joint, proposal, chain, pilot
-    dtype = jax.eval_shape(lambda key: sample_joint(key, 1)[1], keys[0]).dtype
-    if inverse_mass_matrix is None:
-        inverse_mass_matrix = jnp.ones(jax.eval_shape(lambda key: sample_joint(key, 1)[1], keys[0]).shape[-1], dtype)
-    imm = jnp.asarray(inverse_mass_matrix, dtype)
+    z_shape = jax.eval_shape(lambda key: sample_joint(key, 1)[1], keys[0])
+    dtype, dim = z_shape.dtype, z_shape.shape[-1]
+    imm = jnp.ones(dim, dtype) if inverse_mass_matrix is None else jnp.asarray(inverse_mass_matrix, dtype)
+    if imm.shape not in ((dim,), (dim, dim)):
+        raise ValueError(f"inverse_mass_matrix must have shape ({dim},) or ({dim}, {dim}), got {imm.shape}")
     betas = jnp.asarray(cfg.betas, dtype)
     steps = jnp.full(cfg.num_steps, cfg.step_size, dtype)
     if cfg.adapt_step_size:

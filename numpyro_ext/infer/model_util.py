@@ -176,7 +176,8 @@ def _check_site(name: str, site: dict, algorithm: str) -> None:
     if site["is_observed"]:
         valid = np.asarray(site["fn"].support(site["value"]))
         if not valid.all():
-            problem = f"observed value is outside the support of its {type(site['fn']).__name__} distribution"
+            inner = list(_distributions(site["fn"]))[-1]  # Poisson, not the plate's ExpandedDistribution
+            problem = f"observed value is outside the support of its {type(inner).__name__} distribution"
             raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.size))
 
 
@@ -287,8 +288,12 @@ def joint_model(
     def log_likelihood(x, z):
         return parts(x, z)[1]
 
-    x_other, _ = sample_joint(jax.random.PRNGKey(1), 1)
-    if not np.allclose(np.asarray(log_prior(z_ref)), np.asarray(parts(x_other[0], z_ref)[0]), equal_nan=True):
+    @jax.jit  # one compiled check instead of eager op-by-op dispatch
+    def prior_next_to(key):
+        x_other = sample_joint(key, 1)[0][0]
+        return log_prior(z_ref), parts(x_other.astype(z_ref.dtype), z_ref)[0]
+
+    if not np.allclose(*(np.asarray(v) for v in prior_next_to(jax.random.PRNGKey(1))), equal_nan=True):
         raise ValueError(
             f"model: the latent sites {latent} depend on the observed sites {observed}; {algorithm} anneals from "
             "p(z), so the latent sites must come first and not depend on x"

@@ -47,11 +47,19 @@ import numpy as np
 import pyro
 import torch
 
-from adapters.mi import AISConfig, BoundEstimate
-from adapters.validation import check_positive_int
+from adapters.mi import (
+    AISConfig,
+    BoundEstimate,
+    ais_reliability,
+    check_joint_draws,
+    check_joint_functions,
+    check_site_names,
+    mean_row_ess,
+)
+from adapters.validation import check_numeric, check_positive_int
 from pyro_ext.infer.ais import anneal, pilot_step_sizes
 from pyro_ext.infer.ais.anneal import kernel_options
-from pyro_ext.infer.model_util import unvalidated, vmap_log_density
+from pyro_ext.infer.model_util import joint_model, unvalidated, vmap_log_density
 from pyro_ext.infer.smc_util import log_mean_exp
 
 __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
@@ -59,8 +67,44 @@ __all__ = ["ais_mi_lower", "ais_mi_upper", "iwae_mi_lower", "iwae_mi_upper"]
 Tensor = torch.Tensor
 
 
+def _functions(functions: tuple, site_args: tuple, vectorized: Any, algorithm: str) -> tuple[Callable, ...]:
+    """``(sample_joint, log_prior, log_likelihood)`` as given, or a model's (``functions[0]`` with
+    ``site_args = (latent, observed, model_args, model_kwargs)``,
+    :func:`pyro_ext.infer.model_util.joint_model`), after :func:`adapters.mi.check_joint_functions`."""
+    if not check_joint_functions(functions, site_args, ("n",)):
+        return functions
+    if vectorized is True:
+        raise TypeError("vectorized=True is for batched hand-written functions; a model is written for one draw")
+    latent, observed, model_args, model_kwargs = site_args
+    joint = joint_model(
+        functions[0],
+        check_site_names("latent", latent),
+        check_site_names("observed", observed),
+        tuple(model_args),
+        model_kwargs,
+        algorithm,
+    )
+    return joint.sample_joint, joint.log_prior, joint.log_likelihood
+
+
+def _reliability(algorithm: str, log_weights: Tensor, num_divergent: int, num_steps: int) -> list[str]:
+    """:func:`adapters.mi.ais_reliability` for ``N x K`` chains of ``num_steps`` transitions each,
+    warning at the user's call (user -> bound -> here)."""
+    log_weights = log_weights.detach().cpu().numpy()
+    num_samples, num_chains = log_weights.shape
+    return ais_reliability(
+        algorithm,
+        num_divergent,
+        num_samples * num_chains * num_steps,
+        mean_row_ess(log_weights),
+        num_chains,
+        what="importance weights of each outer sample (mean ESS over the samples)",
+        stacklevel=5,
+    )
+
+
 def _joint_draws(sample_joint: Callable, num: int) -> tuple[Tensor, Tensor]:
-    x, z = sample_joint(num)
+    x, z = check_joint_draws(sample_joint(num), "sample_joint(n)")
     x, z = torch.as_tensor(x).detach(), torch.as_tensor(z).detach()
     if x.dim() != 2 or z.dim() != 2 or x.shape[0] != num or z.shape[0] != num:
         raise ValueError(
@@ -132,10 +176,10 @@ class _Joint:
 
 
 def _finish(
-    per_sample: Tensor, kind: str, estimator: str, details: dict, return_details: bool
+    per_sample: Tensor, kind: str, estimator: str, details: dict, return_details: bool, warnings: list[str]
 ) -> BoundEstimate | tuple[BoundEstimate, dict]:
     values = per_sample.detach().cpu().numpy().astype(np.float64)
-    estimate = BoundEstimate.from_samples(values, kind, estimator)
+    estimate = BoundEstimate.from_samples(values, kind, estimator, warnings)
     if not return_details:
         return estimate
     out = {k: (v.detach().cpu().numpy() if isinstance(v, Tensor) else np.asarray(v)) for k, v in details.items()}
@@ -150,17 +194,28 @@ def _iwae_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[Bo
     kind = "lower" if lower else "upper"
 
     def bound(
-        sample_joint: Callable,
-        log_prior: Callable,
-        log_likelihood: Callable,
+        sample_joint: Callable | None = None,
+        log_prior: Callable | None = None,
+        log_likelihood: Callable | None = None,
         num_samples: int = 256,
         num_importance: int = 16,
         proposal: Callable | None = None,
         return_details: bool = False,
         vectorized: bool = False,
+        *,
+        latent: str | list[str] | None = None,
+        observed: str | list[str] | None = None,
+        model_args: tuple = (),
+        model_kwargs: dict | None = None,
     ) -> BoundEstimate | tuple[BoundEstimate, dict]:
         num_samples = check_positive_int("num_samples", num_samples)
         num_importance = check_positive_int("num_importance", num_importance)
+        sample_joint, log_prior, log_likelihood = _functions(
+            (sample_joint, log_prior, log_likelihood),
+            (latent, observed, model_args, model_kwargs),
+            vectorized,
+            "iwae_mi_lower/iwae_mi_upper",
+        )
         joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
         x, z, draws, log_px_z = joint.draws(sample_joint, num_samples, num_importance)
         if lower:
@@ -170,8 +225,9 @@ def _iwae_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[Bo
         with torch.no_grad():
             log_w = log_weight(draws.reshape(num_samples * num_importance, -1)).reshape(num_samples, num_importance)
         log_px = log_mean_exp(log_w, dim=-1)
-        info = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px}
-        return _finish(log_px_z - log_px, kind, f"iwae-mi-{kind}", info, return_details)
+        warned = _reliability(f"iwae_mi_{kind}", log_w, 0, 1)
+        info = {"x": x, "z": z, "log_px_given_z": log_px_z, "log_px_bound": log_px, "log_weights": log_w}
+        return _finish(log_px_z - log_px, kind, f"iwae-mi-{kind}", info, return_details, warned)
 
     bound.__name__ = bound.__qualname__ = f"iwae_mi_{kind}"
     bound.__doc__ = doc
@@ -238,9 +294,9 @@ def _ais_mi_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[
     kind = "lower" if lower else "upper"
 
     def bound(
-        sample_joint: Callable,
-        log_prior: Callable,
-        log_likelihood: Callable,
+        sample_joint: Callable | None = None,
+        log_prior: Callable | None = None,
+        log_likelihood: Callable | None = None,
         num_samples: int = 128,
         num_chains: int = 16,
         num_steps: int = 100,
@@ -256,9 +312,22 @@ def _ais_mi_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[
         max_delta_energy: float = 1000.0,
         return_details: bool = False,
         vectorized: bool = False,
+        *,
+        latent: str | list[str] | None = None,
+        observed: str | list[str] | None = None,
+        model_args: tuple = (),
+        model_kwargs: dict | None = None,
     ) -> BoundEstimate | tuple[BoundEstimate, dict]:
         cfg = AISConfig.from_arguments(locals())
         num_samples = check_positive_int("num_samples", num_samples)
+        if inverse_mass_matrix is not None:
+            check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (dz,) or (dz, dz)")
+        sample_joint, log_prior, log_likelihood = _functions(
+            (sample_joint, log_prior, log_likelihood),
+            (latent, observed, model_args, model_kwargs),
+            vectorized,
+            "ais_mi_lower/ais_mi_upper",
+        )
         joint = _Joint(log_prior, log_likelihood, proposal, vectorized)
         # the estimating run's draws come first, so num_steps=1 sees the IWAE estimator's samples
         drawn = joint.draws(sample_joint, num_samples, cfg.num_chains)
@@ -269,8 +338,9 @@ def _ais_mi_bound(lower: bool, doc: str) -> Callable[..., BoundEstimate | tuple[
             pilot = _ais_pass(joint, pilot_draws, cfg, steps, True, False, inverse_mass_matrix)
             steps = pilot["pilot_step_sizes"]
         out = _ais_pass(joint, drawn, cfg, steps, False, lower, inverse_mass_matrix)
+        warned = _reliability(f"ais_mi_{kind}", out["log_weights"], out["num_divergent"], cfg.num_steps)
         details = {k: v for k, v in out.items() if k not in ("per_sample", "pilot_step_sizes")}
-        return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details)
+        return _finish(out["per_sample"], kind, f"ais-mi-{kind}", details, return_details, warned)
 
     bound.__name__ = bound.__qualname__ = f"ais_mi_{kind}"
     bound.__doc__ = doc

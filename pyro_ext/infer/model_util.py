@@ -298,7 +298,8 @@ def _check_site(name: str, site: dict, algorithm: str) -> None:
     if site["is_observed"]:
         valid = site["fn"].support.check(site["value"]).detach()
         if not bool(valid.all()):
-            problem = f"observed value is outside the support of its {type(site['fn']).__name__} distribution"
+            inner = list(_distributions(site["fn"]))[-1]  # Poisson, not the plate's ExpandedDistribution
+            problem = f"observed value is outside the support of its {type(inner).__name__} distribution"
             raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.numel()))
 
 
@@ -307,11 +308,13 @@ def validate_model(model: Callable, model_args: tuple, model_kwargs: dict, algor
     constraints and every observed value against its support; return the trace.
 
     The checks (and the message) are :func:`numpyro_ext.infer.model_util.validate_model`'s, made
-    with Pyro's validation off so that torch's own (differently worded) error does not come first.
+    with Pyro's validation off so that torch's own (differently worded) error does not come first,
+    and on a forked random generator (the caller's stream is left as it was).
     """
     from pyro import poutine
 
-    with pyro.validation_enabled(False):
+    # the check draws from the prior: on a forked generator, so a seeded run gives the numbers it gave unchecked
+    with pyro.validation_enabled(False), torch.random.fork_rng(devices=[]):
         trace = poutine.trace(model).get_trace(*model_args, **model_kwargs)
     for name, site in _sample_sites(trace).items():
         if not site["infer"].get("_deterministic"):
@@ -408,7 +411,8 @@ def joint_model(
     def log_likelihood(x, z):
         return parts(x, z)[1]
 
-    x_other, _ = sample_joint(1)
+    with torch.random.fork_rng(devices=[]):
+        x_other, _ = sample_joint(1)
     with torch.no_grad(), pyro.validation_enabled(False):
         same = torch.allclose(log_prior(z_ref), parts(x_other[0], z_ref)[0], equal_nan=True)
     if not same:

@@ -24,8 +24,10 @@ import numpyro
 import numpyro.distributions as dist
 import pytest
 from jax.scipy.stats import norm
+from numpyro import handlers
 from scipy import special, stats
 
+from adapters.diagnostics import ReliabilityWarning
 from adapters.mi import check_schedule, linear_gaussian_log_marginal, linear_gaussian_mi, log_mean_exp_bound
 from numpyro_ext.infer import AIS
 from numpyro_ext.infer.ais import ais, ais_init, ais_reverse, ais_step
@@ -226,7 +228,10 @@ def gamma_poisson_evidence(counts) -> float:
     )
 
 
+@pytest.mark.filterwarnings("error::adapters.diagnostics.ReliabilityWarning")
 def test_gamma_poisson_model_log_z_bdmc_samples_and_seed():
+    """A healthy run (no divergence, ESS well above a tenth of the chains) must not warn: the
+    ReliabilityWarning is an error here, and both results keep an empty ``warnings``."""
     exact = gamma_poisson_evidence(COUNTS)
     post_shape, post_rate = SHAPE + COUNTS.sum(), RATE + COUNTS.size
     counts = jnp.asarray(COUNTS)
@@ -248,6 +253,9 @@ def test_gamma_poisson_model_log_z_bdmc_samples_and_seed():
     assert abs(resampled.mean() - post_shape / post_rate) < Z * post_sd / math.sqrt(max(result.ess, 1.0))
     idata = result.to_arviz()
     assert idata.posterior["lam"].shape == (1, 64) and idata.attrs["log_Z"] == result.log_Z.value
+    assert result.warnings == [] and reverse.warnings == [] and idata.attrs["warnings"] == []
+    assert result.num_divergent <= 0.01 * result.num_transitions and result.ess > 0.1 * 64
+    assert idata.attrs["ess"] == result.ess and idata.attrs["num_divergent"] == result.num_divergent
     # reproducible from the seed, different for another seed
     again = sampler.run(jax.random.PRNGKey(0), counts)
     np.testing.assert_array_equal(again.log_weights, result.log_weights)
@@ -446,3 +454,156 @@ def test_iwae_and_joint_sampler_checks():
 
     with pytest.raises(ValueError, match=r"must return \(x, z\) of shapes \(n, dx\) and \(n, dz\)"):
         iwae_mi_lower(jax.random.PRNGKey(0), flat_joint, mi_log_prior, mi_log_likelihood)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation at the door, and warnings when a run is unreliable (issue 20)
+# ---------------------------------------------------------------------------------------
+def half_invalid_prior(y):
+    """Half the prior's scales are negative: NUTS refuses it ("invalid scale parameter")."""
+    theta = numpyro.sample("theta", dist.Normal(0.0, jnp.array([1.0, 1.0, -1.0, -1.0])))
+    numpyro.sample("y", dist.Normal(theta.sum(), 1.0), obs=y)
+
+
+def test_ais_refuses_a_model_that_nuts_refuses():
+    """The density of this model is NaN everywhere; old AIS ran it (every transition divergent,
+    log Z from prior draws that never moved) without a word.  Now run and run_reverse raise the
+    ValueError NUTS raises at initialisation, naming the site and the parameter."""
+    sampler = AIS(half_invalid_prior, num_steps=2, num_chains=4)
+    message = r"model: site 'theta': Normal distribution got invalid scale parameter \(2 of 4 values\)"
+    with pytest.raises(ValueError, match=message):
+        sampler.run(jax.random.PRNGKey(0), jnp.array(0.5))
+    with pytest.raises(ValueError, match=message):
+        sampler.run_reverse(jax.random.PRNGKey(0), {"theta": jnp.zeros((4, 4))}, jnp.array(0.5))
+    # an observed value outside the support: every weight would be zero
+    with pytest.raises(ValueError, match=r"site 'y': observed value is outside the support of its Poisson"):
+        AIS(gamma_poisson, num_steps=2, num_chains=4).run(jax.random.PRNGKey(0), jnp.array([1.0, -2.0, 3.0]))
+
+
+def test_ais_warns_when_transitions_diverge_and_weights_degenerate():
+    """A step size far too large (5 where the posterior sd is ~0.1) and a one-step schedule: most
+    transitions diverge and one chain carries the weight.  The run warns with both counts, keeps
+    the messages in ``result.warnings`` and in ``to_arviz().attrs``."""
+    sampler = AIS(
+        log_likelihood_fn=lg_log_likelihood,
+        proposal=PRIOR,
+        num_steps=1,
+        num_chains=32,
+        adapt_step_size=False,
+        step_size=5.0,
+    )
+    with pytest.warns(ReliabilityWarning) as record:
+        result = sampler.run(jax.random.PRNGKey(0))
+    assert result.num_divergent > 0.5 * 32 and result.ess < 0.1 * 32, (result.num_divergent, result.ess)
+    messages = [str(w.message) for w in record if w.category is ReliabilityWarning]
+    assert messages == result.warnings and len(messages) == 2
+    assert messages[0].startswith(f"AIS: {result.num_divergent} of 32 transitions diverged")
+    assert messages[1].startswith(f"AIS: the importance weights are degenerate: effective sample size {result.ess:.1f}")
+    assert record[0].filename == __file__  # the warning points at the caller's line
+    assert result.to_arviz().attrs["warnings"] == messages
+
+
+def test_ais_entry_points_name_bad_arguments():
+    sampler = AIS(log_likelihood_fn=lg_log_likelihood, proposal=PRIOR, num_steps=2, num_chains=4)
+    with pytest.raises(TypeError, match="rng_key must be a JAX PRNG key"):
+        sampler.run(0)
+    with pytest.raises(TypeError, match="posterior_samples must be an array"):
+        sampler.run_reverse(jax.random.PRNGKey(0), "draws")
+    with pytest.raises(TypeError, match=r"posterior_samples\['lam'\] must be an array of draws"):
+        AIS(gamma_poisson).run_reverse(jax.random.PRNGKey(0), {"lam": ["a", "b"]}, jnp.asarray(COUNTS))
+    with pytest.raises(TypeError, match="inverse_mass_matrix must be an array"):
+        AIS(gamma_poisson, inverse_mass_matrix="diag")
+    with pytest.raises(ValueError, match=r"inverse_mass_matrix must have shape \(3,\) or \(3, 3\), got \(2,\)"):
+        AIS(log_likelihood_fn=lg_log_likelihood, proposal=PRIOR, inverse_mass_matrix=jnp.ones(2)).run(
+            jax.random.PRNGKey(0)
+        )
+    with pytest.raises(TypeError, match="schedule must be 'linear', 'sigmoid' or an array"):
+        AIS(gamma_poisson, schedule=["0", "1"])
+
+
+# ---------------------------------------------------------------------------------------
+# The MI bounds take a model (issue 20)
+# ---------------------------------------------------------------------------------------
+def mi_model(x=None):
+    """The linear-Gaussian joint of the MI tests as a NumPyro model (``x`` left None: sampled)."""
+    z = numpyro.sample("z", dist.Normal(jnp.zeros(2), 1.0).to_event(1))
+    numpyro.sample("x", dist.Normal(jnp.asarray(MI_WEIGHT) @ z, MI_NOISE).to_event(1), obs=x)
+
+
+def model_sample_joint(rng_key, n):
+    """The functional route's sampler, drawing as the model route does (one seeded model run per draw)."""
+
+    def one(key):
+        tr = handlers.trace(handlers.seed(mi_model, key)).get_trace()
+        return tr["x"]["value"], tr["z"]["value"]
+
+    return jax.vmap(one)(jax.random.split(rng_key, n))
+
+
+MODEL_ROUTE = {"latent": "z", "observed": "x"}
+AIS_MI_SETTINGS = {"num_samples": 64, "num_chains": 8, "num_steps": 30, "return_details": True}
+
+
+@pytest.mark.filterwarnings("error::adapters.diagnostics.ReliabilityWarning")
+def test_mi_bounds_take_a_model_and_bracket_the_truth():
+    """``bound(key, model, latent=, observed=)`` gives the numbers of the three functions for the same
+    key (IWAE here; the AIS pair in the slow test below), and multi-sample AIS through the model
+    brackets I(x; z) (paired with the exact log p(x_i) per outer draw, 4 standard errors); a
+    healthy run does not warn."""
+    key = jax.random.PRNGKey(5)
+    for bound in (iwae_mi_lower, iwae_mi_upper):
+        by_model, model_details = bound(
+            key, mi_model, num_samples=64, num_importance=8, return_details=True, **MODEL_ROUTE
+        )
+        by_functions, details = bound(
+            key,
+            model_sample_joint,
+            mi_log_prior,
+            mi_log_likelihood,
+            num_samples=64,
+            num_importance=8,
+            return_details=True,
+        )
+        np.testing.assert_allclose(model_details["per_sample"], details["per_sample"], rtol=1e-5, atol=1e-5)
+        assert by_model.kind == by_functions.kind and abs(by_model.value - by_functions.value) < 1e-5
+    for bound in (ais_mi_lower, ais_mi_upper):
+        estimate, details = bound(key, mi_model, **MODEL_ROUTE, **AIS_MI_SETTINGS)
+        mean, se = paired(details)
+        if estimate.kind == "lower":
+            assert -0.5 < mean <= Z * se, (mean, se)
+        else:
+            assert Z * -se <= mean < 0.5, (mean, se)
+        assert estimate.warnings == () and int(details["num_divergent"]) == 0
+
+
+def test_mi_bounds_warn_on_divergences_and_name_bad_arguments():
+    """A fixed step size far too large: the AIS MI bound warns with the divergence count and keeps
+    it in ``estimate.warnings``.  A model passed where the three functions go, or a wrong site,
+    is a clear error."""
+    key = jax.random.PRNGKey(5)
+    with pytest.warns(ReliabilityWarning, match="ais_mi_upper: .* transitions diverged") as record:
+        estimate, details = ais_mi_upper(
+            key, mi_model, adapt_step_size=False, step_size=5.0, **MODEL_ROUTE, **AIS_MI_SETTINGS
+        )
+    total = 64 * 8 * 30
+    assert estimate.warnings[0].startswith(f"ais_mi_upper: {int(details['num_divergent'])} of {total} transitions")
+    assert record[0].filename == __file__
+    with pytest.raises(TypeError, match="log_prior, log_likelihood missing: .* pass the model in place"):
+        ais_mi_lower(key, mi_model)
+    with pytest.raises(TypeError, match=r"sample_joint must be a function sample_joint\(rng_key, n\), but it cannot"):
+        iwae_mi_lower(key, mi_model, mi_log_prior, mi_log_likelihood)
+    with pytest.raises(ValueError, match=r"latent: the model has no sample sites \['w'\]; its sites are \['x', 'z'\]"):
+        iwae_mi_lower(key, mi_model, latent="w", observed="x")
+    with pytest.raises(TypeError, match="rng_key must be a JAX PRNG key"):
+        iwae_mi_upper("0", mi_model, **MODEL_ROUTE)
+    with pytest.raises(TypeError, match="inverse_mass_matrix must be an array"):
+        ais_mi_lower(key, mi_model, inverse_mass_matrix="unit", **MODEL_ROUTE)
+
+
+@pytest.mark.slow
+def test_ais_mi_bounds_by_model_and_by_functions_agree():
+    key = jax.random.PRNGKey(5)
+    for bound in (ais_mi_lower, ais_mi_upper):
+        _, model_details = bound(key, mi_model, **MODEL_ROUTE, **AIS_MI_SETTINGS)
+        _, details = bound(key, model_sample_joint, mi_log_prior, mi_log_likelihood, **AIS_MI_SETTINGS)
+        np.testing.assert_allclose(model_details["per_sample"], details["per_sample"], rtol=1e-5, atol=1e-5)

@@ -23,8 +23,10 @@ import pyro
 import pyro.distributions as dist
 import pytest
 import torch
+from pyro import poutine
 from scipy import special, stats
 
+from adapters.diagnostics import ReliabilityWarning
 from adapters.mi import check_schedule, linear_gaussian_log_marginal, linear_gaussian_mi, log_mean_exp_bound
 from pyro_ext.infer import AIS, ais_mi_lower, ais_mi_upper, iwae_mi_lower, iwae_mi_upper
 from pyro_ext.infer.ais import ais, ais_init, ais_reverse, ais_step, tune_step_sizes
@@ -342,10 +344,12 @@ def gamma_poisson_evidence(counts) -> float:
     )
 
 
+@pytest.mark.filterwarnings("error::adapters.diagnostics.ReliabilityWarning")
 def test_gamma_poisson_model_log_z_bdmc_samples_and_seed():
     """The Pyro model shell (log-scale latent with its Jacobian in the prior): forward and BDMC
     bounds within 4 stderr + 0.05 of the conjugate evidence -31.079 (measured -31.17 +- 0.07 and
-    -31.01 +- 0.06), constrained and deterministic samples, weighted resampling, ArviZ, seeds."""
+    -31.01 +- 0.06), constrained and deterministic samples, weighted resampling, ArviZ, seeds.
+    A healthy run must not warn: the ReliabilityWarning is an error here."""
     exact = gamma_poisson_evidence(COUNTS)
     post_shape, post_rate = SHAPE + COUNTS.sum(), RATE + COUNTS.size
     counts = torch.tensor(COUNTS, dtype=F64)
@@ -374,6 +378,8 @@ def test_gamma_poisson_model_log_z_bdmc_samples_and_seed():
     assert abs(resampled.mean() - post_shape / post_rate) < Z * post_sd / math.sqrt(max(result.ess, 1.0))
     idata = result.to_arviz()
     assert idata.posterior["lam"].shape == (1, 64) and idata.attrs["log_Z"] == result.log_Z.value
+    assert result.warnings == [] and reverse.warnings == [] and idata.attrs["warnings"] == []
+    assert result.num_divergent <= 0.01 * result.num_transitions and result.ess > 0.1 * 64
     # reproducible from pyro.set_rng_seed, different for another seed (a short run)
     short = AIS(gamma_poisson, num_steps=5, num_chains=16, num_leapfrog=3)
     runs = []
@@ -621,3 +627,126 @@ def test_iwae_and_joint_sampler_checks():
 
     with pytest.raises(ValueError, match=r"must return \(x, z\) of shapes \(n, dx\) and \(n, dz\)"):
         iwae_mi_lower(flat_joint, mi_log_prior, mi_log_likelihood)
+
+
+# ---------------------------------------------------------------------------------------
+# Validation at the door, and warnings when a run is unreliable (issue 20)
+# ---------------------------------------------------------------------------------------
+def half_invalid_prior(y):
+    """Half the prior's scales are negative: NUTS refuses it."""
+    theta = pyro.sample("theta", dist.Normal(0.0, torch.tensor([1.0, 1.0, -1.0, -1.0])).to_event(1))
+    pyro.sample("y", dist.Normal(theta.sum(), 1.0), obs=y)
+
+
+def test_ais_refuses_a_model_that_nuts_refuses():
+    """The NumPyro twin's message, word for word (torch's own error, from a validated prototype
+    trace, was worded differently, and with validation off the run went on)."""
+    sampler = AIS(half_invalid_prior, num_steps=2, num_chains=4)
+    message = r"model: site 'theta': Normal distribution got invalid scale parameter \(2 of 4 values\)"
+    for validate in (True, False):
+        with pyro.validation_enabled(validate), pytest.raises(ValueError, match=message):
+            sampler.run(torch.tensor(0.5))
+    with pytest.raises(ValueError, match=message):
+        sampler.run_reverse({"theta": torch.zeros(4, 4)}, torch.tensor(0.5))
+    with pytest.raises(ValueError, match=r"site 'y': observed value is outside the support of its Poisson"):
+        AIS(gamma_poisson, num_steps=2, num_chains=4).run(torch.tensor([1.0, -2.0, 3.0], dtype=F64))
+
+
+def test_ais_warns_when_transitions_diverge_and_weights_degenerate():
+    """A step size far too large and a one-step schedule: the run warns with both counts and keeps
+    the messages in ``result.warnings`` and in ``to_arviz().attrs``."""
+    sampler = AIS(
+        log_likelihood_fn=lg_log_likelihood,
+        proposal=PRIOR,
+        num_steps=1,
+        num_chains=32,
+        adapt_step_size=False,
+        step_size=5.0,
+    )
+    pyro.set_rng_seed(0)
+    with pytest.warns(ReliabilityWarning) as record:
+        result = sampler.run()
+    assert result.num_divergent > 0.5 * 32 and result.ess < 0.1 * 32, (result.num_divergent, result.ess)
+    messages = [str(w.message) for w in record if w.category is ReliabilityWarning]
+    assert messages == result.warnings and len(messages) == 2
+    assert messages[0].startswith(f"AIS: {result.num_divergent} of 32 transitions diverged")
+    assert messages[1].startswith(f"AIS: the importance weights are degenerate: effective sample size {result.ess:.1f}")
+    assert record[0].filename == __file__
+    assert result.to_arviz().attrs["warnings"] == messages
+
+
+# ---------------------------------------------------------------------------------------
+# The MI bounds take a model (issue 20)
+# ---------------------------------------------------------------------------------------
+def mi_model(x=None):
+    """The linear-Gaussian joint of the MI tests as a Pyro model (``x`` left None: sampled)."""
+    z = pyro.sample("z", dist.Normal(torch.zeros(2, dtype=F64), 1.0).to_event(1))
+    pyro.sample("x", dist.Normal(MI_WEIGHT_T @ z, MI_NOISE).to_event(1), obs=x)
+
+
+def model_sample_joint(n):
+    """The functional route's sampler, drawing as the model route does (one model run per draw)."""
+    traces = [poutine.trace(mi_model).get_trace() for _ in range(n)]
+    return torch.stack([t.nodes["x"]["value"] for t in traces]), torch.stack([t.nodes["z"]["value"] for t in traces])
+
+
+MODEL_ROUTE = {"latent": "z", "observed": "x"}
+AIS_MI_SETTINGS = {"num_samples": 32, "num_chains": 8, "num_steps": 10, "num_leapfrog": 5, "return_details": True}
+
+
+@pytest.mark.filterwarnings("error::adapters.diagnostics.ReliabilityWarning")
+def test_mi_bounds_take_a_model_and_bracket_the_truth():
+    """``bound(model, latent=, observed=)`` gives the numbers of the three functions for the same
+    seed (IWAE here; the AIS pair in the slow test below), and multi-sample AIS through the model
+    brackets I(x; z) (paired with the exact log p(x_i), 4 standard errors, and within 1 nat at
+    T = 10); a healthy run does not warn."""
+    for bound, settings in (
+        (iwae_mi_lower, {"num_samples": 64, "num_importance": 8, "return_details": True}),
+        (iwae_mi_upper, {"num_samples": 64, "num_importance": 8, "return_details": True}),
+    ):
+        pyro.set_rng_seed(5)
+        by_model, model_details = bound(mi_model, **MODEL_ROUTE, **settings)
+        pyro.set_rng_seed(5)
+        by_functions, details = bound(model_sample_joint, mi_log_prior, mi_log_likelihood, **settings)
+        np.testing.assert_allclose(model_details["per_sample"], details["per_sample"], rtol=1e-9, atol=1e-9)
+        assert by_model.kind == by_functions.kind and by_model.warnings == ()
+    for bound in (ais_mi_lower, ais_mi_upper):
+        pyro.set_rng_seed(6)
+        estimate, details = bound(mi_model, **MODEL_ROUTE, **AIS_MI_SETTINGS)
+        mean, se = paired(details)
+        if estimate.kind == "lower":
+            assert -1.0 < mean <= Z * se, (mean, se)
+        else:
+            assert Z * -se <= mean < 1.0, (mean, se)
+        assert int(details["num_divergent"]) == 0
+
+
+@pytest.mark.slow
+def test_ais_mi_bounds_by_model_and_by_functions_agree():
+    for bound in (ais_mi_lower, ais_mi_upper):
+        pyro.set_rng_seed(5)
+        _, model_details = bound(mi_model, **MODEL_ROUTE, **AIS_MI_SETTINGS)
+        pyro.set_rng_seed(5)
+        _, details = bound(model_sample_joint, mi_log_prior, mi_log_likelihood, **AIS_MI_SETTINGS)
+        np.testing.assert_allclose(model_details["per_sample"], details["per_sample"], rtol=1e-9, atol=1e-9)
+
+
+def test_mi_bounds_warn_on_divergences_and_name_bad_arguments():
+    pyro.set_rng_seed(5)
+    with pytest.warns(ReliabilityWarning, match="ais_mi_upper: .* transitions diverged") as record:
+        estimate, details = ais_mi_upper(
+            mi_model, adapt_step_size=False, step_size=5.0, **MODEL_ROUTE, **{**AIS_MI_SETTINGS, "num_steps": 2}
+        )
+    total = 32 * 8 * 2
+    assert estimate.warnings[0].startswith(f"ais_mi_upper: {int(details['num_divergent'])} of {total} transitions")
+    assert record[0].filename == __file__
+    with pytest.raises(TypeError, match="log_prior, log_likelihood missing: .* pass the model in place"):
+        ais_mi_lower(mi_model)
+    with pytest.raises(TypeError, match=r"sample_joint\(n\) must return a pair \(x, z\) .* got None"):
+        iwae_mi_lower(mi_model, mi_log_prior, mi_log_likelihood)
+    with pytest.raises(ValueError, match=r"latent: the model has no sample sites \['w'\]; its sites are \['x', 'z'\]"):
+        iwae_mi_lower(mi_model, latent="w", observed="x")
+    with pytest.raises(TypeError, match="inverse_mass_matrix must be an array"):
+        ais_mi_lower(mi_model, inverse_mass_matrix="unit", **MODEL_ROUTE)
+    with pytest.raises(TypeError, match="vectorized=True is for batched hand-written functions"):
+        iwae_mi_lower(mi_model, vectorized=True, **MODEL_ROUTE)

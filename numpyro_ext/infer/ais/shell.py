@@ -286,6 +286,11 @@ class AIS:
         if self.model is not None:
             validate_model(self.model, model_args, model_kwargs, "AIS")
 
+    def _check_mass(self, dim: int) -> None:
+        shape = None if self.inverse_mass_matrix is None else jnp.shape(self.inverse_mass_matrix)
+        if shape is not None and shape not in ((dim,), (dim, dim)):
+            raise ValueError(f"inverse_mass_matrix must have shape ({dim},) or ({dim}, {dim}), got {shape}")
+
     def _runner(self, model_args: tuple, model_kwargs: dict):
         """Jitted ``(sample_init, run_chains, constrain, unconstrain)`` for these arguments, and their array leaves.
 
@@ -361,6 +366,7 @@ class AIS:
         runner, dynamic = self._runner(model_args, model_kwargs)
         pilot_key, init_key, run_key = jax.random.split(rng_key, 3)
         init = runner.sample_init(dynamic, init_key, cfg.num_chains)
+        self._check_mass(init.shape[-1])
         if cfg.adapt_step_size:
             steps = self._tune(pilot_key, runner, dynamic)
         else:
@@ -389,6 +395,7 @@ class AIS:
         if isinstance(posterior_samples, Mapping):
             posterior_samples = {k: jnp.asarray(v) for k, v in posterior_samples.items()}
         init = runner.unconstrain(dynamic, posterior_samples)
+        self._check_mass(init.shape[-1])
         pilot_key, run_key = jax.random.split(rng_key)
         if self.step_sizes is not None and self.step_sizes.shape == (cfg.num_steps,):
             steps = jnp.asarray(self.step_sizes, init.dtype)

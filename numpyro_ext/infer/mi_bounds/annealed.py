@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters.mi import AISConfig, BoundEstimate
+from adapters.mi import AISConfig, BoundEstimate, ais_reliability, mean_row_ess
 from adapters.validation import check_positive_int
 from numpyro_ext.infer.ais import ais, ais_reverse, tune_step_sizes
 from numpyro_ext.infer.hmc_util import IntegratorState, hmc_proposal, sample_momentum
@@ -102,15 +102,16 @@ def _mine_ais_runner(critic: Critic, prior: Any, num_leapfrog: int, target_accep
                 return critic(params, x_i, zz)
 
             rev = ais_reverse(key_r, z_i[None], log_prior, log_lik, betas, step_size=steps, num_leapfrog=num_leapfrog)
-            log_w, accept = rev.log_weights, rev.acceptance_rate
+            log_w, accept, divergent = rev.log_weights, rev.acceptance_rate, jnp.sum(rev.is_divergent)
             if init_i.shape[0] > 0:
                 fwd = ais(key_f, init_i, log_prior, log_lik, betas, step_size=steps, num_leapfrog=num_leapfrog)
                 log_w = jnp.concatenate([log_w, fwd.log_weights])
                 accept = jnp.concatenate([accept, fwd.acceptance_rate], axis=1)
-            return log_w, log_lik(z_i), jnp.mean(accept, axis=1)
+                divergent = divergent + jnp.sum(fwd.is_divergent)
+            return log_w, log_lik(z_i), jnp.mean(accept, axis=1), divergent
 
-        log_w, positive, accept = jax.vmap(one)(forward_keys, reverse_keys, x, z, init)
-        return log_w, positive, jnp.mean(accept, axis=0)
+        log_w, positive, accept, divergent = jax.vmap(one)(forward_keys, reverse_keys, x, z, init)
+        return log_w, positive, jnp.mean(accept, axis=0), jnp.sum(divergent)
 
     return pilot, estimate
 
@@ -154,6 +155,9 @@ def mine_ais(
     fixed, so the reverse chain is the exact reversal of the forward ones; else ``step_size``
     throughout.  ``return_details`` adds a dict: ``per_sample`` ``(N,)``, ``log_weights``
     ``(N, K)`` (column 0 the reverse chain), ``step_sizes`` ``(T,)``, ``acceptance_rate`` ``(T,)``.
+    Divergences above 1% of the transitions, or a mean Kish ESS per ``x_i`` below a tenth of ``K``,
+    warn (:class:`adapters.diagnostics.ReliabilityWarning`); the messages are kept in the
+    estimate's ``warnings``.
     """
     cfg = AISConfig.from_arguments(locals())
     num_pilot = check_positive_int("num_pilot", num_pilot)
@@ -177,11 +181,19 @@ def mine_ais(
     else:
         steps = jnp.full((cfg.num_steps,), cfg.step_size, dtype)
     init = jnp.asarray(prior.sample(key_init, (n, k - 1)), dtype).reshape(n, k - 1, z.shape[-1])
-    log_w, positive, accept = run(
+    log_w, positive, accept, num_divergent = run(
         params, jax.random.split(key_fwd, n), jax.random.split(key_rev, n), x, z, init, betas, steps
     )
     terms = mine_ais_terms(positive, log_w.T)
-    estimate = BoundEstimate.from_samples(np.asarray(terms), "lower", "MINE-AIS")
+    warned = ais_reliability(
+        "MINE-AIS",
+        int(num_divergent),
+        n * k * cfg.num_steps,
+        mean_row_ess(np.asarray(log_w)),
+        k,
+        what="importance weights of each outer sample (mean ESS over the samples)",
+    )
+    estimate = BoundEstimate.from_samples(np.asarray(terms), "lower", "MINE-AIS", warned)
     if not return_details:
         return estimate
     details = {

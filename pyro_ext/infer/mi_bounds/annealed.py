@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from adapters.mi import AISConfig, BoundEstimate
+from adapters.mi import AISConfig, BoundEstimate, ais_reliability, mean_row_ess
 from adapters.validation import check_positive, check_positive_int
 from pyro_ext.infer.ais import ais, ais_reverse, tune_step_sizes
 from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, leapfrog, metropolis_test, sample_momentum
@@ -145,7 +145,8 @@ def mine_ais(
     reversal of the forward ones; else ``step_size`` throughout.  ``return_details`` adds a dict:
     ``per_sample`` ``(N,)``, ``log_weights`` ``(N, K)`` (column 0 the reverse chain),
     ``step_sizes`` ``(T,)``, ``acceptance_rate`` ``(T,)``.  Same arguments and results as
-    :func:`numpyro_ext.infer.mi_bounds.mine_ais`, without the key and params (the critic holds them).
+    :func:`numpyro_ext.infer.mi_bounds.mine_ais`, without the key and params (the critic holds them);
+    divergences above 1% or degenerate weights warn as in :func:`pyro_ext.infer.ais_mi.ais_mi_lower`.
     """
     cfg = AISConfig.from_arguments(locals())
     num_pilot = check_positive_int("num_pilot", num_pilot)
@@ -181,13 +182,23 @@ def mine_ais(
             steps = torch.full((cfg.num_steps,), cfg.step_size, dtype=dtype, device=device)
         reverse = ais_reverse(z, log_prior, critic_at(x), betas, step_size=steps, **kernel)
         log_w, accept = reverse.log_weights[:, None], reverse.acceptance_rate
+        num_divergent = int(reverse.is_divergent.sum())
         if k > 1:
             init = prior.sample((n * (k - 1),)).to(dtype)
             forward = ais(init, log_prior, critic_at(x.repeat_interleave(k - 1, 0)), betas, step_size=steps, **kernel)
             log_w = torch.cat([log_w, forward.log_weights.reshape(n, k - 1)], dim=1)
             accept = torch.cat([accept, forward.acceptance_rate], dim=1)
+            num_divergent += int(forward.is_divergent.sum())
         terms = mine_ais_terms(critic(x, z), log_w.T)
-    estimate = BoundEstimate.from_samples(to_numpy(terms), "lower", "MINE-AIS")
+    warned = ais_reliability(
+        "MINE-AIS",
+        num_divergent,
+        n * k * cfg.num_steps,
+        mean_row_ess(to_numpy(log_w)),
+        k,
+        what="importance weights of each outer sample (mean ESS over the samples)",
+    )
+    estimate = BoundEstimate.from_samples(to_numpy(terms), "lower", "MINE-AIS", warned)
     if not return_details:
         return estimate
     details = {
