@@ -26,6 +26,7 @@ import inspect
 import os
 import pkgutil
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,7 +158,8 @@ class Posterior:
 
         Read from the Stan program's declarations (``<lower=0>``, ``positive_ordered``,
         ``simplex``) when the database holds it, otherwise from the supports of the port's
-        sample sites (NumPyro's port when JAX is installed, else Pyro's) and the port
+        sample sites (the port of the backend already imported, NumPyro's when both or
+        neither are, as installed) and the port
         module's ``POSITIVE_DETERMINISTIC`` (a deterministic site carries no support);
         ``()`` when neither is available.  :func:`adapters.metrics.reference_score` scores
         these, and only these, on the log scale too.
@@ -166,7 +168,9 @@ class Posterior:
             found = stan_positive_parameters(self.stan_code)
         else:
             found = ()
-            for backend, module_name in _BACKEND_MODULES.items():
+            # a backend the program has already imported first (a Pyro run stays in torch), else NumPyro
+            for backend in sorted(_BACKEND_MODULES, key=lambda b: _BACKEND_MODULES[b] not in sys.modules):
+                module_name = _BACKEND_MODULES[backend]
                 if importlib.util.find_spec(module_name) is None or self.model_name not in ported_models(backend):
                     continue
                 port = importlib.import_module(f"{_PORT_PACKAGES[backend]}.{self.model_name}")

@@ -1,6 +1,8 @@
 import json
 import re
 import shutil
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -162,6 +164,18 @@ def test_positive_parameters_come_from_the_ports_supports():
         ]
         assert sites[0] == sites[1], name
         assert sites[0] - {"beta1_unit"} == set(expected) - {"beta1"}, name  # beta1 is deterministic there
+
+
+def test_positive_parameters_of_a_pyro_program_come_from_the_pyro_port():
+    """A program that runs Pyro reads the Pyro port's supports: it never imports JAX for them."""
+    pytest.importorskip("torch", reason="the pyro extra is not installed")
+    code = (
+        "import sys, torch\n"
+        "from adapters import posteriordb\n"
+        f"print(posteriordb.load('garch-garch11', {str(EMBEDDED_PATH)!r}).positive, 'jax' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "('alpha0', 'alpha1', 'beta1') False"
 
 
 GARCH11 = """
