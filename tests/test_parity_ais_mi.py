@@ -33,9 +33,36 @@ def _numpyro():
     def mi(bound, *args, **kwargs):
         return bound(jax.random.PRNGKey(0), *args, **kwargs)
 
+    import numpyro
+
+    def invalid_model(y):  # half the prior's scales negative
+        theta = numpyro.sample("theta", dist.Normal(0.0, jnp.array([1.0, 1.0, -1.0, -1.0])))
+        numpyro.sample("y", dist.Normal(theta.sum(), 1.0), obs=y)
+
+    def poisson_model(y):
+        lam = numpyro.sample("lam", dist.Gamma(1.0, 1.0))
+        with numpyro.plate("n", y.shape[0]):
+            numpyro.sample("y", dist.Poisson(lam), obs=y)
+
+    def mi_model(x=None, extra=False, dependent=False):
+        z = numpyro.sample("z", dist.Normal(jnp.zeros(2), 1.0).to_event(1))
+        x = numpyro.sample("x", dist.Normal(z @ jnp.ones((2, 3)), 1.0).to_event(1), obs=x)
+        if extra:
+            numpyro.sample("noise", dist.Normal(0.0, 1.0))
+        if dependent:
+            numpyro.sample("w", dist.Normal(x.sum(), 1.0))
+
+    def run_reverse(sampler, samples, *args):
+        return sampler.run_reverse(jax.random.PRNGKey(0), samples, *args)
+
     return {
         "AIS": AIS,
         "run": run,
+        "run_reverse": run_reverse,
+        "run_model": lambda sampler, *args: sampler.run(jax.random.PRNGKey(0), *args),
+        "invalid_model": invalid_model,
+        "poisson_model": poisson_model,
+        "mi_model": mi_model,
         "resample": lambda result: result.get_samples(jax.random.PRNGKey(1)),
         "prior": dist.Normal(jnp.zeros(2), 1.0).to_event(1),
         "zero_likelihood": lambda x: -jnp.inf * jnp.sum(x**2),
@@ -71,9 +98,39 @@ def _pyro():
         pyro.set_rng_seed(0)
         return bound(*args, **kwargs)
 
+    def invalid_model(y):  # half the prior's scales negative
+        theta = pyro.sample("theta", dist.Normal(0.0, torch.tensor([1.0, 1.0, -1.0, -1.0])).to_event(1))
+        pyro.sample("y", dist.Normal(theta.sum(), 1.0), obs=y)
+
+    def poisson_model(y):
+        lam = pyro.sample("lam", dist.Gamma(1.0, 1.0))
+        with pyro.plate("n", y.shape[0]):
+            pyro.sample("y", dist.Poisson(lam), obs=y)
+
+    def mi_model(x=None, extra=False, dependent=False):
+        z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+        x = pyro.sample("x", dist.Normal(z @ torch.ones(2, 3), 1.0).to_event(1), obs=x)
+        if extra:
+            pyro.sample("noise", dist.Normal(0.0, 1.0))
+        if dependent:
+            pyro.sample("w", dist.Normal(x.sum(), 1.0))
+
+    def run_reverse(sampler, samples, *args):
+        pyro.set_rng_seed(0)
+        return sampler.run_reverse(samples, *args)
+
+    def run_model(sampler, *args):
+        pyro.set_rng_seed(0)
+        return sampler.run(*args)
+
     return {
         "AIS": AIS,
         "run": run,
+        "run_reverse": run_reverse,
+        "run_model": run_model,
+        "invalid_model": invalid_model,
+        "poisson_model": poisson_model,
+        "mi_model": mi_model,
         "resample": lambda result: result.get_samples(seed=1),
         "prior": dist.Normal(torch.zeros(2), 1.0).to_event(1),
         "zero_likelihood": lambda x: -math.inf * torch.sum(x**2),
@@ -223,3 +280,106 @@ def test_critic_bounds_refuse_bad_scores_alike(name, args, fragment):
         return getattr(b["mi_bounds"], name)(*(b["array"](a) for a in args))
 
     assert fragment in _same_error(case)
+
+
+# ---------------------------------------------------------------------------------------
+# Issue 20: a model NUTS refuses, the MI bounds' model route, bad types at the door
+# ---------------------------------------------------------------------------------------
+def test_a_model_with_invalid_parameters_is_refused_alike():
+    """Half the prior's scales negative: the same ValueError (NumPyro's validate_args words)."""
+    message = _same_error(lambda b: b["run_model"](b["AIS"](b["invalid_model"], num_steps=2), b["array"](0.5)))
+    assert message.startswith("model: site 'theta': Normal distribution got invalid scale parameter (2 of 4 values)")
+    message = _same_error(
+        lambda b: b["run_model"](b["AIS"](b["poisson_model"], num_steps=2), b["array"](np.array([1.0, -2.0])))
+    )
+    assert message.startswith("model: site 'y': observed value is outside the support of its Poisson distribution")
+
+
+MODEL_ROUTE_CASES = [
+    ("no functions", lambda b: ((b["mi_model"],), {}), "log_prior, log_likelihood missing"),
+    ("both", lambda b: ((b["mi_model"], b["log_prior"]), {"latent": "z", "observed": "x"}), "not both"),
+    ("latent only", lambda b: ((b["mi_model"],), {"latent": "z"}), "both latent= and observed="),
+    ("model is not callable", lambda b: ((3,), {"latent": "z", "observed": "x"}), "model must be a model"),
+    ("site type", lambda b: ((b["mi_model"],), {"latent": 3, "observed": "x"}), "latent must be a site name"),
+    ("unknown site", lambda b: ((b["mi_model"],), {"latent": "w", "observed": "x"}), "no sample sites ['w']"),
+    ("overlap", lambda b: ((b["mi_model"],), {"latent": "z", "observed": ["x", "z"]}), "share the sites ['z']"),
+    (
+        "unnamed site",
+        lambda b: ((b["mi_model"],), {"latent": "z", "observed": "x", "model_kwargs": {"extra": True}}),
+        "the sample sites ['noise'] are neither latent nor observed",
+    ),
+    (
+        "latent depends on x",
+        lambda b: ((b["mi_model"],), {"latent": ["z", "w"], "observed": "x", "model_kwargs": {"dependent": True}}),
+        "the latent sites ['z', 'w'] depend on the observed sites ['x']",
+    ),
+    (
+        "observed fixed",
+        lambda b: ((b["mi_model"],), {"latent": "z", "observed": "x", "model_args": (b["array"](np.zeros(3)),)}),
+        "the sites ['x'] are observed (obs=...)",
+    ),
+    (
+        "model_args without a model",
+        lambda b: ((b["sample_joint"], b["log_prior"], b["joint_likelihood"]), {"model_args": (1,)}),
+        "model_args and model_kwargs are for a model",
+    ),
+    (
+        "log_prior signature",
+        lambda b: ((b["sample_joint"], lambda: 0.0, b["joint_likelihood"]), {}),
+        "log_prior must be a function log_prior(z), but it cannot be called so",
+    ),
+    (
+        "log_likelihood not callable",
+        lambda b: ((b["sample_joint"], b["log_prior"], "gauss"), {}),
+        "log_likelihood must be a function log_likelihood(x, z), got 'gauss'",
+    ),
+    (
+        "inverse mass matrix string",
+        lambda b: ((b["sample_joint"], b["log_prior"], b["joint_likelihood"]), {"inverse_mass_matrix": "unit"}),
+        "inverse_mass_matrix must be an array of shape (dz,) or (dz, dz), got 'unit'",
+    ),
+    (
+        "inverse mass matrix shape",
+        lambda b: ((b["sample_joint"], b["log_prior"], b["joint_likelihood"]), {"inverse_mass_matrix": np.ones(3)}),
+        "inverse_mass_matrix must have shape (2,) or (2, 2), got (3,)",
+    ),
+    (
+        "schedule of strings",
+        lambda b: ((b["sample_joint"], b["log_prior"], b["joint_likelihood"]), {"schedule": ["0", "1"]}),
+        "schedule must be 'linear', 'sigmoid' or an array of inverse temperatures",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "fragment"), MODEL_ROUTE_CASES, ids=[c[0] for c in MODEL_ROUTE_CASES])
+def test_ais_mi_model_route_and_bad_types_are_refused_alike(name, call, fragment):
+    """The same error type and message in both backends, naming the argument (no tracer error)."""
+
+    def case(b):
+        args, kwargs = call(b)
+        if "inverse_mass_matrix" in kwargs and not isinstance(kwargs["inverse_mass_matrix"], str):
+            kwargs = {**kwargs, "inverse_mass_matrix": b["array"](kwargs["inverse_mass_matrix"])}
+        return b["mi"](b["bounds"]["ais_mi_lower"], *args, num_samples=4, num_chains=2, num_steps=2, **kwargs)
+
+    assert fragment in _same_error(case)
+
+
+def test_ais_mi_counts_given_as_strings_are_refused_alike():
+    def case(b):
+        return b["mi"](b["bounds"]["ais_mi_upper"], b["mi_model"], latent="z", observed="x", num_samples="8")
+
+    assert _same_error(case) == "num_samples must be a positive integer, got '8'"
+
+
+def test_ais_bad_types_are_refused_alike():
+    def ais(b, **kwargs):
+        return b["AIS"](log_likelihood_fn=b["log_likelihood"], proposal=b["prior"], num_steps=2, **kwargs)
+
+    assert "inverse_mass_matrix must be an array" in _same_error(lambda b: ais(b, inverse_mass_matrix="diag"))
+    assert "schedule must be 'linear', 'sigmoid'" in _same_error(lambda b: ais(b, schedule=[0, "1"]))
+    message = _same_error(lambda b: b["run_reverse"](ais(b), "draws"))
+    assert (
+        message == "posterior_samples must be an array of shape (num_chains, d) or a dict of latent sites, got 'draws'"
+    )
+    message = _same_error(lambda b: b["run_reverse"](ais(b), {"lam": np.array(["1"])}))
+    assert message.startswith("posterior_samples['lam'] must be an array of draws")

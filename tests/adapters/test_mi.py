@@ -6,15 +6,19 @@ error of ``log mean w`` against the spread of replicate estimates.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 from scipy import stats
 
+from adapters.diagnostics import ReliabilityWarning
 from adapters.mi import (
     AISConfig,
     AISResultBase,
     BoundEstimate,
+    ais_reliability,
+    check_posterior_samples,
     check_schedule,
     correlated_gaussian_mi,
     effective_sample_size,
@@ -22,8 +26,10 @@ from adapters.mi import (
     linear_gaussian_mi,
     linear_schedule,
     log_mean_exp_bound,
+    mean_row_ess,
     sigmoid_schedule,
 )
+from adapters.validation import check_numeric
 
 
 # ---- schedules -------------------------------------------------------------------------
@@ -309,3 +315,45 @@ def test_correlated_gaussian_mi_rejects_bad_rho(rho):
 def test_correlated_gaussian_mi_rejects_bad_dim():
     with pytest.raises(ValueError, match="dim must be a positive integer"):
         correlated_gaussian_mi(0.5, 0)
+
+
+def test_bound_estimate_to_arviz_holds_the_terms_and_the_estimate():
+    """The per-sample terms whose mean is the estimate, as one chain of ``sample_stats``; the
+    estimate, its standard error and the warnings in ``attrs``; neither field changes equality."""
+    terms = np.array([0.3, 0.9, 1.4, 0.2])
+    estimate = BoundEstimate.from_samples(terms, "lower", "ais-mi-lower", ["ais_mi_lower: 3 of 90 ..."])
+    idata = estimate.to_arviz()
+    np.testing.assert_array_equal(idata.sample_stats["terms"].values, terms[None])
+    assert float(idata.sample_stats["terms"].mean()) == estimate.value
+    assert idata.attrs["stderr"] == estimate.stderr and idata.attrs["kind"] == "lower"
+    assert idata.attrs["warnings"] == ["ais_mi_lower: 3 of 90 ..."] and idata.attrs["num_samples"] == 4
+    assert estimate == BoundEstimate(estimate.value, estimate.stderr, "lower", "ais-mi-lower", 4)
+    # a log Z from AIS weights has no per-sample terms: attrs only
+    bound = log_mean_exp_bound(np.log([1.0, 2.0, 3.0]), "lower", "ais")
+    assert bound.samples is None and bound.to_arviz().attrs["value"] == bound.value
+    assert "sample_stats" not in bound.to_arviz().groups()
+
+
+def test_ais_reliability_warns_with_the_counts():
+    """Divergences above 1% and a Kish ESS below a tenth of the chains each give one message;
+    a run inside both thresholds gives none."""
+
+    with pytest.warns(ReliabilityWarning) as record:
+        messages = ais_reliability("AIS", 20, 1000, 1.5, 32)
+    assert [str(w.message) for w in record] == messages and len(messages) == 2
+    assert messages[0].startswith("AIS: 20 of 1000 transitions diverged (2.0%")
+    assert "effective sample size 1.5 of 32 (below 10%)" in messages[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReliabilityWarning)
+        assert ais_reliability("AIS", 10, 1000, 3.2, 32) == []
+    rows = np.array([[0.0, 0.0, 0.0, 0.0], [0.0, -np.inf, -np.inf, -np.inf]])
+    assert mean_row_ess(rows) == pytest.approx(2.5)
+
+
+def test_check_numeric_and_posterior_samples_name_the_argument():
+    check_numeric("x", [[1.0, 2.0]])
+    for bad in ("abc", None, ["a", "b"], [[1.0], [1.0, 2.0]]):
+        with pytest.raises(TypeError, match="^x must be an array of numbers"):
+            check_numeric("x", bad)
+    with pytest.raises(TypeError, match=r"posterior_samples\['mu'\] must be an array of draws"):
+        check_posterior_samples({"mu": np.array(["1", "2"])})
