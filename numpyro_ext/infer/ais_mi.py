@@ -288,7 +288,8 @@ iwae_mi_lower.__doc__ = """IWAE lower bound on ``I(x; z)``: ``mean_i [log p(x_i|
     ``K = num_importance``, ``N = num_samples`` outer draws.  Saturates: every per-sample term
     is ``<= log K + log q(z_i|x_i) - log p(z_i)`` (``<= log K`` with the prior).  With
     ``return_details`` also returns a dict with ``x``, ``z``, ``per_sample`` ``(N,)``,
-    ``log_px_given_z`` and ``log_px_bound`` (the upper bound on ``log p(x_i)``).
+    ``log_px_given_z``, ``log_px_bound`` (the upper bound on ``log p(x_i)``) and ``log_weights``
+    ``(N, K)``; a model in place of the three functions and the warnings as in :func:`ais_mi_lower`.
     """
 
 iwae_mi_upper.__doc__ = """IWAE upper bound on ``I(x; z)``: ``mean_i [log p(x_i|z_i) - log((1/K) sum_k w(z^k))]``
@@ -447,8 +448,12 @@ ais_mi_lower.__doc__ = """Multi-sample AIS lower bound on ``I(x; z)`` (Brekelman
     docstring).  ``E l_i <= I`` for every ``T`` and ``K``; ``num_steps=1`` is
     :func:`iwae_mi_lower` on the same samples.  The HMC arguments are those of
     :class:`numpyro_ext.infer.AIS`; the step-size pilot (when ``adapt_step_size``) runs on
-    ``N`` fresh joint draws.  ``return_details`` adds a dict: ``x``, ``z``, ``per_sample``
-    ``(N,)``, ``log_px_given_z``, ``log_px_bound`` (upper bounds on ``log p(x_i)``),
+    ``N`` fresh joint draws.  Instead of the three functions, a NumPyro model with ``latent=``
+    and ``observed=`` site names (and ``model_args``, ``model_kwargs``; module docstring).  The
+    estimate keeps its per-sample terms (``to_arviz()``) and the messages of any
+    :class:`adapters.diagnostics.ReliabilityWarning` (``warnings``: more than 1% divergent
+    transitions, or a mean ESS per outer draw below ``K / 10``).  ``return_details`` adds a
+    dict: ``x``, ``z``, ``per_sample`` ``(N,)``, ``log_px_given_z``, ``log_px_bound`` (upper bounds on ``log p(x_i)``),
     ``log_weights`` ``(N, K)`` (column 0 the reverse chain), ``step_sizes`` ``(T,)``,
     ``acceptance_rate`` ``(T,)``, ``num_divergent``.
     """

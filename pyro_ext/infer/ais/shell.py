@@ -146,7 +146,11 @@ class AISResult(AISResultBase):
       ``(T, K)``, ``num_divergent`` (rejected non-finite or diverging proposals, all chains),
       ``ess`` (Kish's, of the weights), ``direction``.
 
-    The numpy half (bounds, ESS, resampling rule, summary) is :class:`adapters.mi.AISResultBase`.
+    * ``warnings`` — the messages of the :class:`adapters.diagnostics.ReliabilityWarning` s the run
+      issued (more than 1% divergent transitions; a Kish ESS below a tenth of the chains), also in
+      ``to_arviz().attrs``; empty for a healthy run.
+
+    The numpy half (bounds, ESS, resampling rule, diagnostics, summary) is :class:`adapters.mi.AISResultBase`.
     """
 
     def __init__(self, output: AISOutput, kind: str, constrain: Callable, step_sizes: Tensor):
@@ -217,7 +221,11 @@ class AIS:
     ``run(*model_args, **model_kwargs)`` gives the forward estimate (``log_Z`` a lower bound),
     ``run_reverse(posterior_samples, *model_args, **model_kwargs)`` the BDMC upper bound.
     :attr:`step_sizes` holds the schedule tuned by the last :meth:`run` (used by
-    :meth:`run_reverse`; any fixed schedule keeps both bounds valid).
+    :meth:`run_reverse`; any fixed schedule keeps both bounds valid).  A model is validated before
+    each run, as NUTS validates it (``validate_model`` of the backend's ``model_util``: an invalid
+    distribution parameter or an observed value outside its support is a ``ValueError`` naming
+    the site), and a finished run warns (:class:`adapters.diagnostics.ReliabilityWarning`) when
+    its divergences or its weights make the estimate unreliable.
     """
 
     def __init__(
