@@ -188,7 +188,8 @@ def ais_steps(information: float, scale: float) -> int:
 # ---------------------------------------------------------------------------------------
 def _row(name: str, estimate: Any, seconds: float, **extra: Any) -> dict[str, Any]:
     return {"estimator": name, "value": float(estimate.value), "stderr": float(estimate.stderr),
-            "kind": estimate.kind, "num_samples": int(estimate.num_samples), "seconds": seconds, **extra}  # fmt: skip
+            "kind": estimate.kind, "num_samples": int(estimate.num_samples), "seconds": seconds,
+            "warnings": list(estimate.warnings), **extra}  # fmt: skip
 
 
 def run_sampling_bounds(problem: dict, args: argparse.Namespace, key: Any, steps: int) -> list[dict]:
