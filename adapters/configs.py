@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from adapters.validation import check_greater, check_positive, check_positive_int, check_probability
+import numpy as np
+
+from adapters.validation import check_greater, check_numeric, check_positive, check_positive_int, check_probability
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,7 @@ class DRHMCConfig:
         set_("reduction_factor", ratio)
         set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
         for flag in ("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass", "jitter_trajectory"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+            check_flag(flag, getattr(self, flag))
         set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
         set_("max_tree_depth", check_positive_int("max_tree_depth", self.max_tree_depth))
 
@@ -92,6 +93,51 @@ def check_model_or_potential(
     """Exactly one of ``model`` and ``potential_fn`` (named ``alternative``), as NumPyro's and Pyro's HMC require."""
     if (model is None) == (potential_fn is None):
         raise ValueError(f"{algorithm}: give exactly one of `model` (a model or adapters.Target) and `{alternative}`")
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """``value`` if it is a ``bool`` (not 1, "yes" or None, which would be read as a flag silently)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_kernel_functions(algorithm: str, model: object, potential_fn: object, init_strategy: object) -> None:
+    """An MCMC kernel's ``model`` (a function or an ``adapters.Target``), ``potential_fn`` and ``init_strategy``.
+
+    Checked when the kernel is built, so that a string or an array passed by mistake is named there
+    rather than failing as a call deep inside the first transition.
+    """
+    from adapters.target import Target
+
+    if model is not None and not (callable(model) or isinstance(model, Target)):
+        raise TypeError(f"{algorithm}: model must be a model function or an adapters.Target, got {model!r}")
+    if potential_fn is not None and not callable(potential_fn):
+        raise TypeError(
+            f"{algorithm}: potential_fn must be a function of the unconstrained parameters, got {potential_fn!r}"
+        )
+    if not callable(init_strategy):
+        raise TypeError(
+            f"{algorithm}: init_strategy must be an initialisation strategy function (e.g. init_to_median), "
+            f"got {init_strategy!r}"
+        )
+
+
+def check_initial_values(name: str, values: Any) -> None:
+    """Initial values of a chain: an array or a dict of arrays (numpy, JAX or torch) of floating-point numbers.
+
+    A string, ``None`` or an integer array would otherwise fail inside the gradient computation
+    ("grad requires real-valued inputs", "only Tensors of floating point dtype can require gradients").
+    """
+    items = values.items() if isinstance(values, dict) else [(None, values)]
+    for key, value in items:
+        label = name if key is None else f"{name}[{key!r}]"
+        expected = "a floating-point array (the unconstrained start of each chain)"
+        check_numeric(label, value, expected)
+        dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+        floating = value.is_floating_point() if hasattr(value, "is_floating_point") else np.dtype(dtype).kind == "f"
+        if not floating:
+            raise TypeError(f"{label} must be {expected}, got dtype {dtype}")
 
 
 # Optimizer hyperparameters shared by the torch and optax versions (Gong et al. 2025, RACS and Alice).

@@ -102,6 +102,46 @@ def test_bad_arguments_with_a_potential(kwargs, argument):
     assert argument in message
 
 
+@pytest.mark.parametrize(
+    "make, argument",
+    [
+        (lambda b: b["DRHMC"]("funnel"), "model"),
+        (lambda b: b["DRHMC"](potential_fn="potential"), "potential_fn"),
+        (lambda b: b["DRHMC"](b["model"], init_strategy="uniform"), "init_strategy"),
+    ],
+    ids=["model", "potential_fn", "init_strategy"],
+)
+def test_functions_are_checked_when_the_kernel_is_built(make, argument):
+    """A string where a function belongs is named at construction, not called in the first transition."""
+    message = _same_error(make)
+    assert message.startswith(f"DRHMC: {argument} must be")
+
+
+def test_integer_initial_values_are_named():
+    """An integer start (no gradient exists) is named by both kernels before any transition."""
+
+    def numpyro_case():
+        import jax
+        import jax.numpy as jnp
+        from numpyro.infer import MCMC
+
+        kernel = _numpyro()["DRHMC"](potential_fn=lambda x: jnp.sum(x**2), trajectory_length=1.0)
+        MCMC(kernel, num_warmup=2, num_samples=2, progress_bar=False).run(
+            jax.random.PRNGKey(0), init_params=jnp.array([1, 2])
+        )
+
+    def pyro_case():
+        import torch
+
+        _pyro()["DRHMC"](potential_fn=lambda p: (p["x"] ** 2).sum()).initial_params = {"x": torch.tensor([1, 2])}
+
+    numpyro_error, pyro_error = _error(numpyro_case), _error(pyro_case)
+    assert type(numpyro_error) is type(pyro_error) is TypeError
+    expected = "must be a floating-point array (the unconstrained start of each chain), got dtype"
+    assert str(numpyro_error).startswith(f"init_params {expected}")
+    assert str(pyro_error).startswith(f"initial_params['x'] {expected}")
+
+
 def test_model_or_potential_exactly_one():
     neither = _same_error(lambda b: b["DRHMC"]())
     both = _same_error(lambda b: b["DRHMC"](b["model"], potential_fn=b["potential_fn"]))
@@ -110,7 +150,12 @@ def test_model_or_potential_exactly_one():
 
 @pytest.mark.parametrize(
     "kwargs, argument",
-    [(dict(max_proposals=0), "max_proposals"), (dict(reduction_factor=1.0), "reduction_factor")],
+    [
+        (dict(max_proposals=0), "max_proposals"),
+        (dict(reduction_factor=1.0), "reduction_factor"),
+        (dict(probabilistic="yes"), "probabilistic"),
+        (dict(max_delta_energy=-1.0), "max_delta_energy"),
+    ],
 )
 def test_core_checks_its_arguments(kwargs, argument):
     message = _same_error(lambda b: b["build_kernel"](**kwargs))

@@ -323,6 +323,14 @@ def test_bad_arguments_name_themselves(kwargs, argument):
         DRHMC(funnel, **kwargs)
 
 
+def test_initial_inverse_mass_matrix_is_checked():
+    with pytest.raises(TypeError, match="inverse_mass_matrix must be an array of shape"):
+        DRHMC(funnel, inverse_mass_matrix="diag")
+    kernel = DRHMC(potential_fn=lambda x: jnp.sum(x**2), inverse_mass_matrix=jnp.ones(2), trajectory_length=1.0)
+    with pytest.raises(ValueError, match=r"inverse_mass_matrix must have shape \(3,\) or \(3, 3\).*got shape \(2,\)"):
+        kernel.init(jax.random.PRNGKey(0), 10, jnp.zeros(3), (), {})
+
+
 def test_discrete_latent_and_missing_inputs_are_refused():
     def discrete():
         numpyro.sample("k", dist.Poisson(3.0))

@@ -477,6 +477,11 @@ def test_bad_arguments_name_themselves(kwargs, argument):
         DRHMC(test_problems.funnel, **kwargs)
 
 
+def test_jit_compile_is_a_flag():
+    with pytest.raises(ValueError, match="jit_compile must be True or False, got 'yes'"):
+        DRHMC(test_problems.funnel, jit_compile="yes")
+
+
 def test_core_checks_its_arguments():
     with pytest.raises(ValueError, match="max_proposals"):
         build_kernel(max_proposals=0)

@@ -35,7 +35,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adapters.validation import check_greater, check_positive_int
+from adapters.configs import check_flag
+from adapters.validation import check_greater, check_positive, check_positive_int
 from numpyro_ext.infer.hmc_util import (
     IntegratorState,
     finite_or_neg_inf,
@@ -278,6 +279,8 @@ def build_kernel(
     """
     check_positive_int("max_proposals", max_proposals)
     check_greater("reduction_factor", reduction_factor, 1, "the step-size ratio between stages")
+    check_flag("probabilistic", probabilistic)
+    check_positive("max_delta_energy", max_delta_energy)
 
     def step(rng_key, state: DRHMCState, logdensity_fn, step_size, inverse_mass_matrix, num_steps):
         momentum_key, accept_key = jax.random.split(rng_key)

@@ -29,7 +29,8 @@ from numpyro.infer.initialization import init_to_uniform
 from numpyro.infer.mcmc import MCMCKernel
 from numpyro.infer.util import initialize_model
 
-from adapters.configs import DRHMCConfig, check_model_or_potential
+from adapters.configs import DRHMCConfig, check_initial_values, check_kernel_functions, check_model_or_potential
+from adapters.validation import check_numeric
 from numpyro_ext.infer.drhmc.core import DRHMCState, build_kernel
 from numpyro_ext.infer.hmc_util import fixed_length_steps, sample_momentum
 from numpyro_ext.infer.model_util import check_continuous_latents, trace_model
@@ -159,6 +160,9 @@ class DRHMC(MCMCKernel):
         from adapters.target import Target
 
         check_model_or_potential("DRHMC", model, potential_fn)
+        check_kernel_functions("DRHMC", model, potential_fn, init_strategy)
+        if inverse_mass_matrix is not None:
+            check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
         self.config = DRHMCConfig(
             step_size=step_size,
             trajectory_length=trajectory_length,
@@ -233,6 +237,7 @@ class DRHMC(MCMCKernel):
         flat, self._unravel = ravel_pytree(prototype)
         potential_fn = self._make_potential_fn(model_args, model_kwargs)
         self._dim = flat.shape[0]
+        self._check_inverse_mass_matrix()
         self._length_window_start = self._length_window(self._num_warmup)
         wa_init, self._wa_update = self._warmup_adapter(potential_fn)
 
@@ -459,6 +464,17 @@ class DRHMC(MCMCKernel):
             target_accept_prob=self.config.target_accept_prob,
         )
 
+    def _check_inverse_mass_matrix(self) -> None:
+        """The initial inverse mass matrix fits the unconstrained dimension ``d`` (known at ``init``)."""
+        if self._inverse_mass_matrix is None:
+            return
+        shape, d = jnp.shape(self._inverse_mass_matrix), self._dim
+        if shape not in ((d,), (d, d)):
+            raise ValueError(
+                f"DRHMC: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
+                f"dimensions), got shape {shape}"
+            )
+
     def _bound_args(self, model_args, model_kwargs):
         if self._target_args is not None:
             if model_args or model_kwargs:
@@ -478,6 +494,8 @@ class DRHMC(MCMCKernel):
         return lambda x: self._potential_fn_input(unravel(x))
 
     def _init_params(self, key, init_params, model_args, model_kwargs, batched):
+        if init_params is not None:
+            check_initial_values("init_params", init_params)
         if self._target is not None:
             if init_params is not None:
                 return init_params

@@ -57,7 +57,8 @@ from typing import Any, NamedTuple
 
 import torch
 
-from adapters.validation import check_greater, check_positive_int
+from adapters.configs import check_flag
+from adapters.validation import check_greater, check_positive, check_positive_int
 from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, sample_momentum, velocity
 
 __all__ = [
@@ -347,6 +348,8 @@ def build_kernel(
     """
     check_positive_int("max_proposals", max_proposals)
     check_greater("reduction_factor", reduction_factor, 1, "the step-size ratio between stages")
+    check_flag("probabilistic", probabilistic)
+    check_positive("max_delta_energy", max_delta_energy)
 
     def step(
         state: DRHMCState,

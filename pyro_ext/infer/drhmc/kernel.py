@@ -24,7 +24,13 @@ from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
-from adapters.configs import DRHMCConfig, check_model_or_potential
+from adapters.configs import (
+    DRHMCConfig,
+    check_flag,
+    check_initial_values,
+    check_kernel_functions,
+    check_model_or_potential,
+)
 from pyro_ext.infer.drhmc.core import DRHMCState, build_kernel
 from pyro_ext.infer.drhmc.warmup import NUTSWarmup, find_reasonable_step_size, is_numerical_failure
 from pyro_ext.infer.hmc_util import fixed_length_steps
@@ -179,6 +185,8 @@ class DRHMC(MCMCKernel):
         from adapters.target import Target
 
         check_model_or_potential("DRHMC", model, potential_fn)
+        check_kernel_functions("DRHMC", model, potential_fn, init_strategy)
+        check_flag("jit_compile", jit_compile)
         self.config = cfg = DRHMCConfig(
             step_size=step_size,
             trajectory_length=trajectory_length,
@@ -237,6 +245,8 @@ class DRHMC(MCMCKernel):
 
     @initial_params.setter
     def initial_params(self, params: dict[str, torch.Tensor] | None) -> None:
+        if params is not None:  # MCMC(..., initial_params=...) sets it: a string or an int tensor is named here
+            check_initial_values("initial_params", params)
         self._initial_params = params
 
     @property
