@@ -61,7 +61,7 @@ from adapters.sweep_registry import (
     register_algorithm,
 )
 from adapters.sweep_store import StoreError, SweepStore
-from adapters.validation import check_choice
+from adapters.validation import check_choice, check_positive, check_positive_int
 
 __all__ = [
     "COMMON_DEFAULTS",
@@ -327,12 +327,14 @@ class DaskExecutor:
     """
 
     def __init__(self, scheduler: str | None = None, n_workers: int | None = None, retries: int = 1):
+        if n_workers is not None:
+            check_positive_int("n_workers", n_workers)
         try:
             from distributed import Client, LocalCluster
         except ImportError as err:
             needs = "the dask engine needs the 'distributed' extra: pip install 'ppl-ext[distributed]'"
             raise ImportError(needs) from err
-        self.retries = int(retries)
+        self.retries = check_positive_int("retries", retries, allow_zero=True)
         self._cluster = None
         if scheduler is None:
             self._cluster = LocalCluster(
@@ -421,17 +423,50 @@ def build_tasks(
 ) -> list[Task]:
     """The grid ``posteriors x algorithms x seeds``, each algorithm's config resolved.
 
+    ``posteriors``: names of the database at ``path`` (:func:`select_posteriors` expands a
+    keyword); ``algorithm_configs``: ``{algorithm name: {option: value}}`` (``{}`` for the
+    defaults, :meth:`Algorithm.resolve`); ``seeds``: non-negative integers (:func:`parse_seeds`
+    reads ``"0-4"``).  Each is checked here, with an error that names it.
+
     Seed-major: every posterior and algorithm at the first seed, then at the next, so that
     with a ``compilation_cache`` the later seeds (on any worker) reuse the first's programs.
     """
+    from adapters import posteriordb
+
     check_choice("route", route, ROUTES)
+    posteriors = _names("posteriors", posteriors, "select_posteriors('keyword')")
+    available = set(posteriordb.list_posteriors(path))
+    missing = [p for p in posteriors if p not in available]
+    if missing:
+        where = path or os.environ.get("POSTERIOR_DB_PATH") or "the embedded database"
+        raise ValueError(f"posteriors: {missing} not in the posteriordb at {where}; see select_posteriors")
+    if not isinstance(algorithm_configs, Mapping):
+        expected = "a dict {algorithm name: {option: value}}"
+        raise TypeError(f"algorithm_configs must be {expected}, got {algorithm_configs!r}")
+    seeds = _names("seeds", seeds, "parse_seeds('0-4')", kind=None)
+    for seed in seeds:
+        check_positive_int("seeds: each seed", seed, allow_zero=True)
+    if timeout is not None:
+        check_positive("timeout", timeout)
+    path, compilation_cache = (None if d is None else os.fspath(d) for d in (path, compilation_cache))
     configs = {name: get_algorithm(name).resolve(overrides) for name, overrides in algorithm_configs.items()}
     return [
-        Task(p, a, configs[a], s, path, route, timeout, compilation_cache)
+        Task(p, a, configs[a], int(s), path, route, timeout, compilation_cache)
         for s in seeds
         for p in posteriors
         for a in algorithm_configs
     ]
+
+
+def _names(name: str, values: Any, hint: str, kind: type | None = str) -> list[Any]:
+    """``values`` as a list; a lone string (which would iterate over its characters) is refused."""
+    if isinstance(values, str) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a list, got {values!r} (to read one from text: {hint})")
+    values = list(values)
+    wrong = [v for v in values if kind is not None and not isinstance(v, kind)]
+    if wrong:
+        raise TypeError(f"{name} must be a list of {kind.__name__}, got {wrong[:3]}")
+    return values
 
 
 def run_sweep(

@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-from adapters.validation import check_choice
+from adapters.validation import check_choice, check_positive_int
 
 ENTRY_POINT_GROUP = "ppl_ext.sweep_algorithms"
 BACKENDS = ("numpyro", "pyro")
@@ -89,14 +90,45 @@ class Algorithm:
     optional: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """The full config: ``defaults`` updated by ``overrides`` (unknown keys are refused)."""
+        """The full config: ``defaults`` updated by ``overrides``.
+
+        Unknown keys are refused, and so is a value of another kind than the key's default
+        (a string or a bool where the default is a number, ...); the common ``num_warmup``
+        must be an integer >= 0, ``num_samples`` and ``num_chains`` integers >= 1.  Ranges of
+        an algorithm's own options are its run function's to check.
+        """
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise TypeError(f"config of algorithm {self.name!r} must be a dict of options, got {overrides!r}")
         overrides = dict(overrides or {})
         known = {*self.defaults, *self.optional}
         unknown = sorted(set(overrides) - known)
         if unknown:
             known_text = f"known keys: {sorted(known)}"
             raise ValueError(f"config of algorithm {self.name!r}: unknown key(s) {unknown}; {known_text}")
-        return {**self.defaults, **overrides}
+        config = {**self.defaults, **overrides}
+        for key, value in overrides.items():
+            _check_option(f"config of algorithm {self.name!r}: {key}", value, {**self.defaults, **self.optional}[key])
+        for key in COMMON_DEFAULTS:
+            check_positive_int(f"config of algorithm {self.name!r}: {key}", config[key], allow_zero=key == "num_warmup")
+        return config
+
+
+def _check_option(name: str, value: Any, default: Any) -> None:
+    """``value`` of the kind of ``default``: a bool for a bool, a number for a number, a str for a str, ...
+
+    A number's default does not fix int or float (``reduction_factor`` defaults to ``4`` and
+    takes ``2.5``); whether a number is in range is the run function's to say.
+    """
+    if default is None:
+        return
+    if isinstance(default, bool):
+        ok, kind = isinstance(value, bool), "a bool (true/false)"
+    elif isinstance(default, numbers.Real):
+        ok, kind = isinstance(value, numbers.Real) and not isinstance(value, bool), "a number"
+    else:
+        ok, kind = isinstance(value, type(default)), f"a {type(default).__name__}"
+    if not ok:
+        raise TypeError(f"{name} must be {kind}, as its default {default!r}; got {value!r}")
 
 
 class AlgorithmLoadError(ImportError):

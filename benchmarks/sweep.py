@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from adapters import sweep
+from adapters.validation import check_positive, check_positive_int
 
 
 def _parse_set(items: list[str], algorithm_names: list[str]) -> dict[str, dict[str, Any]]:
@@ -75,12 +76,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             raise ValueError(f"--algorithms: unknown {unknown}; registered algorithms: {registered}")
         overrides = _parse_set(args.set, names)
         common = {"num_warmup": args.num_warmup, "num_samples": args.num_samples, "num_chains": args.num_chains}
+        for key, value in common.items():
+            if value is not None:
+                check_positive_int("--" + key.replace("_", "-"), value, allow_zero=key == "num_warmup")
+        if args.timeout_per_run is not None:
+            check_positive("--timeout-per-run", args.timeout_per_run)
+        if args.workers is not None:
+            check_positive_int("--workers", args.workers)
+        check_positive_int("--retries", args.retries, allow_zero=True)
         for name in names:
             overrides[name] = {**{k: v for k, v in common.items() if v is not None}, **overrides[name]}
         cache = None if args.jax_cache == "off" else args.jax_cache
         tasks = sweep.build_tasks(posteriors, overrides, seeds, args.path, args.route, args.timeout_per_run, cache)
         store = sweep.SweepStore(args.store)
-    except (ValueError, sweep.StoreError, sweep.AlgorithmLoadError) as err:
+    except (ValueError, TypeError, sweep.StoreError, sweep.AlgorithmLoadError) as err:
         raise SystemExit(str(err)) from None
 
     if args.engine == "serial":

@@ -373,3 +373,72 @@ def test_pyro_run_output_has_per_draw_stats_that_sum_to_its_totals():
     assert int(np.sum(output.sample_stats["diverging"])) == output.divergences
     idata = output.to_arviz()
     np.testing.assert_array_equal(idata.posterior["theta"].values, output.draws["theta"])
+
+
+def test_build_tasks_checks_its_arguments_at_the_door(tmp_path):
+    db = str(EMBEDDED_PATH)
+    with pytest.raises(TypeError, match=r"posteriors must be a list, got 'arK-arK' \(.*select_posteriors"):
+        sweep.build_tasks("arK-arK", {"nuts": {}}, [0], db)  # was: one task per character
+    with pytest.raises(ValueError, match=r"posteriors: \['nope'\] not in the posteriordb at .*embedded"):
+        sweep.build_tasks(["arK-arK", "nope"], {"nuts": {}}, [0], db)
+    with pytest.raises(TypeError, match=r"seeds must be a list, got '0-2' \(.*parse_seeds"):
+        sweep.build_tasks(["arK-arK"], {"nuts": {}}, "0-2", db)
+    with pytest.raises(ValueError, match=r"seeds: each seed must be a non-negative integer, got '1'"):
+        sweep.build_tasks(["arK-arK"], {"nuts": {}}, [0, "1"], db)
+    with pytest.raises(TypeError, match=r"algorithm_configs must be a dict \{algorithm name: \{option: value\}\}"):
+        sweep.build_tasks(["arK-arK"], ["nuts"], [0], db)
+    with pytest.raises(ValueError, match=r"unknown algorithm 'mala'; registered algorithms"):
+        sweep.build_tasks(["arK-arK"], {"mala": {}}, [0], db)
+    with pytest.raises(ValueError, match=r"timeout must be a finite number > 0, got -1"):
+        sweep.build_tasks(["arK-arK"], {"nuts": {}}, [0], db, timeout=-1)
+    with pytest.raises(ValueError, match=r"n_workers must be a positive integer, got 0"):
+        sweep.DaskExecutor(n_workers=0)  # was: silently one worker per core
+    (task,) = sweep.build_tasks(("arK-arK",), {"nuts": None}, range(1), EMBEDDED_PATH, compilation_cache=tmp_path)
+    assert (task.path, task.compilation_cache) == (db, str(tmp_path))  # a child process gets them as JSON
+
+
+def test_algorithm_options_of_the_wrong_kind_are_refused():
+    hmc, drhmc = sweep.get_algorithm("hmc"), sweep.get_algorithm("drhmc")
+    with pytest.raises(
+        TypeError, match=r"config of algorithm 'hmc': num_steps must be a number, as its default 16; got '8'"
+    ):
+        hmc.resolve({"num_steps": "8"})
+    with pytest.raises(
+        TypeError, match=r"'drhmc': probabilistic must be a bool \(true/false\), as its default True; got 1"
+    ):
+        drhmc.resolve({"probabilistic": 1})
+    with pytest.raises(TypeError, match=r"'drhmc': trajectory_scale must be a number, as its default 1.0; got True"):
+        drhmc.resolve({"trajectory_scale": True})
+    with pytest.raises(ValueError, match=r"'hmc': num_warmup must be a non-negative integer, got -5"):
+        hmc.resolve({"num_warmup": -5})
+    with pytest.raises(ValueError, match=r"'hmc': num_chains must be a positive integer, got 2.0"):
+        hmc.resolve({"num_chains": 2.0})
+    with pytest.raises(TypeError, match=r"config of algorithm 'hmc' must be a dict of options, got 'num_steps=8'"):
+        hmc.resolve("num_steps=8")
+    # a number's default does not fix int or float; ranges are the kernel's to check
+    assert drhmc.resolve({"reduction_factor": 2.5, "num_warmup": 0})["reduction_factor"] == 2.5
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--set", 'hmc.num_steps="8"'], r"hmc': num_steps must be a number, as its default 16; got '8'"),
+        (["--num-warmup", "-5"], r"--num-warmup must be a non-negative integer, got -5"),
+        (["--num-chains", "0"], r"--num-chains must be a positive integer, got 0"),
+        (["--timeout-per-run", "0"], r"--timeout-per-run must be a finite number > 0, got 0.0"),
+        (["--workers", "0"], r"--workers must be a positive integer, got 0"),
+        (["--retries", "-1"], r"--retries must be a non-negative integer, got -1"),
+    ],
+)
+def test_sweep_command_refuses_bad_arguments_by_name(argv, message, tmp_path, monkeypatch):
+    from benchmarks import sweep as sweep_cli
+
+    def ran(*args, **kwargs):
+        raise AssertionError("the sweep ran with a bad argument")
+
+    monkeypatch.setattr(sweep, "run_sweep", ran)
+    store = tmp_path / "s.sqlite"
+    common = ["--algorithms", "hmc", "--posteriors", "arK-arK", "--engine", "serial", "--store", str(store)]
+    with pytest.raises(SystemExit, match=message):
+        sweep_cli.main([*common, "--path", str(EMBEDDED_PATH), "--no-progress", *argv])
+    assert not store.exists()  # refused before anything ran or was written
