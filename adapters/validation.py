@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -137,6 +138,71 @@ def check_finite_array(name: str, values: Any, hint: str = "") -> None:
         )
 
 
+# Which parameters a matrix optimizer (SWAN, SinkGD, RACS, Alice) takes: both backends name
+# parameters by path ("net$params/Dense_0/kernel" in NumPyro, "net.0.weight" in Pyro).  A guide's
+# locations and scales are not weights: SWAN's row centring cannot move their row sums at all.
+_GUIDE_PARAM_LAST = re.compile(r"(^|_)(loc|locs|scale|scales|scale_tril|cov_factor|cov_diag)$")
+_AUTOGUIDE_PREFIX = re.compile(r"(^|_)auto_")
+_PYRO_AUTOGUIDE = re.compile(r"^Auto[A-Z]")
+
+
+def is_guide_param_name(name: str) -> bool:
+    """Whether a parameter named ``name`` is a guide's location or scale, by the autoguides' naming rules.
+
+    True where a component of the name (split at ``.``, ``/`` and Pyro's ``$$$``) is a Pyro autoguide
+    module (``AutoNormal.locs.W``, ``AutoDiagonalNormal.scale``), carries NumPyro's autoguide prefix
+    (``W_auto_loc``, ``auto_scale_tril``), or where the last component is a location or scale
+    (``loc``, ``scale``, ``scale_tril``, ``cov_factor``, ``cov_diag``, alone or after ``_``: a
+    hand-written guide's ``W_loc``, ``W_scale``).
+    """
+    parts = [part for part in re.split(r"\$\$\$|[./]", name) if part]
+    if not parts:
+        return False
+    if any(_PYRO_AUTOGUIDE.match(part) or _AUTOGUIDE_PREFIX.search(part) for part in parts):
+        return True
+    return bool(_GUIDE_PARAM_LAST.search(parts[-1]))
+
+
+def check_matrix_params(value: Any) -> Any:
+    """A matrix optimizer's ``matrix_params``: ``None`` (the default rule), ``"all"`` or a callable ``name -> bool``."""
+    if value is None or value == "all" or callable(value):
+        return value
+    raise ValueError(
+        "matrix_params must be None (matrix parameters that are not guide locations or scales), 'all' (every "
+        f"matrix parameter) or a callable taking the parameter's name and returning a bool, got {value!r}"
+    )
+
+
+def takes_matrix_method(name: str | None, matrix_params: Any) -> bool:
+    """Whether a matrix method takes a matrix parameter named ``name`` (``None``: the name is unknown).
+
+    ``None`` (default): every matrix parameter but a guide's locations and scales
+    (:func:`is_guide_param_name`; an unnamed parameter is taken); ``"all"``: every one; a callable:
+    ``bool(matrix_params(name))``, which needs the name.
+    """
+    if matrix_params == "all":
+        return True
+    if matrix_params is None:
+        return name is None or not is_guide_param_name(name)
+    if name is None:
+        raise ValueError(
+            "matrix_params as a callable needs parameter names: pass named_parameters() to the torch optimizer, "
+            "or use it through Pyro's param store (pyro_ext.optim wrappers)"
+        )
+    return bool(matrix_params(name))
+
+
+def resolve_rank(shape: tuple[int, int], rank: Any, leading_basis: Any, clip_rank: bool) -> tuple[int, int]:
+    """Alice's ``(r, l)`` for an ``m x n`` matrix; ``rank=None`` is ``max(1, min(m, n) // 4)``, valid for any shape."""
+    from adapters.configs import check_rank, default_leading_basis, effective_rank
+
+    if rank is None:
+        r = max(1, min(shape) // 4)
+        lead = default_leading_basis(r) if leading_basis is None else check_positive_int("leading_basis", leading_basis)
+        return r, min(lead, r)
+    return effective_rank(shape, *check_rank(rank, leading_basis), clip_rank)
+
+
 def check_numeric(name: str, value: Any, expected: str = "an array of numbers") -> None:
     """Raise a ``TypeError`` naming ``name`` when ``value`` is not numeric: ``None``, a string, or an
     array-like whose entries are not numbers (a JAX or torch array is numeric by construction)."""
@@ -160,4 +226,18 @@ def invalid_site_message(algorithm: str, site: str, problem: str, num_bad: int, 
         f"model: site {site!r}: {problem} ({num_bad} of {num_total} values); {algorithm} validates the model's "
         "distributions before it runs, as NUTS does, because a density that is NaN or -inf on part of the space "
         "makes every estimate from it meaningless"
+    )
+
+
+def per_datum_loss_message(method: str, what: str, problem: str = "is not finite") -> str:
+    """The message of a root-free optimizer (root-free RMSProp/Adam(W), IF-Shampoo) whose step is not finite.
+
+    These methods divide by a second moment without a square root, so their step scales like the inverse of
+    the loss: they expect the gradient of a per-datum loss, where Pyro's and NumPyro's ELBOs are sums.
+    """
+    return (
+        f"{method}: {what} {problem}. {method} divides by the gradient's second moment without a square "
+        "root, so it expects the gradient of a per-datum loss, and an ELBO is a sum over the data: pass "
+        "loss_scale=N (the number of data points) and batch_size=the data points per step (N for a full batch, "
+        "the plate's subsample_size with subsampling), or lower the learning rate"
     )

@@ -22,6 +22,12 @@ has no Python side effects.  The complement directions are drawn with
 (and a different stream than the torch optimizer's, so the two backends agree exactly only where
 the draw cannot matter: ``leading_basis = rank``, or the full rank).  Non-finite gradients
 propagate into the parameters (as for ``optax.adam``); wrap in ``optax.apply_if_finite`` to skip them.
+
+Which parameters: Alice's low-rank subspace is tuned for a network's weights, not for a guide's
+locations and scales. By default (``matrix_params=None``) the method takes every matrix but a
+guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get the
+AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/alice.rst).
 """
 
 from __future__ import annotations
@@ -33,8 +39,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adapters.configs import check_gamma, check_rank, effective_rank
-from adapters.validation import check_beta_pair, check_betas, check_non_negative, check_positive, check_positive_int
+from adapters.configs import check_gamma, check_rank
+from adapters.validation import (
+    check_beta_pair,
+    check_betas,
+    check_non_negative,
+    check_positive,
+    check_positive_int,
+    resolve_rank,
+)
 from numpyro_ext.optim.common import (
     as_matrix,
     check_learning_rate,
@@ -89,7 +102,7 @@ def switch_basis(cov: jax.Array, leading_basis: int, complement: jax.Array) -> j
 
 
 def scale_by_alice(
-    rank: int,
+    rank: int | None = None,
     betas: tuple[float, float, float] = (0.9, 0.9, 0.999),
     alpha: float = 0.3,
     alpha_c: float = 0.4,
@@ -104,9 +117,13 @@ def scale_by_alice(
 ) -> optax.GradientTransformation:
     """Alice's direction ``α (U ω + α_c C)`` for a pytree whose leaves are all matrices.
 
-    ``rank >= min(m, n)`` for a leaf raises ``ValueError`` at ``init`` unless ``clip_rank``.
+    ``rank >= min(m, n)`` for a leaf raises ``ValueError`` at ``init`` unless ``clip_rank``; ``rank=None``
+    is ``max(1, min(m, n) // 4)`` for each leaf (any shape).
     """
-    rank, leading_basis = check_rank(rank, leading_basis)
+    if rank is not None:
+        rank, leading_basis = check_rank(rank, leading_basis)
+    elif leading_basis is not None:
+        leading_basis = check_positive_int("leading_basis", leading_basis)
     betas = check_betas("betas", betas)
     if len(betas) != 3:
         raise ValueError(f"betas must be a triple (beta1, beta2, beta3) of numbers in [0, 1), got {betas!r}")
@@ -121,7 +138,7 @@ def scale_by_alice(
 
     def leaf_shapes(leaf: jax.Array) -> tuple[int, int, bool, int, int]:
         m, n = as_matrix(leaf).shape
-        r, lead = effective_rank((m, n), rank, leading_basis, clip_rank)
+        r, lead = resolve_rank((m, n), rank, leading_basis, clip_rank)
         return min(m, n), max(m, n), m > n, r, lead
 
     def init_leaf(leaf: jax.Array) -> AliceLeafState:
@@ -209,7 +226,7 @@ def scale_by_alice(
 
 def alice(
     learning_rate: optax.ScalarOrSchedule,
-    rank: int,
+    rank: int | None = None,
     betas: tuple[float, float, float] = (0.9, 0.9, 0.999),
     alpha: float = 0.3,
     alpha_c: float = 0.4,
@@ -223,10 +240,14 @@ def alice(
     bias_correction: bool = True,
     seed: int = 0,
     fallback_betas: tuple[float, float] = (0.9, 0.999),
+    matrix_params: Any = None,
 ) -> optax.GradientTransformation:
     """Alice (``tracking=False``: Alice-0) on matrix leaves, AdamW on the others; arguments as in ``AliceOptimizer``.
 
     ``learning_rate`` is ``λ`` (a number or an optax schedule).  Defaults follow the paper's LLaMA runs.
+    ``rank=None`` (default) is ``max(1, min(m, n) // 4)`` per matrix, valid for every shape.
+    ``matrix_params`` picks the matrix leaves Alice takes (default: all but a guide's locations and scales,
+    which get AdamW; ``"all"``; or a callable on the leaf's path name), as in :func:`numpyro_ext.optim.swan`.
     """
     learning_rate = check_learning_rate(learning_rate)
     weight_decay = check_non_negative("weight_decay", weight_decay)
@@ -245,4 +266,13 @@ def alice(
         bias_correction,
         seed,
     )
-    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_slot=True)
+    return matrix_method(
+        direction,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decay_slot=True,
+        matrix_params=matrix_params,
+    )

@@ -1,10 +1,14 @@
 """Pieces every optax transform of ``numpyro_ext.optim`` shares.
 
 * :func:`is_matrix` / :func:`matrix_labels` — which leaves of a parameter pytree the matrix
-  methods act on (≥2-D with two non-trivial axes; a ``(m, *rest)`` leaf is treated as an
-  ``m × prod(rest)`` matrix);
-* :func:`with_adam_fallback` — ``optax.multi_transform`` that sends matrix leaves to the
-  method and every other leaf (biases, scales, scalars) to Adam(W) with the same
+  methods act on: ≥2-D with two non-trivial axes (a ``(m, *rest)`` leaf is treated as an
+  ``m × prod(rest)`` matrix) and taken by ``matrix_params``
+  (:func:`adapters.validation.takes_matrix_method`, on the leaf's path name such as
+  ``"W_auto_loc"`` or ``"net$params/Dense_0/kernel"``): by default a guide's locations and
+  scales are not taken, since a matrix method's direction cannot reach their optimum (SWAN's
+  row centring leaves every row sum where it started);
+* :func:`with_adam_fallback` — ``optax.multi_transform`` that sends the taken leaves to the
+  method and every other leaf (biases, guide parameters, scalars) to Adam(W) with the same
   learning rate, the documented fallback that mirrors the torch optimizers;
   :func:`matrix_method` — a method's direction, decoupled weight decay and the learning
   rate, chained, with that fallback: the full optimizer of every matrix method;
@@ -27,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from adapters.validation import check_positive
+from adapters.validation import check_matrix_params, check_positive, per_datum_loss_message, takes_matrix_method
 
 
 def is_matrix(leaf: Any) -> bool:
@@ -35,8 +39,27 @@ def is_matrix(leaf: Any) -> bool:
     return len(shape) >= 2 and shape[0] > 1 and math.prod(shape[1:]) > 1
 
 
-def matrix_labels(params: Any) -> Any:
-    return jax.tree_util.tree_map(lambda leaf: "matrix" if is_matrix(leaf) else "fallback", params)
+def path_name(path: tuple[Any, ...]) -> str:
+    """A pytree path as ``"site/key/..."``: NumPyro's SVI keys its params by site name, modules nest below."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def matrix_labels(params: Any, matrix_params: Any = None) -> Any:
+    """``"matrix"`` for the leaves a matrix method takes (matrices ``matrix_params`` selects), else ``"fallback"``."""
+
+    def label(path: tuple[Any, ...], leaf: Any) -> str:
+        taken = is_matrix(leaf) and takes_matrix_method(path_name(path), matrix_params)
+        return "matrix" if taken else "fallback"
+
+    return jax.tree_util.tree_map_with_path(label, params)
 
 
 def as_matrix(leaf: jax.Array) -> jax.Array:
@@ -51,10 +74,43 @@ def with_adam_fallback(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    matrix_params: Any = None,
 ) -> optax.GradientTransformation:
-    """``matrix_transform`` on matrix leaves, AdamW(learning_rate, b1, b2, eps, weight_decay) on the rest."""
+    """``matrix_transform`` on the leaves :func:`matrix_labels` marks, AdamW(learning_rate, b1, b2, eps, weight_decay)
+    on the rest."""
+    matrix_params = check_matrix_params(matrix_params)
     fallback = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
-    return optax.multi_transform({"matrix": matrix_transform, "fallback": fallback}, matrix_labels)
+    return optax.multi_transform(
+        {"matrix": matrix_transform, "fallback": fallback}, lambda params: matrix_labels(params, matrix_params)
+    )
+
+
+def stop_if_not_finite(method: str) -> optax.GradientTransformation:
+    """The last link of a root-free optimizer: a non-finite update raises ``FloatingPointError``, saying why.
+
+    Inside ``jit`` a host callback raises with the torch optimizers' message
+    (:func:`adapters.validation.per_datum_loss_message`: pass ``loss_scale`` and ``batch_size`` when the loss
+    is a sum); the error reaches the caller as JAX's runtime error carrying that message, and the step's
+    new state is never returned.  The ``scale_by_*`` transforms have no such link, so
+    ``optax.apply_if_finite`` can skip non-finite steps of those.
+    """
+
+    def check(ok: Any) -> None:
+        if not bool(ok):
+            raise FloatingPointError(per_datum_loss_message(method, "the update"))
+
+    def init_fn(params: Any) -> optax.EmptyState:
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates: Any, state: optax.EmptyState, params: Any = None) -> tuple[Any, optax.EmptyState]:
+        del params
+        leaves = jax.tree_util.tree_leaves(updates)
+        if leaves:
+            jax.debug.callback(check, jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in leaves])))
+        return updates, state
+
+    return optax.GradientTransformation(init_fn, update_fn)
 
 
 def compute_dtype(dtype: Any) -> Any:
@@ -137,14 +193,15 @@ def matrix_method(
     eps: float,
     weight_decay: float,
     decay_slot: bool = False,
+    matrix_params: Any = None,
 ) -> optax.GradientTransformation:
     """The full optimizer of a matrix method: ``direction``, decoupled weight decay, ``-learning_rate``.
 
     Matrix leaves get ``chain(direction, add_decayed_weights(weight_decay), scale_by_learning_rate)``
     (the decay left out when ``weight_decay`` is 0, or an ``optax.identity()`` in its place with
     ``decay_slot=True``, which keeps the state's layout the same for every ``weight_decay``);
-    the other leaves AdamW with the same ``learning_rate`` (:func:`with_adam_fallback`).
-    Arguments are validated by the caller.
+    the other leaves (and the matrices ``matrix_params`` leaves out) AdamW with the same
+    ``learning_rate`` (:func:`with_adam_fallback`).  Arguments are validated by the caller.
     """
     parts = [direction]
     if weight_decay:
@@ -152,4 +209,12 @@ def matrix_method(
     elif decay_slot:
         parts.append(optax.identity())
     parts.append(optax.scale_by_learning_rate(learning_rate))
-    return with_adam_fallback(optax.chain(*parts), learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return with_adam_fallback(
+        optax.chain(*parts),
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        matrix_params=matrix_params,
+    )

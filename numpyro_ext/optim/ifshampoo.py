@@ -16,7 +16,9 @@ Every leaf of shape with non-unit sizes ``(d_1, ..., d_N)`` gets one factor per 
 
 then ``m ← α1 m + g ×_1 K_1 K_1^T ... ×_N K_N K_N^T + κ μ`` and ``μ ← μ − lr m``.
 For NumPyro's summed ELBO on ``N`` data points use ``loss_scale=N`` and ``batch_size`` = the
-data points per step.  Non-finite gradients give non-finite updates (use ``optax.apply_if_finite``).
+data points per step.  In :func:`ifshampoo` a non-finite update raises ``FloatingPointError`` through a
+host callback with the torch optimizer's message (:func:`adapters.validation.per_datum_loss_message`);
+``scale_by_ifshampoo`` propagates it (``optax.apply_if_finite`` skips such steps).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import optax
 
 from adapters.configs import kronecker_shape
 from adapters.validation import check_non_negative, check_positive, check_positive_int, check_unit_interval
-from numpyro_ext.optim.common import check_learning_rate, compute_dtype
+from numpyro_ext.optim.common import check_learning_rate, compute_dtype, stop_if_not_finite
 
 __all__ = ["IFShampooState", "ifshampoo", "kronecker_shape", "precondition", "scale_by_ifshampoo", "update_factors"]
 
@@ -214,4 +216,5 @@ def ifshampoo(
             beta2, alpha1, alpha2, lam, kappa, batch_size, loss_scale, T, max_dense_dim, preconditioner_dtype
         ),
         optax.scale_by_learning_rate(check_learning_rate(learning_rate)),
+        stop_if_not_finite("IFShampoo"),
     )

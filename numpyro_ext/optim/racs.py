@@ -19,6 +19,12 @@ State per matrix leaf: ``q`` (``m``), ``s`` (``n``), ``phi`` (scalar), plus one 
 float16/bfloat16 leaves are updated in float32 with float32 state.  Everything is jit-able;
 non-finite gradients propagate into the parameters (as for ``optax.adam``): wrap the optimizer in
 ``optax.apply_if_finite`` to skip such steps.
+
+Which parameters: RACS's ``alpha``-scaled, normalised step is tuned for a network's weights, not for
+a guide's locations and scales. By default (``matrix_params=None``) the method takes every matrix
+but a guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get
+the AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/racs.rst).
 """
 
 from __future__ import annotations
@@ -173,13 +179,25 @@ def racs(
     num_iterations: int = 1,
     bias_correction: bool = True,
     fallback_betas: tuple[float, float] = (0.9, 0.999),
+    matrix_params: Any = None,
 ) -> optax.GradientTransformation:
     """RACS on matrix leaves, AdamW on the others (same learning rate); arguments as in ``RACSOptimizer``.
 
     ``learning_rate`` is ``λ`` (a number or an optax schedule).  Defaults follow the paper's LLaMA runs.
+    ``matrix_params`` picks the matrix leaves RACS takes (default: all but a guide's locations and scales,
+    which get AdamW; ``"all"``; or a callable on the leaf's path name), as in :func:`numpyro_ext.optim.swan`.
     """
     learning_rate = check_learning_rate(learning_rate)
     weight_decay = check_non_negative("weight_decay", weight_decay)
     b1, b2 = check_beta_pair("fallback_betas", fallback_betas)
     direction = scale_by_racs(beta, alpha, gamma, eps, num_iterations, bias_correction)
-    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, decay_slot=True)
+    return matrix_method(
+        direction,
+        learning_rate,
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        weight_decay=weight_decay,
+        decay_slot=True,
+        matrix_params=matrix_params,
+    )

@@ -13,9 +13,13 @@ rescaled to ``N``), so for SVI set ``loss_scale=N`` and ``batch_size`` = the num
 points per step (``N`` full batch, ``subsample_size`` with subsampling).
 
 Elementwise methods: every leaf gets the same update (no 1-D fallback).  Leaves in float16 or
-bfloat16 keep their moments in float32.  Inside ``jit`` nothing can raise, so a non-finite
-gradient makes the update non-finite; wrap the transform in ``optax.apply_if_finite`` to skip
-such steps (the torch optimizers raise ``FloatingPointError`` instead).
+bfloat16 keep their moments in float32.  In the full optimizers (``rootfree_rmsprop``,
+``rootfree_adam(w)``) a non-finite update (the step blew up, as on a summed loss without
+``loss_scale``, or a non-finite gradient) raises ``FloatingPointError`` through a host callback,
+with the torch optimizers' message (:func:`adapters.validation.per_datum_loss_message`): under
+``jit`` it reaches the caller as JAX's runtime error carrying that message
+(:func:`numpyro_ext.optim.common.stop_if_not_finite`).  The ``scale_by_*`` transforms propagate
+non-finite values as optax does; wrap them in ``optax.apply_if_finite`` to skip such steps.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 import optax
 
 from adapters.validation import check_betas, check_non_negative, check_positive, check_unit_interval
-from numpyro_ext.optim.common import check_learning_rate, compute_dtype
+from numpyro_ext.optim.common import check_learning_rate, compute_dtype, stop_if_not_finite
 
 __all__ = [
     "ScaleByRootFreeAdamState",
@@ -131,6 +135,7 @@ def rootfree_rmsprop(
     return optax.chain(
         scale_by_rootfree_rmsprop(beta2, alpha1, lam, kappa, batch_size, loss_scale),
         optax.scale_by_learning_rate(check_learning_rate(learning_rate)),
+        stop_if_not_finite("RootFreeRMSProp"),
     )
 
 
@@ -210,6 +215,7 @@ def rootfree_adamw(
     if check_non_negative("weight_decay", weight_decay):
         parts.append(optax.add_decayed_weights(weight_decay))
     parts.append(optax.scale_by_learning_rate(check_learning_rate(learning_rate)))
+    parts.append(stop_if_not_finite("RootFreeAdamW"))
     return optax.chain(*parts)
 
 

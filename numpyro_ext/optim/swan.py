@@ -31,11 +31,19 @@ Half-precision leaves (bfloat16, float16) are normalised and whitened in float32
 back.  Non-finite gradients give non-finite updates, as in optax's own transforms (the
 update is jit-compiled, so it cannot raise); wrap with ``optax.apply_if_finite`` to skip
 such steps.
+
+Which parameters: SWAN's centring removes each row's mean (each column's, for a tall matrix), so a
+SWAN step never moves a parameter's row (column) sums: right for a network's weights, wrong for a
+guide's locations and scales. By default (``matrix_params=None``) the method takes every matrix but
+a guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get the
+AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/swan.rst).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +130,7 @@ def swan(
     b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
+    matrix_params: Any = None,
 ) -> optax.GradientTransformation:
     """SWAN (Ma et al. 2025, Algorithm 1) on matrix leaves, Adam(W) on the others.
 
@@ -132,9 +141,15 @@ def swan(
     :param b2: the Adam fallback's second-moment decay, in ``[0, 1)``.
     :param eps: Adam's epsilon, and the floor of GradNorm's row standard deviation (>= 0).
     :param weight_decay: decoupled weight decay on every leaf (>= 0).
+    :param matrix_params: which matrix leaves the method takes (the rest get AdamW): ``None`` (default)
+        every matrix leaf but a guide's locations and scales (names as ``W_auto_loc``, ``auto_scale``,
+        ``W_loc``: :func:`adapters.validation.is_guide_param_name`), ``"all"`` every matrix leaf, or a
+        callable ``name -> bool`` on the leaf's path name (``"W"``, ``"net$params/Dense_0/kernel"``).
     """
     check_learning_rate_if_number(learning_rate)
     check_betas("(b1, b2)", (b1, b2))
     weight_decay = check_non_negative("weight_decay", weight_decay)
     direction = scale_by_swan(ns_steps, eps, scale)
-    return matrix_method(direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+    return matrix_method(
+        direction, learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, matrix_params=matrix_params
+    )

@@ -41,7 +41,9 @@ Adam in that rotated basis (Eigen-Adam / one-sided SOAP).
 
 Rank: ``1 <= rank < min(m, n)`` for every matrix parameter; ``rank >= min(m, n)`` raises a
 ``ValueError`` naming ``rank`` unless ``clip_rank=True``, which uses ``min(rank, min(m, n))`` per
-parameter.  ``leading_basis`` (``l``) is clipped the same way.
+parameter.  ``leading_basis`` (``l``) is clipped the same way.  ``rank=None`` (the default) is
+``max(1, min(m, n) // 4)`` for each matrix: below ``min(m, n)`` for every matrix shape, so
+``Alice({"lr": 0.02})`` works on any model.
 
 State per matrix (``d × k`` view, effective rank ``r``): ``basis`` ``U`` (``d × r``), ``cov`` ``Q``
 (``r × r``, not with ``tracking=False``), ``exp_avg`` ``m`` and ``exp_avg_sq`` ``v`` (``r × k``
@@ -51,6 +53,12 @@ parameters are updated with float32 arithmetic, float32 state and float32 eigend
 The random choice of complement directions is a deterministic function of ``seed``, the
 parameter's position in the optimizer and the step, so a run resumed from ``state_dict`` is the
 uninterrupted run.  A non-finite gradient raises ``FloatingPointError`` naming the parameter.
+
+Which parameters: Alice's low-rank subspace is tuned for a network's weights, not for a guide's
+locations and scales. By default (``matrix_params=None``) the method takes every matrix but a
+guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get the
+AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/alice.rst).
 """
 
 from __future__ import annotations
@@ -61,8 +69,14 @@ from typing import Any
 
 import torch
 
-from adapters.configs import check_gamma, check_rank, effective_rank
-from adapters.validation import check_beta_pair, check_positive, check_positive_int
+from adapters.configs import check_gamma, check_rank
+from adapters.validation import (
+    check_beta_pair,
+    check_matrix_params,
+    check_positive,
+    check_positive_int,
+    resolve_rank,
+)
 from pyro_ext.optim.common import (
     MatrixMethodOptimizer,
     as_matrix,
@@ -181,7 +195,8 @@ class AliceOptimizer(MatrixMethodOptimizer):
 
     Args:
         params: parameters or parameter groups.
-        rank: subspace rank ``r`` (``1 <= r < min(m, n)`` for every matrix, unless ``clip_rank``).
+        rank: subspace rank ``r`` (``1 <= r < min(m, n)`` for every matrix, unless ``clip_rank``);
+            ``None`` (default) is ``max(1, min(m, n) // 4)`` for each matrix, valid for every shape.
         lr: learning rate ``λ`` (also the AdamW fallback's for 1-D parameters).
         betas: ``(β1, β2, β3)`` -- Adam's first and second moments (``β2`` also for the compensation's
             ``p``) and the tracking EMA of ``G G^T``.
@@ -197,6 +212,10 @@ class AliceOptimizer(MatrixMethodOptimizer):
         bias_correction: divide the EMAs by ``1 - β^t``.
         seed: seed of the complement directions' random choice.
         fallback_betas: AdamW ``(β1, β2)`` for 1-D and scalar parameters.
+        matrix_params: which matrix parameters the method takes (the rest get AdamW): ``None`` (default)
+            every matrix but a guide's locations and scales (:func:`adapters.validation.is_guide_param_name`
+            on the name from ``named_parameters()`` or Pyro's param store), ``"all"``, or a callable
+            ``name -> bool``.
 
     Defaults ``lr = 0.02``, ``betas = (0.9, 0.9, 0.999)``, ``alpha = 0.3``, ``alpha_c = 0.4``,
     ``update_interval = 200``, ``gamma = 1.01`` follow the paper's LLaMA runs.
@@ -207,7 +226,7 @@ class AliceOptimizer(MatrixMethodOptimizer):
     def __init__(
         self,
         params: Iterable[torch.Tensor] | Iterable[dict[str, Any]],
-        rank: int,
+        rank: int | None = None,
         lr: float = 0.02,
         betas: tuple[float, float, float] = (0.9, 0.9, 0.999),
         alpha: float = 0.3,
@@ -222,8 +241,12 @@ class AliceOptimizer(MatrixMethodOptimizer):
         bias_correction: bool = True,
         seed: int = 0,
         fallback_betas: tuple[float, float] = (0.9, 0.999),
+        matrix_params: Any = None,
     ) -> None:
-        rank, leading_basis = check_rank(rank, leading_basis)
+        if rank is not None:
+            rank, leading_basis = check_rank(rank, leading_basis)
+        elif leading_basis is not None:
+            leading_basis = check_positive_int("leading_basis", leading_basis)
         betas = check_betas("betas", betas)
         if len(betas) != 3:
             raise ValueError(f"betas must be a triple (beta1, beta2, beta3) of numbers in [0, 1), got {betas!r}")
@@ -243,6 +266,7 @@ class AliceOptimizer(MatrixMethodOptimizer):
             bias_correction=bool(bias_correction),
             seed=check_positive_int("seed", seed, allow_zero=True),
             fallback_betas=check_beta_pair("fallback_betas", fallback_betas),
+            matrix_params=check_matrix_params(matrix_params),
         )
         super().__init__(params, defaults)
         keep_state_dtypes(self)
@@ -250,10 +274,9 @@ class AliceOptimizer(MatrixMethodOptimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        rank, leading = check_rank(group["rank"], group["leading_basis"])
         for param in group["params"]:
             if is_matrix(param):
-                effective_rank(tuple(as_matrix(param).shape), rank, leading, group["clip_rank"])
+                resolve_rank(tuple(as_matrix(param).shape), group["rank"], group["leading_basis"], group["clip_rank"])
 
     def matrix_step(
         self, param: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any], position: int
@@ -263,7 +286,7 @@ class AliceOptimizer(MatrixMethodOptimizer):
         if transposed:
             g = g.T
         d, k = g.shape
-        r, lead = effective_rank((d, k), *check_rank(group["rank"], group["leading_basis"]), group["clip_rank"])
+        r, lead = resolve_rank((d, k), group["rank"], group["leading_basis"], group["clip_rank"])
         if not state:
             state["step"] = 0
             state["basis"] = g.new_zeros(d, r)

@@ -3,10 +3,15 @@
 * hyperparameter checks that name the argument (through :mod:`adapters.validation`);
 * :func:`as_matrix` — the 2-D view that matrix methods act on (a ≥2-D tensor of shape
   ``(m, *rest)`` is treated as an ``m × prod(rest)`` matrix, like Muon and SWAN do);
-* :func:`adam_fallback_` — the documented update for 1-D and scalar parameters: Adam(W)
-  with the optimizer's own ``lr``, ``betas``, ``eps`` and ``weight_decay``.  Pyro's
-  ``PyroOptim`` builds one optimizer per parameter, so every optimizer meets biases and
-  scales and must do something sensible with them;
+* :func:`adam_fallback_` — the documented update for 1-D and scalar parameters, and for the
+  matrices ``matrix_params`` leaves out: Adam(W) with the optimizer's own ``lr``, ``betas``,
+  ``eps`` and ``weight_decay``.  Pyro's ``PyroOptim`` builds one optimizer per parameter, so
+  every optimizer meets biases and guide parameters and must do something sensible with them;
+* :func:`takes_matrix` — whether a matrix method takes a parameter: a matrix, and
+  ``matrix_params`` (:func:`adapters.validation.takes_matrix_method`) says so for its name
+  (from ``named_parameters()`` or Pyro's param store, e.g. ``"AutoNormal.locs.W"``): by
+  default a guide's locations and scales are left to AdamW, since a matrix method's
+  direction cannot reach their optimum (SWAN's row centring never moves a row sum);
 * :func:`pyro_optim` — wraps a ``torch.optim.Optimizer`` class into a ``PyroOptim``
   factory in Pyro's own style (``pyro_ext.optim.SWAN({"lr": 1e-3})``, like
   ``pyro.optim.ClippedAdam``);
@@ -25,7 +30,14 @@ from typing import Any
 
 import torch
 
-from adapters.validation import check_betas, check_non_negative, check_positive
+from adapters.validation import (
+    check_betas,
+    check_matrix_params,
+    check_non_negative,
+    check_positive,
+    per_datum_loss_message,
+    takes_matrix_method,
+)
 
 __all__ = [
     "MatrixMethodOptimizer",
@@ -36,6 +48,7 @@ __all__ = [
     "check_betas",
     "check_finite_grad",
     "check_finite_grads",
+    "check_finite_step",
     "check_lr",
     "check_non_negative",
     "closure_loss",
@@ -46,6 +59,7 @@ __all__ = [
     "norm_floor",
     "params_with_grad",
     "pyro_optim",
+    "takes_matrix",
 ]
 
 
@@ -59,6 +73,12 @@ def check_finite_grad(name: str, grad: torch.Tensor) -> None:
         raise FloatingPointError(f"non-finite gradient for parameter {name}; lower the learning rate or check the loss")
 
 
+def check_finite_step(optimizer: torch.optim.Optimizer, what: str, tensor: torch.Tensor) -> None:
+    """A root-free optimizer's check: a non-finite gradient or step raises ``FloatingPointError``, saying why."""
+    if not bool(torch.isfinite(tensor).all()):
+        raise FloatingPointError(per_datum_loss_message(type(optimizer).__name__.removesuffix("Optimizer"), what))
+
+
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for float16/bfloat16 parameters (their moments, factors and work), their own dtype otherwise."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
@@ -67,6 +87,21 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
 def is_matrix(param: torch.Tensor) -> bool:
     """Matrix methods act on parameters with at least two non-trivial axes."""
     return param.dim() >= 2 and param.shape[0] > 1 and param[0].numel() > 1
+
+
+def param_name(group: dict[str, Any], index: int, param: torch.Tensor) -> str | None:
+    """The parameter's name from ``named_parameters()`` (``group["param_names"]``) or Pyro's param store; else None."""
+    names = group.get("param_names")
+    if names is not None:
+        return names[index]
+    import pyro
+
+    return pyro.get_param_store().param_name(param)
+
+
+def takes_matrix(group: dict[str, Any], index: int, param: torch.Tensor) -> bool:
+    """Whether the group's matrix method takes ``param``: a matrix that ``group["matrix_params"]`` selects."""
+    return is_matrix(param) and takes_matrix_method(param_name(group, index, param), group["matrix_params"])
 
 
 def as_matrix(tensor: torch.Tensor) -> torch.Tensor:
@@ -168,12 +203,44 @@ def keep_state_dtypes(optimizer: torch.optim.Optimizer) -> None:
     optimizer.register_load_state_dict_post_hook(post_hook)
 
 
-def pyro_optim(optimizer_class: type[torch.optim.Optimizer]) -> Callable[..., Any]:
-    """A ``PyroOptim`` factory for ``optimizer_class``, named and documented after it."""
+def check_constrained_values(method: str, params: Iterable[torch.Tensor]) -> None:
+    """After a root-free step: every parameter's constrained value (Pyro's param store) finite and in its support.
+
+    A summed loss makes these methods jump so far that a finite unconstrained value maps to an invalid
+    constrained one (a softplus scale of exactly 0), which would otherwise fail inside the model on the next
+    step; this stops at the step that did it, with :func:`adapters.validation.per_datum_loss_message`.
+    """
+    import pyro
+
+    store = pyro.get_param_store()
+    constraints = store.get_state()["constraints"]
+    for param in params:
+        name = store.param_name(param)
+        if name is None:
+            continue
+        value = store[name]
+        if not bool(torch.isfinite(value).all()) or not bool(constraints[name].check(value).all()):
+            what = f"after a step, the constrained value of {name!r}"
+            raise FloatingPointError(per_datum_loss_message(method, what, "is not finite or outside its support"))
+
+
+def pyro_optim(optimizer_class: type[torch.optim.Optimizer], check_constrained: bool = False) -> Callable[..., Any]:
+    """A ``PyroOptim`` factory for ``optimizer_class``, named and documented after it.
+
+    ``check_constrained`` (the root-free methods): after each step, :func:`check_constrained_values`.
+    """
     from pyro.optim import PyroOptim
 
+    method = optimizer_class.__name__.removesuffix("Optimizer")
+
+    class CheckedPyroOptim(PyroOptim):
+        def __call__(self, params: Iterable[torch.Tensor], *args: Any, **kwargs: Any) -> None:
+            params = list(params)
+            super().__call__(params, *args, **kwargs)
+            check_constrained_values(method, params)
+
     def factory(optim_args: dict[str, Any] | Callable[..., dict[str, Any]], clip_args: dict | None = None):
-        return PyroOptim(optimizer_class, optim_args, clip_args)
+        return (CheckedPyroOptim if check_constrained else PyroOptim)(optimizer_class, optim_args, clip_args)
 
     factory.__name__ = factory.__qualname__ = optimizer_class.__name__
     factory.__doc__ = (
@@ -205,8 +272,8 @@ class StatelessMatrixOptimizer(torch.optim.Optimizer, ABC):
 
     A subclass gives ``direction(grad, group)`` (the method's update direction for a matrix
     gradient) and ``validate_method(group)`` (its own hyperparameters); ``lr``, ``betas``,
-    ``eps`` and ``weight_decay`` are checked here.  Matrix parameters never get an entry in
-    ``self.state``, so ``state_dict()`` holds nothing for them.
+    ``eps``, ``weight_decay`` and ``matrix_params`` are checked here.  Matrix parameters the
+    method takes never get an entry in ``self.state``, so ``state_dict()`` holds nothing for them.
     """
 
     def __init__(self, params: Iterable[Any], defaults: dict[str, Any]) -> None:
@@ -231,14 +298,15 @@ class StatelessMatrixOptimizer(torch.optim.Optimizer, ABC):
             raise ValueError(f"betas must be a pair (beta1, beta2), got {group['betas']!r}")
         check_non_negative("eps", group["eps"])
         check_non_negative("weight_decay", group["weight_decay"])
+        check_matrix_params(group["matrix_params"])
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = closure_loss(closure)
         check_finite_grads(self)
-        for _, _, group, p in params_with_grad(self):
+        for _, index, group, p in params_with_grad(self):
             lr, wd = group["lr"], group["weight_decay"]
-            if is_matrix(p):
+            if takes_matrix(group, index, p):
                 descend_(p, self.direction(p.grad, group), lr, wd)
             else:
                 adam_fallback_(p, p.grad, self.state[p], lr=lr, betas=group["betas"], eps=group["eps"], weight_decay=wd)
@@ -250,7 +318,8 @@ class MatrixMethodOptimizer(torch.optim.Optimizer, ABC):
 
     ``step`` visits the parameters in order and checks each gradient (dense, finite: a
     ``ValueError`` / ``FloatingPointError`` naming ``method_name`` or the parameter) just before
-    updating it; a parameter that is not a matrix gets AdamW with the group's ``lr``,
+    updating it; a parameter the method does not take (not a matrix, or left out by
+    ``matrix_params``: :func:`takes_matrix`) gets AdamW with the group's ``lr``,
     ``fallback_betas``, ``eps`` and ``weight_decay``.  A subclass gives ``method_name`` and
     ``matrix_step``, and calls :func:`keep_state_dtypes` after ``super().__init__``.
     """
@@ -277,7 +346,7 @@ class MatrixMethodOptimizer(torch.optim.Optimizer, ABC):
                     raise ValueError(f"{self.method_name} does not support sparse gradients")
                 check_finite_grad(f"{group_index}.{index} (shape {tuple(param.shape)})", grad)
                 state = self.state[param]
-                if not is_matrix(param):
+                if not takes_matrix(group, index, param):
                     adam_fallback_(
                         param,
                         grad,

@@ -38,7 +38,11 @@ float16/bfloat16 parameters unless ``preconditioner_dtype`` says otherwise.  Los
 for root-free RMSProp, the step is not invariant to the scale of the loss; for Pyro's ELBO
 (a sum over ``N`` data points) use ``loss_scale=N`` and ``batch_size`` = the number of data
 points per step (``N`` full batch, ``subsample_size`` with subsampling).
-Non-finite gradients raise ``FloatingPointError`` naming the parameter.
+A non-finite gradient or step raises ``FloatingPointError`` (before the parameter changes) with the
+message of :func:`adapters.validation.per_datum_loss_message`: what to pass (``loss_scale``,
+``batch_size``) when the loss is a sum, the usual cause.  The ``PyroOptim`` wrappers also check, after
+each step, that every parameter's constrained value is finite and in its support (a summed loss can
+push a softplus scale to exactly 0, which would fail inside the model on the next step).
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from adapters.configs import kronecker_shape
 from adapters.validation import check_positive, check_positive_int, check_unit_interval
 from pyro_ext.optim.common import (
     apply_,
-    check_finite_grad,
+    check_finite_step,
     check_lr,
     check_non_negative,
     closure_loss,
@@ -204,7 +208,7 @@ class IFShampooOptimizer(torch.optim.Optimizer):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = closure_loss(closure)
         for gi, pi, group, p in params_with_grad(self):
-            check_finite_grad(f"{type(self).__name__} group {gi} parameter {pi}", p.grad)
+            check_finite_step(self, f"the gradient of {type(self).__name__} group {gi} parameter {pi}", p.grad)
             state = self.state[p]
             if not state:
                 self._init_state(group, p, state)
@@ -230,6 +234,7 @@ class IFShampooOptimizer(torch.optim.Optimizer):
         if group["kappa"]:
             direction.add_(p.to(buf.dtype), alpha=group["kappa"])
         buf.mul_(group["alpha1"]).add_(direction)
+        check_finite_step(self, f"the step at iteration {state['step']}", buf)
         apply_(p, buf, -group["lr"])
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -264,4 +269,4 @@ def _check_group(group: dict[str, Any]) -> None:
         raise ValueError(f"preconditioner_dtype must be None or a floating torch.dtype, got {dt!r}")
 
 
-IFShampoo = pyro_optim(IFShampooOptimizer)
+IFShampoo = pyro_optim(IFShampooOptimizer, check_constrained=True)

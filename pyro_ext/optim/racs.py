@@ -37,6 +37,12 @@ scalars.  A parameter with at least two non-trivial axes ``(m, *rest)`` is treat
 ``eps`` and ``weight_decay`` (:func:`pyro_ext.optim.common.adam_fallback_`).  float16/bfloat16
 parameters are updated with float32 arithmetic and float32 state.  A non-finite gradient raises
 ``FloatingPointError`` naming the parameter.
+
+Which parameters: RACS's ``alpha``-scaled, normalised step is tuned for a network's weights, not for
+a guide's locations and scales. By default (``matrix_params=None``) the method takes every matrix
+but a guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get
+the AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/racs.rst).
 """
 
 from __future__ import annotations
@@ -47,7 +53,13 @@ from typing import Any
 import torch
 
 from adapters.configs import check_gamma
-from adapters.validation import check_beta_pair, check_positive, check_positive_int, check_unit_interval
+from adapters.validation import (
+    check_beta_pair,
+    check_matrix_params,
+    check_positive,
+    check_positive_int,
+    check_unit_interval,
+)
 from pyro_ext.optim.common import (
     MatrixMethodOptimizer,
     as_matrix,
@@ -129,6 +141,10 @@ class RACSOptimizer(MatrixMethodOptimizer):
         num_iterations: fixed-point sweeps of Eq. 16 per step (warm-started).
         bias_correction: divide the EMAs by ``1 - β^t``.
         fallback_betas: AdamW ``(β1, β2)`` for 1-D and scalar parameters.
+        matrix_params: which matrix parameters the method takes (the rest get AdamW): ``None`` (default)
+            every matrix but a guide's locations and scales (:func:`adapters.validation.is_guide_param_name`
+            on the name from ``named_parameters()`` or Pyro's param store), ``"all"``, or a callable
+            ``name -> bool``.
 
     State per matrix parameter (``m × n`` view): ``q`` (``m``), ``s`` (``n``), ``phi`` (0-d) and
     ``step`` (int).  Defaults ``lr = 0.02``, ``alpha = 0.05``, ``beta = 0.9``, ``gamma = 1.01``
@@ -149,6 +165,7 @@ class RACSOptimizer(MatrixMethodOptimizer):
         num_iterations: int = 1,
         bias_correction: bool = True,
         fallback_betas: tuple[float, float] = (0.9, 0.999),
+        matrix_params: Any = None,
     ) -> None:
         defaults = dict(
             lr=check_lr(lr),
@@ -160,6 +177,7 @@ class RACSOptimizer(MatrixMethodOptimizer):
             num_iterations=check_positive_int("num_iterations", num_iterations),
             bias_correction=bool(bias_correction),
             fallback_betas=check_beta_pair("fallback_betas", fallback_betas),
+            matrix_params=check_matrix_params(matrix_params),
         )
         super().__init__(params, defaults)
         keep_state_dtypes(self)

@@ -23,7 +23,11 @@ Two arguments set this up:
 Elementwise methods: every parameter (matrices, vectors, scalars) gets the same update, so
 there is no 1-D fallback.  State per parameter: ``s`` (and the momentum), one tensor of the
 parameter's shape each; float16/bfloat16 parameters keep their state in float32.
-Non-finite gradients raise ``FloatingPointError`` naming the parameter.
+A non-finite gradient or step raises ``FloatingPointError`` (before the parameter changes) with the
+message of :func:`adapters.validation.per_datum_loss_message`: what to pass (``loss_scale``,
+``batch_size``) when the loss is a sum, the usual cause.  The ``PyroOptim`` wrappers also check, after
+each step, that every parameter's constrained value is finite and in its support (a summed loss can
+push a softplus scale to exactly 0, which would fail inside the model on the next step).
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from adapters.validation import check_positive, check_unit_interval
 from pyro_ext.optim.common import (
     apply_,
     check_betas,
-    check_finite_grad,
+    check_finite_step,
     check_lr,
     check_non_negative,
     closure_loss,
@@ -74,7 +78,7 @@ class _RootFreeBase(torch.optim.Optimizer, abc.ABC):
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
         loss = closure_loss(closure)
         for gi, pi, group, p in params_with_grad(self):
-            check_finite_grad(_param_name(self, gi, pi), p.grad)
+            check_finite_step(self, f"the gradient of {_param_name(self, gi, pi)}", p.grad)
             dt = compute_dtype(p.dtype)
             grad = p.grad.to(dt) / group["loss_scale"]
             state = self.state[p]
@@ -168,6 +172,7 @@ class RootFreeRMSPropOptimizer(_RootFreeBase):
             direction.add_(p.to(grad.dtype), alpha=kappa)
         buf = state["momentum_buffer"]
         buf.mul_(alpha1).add_(direction)
+        check_finite_step(self, f"the step at iteration {state['step']}", buf)
         apply_(p, buf, -lr)
 
 
@@ -236,7 +241,9 @@ class RootFreeAdamWOptimizer(_RootFreeBase):
         m.lerp_(grad, 1.0 - beta1)
         v.mul_(beta2).addcmul_(grad, grad, value=(1.0 - beta2) * batch)
         step_size = lr / (1.0 - beta1 ** state["step"]) if group["bias_correction"] else lr
-        apply_(p, m / (v + damping), -step_size, decay=1.0 - lr * wd)
+        direction = m / (v + damping)
+        check_finite_step(self, f"the step at iteration {state['step']}", direction)
+        apply_(p, direction, -step_size, decay=1.0 - lr * wd)
 
 
 def _check_common(group: dict[str, Any]) -> None:
@@ -264,5 +271,5 @@ def _check_adamw_group(group: dict[str, Any]) -> None:
         raise ValueError(f"bias_correction must be True or False, got {group['bias_correction']!r}")
 
 
-RootFreeRMSProp = pyro_optim(RootFreeRMSPropOptimizer)
-RootFreeAdamW = pyro_optim(RootFreeAdamWOptimizer)
+RootFreeRMSProp = pyro_optim(RootFreeRMSPropOptimizer, check_constrained=True)
+RootFreeAdamW = pyro_optim(RootFreeAdamWOptimizer, check_constrained=True)

@@ -28,6 +28,12 @@ State: none for matrix parameters (``state_dict()["state"]`` has no entry for th
 scalar parameters take the documented Adam(W) fallback
 (:func:`pyro_ext.optim.common.adam_fallback_`).  Non-finite gradients raise
 ``FloatingPointError`` naming the parameter, before any parameter of the step is changed.
+
+Which parameters: SinkGD's fixed-norm direction is tuned for a network's weights, not for a guide's
+locations and scales. By default (``matrix_params=None``) the method takes every matrix but a
+guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get the
+AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/sinkgd.rst).
 """
 
 from __future__ import annotations
@@ -75,6 +81,11 @@ class SinkGDOptimizer(StatelessMatrixOptimizer):
     :param betas: the Adam fallback's moment decay rates, each in ``[0, 1)``.
     :param eps: Adam's epsilon for the fallback, and the floor of the row and column norms (>= 0).
     :param weight_decay: decoupled weight decay on every parameter (>= 0).
+    :param matrix_params: which matrix parameters the method takes (the rest get AdamW): ``None``
+        (default) every matrix but a guide's locations and scales (names as ``AutoNormal.locs.W``,
+        ``W_loc``: :func:`adapters.validation.is_guide_param_name`; the name comes from
+        ``named_parameters()`` or Pyro's param store, and an unnamed parameter is taken), ``"all"``
+        every matrix, or a callable ``name -> bool``.
     """
 
     def __init__(
@@ -85,8 +96,10 @@ class SinkGDOptimizer(StatelessMatrixOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        matrix_params: Any = None,
     ) -> None:
         defaults = dict(lr=lr, sinkhorn_steps=sinkhorn_steps, betas=betas, eps=eps, weight_decay=weight_decay)
+        defaults.update(matrix_params=matrix_params)
         super().__init__(params, defaults)
 
     def direction(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:

@@ -43,6 +43,13 @@ scalar parameters take the documented Adam(W) fallback
 (:func:`pyro_ext.optim.common.adam_fallback_`, two moment buffers of the parameter's size).
 Non-finite gradients raise ``FloatingPointError`` naming the parameter, before any parameter
 of the step is changed.
+
+Which parameters: SWAN's centring removes each row's mean (each column's, for a tall matrix), so a
+SWAN step never moves a parameter's row (column) sums: right for a network's weights, wrong for a
+guide's locations and scales. By default (``matrix_params=None``) the method takes every matrix but
+a guide's locations and scales (by name: ``adapters.validation.is_guide_param_name``), which get the
+AdamW fallback; ``matrix_params="all"`` takes every matrix, a callable ``name -> bool`` picks by
+name (docs/optim/swan.rst).
 """
 
 from __future__ import annotations
@@ -123,6 +130,11 @@ class SWANOptimizer(StatelessMatrixOptimizer):
         deviation (>= 0).
     :param weight_decay: decoupled weight decay (``W <- W - lr * weight_decay * W``) on every
         parameter (>= 0).
+    :param matrix_params: which matrix parameters the method takes (the rest get AdamW): ``None``
+        (default) every matrix but a guide's locations and scales (names as ``AutoNormal.locs.W``,
+        ``W_loc``: :func:`adapters.validation.is_guide_param_name`; the name comes from
+        ``named_parameters()`` or Pyro's param store, and an unnamed parameter is taken), ``"all"``
+        every matrix, or a callable ``name -> bool``.
     """
 
     def __init__(
@@ -134,8 +146,10 @@ class SWANOptimizer(StatelessMatrixOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        matrix_params: Any = None,
     ) -> None:
         defaults = dict(lr=lr, ns_steps=ns_steps, scale=scale, betas=betas, eps=eps, weight_decay=weight_decay)
+        defaults.update(matrix_params=matrix_params)
         super().__init__(params, defaults)
 
     def direction(self, grad: torch.Tensor, group: dict[str, Any]) -> torch.Tensor:

@@ -230,7 +230,11 @@ def adam_bnn_loss():
 
 @pytest.mark.parametrize(
     "optim",
-    [racs(SCHEDULE, alpha=1.0), alice(SCHEDULE, rank=2, alpha=1.0, alpha_c=1.0, leading_basis=1, update_interval=10)],
+    [
+        # the guide's weight matrices opted in: by default guide locations and scales go to AdamW
+        racs(SCHEDULE, alpha=1.0, matrix_params="all"),
+        alice(SCHEDULE, rank=2, alpha=1.0, alpha_c=1.0, leading_basis=1, update_interval=10, matrix_params="all"),
+    ],
     ids=["racs", "alice"],
 )
 def test_numpyro_svi_bayesian_mlp_reaches_adams_elbo(optim, adam_bnn_loss):

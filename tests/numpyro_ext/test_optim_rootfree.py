@@ -26,7 +26,15 @@ import pytest
 from numpyro.infer import SVI, Trace_ELBO
 from numpyro.infer.autoguide import AutoNormal
 
-from numpyro_ext.optim import ifshampoo, rootfree_adam, rootfree_adamw, rootfree_rmsprop
+from numpyro_ext.optim import (
+    ifshampoo,
+    rootfree_adam,
+    rootfree_adamw,
+    rootfree_rmsprop,
+    scale_by_ifshampoo,
+    scale_by_rootfree_adam,
+    scale_by_rootfree_rmsprop,
+)
 
 SHAPES = {"W": (4, 6), "b": (4,), "t3": (3, 2, 5), "k": (3, 2, 2, 3), "s": (), "r": (1, 5)}
 
@@ -190,9 +198,23 @@ def test_bfloat16_leaves_keep_float32_state(name):
 
 
 @pytest.mark.parametrize("name", ["rmsprop", "adamw", "ifshampoo"])
-def test_apply_if_finite_skips_non_finite_gradients(name):
+def test_non_finite_update_raises_the_per_datum_message(name):
+    # the full optimizer stops with the torch optimizers' message (issue 20): what to pass when the loss is a sum
     fn, kwargs = TRANSFORMS[name]
-    tx = optax.apply_if_finite(fn(**kwargs), max_consecutive_errors=3)
+    tx = fn(**kwargs)
+    params = {"W": jnp.ones((3, 4))}
+    with pytest.raises(Exception, match="is not finite.*pass loss_scale=N"):
+        updates, _ = jax.jit(tx.update)({"W": jnp.full((3, 4), jnp.nan)}, tx.init(params), params)
+        jax.block_until_ready(updates)
+
+
+@pytest.mark.parametrize(
+    "transform",
+    [scale_by_rootfree_rmsprop(), scale_by_rootfree_adam(), scale_by_ifshampoo()],
+    ids=["rmsprop", "adam", "ifshampoo"],
+)
+def test_apply_if_finite_skips_non_finite_gradients(transform):
+    tx = optax.apply_if_finite(transform, max_consecutive_errors=3)
     params = {"W": jnp.ones((3, 4))}
     state = tx.init(params)
     updates, state = tx.update({"W": jnp.full((3, 4), jnp.nan)}, state, params)

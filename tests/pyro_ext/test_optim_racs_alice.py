@@ -460,8 +460,19 @@ def adam_bnn_loss():
 @pytest.mark.parametrize(
     "optimizer_class,optim_args",
     [
-        (RACSOptimizer, {"alpha": 1.0}),
-        (AliceOptimizer, {"alpha": 1.0, "alpha_c": 1.0, "rank": 2, "leading_basis": 1, "update_interval": 10}),
+        # the guide's weight matrices opted in: by default guide locations and scales go to AdamW
+        (RACSOptimizer, {"alpha": 1.0, "matrix_params": "all"}),
+        (
+            AliceOptimizer,
+            {
+                "alpha": 1.0,
+                "alpha_c": 1.0,
+                "rank": 2,
+                "leading_basis": 1,
+                "update_interval": 10,
+                "matrix_params": "all",
+            },
+        ),
     ],
     ids=["racs", "alice"],
 )
@@ -476,7 +487,10 @@ def test_pyro_svi_bayesian_mlp_reaches_adams_elbo(optimizer_class, optim_args, a
 
 @pytest.mark.parametrize(
     "factory,args",
-    [(RACS, {"lr": 0.02}), (Alice, {"lr": 0.02, "rank": 2, "leading_basis": 1, "update_interval": 2})],
+    [
+        (RACS, {"lr": 0.02, "matrix_params": "all"}),
+        (Alice, {"lr": 0.02, "rank": 2, "leading_basis": 1, "update_interval": 2, "matrix_params": "all"}),
+    ],
     ids=["racs", "alice"],
 )
 def test_pyro_optim_get_set_state_and_save_load(tmp_path, factory, args):

@@ -455,7 +455,7 @@ def test_non_finite_gradient_raises(name):
     p = torch.zeros(2, 3, requires_grad=True)
     opt = cls([p], **kwargs)
     p.grad = torch.tensor([[0.0, float("nan"), 1.0], [0.0, 0.0, 0.0]])
-    with pytest.raises(FloatingPointError, match="non-finite gradient for parameter"):
+    with pytest.raises(FloatingPointError, match="gradient of .* is not finite.*pass loss_scale=N"):
         opt.step()
     assert not opt.state[p]  # nothing was updated
 

@@ -365,7 +365,7 @@ def elbo_loss(guide, x, y, particles=100, seed=2):
 @pytest.mark.parametrize("factory", [SWAN, SinkGD])
 def test_pyro_optim_get_set_state_save_load(factory, tmp_path):
     x, y = regression_data(50)
-    optim = factory({"lr": 0.01})
+    optim = factory({"lr": 0.01, "matrix_params": "all"})  # the guide's matrices opted in
     _, svi, _ = fit(optim, 3, x, y)
     store = pyro.get_param_store()
     state = copy.deepcopy(optim.get_state())  # get_state holds the live moment buffers
@@ -380,7 +380,7 @@ def test_pyro_optim_get_set_state_save_load(factory, tmp_path):
 
     for restore in ("set_state", "load"):
         store.set_state(copy.deepcopy(saved_params))
-        optim2 = factory({"lr": 0.01})
+        optim2 = factory({"lr": 0.01, "matrix_params": "all"})
         if restore == "set_state":
             optim2.set_state(copy.deepcopy(state))
         else:
@@ -423,7 +423,8 @@ def adam_baseline():
 @pytest.mark.parametrize("factory", [SWAN, SinkGD])
 def test_svi_bayesian_mlp_matches_adam(factory, adam_baseline):
     x, y = regression_data()
-    guide, _, losses = fit(factory({"lr": SVI_LR}), SVI_STEPS, x, y)
+    # the guide's matrices opted in (by default guide locations and scales go to AdamW: test_optim_guides.py)
+    guide, _, losses = fit(factory({"lr": SVI_LR, "matrix_params": "all"}), SVI_STEPS, x, y)
     final = elbo_loss(guide, x, y)
     initial, adam_final = adam_baseline
     assert losses[0] == pytest.approx(initial, rel=1e-12)  # same start, same first draw
