@@ -64,9 +64,9 @@ def _test_database() -> PosteriorDB:
     env = os.environ.get(posteriordb.ENV_VAR)
     if env:
         try:
-            path, kind = posteriordb.find_database(env), f"${posteriordb.ENV_VAR}"
+            path, kind = posteriordb.find_database(), f"${posteriordb.ENV_VAR}"
         except FileNotFoundError as err:
-            raise pytest.UsageError(f"{posteriordb.ENV_VAR}={env} holds no posteriordb database: {err}") from None
+            raise pytest.UsageError(str(err)) from None
     elif SHARED_DB.is_dir():
         path, kind = SHARED_DB.resolve(), "the shared subset"
     else:
