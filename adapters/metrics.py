@@ -197,31 +197,14 @@ class ReferenceScore:
     @property
     def criteria(self) -> list[Criterion]:
         """Each criterion of the rule with its value, threshold and verdict (order of the printed verdict)."""
-        r = self.rule
-        return [
-            Criterion(
-                "max_z_mean",
-                self.max("z_mean"),
-                r.max_z_mean,
-                self.max("z_mean") < r.max_z_mean,
-                self.worst("z_mean").name,
-            ),
-            Criterion(
-                "max_log_sd",
-                self.max("log_sd"),
-                r.max_log_sd,
-                self.max("log_sd") < r.max_log_sd,
-                self.worst("log_sd").name,
-            ),
-            Criterion(
-                "max_quantile",
-                self.max_quantile,
-                r.max_quantile,
-                self.max_quantile < r.max_quantile,
-                self.worst("quantile").name,
-            ),
-            Criterion("min_ess", self.min_ess, r.min_ess, self.min_ess >= r.min_ess, self.min_ess_parameter),
-        ]
+        criteria = []
+        for name, metric in (("max_z_mean", "z_mean"), ("max_log_sd", "log_sd"), ("max_quantile", "quantile")):
+            worst = self.worst(metric)
+            value = max(worst.q05, worst.q95) if metric == "quantile" else getattr(worst, metric)
+            threshold = getattr(self.rule, name)
+            criteria.append(Criterion(name, value, threshold, value < threshold, worst.name))
+        ess_ok = self.min_ess >= self.rule.min_ess
+        return [*criteria, Criterion("min_ess", self.min_ess, self.rule.min_ess, ess_ok, self.min_ess_parameter)]
 
     @property
     def failed(self) -> list[Criterion]:
