@@ -268,7 +268,9 @@ class CriticFit(NamedTuple):
     """``params`` after training, ``losses`` ``(num_steps,)`` (the minimised loss) and ``bounds``
     ``(num_steps,)`` (the in-batch bound value of each step; for MINE-AIS the in-batch InfoNCE value).
 
-    For a dict of estimators each field is a dict with the same keys."""
+    For a dict of estimators each field is a dict with the same keys.  No ``to_arviz()``: this is
+    an optimisation trace, not draws or an estimate; the estimate comes from the estimator's
+    ``estimate``, an :class:`adapters.mi.BoundEstimate`, whose ``to_arviz()`` holds its terms."""
 
     params: Any
     losses: Any
