@@ -383,3 +383,16 @@ def test_ais_bad_types_are_refused_alike():
     )
     message = _same_error(lambda b: b["run_reverse"](ais(b), {"lam": np.array(["1"])}))
     assert message.startswith("posterior_samples['lam'] must be an array of draws")
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "message"),
+    [
+        ("infonce", ("abc",), "scores must be a tensor or an array of numbers, got str"),
+        ("infonce", ([["a", "b"], ["c", "d"]],), "scores must be a tensor or an array of numbers, got list"),
+        ("barber_agakov", ("x",), "log_q must be a tensor or an array of numbers, got str"),
+        ("giwae", (np.zeros(3), np.zeros(3), "abc"), "scores must be a tensor or an array of numbers, got str"),
+    ],
+)
+def test_critic_bounds_refuse_strings_alike(name, args, message):
+    assert _same_error(lambda b: getattr(b["mi_bounds"], name)(*args)) == message

@@ -49,17 +49,31 @@ def _concrete(value: Any) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
+def as_array(name: str, value: Any) -> Array:
+    """``value`` as a JAX array; a ``TypeError`` naming ``name`` when it holds no numbers (the
+    Pyro twin's message, :func:`pyro_ext.infer.mi_bounds.checks.as_tensor`), not JAX's own."""
+    if isinstance(value, jax.Array):
+        return value
+    try:
+        arr = np.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(value).__name__}") from err
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must be a tensor or an array of numbers, got {type(value).__name__}")
+    return jnp.asarray(arr)
+
+
 def check_finite(name: str, value: Any) -> Array:
     """``value`` as a JAX array; when concrete, a ``ValueError`` naming its non-finite entries
     (:func:`adapters.validation.check_finite_array`, the message both backends give)."""
-    arr = jnp.asarray(value)
+    arr = as_array(name, value)
     if _concrete(arr):
         check_finite_array(name, arr, _NON_FINITE_HINT)
     return arr
 
 
 def check_score_matrix(name: str, scores: Any, min_size: int = 1) -> Array:
-    scores = jnp.asarray(scores)
+    scores = as_array(name, scores)
     if scores.ndim not in (2, 3) or scores.shape[-1] != scores.shape[-2]:
         raise ValueError(
             f"{name} must be a square score matrix (K, K) with {name}[i, j] = T(x_i, z_j), or a batch (B, K, K) of "
@@ -71,7 +85,7 @@ def check_score_matrix(name: str, scores: Any, min_size: int = 1) -> Array:
 
 
 def check_joint(x: Any, z: Any) -> tuple[Array, Array]:
-    x, z = jnp.asarray(x), jnp.asarray(z)
+    x, z = as_array("x", x), as_array("z", z)
     if x.ndim != 2:
         raise ValueError(f"x must be a 2-D array (N, dx) of joint samples, got shape {x.shape}")
     if z.ndim != 2:
