@@ -155,6 +155,14 @@ def _distributions(fn: Any):
         fn = getattr(fn, "base_dist", None)
 
 
+def _has_support(fn: Any) -> bool:
+    try:
+        fn.support  # noqa: B018  (a user distribution may not declare one)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def _check_site(name: str, site: dict, algorithm: str) -> None:
     """NumPyro's ``Distribution.validate_args`` on one sample site, and the support of an observed value;
     a ``ValueError`` worded as :func:`adapters.validation.invalid_site_message` (the Pyro twin's words)."""
@@ -164,7 +172,11 @@ def _check_site(name: str, site: dict, algorithm: str) -> None:
     for fn in _distributions(site["fn"]):
         if type(fn).__name__ == "Unit":  # a factor: its log_factor may be -inf by design (a hard constraint)
             return
-        for param, constraint in fn.arg_constraints.items():
+        try:
+            arg_constraints = fn.arg_constraints
+        except NotImplementedError:  # a user distribution that declares none: nothing to check
+            arg_constraints = {}
+        for param, constraint in arg_constraints.items():
             if constraints.is_dependent(constraint):
                 continue
             if param not in fn.__dict__ and isinstance(getattr(type(fn), param, None), lazy_property):
@@ -173,7 +185,7 @@ def _check_site(name: str, site: dict, algorithm: str) -> None:
             if not valid.all():
                 problem = f"{type(fn).__name__} distribution got invalid {param} parameter"
                 raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.size))
-    if site["is_observed"]:
+    if site["is_observed"] and _has_support(site["fn"]):
         valid = np.asarray(site["fn"].support(site["value"]))
         if not valid.all():
             inner = list(_distributions(site["fn"]))[-1]  # Poisson, not the plate's ExpandedDistribution

@@ -277,6 +277,14 @@ def _distributions(fn: Any):
         fn = getattr(fn, "base_dist", None)
 
 
+def _has_support(fn: Any) -> bool:
+    try:
+        fn.support  # noqa: B018  (a user distribution may not declare one)
+    except NotImplementedError:
+        return False
+    return True
+
+
 def _check_site(name: str, site: dict, algorithm: str) -> None:
     """torch's ``Distribution`` argument validation on one sample site, and the support of an observed
     value; the error of :func:`numpyro_ext.infer.model_util.validate_model` word for word."""
@@ -286,17 +294,21 @@ def _check_site(name: str, site: dict, algorithm: str) -> None:
     for fn in _distributions(site["fn"]):
         if type(fn).__name__ == "Unit":  # a factor: its log_factor may be -inf by design (a hard constraint)
             return
-        for param, constraint in fn.arg_constraints.items():
+        try:
+            arg_constraints = fn.arg_constraints
+        except NotImplementedError:  # a user distribution that declares none: nothing to check
+            arg_constraints = {}
+        for param, constraint in arg_constraints.items():
             if constraints.is_dependent(constraint):
                 continue
             if param not in fn.__dict__ and isinstance(getattr(type(fn), param, None), lazy_property):
                 continue  # derived from another parameter (probs from logits): checked through that one
-            valid = constraint.check(torch.as_tensor(getattr(fn, param))).detach()
+            valid = torch.as_tensor(constraint.check(torch.as_tensor(getattr(fn, param)))).detach()
             if not bool(valid.all()):
                 problem = f"{type(fn).__name__} distribution got invalid {param} parameter"
                 raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.numel()))
-    if site["is_observed"]:
-        valid = site["fn"].support.check(site["value"]).detach()
+    if site["is_observed"] and _has_support(site["fn"]):
+        valid = torch.as_tensor(site["fn"].support.check(torch.as_tensor(site["value"]))).detach()
         if not bool(valid.all()):
             inner = list(_distributions(site["fn"]))[-1]  # Poisson, not the plate's ExpandedDistribution
             problem = f"observed value is outside the support of its {type(inner).__name__} distribution"
