@@ -127,8 +127,10 @@ def check_learning_rate(learning_rate: Any) -> optax.ScalarOrSchedule:
 
 
 def check_learning_rate_if_number(learning_rate: Any) -> None:
-    """A plain number (or ``None``) must be finite and > 0; schedules and arrays are the user's to check."""
-    if not callable(learning_rate) and (isinstance(learning_rate, numbers.Number) or learning_rate is None):
+    """Anything but a schedule or an array (a traced hyperparameter, e.g. under ``optax.inject_hyperparams``) must be a
+    finite number > 0: a string or ``None`` is a ``ValueError`` naming ``learning_rate``."""
+    traced = hasattr(learning_rate, "shape") and not isinstance(learning_rate, numbers.Number)
+    if not callable(learning_rate) and not traced:
         check_positive("learning_rate", learning_rate)
 
 

@@ -129,3 +129,11 @@ def test_ifshampoo_on_a_summed_elbo_stops_with_what_to_pass():
     svi = SVI(model, AutoNormal(model), ifshampoo(0.1), Trace_ELBO())
     with pytest.raises(Exception, match="IFShampoo: the update is not finite.*pass loss_scale=N"):
         jax.block_until_ready(svi.run(jax.random.PRNGKey(0), 50, x, y, progress_bar=False).params)
+
+
+@pytest.mark.parametrize("make", [swan, sinkgd])
+@pytest.mark.parametrize("value", ["0.1", None, -1.0])
+def test_learning_rate_that_is_not_a_number_names_the_argument(make, value):
+    # before: swan("0.1") and sinkgd("0.1") passed the check and failed later inside optax
+    with pytest.raises(ValueError, match="learning_rate must be a finite number > 0"):
+        make(value)
