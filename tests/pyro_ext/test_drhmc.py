@@ -407,6 +407,30 @@ def test_first_stage_integrates_exactly_the_trajectory_length():
     assert (stats_["num_steps"] == 3).all() and kernel.num_steps == 3
 
 
+@pytest.mark.slow  # ~2-4 min: issue 20's settings, 20000 warmup iterations of Pyro's loop, two seeds
+def test_dense_metric_adapts_like_numpyro_hmc():
+    """Warmup's inverse mass matrix is the covariance of NumPyro's dense-mass test target, as NumPyro's HMC finds it.
+
+    Every eigenvalue of the whitened estimate within 10% of 1: the Welford error over the last slow
+    window (~1.5%) plus the 3-5% NumPyro's own ``HMC(trajectory_length=2)`` ends low by (the NumPyro
+    twin's test says why); before the first stage integrated exactly T it ended 30-50% too large.
+    """
+    covariance = torch.tensor([[10.0, 0.8], [0.8, 0.1]], dtype=torch.float64)
+    precision = torch.linalg.inv(covariance)
+
+    def potential(params):
+        return 0.5 * params["x"] @ precision @ params["x"]
+
+    cholesky = np.linalg.cholesky(covariance.numpy())
+    for seed in (0, 1):
+        kernel = DRHMC(potential_fn=potential, trajectory_length=2.0, dense_mass=True, max_proposals=1)
+        run(kernel, warmup=20000, samples=1, seed=seed, initial_params={"x": torch.zeros(2, dtype=torch.float64)})
+        inverse_mass_matrix = kernel.inverse_mass_matrix[("x",)].numpy()
+        whitened = np.linalg.solve(cholesky, np.linalg.solve(cholesky, inverse_mass_matrix).T)
+        eigenvalues = np.linalg.eigvalsh(0.5 * (whitened + whitened.T))
+        assert np.all(np.abs(eigenvalues - 1) < 0.1), f"seed {seed}: whitened eigenvalues {eigenvalues}"
+
+
 def test_stage_schedule_keeps_the_trajectory_length():
     for c in (2.0, 3.0, 4.0, 2.5):
         for k in range(4):
