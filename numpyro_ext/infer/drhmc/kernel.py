@@ -128,10 +128,11 @@ class DRHMC(MCMCKernel):
             Neal 2011, "MCMC using Hamiltonian dynamics": a mixture of valid kernels), which
             breaks the periodicity of a fixed length.
 
-    Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``):
-    ``accept_prob`` (ArviZ ``acceptance_rate``), ``diverging``, ``stage``, ``num_steps``
-    (``n_steps``), ``num_grad_evals``, ``energy``, ``potential_energy`` (``lp``) and
-    ``adapt_state.step_size`` (``step_size``).
+    Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``, the same names from
+    ``az.from_numpyro`` and ``adapters.inference_data.from_mcmc``): ``accept_prob`` (ArviZ
+    ``acceptance_rate``), ``diverging``, ``stage``, ``num_steps`` (``n_steps``; ArviZ adds
+    ``tree_depth = floor(log2(n_steps)) + 1`` from it), ``num_grad_evals``, ``energy``,
+    ``potential_energy`` (``lp``, negated) and ``adapt_state.step_size`` (``step_size``).
     """
 
     sample_field = "z"

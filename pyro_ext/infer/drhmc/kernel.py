@@ -110,14 +110,14 @@ class DRHMC(MCMCKernel):
         potential_fn: instead of ``model``, a potential energy (negative log density) of a
             dict of unconstrained tensors; ``MCMC(..., initial_params=...)`` is then needed.
         step_size: first-stage step size ``eps`` (the start of adaptation when adapting).
-        trajectory_length: ``eps * L`` of every stage. With neither this nor ``num_steps``
+        trajectory_length: ``T``, the integration time of every stage. With neither this nor ``num_steps``
             given (and ``warmup_steps > 0``), warmup runs Pyro's NUTS and sets the trajectory
             length to ``trajectory_scale`` times the mean NUTS integration time
             ``eps * n_leapfrog`` over the warmup iterations from the start of the last slow
             adaptation window on (Pyro's schedule); DR-HMC transitions start after warmup.
-        num_steps: first-stage number of leapfrog steps ``L`` (fixed; overrides
-            ``trajectory_length``). Otherwise ``L = clip(ceil(trajectory_length / eps), 1,
-            2**max_tree_depth)``.
+        num_steps: first-stage number of leapfrog steps ``L`` of ``eps`` (fixed; overrides
+            ``trajectory_length``). Otherwise NumPyro's ``HMC`` rule: ``L = clip(ceil(T / eps), 1,
+            2**max_tree_depth)`` steps of ``T / L <= eps``, so the trajectory is exactly ``T`` long.
         max_proposals: number of stages ``K`` (1 is plain HMC; the cost grows like ``2^K``).
         reduction_factor: ``c > 1``, the step-size ratio between consecutive stages.
         probabilistic: probabilistic delayed rejection (Sec. 3.2): after stage ``k`` is
@@ -151,14 +151,18 @@ class DRHMC(MCMCKernel):
     * ``num_steps``: the chain's own leapfrog steps; ``num_grad_evals``: every gradient,
       ghost trajectories included (compare samplers by it);
     * ``energy``: Hamiltonian of the state moved to (NaN on NUTS warmup iterations, which
-      Pyro does not report); ``potential_energy``; ``step_size``: the first-stage step size
-      used; ``warmup``: whether the iteration was a warmup iteration.
+      Pyro does not report); ``potential_energy``; ``step_size``: the adapted first-stage step
+      size ``eps`` (the integrator's is ``T / L <= eps``); ``warmup``: whether the iteration was a
+      warmup iteration.
 
     ``kernel.diagnostics()`` (so ``mcmc.diagnostics()``) has Pyro's ``"divergences"`` and
     ``"acceptance rate"`` plus ``"sample_stats"``: the same arrays, which reach
     ``mcmc.diagnostics()["sample_stats"]["chain i"]`` for every chain, also when
     ``num_chains > 1`` runs chains in worker processes. ``adapters.inference_data.from_mcmc``
-    adds the sampling-phase statistics to ArviZ's ``sample_stats`` (one chain).
+    adds the sampling-phase statistics to ArviZ's ``sample_stats`` (one chain) under the names
+    ``az.from_numpyro`` gives the NumPyro kernel's: ``acceptance_rate``, ``diverging``, ``stage``,
+    ``n_steps``, ``tree_depth`` (ArviZ's ``floor(log2(n_steps)) + 1``), ``num_grad_evals``,
+    ``energy``, ``lp`` and ``step_size``.
     """
 
     def __init__(
