@@ -375,6 +375,8 @@ class DaskExecutor:
 # ---------------------------------------------------------------------------------------
 def parse_seeds(text: str) -> list[int]:
     """``"0-4"`` -> ``[0, 1, 2, 3, 4]``; ``"0,3,7"`` -> ``[0, 3, 7]``; mixtures too."""
+    if not isinstance(text, str):
+        raise TypeError(f"--seeds: expected text like '0-4' or '0,3,7', got {text!r} (build_tasks takes a list)")
     seeds: list[int] = []
     try:
         for part in text.split(","):
@@ -397,6 +399,9 @@ def select_posteriors(spec: str, path: str | None = None) -> list[str]:
     """``"all"``, a keyword (every posterior whose name contains it) or comma-separated names."""
     from adapters import posteriordb
 
+    if not isinstance(spec, str):
+        expected = "'all', a keyword or comma-separated names"
+        raise TypeError(f"--posteriors: expected text, {expected}, got {spec!r} (build_tasks takes a list)")
     available = posteriordb.list_posteriors(path)
     if spec == "all":
         return available

@@ -231,6 +231,10 @@ def test_unknown_names_list_the_valid_ones(tmp_path):
         sweep.get_algorithm("hmc").resolve({"num_step": 3})
     with pytest.raises(ValueError, match="--seeds"):
         sweep.parse_seeds("3-1")
+    with pytest.raises(TypeError, match=r"--seeds: expected text like '0-4' or '0,3,7', got \[0, 1\]"):
+        sweep.parse_seeds([0, 1])
+    with pytest.raises(TypeError, match=r"--posteriors: expected text, 'all', a keyword .*got \['arK-arK'\]"):
+        sweep.select_posteriors(["arK-arK"], str(EMBEDDED_PATH))
     store = str(tmp_path / "s.sqlite")
     with pytest.raises(SystemExit, match=r"--algorithms: unknown \['mala'\]; registered algorithms"):
         from benchmarks import sweep as sweep_cli
