@@ -1,5 +1,6 @@
 """The Sphinx documentation builds with warnings as errors, API pages included."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,9 @@ def test_docs_build_without_warnings(tmp_path):
     api = out / "api.html"
     assert api.is_file()
     assert "from_logdensity" in api.read_text(encoding="utf-8")
+    # the worked examples ran at build time: each page embeds the figures its ``.. plot::`` code made
+    for page in sorted((DOCS / "examples").glob("*.rst")):
+        if page.stem == "index":
+            continue
+        html = (out / "examples" / f"{page.stem}.html").read_text(encoding="utf-8")
+        assert re.search(r'<img [^>]*src="[^"]*\.png"', html), f"{page.name}: no figure in the built page"
