@@ -1,18 +1,24 @@
 """The two ``TwistedSMC`` twins refuse the same bad inputs with the same error type and message.
 
 Each case runs through ``numpyro_ext.infer.TwistedSMC`` and ``pyro_ext.infer.TwistedSMC`` on the
-same scalar state-space model; a case is skipped when a backend is not installed.  Also: a
-proposal whose latent site names match the model's is replayed BY NAME in both backends (its
-sites may come in another order), and both give the same ``log Z_hat`` for the optimal
-proposal of a model with two latent sites.
+same scalar state-space model; a case is skipped when a backend is not installed.  Data are
+checked at the door (time axis, the observed sites' shapes, numeric types) and both accept the
+same input types.  Both warn alike (``ReliabilityWarning``) when the weights degenerate, and
+convert a run to ArviZ alike.  Also: a proposal whose latent site names match the model's is
+replayed BY NAME in both backends (its sites may come in another order), and both give the
+same ``log Z_hat`` for the optimal proposal of a model with two latent sites.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
+
+from adapters import smc_reference as ref
+from adapters.diagnostics import ReliabilityWarning
 
 T = 3
 YS = np.array([0.3, -0.2, 0.5])
@@ -43,22 +49,38 @@ def _numpyro():
         def step(self, state, y):
             numpyro.sample("z", dist.Normal(state["x"], 1.0))
 
+    class Sharp(Model):
+        """Observations 100 times sharper than the prior predictive: the bootstrap weights degenerate."""
+
+        def step(self, state, y):
+            state["x"] = numpyro.sample("x", dist.Normal(state["x"], 1.0))
+            numpyro.sample("y", dist.Normal(state["x"], 0.01), obs=y)
+
+    class Impossible(Model):
+        def step(self, state, y):
+            state["x"] = numpyro.sample("x", dist.Normal(state["x"], 1.0))
+            numpyro.sample("y", dist.Uniform(10.0, 11.0), obs=y)
+
     def token_model(**kw):
         model = TokenModel(lambda tokens, position: jnp.log(jnp.full(2, 0.5)), lambda tokens: jnp.zeros(()), 2, T)
         return TwistedSMC(model, **kw) if kw else model
 
     return {
-        "make": lambda **kw: TwistedSMC(Model(), **kw),
-        "run": lambda smc, **kw: smc.run(jax.random.PRNGKey(0), jnp.asarray(YS), **kw),
+        "make": lambda model=None, **kw: TwistedSMC(model or Model(), **kw),
+        "run": lambda smc, *data, **kw: smc.run(jax.random.PRNGKey(0), *(data or (jnp.asarray(YS),)), **kw),
         "log_Z_samples": lambda smc, **kw: smc.log_Z_samples(jax.random.PRNGKey(0), jnp.asarray(YS), **kw),
-        "fit": lambda smc, **kw: smc.fit_twists(jax.random.PRNGKey(0), jnp.asarray(YS), num_steps=1, **kw),
-        "twist": lambda: QuadraticTwist("x", 1, T),
+        "fit": lambda smc, **kw: smc.fit_twists(jax.random.PRNGKey(0), jnp.asarray(YS), **{"num_steps": 1, **kw}),
+        "twist": lambda site="x", dim=1, steps=T: QuadraticTwist(site, dim, steps),
+        "two_per_particle": lambda t, state: jnp.zeros(2),
+        "sharp": Sharp,
+        "impossible": Impossible,
         "renamed": Renamed,
         "token_model": token_model,
         "token_log_Z_samples": lambda exact: TwistedSMC(token_model(), num_particles=4).log_Z_samples(
             jax.random.PRNGKey(0), num_runs=2, exact_samples=exact
         ),
         "array": jnp.asarray,
+        "native": jnp.asarray,
     }
 
 
@@ -86,6 +108,18 @@ def _pyro():
         def step(self, state, y):
             pyro.sample("z", dist.Normal(state["x"], 1.0))
 
+    class Sharp(Model):
+        """Observations 100 times sharper than the prior predictive: the bootstrap weights degenerate."""
+
+        def step(self, state, y):
+            state["x"] = pyro.sample("x", dist.Normal(state["x"], 1.0))
+            pyro.sample("y", dist.Normal(state["x"], 0.01), obs=y)
+
+    class Impossible(Model):
+        def step(self, state, y):
+            state["x"] = pyro.sample("x", dist.Normal(state["x"], 1.0))
+            pyro.sample("y", dist.Uniform(10.0, 11.0), obs=y)
+
     def token_model(**kw):
         model = TokenModel(
             lambda tokens, position: torch.full((tokens.shape[0], 2), 0.5).log(),
@@ -96,25 +130,29 @@ def _pyro():
         return TwistedSMC(model, **kw) if kw else model
 
     def seeded(fn):
-        def call(smc, **kw):
+        def call(smc, *data, **kw):
             pyro.set_rng_seed(0)
-            return fn(smc, **kw)
+            return fn(smc, *data, **kw)
 
         return call
 
     ys = torch.as_tensor(YS, dtype=torch.float32)
     return {
-        "make": lambda **kw: TwistedSMC(Model(), **kw),
-        "run": seeded(lambda smc, **kw: smc.run(ys, **kw)),
+        "make": lambda model=None, **kw: TwistedSMC(model or Model(), **kw),
+        "run": seeded(lambda smc, *data, **kw: smc.run(*(data or (ys,)), **kw)),
         "log_Z_samples": seeded(lambda smc, **kw: smc.log_Z_samples(ys, **kw)),
-        "fit": seeded(lambda smc, **kw: smc.fit_twists(ys, num_steps=1, **kw)),
-        "twist": lambda: QuadraticTwist("x", 1, T),
+        "fit": seeded(lambda smc, **kw: smc.fit_twists(ys, **{"num_steps": 1, **kw})),
+        "twist": lambda site="x", dim=1, steps=T: QuadraticTwist(site, dim, steps),
+        "two_per_particle": lambda t, state: torch.zeros(state["x"].shape[0], 2),
+        "sharp": Sharp,
+        "impossible": Impossible,
         "renamed": Renamed,
         "token_model": token_model,
         "token_log_Z_samples": lambda exact: TwistedSMC(token_model(), num_particles=4).log_Z_samples(
             num_runs=2, exact_samples=exact
         ),
         "array": lambda v: torch.as_tensor(np.asarray(v, dtype=np.float32)),
+        "native": torch.tensor,
     }
 
 
@@ -160,6 +198,40 @@ CASES = {
     "token exact_samples two sites": lambda b: b["token_log_Z_samples"](
         {"init": {}, "step": {"token": np.zeros((2, T), dtype=np.int32), "other": np.zeros((2, T), dtype=np.int32)}}
     ),
+    # data checked at the door: time axis, the observed site's shape, numeric types
+    "ys (T, 3) for a scalar site": lambda b: b["run"](b["make"](num_particles=4), np.zeros((20, 3))),
+    "ys scalar": lambda b: b["run"](b["make"](num_particles=4), np.float64(0.3)),
+    "ys string": lambda b: b["run"](b["make"](num_particles=4), "0.3 0.2"),
+    "ys ragged list": lambda b: b["run"](b["make"](num_particles=4), [0.3, [0.2, 0.1]]),
+    "ys object array": lambda b: b["run"](b["make"](num_particles=4), np.array([0.3, None])),
+    "ys empty time axis": lambda b: b["run"](b["make"](num_particles=4), np.zeros(0)),
+    "step_args uneven time axes": lambda b: b["run"](b["make"](num_particles=4), np.zeros(3), np.zeros(4)),
+    "init_args a string": lambda b: b["run"](b["make"](num_particles=4), init_args="ab"),
+    "init_args[0] a string": lambda b: b["run"](b["make"](num_particles=4), init_args=("a",)),
+    "exact_samples site a string": lambda b: b["log_Z_samples"](
+        b["make"](num_particles=4), num_runs=2, exact_samples={"init": {"x": "zeros"}, "step": {"x": np.zeros((4, T))}}
+    ),
+    "exact_samples wrong time axis": lambda b: b["log_Z_samples"](
+        b["make"](num_particles=4), num_runs=2, exact_samples=_paths(b, (4,), (4, T + 2))
+    ),
+    "exact_samples other site names": lambda b: b["log_Z_samples"](
+        b["make"](num_particles=4),
+        num_runs=2,
+        exact_samples={"init": {"x0": np.zeros(4)}, "step": {"x": np.zeros((4, T))}},
+    ),
+    # the other public arguments
+    "log_Z_samples ess_threshold str": lambda b: b["log_Z_samples"](b["make"](num_particles=4), ess_threshold="0.5"),
+    "log_Z_samples ess_threshold 2": lambda b: b["log_Z_samples"](b["make"](num_particles=4), ess_threshold=2.0),
+    "log_Z_samples num_particles 0": lambda b: b["log_Z_samples"](b["make"](num_particles=4), num_particles=0),
+    "log_Z_samples num_runs str": lambda b: b["log_Z_samples"](b["make"](num_particles=4), num_runs="8"),
+    "get_samples num_samples 0": lambda b: b["run"](b["make"](num_particles=4)).get_samples(0, num_samples=0),
+    "fit_twists num_steps 0": lambda b: b["fit"](b["make"](num_particles=4, twist=b["twist"]()), num_steps=0),
+    "fit_twists num_particles str": lambda b: b["fit"](b["make"](twist=b["twist"]()), num_particles="4"),
+    # twists of the wrong shape
+    "twist two values per particle": lambda b: b["run"](b["make"](num_particles=4, twist=b["two_per_particle"])),
+    "QuadraticTwist wrong dim": lambda b: b["fit"](b["make"](num_particles=4, twist=b["twist"](dim=2))),
+    "QuadraticTwist too few steps": lambda b: b["fit"](b["make"](num_particles=4, twist=b["twist"](steps=T - 1))),
+    "QuadraticTwist missing site": lambda b: b["fit"](b["make"](num_particles=4, twist=b["twist"](site="z"))),
 }
 
 
@@ -177,6 +249,40 @@ def test_both_backends_refuse_bad_input_alike(case):
     pyro_error = _error("pyro", case)
     assert numpyro_error == pyro_error
     assert issubclass(numpyro_error[0], ValueError | TypeError)
+
+
+def test_data_of_the_wrong_shape_is_refused_naming_the_argument():
+    """``ys`` of shape (20, 3) for a scalar observation: NumPyro returned log Z = -53.67 silently and Pyro
+    failed with the particle count in a broadcasting error; both now name the argument and the shapes."""
+    for backend in BACKENDS:
+        kind, message = _error(backend, "ys (T, 3) for a scalar site")
+        assert kind is ValueError
+        assert message == (
+            "step_args[0]: of shape (20, 3), it gives the observed site 'y' a value of shape (3,) per step, but the "
+            "site has shape () per particle; expected shape (20,) (a leading time axis of 20 steps, then the site's "
+            "shape)"
+        )
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_lists_numpy_and_backend_arrays_give_the_same_run(backend):
+    """A Python list, a NumPy array and the backend's array are the same data (same key, same run)."""
+    b = BACKENDS[backend]()
+    smc = b["make"](num_particles=8)
+    as_list = b["run"](smc, YS.tolist()).log_Z
+    as_numpy = b["run"](smc, YS).log_Z
+    as_backend = b["run"](smc, b["native"](YS.tolist())).log_Z  # the backend's default dtype (float64 in tests)
+    assert as_list == as_numpy == as_backend
+    assert math.isfinite(as_list)
+
+
+def test_rng_key_and_optimizer_are_checked():
+    pytest.importorskip("jax", reason="the numpyro extra is not installed")
+    b = BACKENDS["numpyro"]()
+    with pytest.raises(TypeError, match=r"rng_key: expected one JAX PRNG key .* got 'abc'"):
+        b["make"](num_particles=4).run("abc", YS)
+    with pytest.raises(TypeError, match=r"optimizer: expected an optax.GradientTransformation"):
+        b["fit"](b["make"](num_particles=4, twist=b["twist"]()), optimizer="adam")
 
 
 def test_proposal_site_name_mismatch_names_the_site():
@@ -274,3 +380,69 @@ def test_results_summarise_alike(backend, capsys):
     assert capsys.readouterr().out.splitlines()[0].startswith("log_Z")
     idata = result.to_arviz()
     assert idata.posterior["x"].shape[:2] == (1, 8) and idata.attrs["log_Z"] == result.log_Z
+
+
+# ---------------------------------------------------------------------------------------
+# Reliability warnings and ArviZ
+# ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_degenerate_weights_warn_with_the_count(backend):
+    """Bootstrap SMC with an observation noise of 0.01 against a prior predictive sd of ~1.4:
+    each step's weights sit on about one of the 16 particles."""
+    b = BACKENDS[backend]()
+    with pytest.warns(ReliabilityWarning) as record:
+        result = b["run"](b["make"](b["sharp"](), num_particles=16))
+    messages = [str(w.message) for w in record if issubclass(w.category, ReliabilityWarning)]
+    assert len(messages) == 1 and result.warnings == messages
+    assert messages[0].startswith(f"TwistedSMC: the weights at {T} of {T + 1} steps are degenerate: effective ")
+    assert "of 16 (below 9%)" in messages[0]
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_lost_particles_warn_in_run_and_log_Z_samples(backend):
+    b = BACKENDS[backend]()
+    smc = b["make"](b["impossible"](), num_particles=4)
+    with pytest.warns(ReliabilityWarning, match="every particle has zero weight") as record:
+        result = b["run"](smc)
+    assert result.log_Z == -math.inf and len(result.warnings) == 1
+    assert str(record[0].message) == result.warnings[0]
+    with pytest.warns(ReliabilityWarning, match=r"TwistedSMC: 3 of 3 runs lost every particle"):
+        b["log_Z_samples"](smc, num_runs=3)
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_a_healthy_run_does_not_warn(backend):
+    b = BACKENDS[backend]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReliabilityWarning)
+        result = b["run"](b["make"](num_particles=64))
+        b["log_Z_samples"](b["make"](num_particles=64), num_runs=4)
+    assert result.warnings == []
+
+
+@pytest.mark.parametrize("backend", sorted(BACKENDS))
+def test_to_arviz_draws_match_the_kalman_filter(backend):
+    """The model is the scalar LGSSM x_t = x_{t-1} + N(0, 1), y_t = x_t + N(0, 1): the resampled
+    draws of x_T have the Kalman filter's mean within 4 Monte Carlo standard errors (variance
+    P_T (1 / ESS + 1 / N): the weighted estimate, plus the resampling); each draw's ``particle``
+    and ``log_weight`` point at the particle it copies; the summary is in ``attrs``."""
+    b = BACKENDS[backend]()
+    num = 2000
+    result = b["run"](b["make"](num_particles=num))
+    idata = result.to_arviz()
+    kalman = ref.kalman_filter(ref.scalar_lgssm(a=1.0), YS[:, None])
+    mean, var = kalman.filter_means[-1, 0], kalman.filter_covs[-1, 0, 0]
+    draws = idata.posterior["x"].values
+    assert draws.shape == (1, num, T)
+    ess = result.summary()["final_ess"]
+    assert abs(draws[0, :, -1].mean() - mean) < 4 * math.sqrt(var * (1 / ess + 1 / num))
+    particle = idata.sample_stats["particle"].values[0]
+    log_weights = np.asarray(result.log_weights)
+    np.testing.assert_array_equal(idata.sample_stats["log_weight"].values[0], log_weights[particle])
+    np.testing.assert_array_equal(draws[0], np.asarray(result.get_samples()["step"]["x"])[particle])
+    assert idata.attrs["log_Z"] == result.log_Z and idata.attrs["final_ess"] == ess
+    assert idata.posterior["x_init"].shape == (1, num) and result.to_arviz(num_samples=7).posterior["x"].shape == (
+        1,
+        7,
+        T,
+    )

@@ -15,10 +15,12 @@ import jax
 import jax.numpy as jnp
 from numpyro import handlers
 
+from adapters.smc import check_observed_shape
 from numpyro_ext.infer.smc_util import effective_sample_size, log_mean_exp, resample, safe_logsumexp
 
 __all__ = [
     "FilterState",
+    "check_data",
     "Move",
     "SMCOutput",
     "StepSettings",
@@ -122,6 +124,38 @@ def move_particle(model_fn, proposal_fn, state, rng_key, args, clamp, names: lis
     names[:] = [k for k, _ in latents]
     log_weight = jnp.where(jnp.isnan(log_weight), -jnp.inf, log_weight)
     return Move(new_state, tuple(s["value"] for _, s in latents), log_weight)
+
+
+def _check_observed(trace: Mapping[str, dict], args: Sequence[Any], full: Sequence[Any], role: str) -> None:
+    """Each observed site whose value IS one of ``args`` (the data as passed, one step of it)
+    has the shape of the site (:func:`adapters.smc.check_observed_shape`)."""
+    for name, site in trace.items():
+        if site["type"] != "sample" or not site["is_observed"]:
+            continue
+        for i, arg in enumerate(args):
+            if arg is not None and site["value"] is arg:
+                shape = tuple(site["fn"].batch_shape) + tuple(site["fn"].event_shape)
+                check_observed_shape(f"{role}[{i}]", jnp.shape(full[i]), name, jnp.shape(arg), shape)
+
+
+def check_data(model: Any, step_args: Sequence[Any], init_args: Sequence[Any]) -> tuple[dict, dict]:
+    """Trace ``model.init`` and the model's first step, for one particle, on the data.
+
+    Every observed site fed directly by an argument must have the argument's shape (one
+    step's slice for ``step_args``): data that would silently broadcast (``ys`` of shape
+    ``(T, 3)`` for a scalar observation) are refused with the argument's name.  Returns the
+    latent site names ``{"init": [...], "step": [...]}`` and the particle's state after ``init``.
+    """
+    state: dict = {}
+    trace = handlers.trace(handlers.seed(model.init, rng_seed=0)).get_trace(state, *init_args)
+    _check_observed(trace, init_args, init_args, "init_args")
+    names = {"init": [k for k, _ in _latent_sites(trace)]}
+    init_state = dict(state)
+    first = tuple(None if a is None else a[0] for a in step_args)
+    trace = handlers.trace(handlers.seed(model.step, rng_seed=1)).get_trace(state, *first)
+    _check_observed(trace, first, step_args, "step_args")
+    names["step"] = [k for k, _ in _latent_sites(trace)]
+    return names, init_state
 
 
 # ---------------------------------------------------------------------------------------

@@ -7,8 +7,6 @@ summary/ArviZ conversion are backend-free (:mod:`adapters.smc`).
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,22 +14,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adapters.diagnostics import warn_unreliable
 from adapters.smc import (
     TWIST_METHODS,
     LogZBounds,
     TwistedSMCConfig,
+    check_ess_threshold,
+    check_init_args,
+    check_step_args,
     check_token_paths,
+    check_twist_steps,
     combine_bounds,
     exact_sample_paths,
     format_summary,
+    lost_runs_warning,
+    run_warnings,
     smc_inference_data,
     smc_summary,
+    twist_shape_error,
 )
 from adapters.validation import check_choice, check_positive_int
 from numpyro_ext.infer.smc_util import normalized_weights
-from numpyro_ext.infer.twisted_smc.core import SMCOutput, move_particle, paths, run_filter
+from numpyro_ext.infer.twisted_smc.core import SMCOutput, check_data, move_particle, paths, run_filter
 from numpyro_ext.infer.twisted_smc.learning import state_space_twist_loss, token_twist_loss
 from numpyro_ext.infer.twisted_smc.tokens import TokenModel, run_token_filter
+from numpyro_ext.infer.twisted_smc.twists import QuadraticTwist
 
 __all__ = ["SMCResult", "TwistedSMC"]
 
@@ -40,11 +47,14 @@ class SMCResult:
     """The result of :meth:`TwistedSMC.run`.
 
     ``log_Z``: ``log Z_hat`` (a float); ``log_weights``: final ``(N,)``; ``ess``: ``(T + 1,)``
-    after the init and every step; ``output``: the raw :class:`SMCOutput`.
+    after the init and every step; ``output``: the raw :class:`SMCOutput`; ``warnings``: the
+    :class:`~adapters.diagnostics.ReliabilityWarning` messages the run gave (weights degenerate
+    to about one particle at some steps, or every particle lost), empty for a healthy run.
     """
 
-    def __init__(self, output: SMCOutput, names: Mapping[str, list]):
+    def __init__(self, output: SMCOutput, names: Mapping[str, list], warnings: Sequence[str] = ()):
         self.output = output
+        self.warnings = list(warnings)
         self.names = {k: list(v) for k, v in names.items()}
         self.log_Z = float(output.log_Z)
         self.log_weights = output.log_weights
@@ -66,9 +76,13 @@ class SMCResult:
         }
         if rng_key is None:
             return samples
-        num = check_positive_int("num_samples", num_samples or self.log_weights.shape[0])
-        index = jax.random.categorical(rng_key, jnp.log(normalized_weights(self.log_weights)), shape=(num,))
+        index = self._draw(rng_key, num_samples)
         return jax.tree.map(lambda v: v[index], samples)
+
+    def _draw(self, rng_key: jax.Array, num_samples: int | None) -> jax.Array:
+        """``num_samples`` (default ``N``) particle indices drawn by weight."""
+        num = self.log_weights.shape[0] if num_samples is None else check_positive_int("num_samples", num_samples)
+        return jax.random.categorical(check_key(rng_key), jnp.log(normalized_weights(self.log_weights)), shape=(num,))
 
     def summary(self) -> dict[str, float]:
         """``log_Z``, the final and smallest ESS, and how many steps resampled (:func:`adapters.smc.smc_summary`)."""
@@ -78,17 +92,38 @@ class SMCResult:
         """Print :meth:`summary`, one line per entry."""
         print(format_summary(self.summary()))
 
-    def to_arviz(self, rng_key: jax.Array | None = None):
-        """``arviz.InferenceData``: resampled paths as one chain (``posterior``) and the filter's
-        final ``log_weight`` (``sample_stats``); ``attrs["log_Z"]``."""
-        samples = self.get_samples(jax.random.PRNGKey(0) if rng_key is None else rng_key)
-        numpy_samples = {g: {k: np.asarray(v) for k, v in group.items()} for g, group in samples.items()}
-        return smc_inference_data(numpy_samples, np.asarray(self.log_weights), self.log_Z)
+    def to_arviz(self, rng_key: jax.Array | None = None, num_samples: int | None = None):
+        """``arviz.InferenceData`` (:func:`adapters.smc.smc_inference_data`): ``num_samples`` (default
+        ``N``) paths resampled by weight (``rng_key``, default ``PRNGKey(0)``) as one chain of equally
+        weighted draws (``posterior``); per draw the ``particle`` it copies and that particle's
+        ``log_weight`` (``sample_stats``); :meth:`summary` (``log_Z``, ESS, ...) in ``attrs``."""
+        index = self._draw(jax.random.PRNGKey(0) if rng_key is None else rng_key, num_samples)
+        samples = jax.tree.map(lambda v: np.asarray(v[index]), self.get_samples())
+        return smc_inference_data(samples, np.asarray(index), np.asarray(self.log_weights), self.summary())
 
 
-def _exact_paths(samples: Mapping[str, Mapping[str, Any]], count: int | None) -> tuple[tuple, tuple]:
-    """``get_samples``-layout paths -> ``(init values, step values)`` per site in order (first ``count`` paths)."""
-    return exact_sample_paths(samples, count, jnp.asarray)
+def check_key(rng_key: Any) -> jax.Array:
+    """``rng_key`` if it is one JAX PRNG key (``jax.random.PRNGKey(seed)`` or ``jax.random.key(seed)``)."""
+    if isinstance(rng_key, jax.Array | np.ndarray):
+        typed = jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
+        if (typed and rng_key.shape == ()) or (rng_key.dtype == np.uint32 and rng_key.shape == (2,)):
+            return jnp.asarray(rng_key) if isinstance(rng_key, np.ndarray) else rng_key
+    shown = (
+        f"an array of shape {rng_key.shape} and dtype {rng_key.dtype}" if hasattr(rng_key, "dtype") else repr(rng_key)
+    )
+    raise TypeError(
+        f"rng_key: expected one JAX PRNG key (jax.random.PRNGKey(seed) or jax.random.key(seed)), got {shown}"
+    )
+
+
+def _as_array(value: Any) -> jax.Array:
+    return jnp.asarray(value)
+
+
+def _exact_paths(samples: Mapping[str, Mapping[str, Any]], count: int | None, **checks: Any) -> tuple[tuple, tuple]:
+    """``get_samples``-layout paths -> ``(init values, step values)`` per site in order (first ``count`` paths);
+    ``checks``: the model's ``num_steps`` and site ``names`` (:func:`adapters.smc.exact_sample_paths`)."""
+    return exact_sample_paths(samples, count, _as_array, jax.Array, **checks)
 
 
 class TwistedSMC:
@@ -127,15 +162,18 @@ class TwistedSMC:
         self.learnable = twist is not None and callable(getattr(twist, "init", None))
         self.twist_params = twist_params
         self._compiled: dict = {}
+        self._checked: dict = {}
 
     # ---- running ----------------------------------------------------------------------
-    def _filter(self, num_particles: int, ess_threshold: float, clamped: bool):
-        """A jitted ``(key, step_args, init_args, params, clamp) -> SMCOutput`` (cached per shape)."""
-        cache_key = (num_particles, ess_threshold, clamped)
+    def _filter(self, num_particles: int, clamped: bool):
+        """A jitted ``(key, step_args, init_args, params, clamp, ess_threshold) -> SMCOutput``, and its
+        vmap over keys and clamped paths (cached per particle count and clamping; the threshold is
+        traced, so SIS and SMC share one compilation)."""
+        cache_key = (num_particles, clamped)
         if cache_key not in self._compiled:
             names: dict = {}
 
-            def fn(key, step_args, init_args, params, clamp):
+            def fn(key, step_args, init_args, params, clamp, ess_threshold):
                 common = dict(
                     proposal=self.proposal,
                     twist=self.twist,
@@ -149,7 +187,11 @@ class TwistedSMC:
                     return run_token_filter(key, self.model, num_particles, **common)
                 return run_filter(key, self.model, step_args, num_particles, init_args=init_args, names=names, **common)
 
-            self._compiled[cache_key] = (jax.jit(fn), jax.jit(jax.vmap(fn, in_axes=(0, None, None, None, 0))), names)
+            self._compiled[cache_key] = (
+                jax.jit(fn),
+                jax.jit(jax.vmap(fn, in_axes=(0, None, None, None, 0, None))),
+                names,
+            )
         return self._compiled[cache_key]
 
     def _params(self):
@@ -157,19 +199,53 @@ class TwistedSMC:
             raise ValueError("twist: a learnable twist needs parameters: call fit_twists() or set twist_params")
         return self.twist_params if self.learnable else None
 
+    def _data(self, step_args: tuple, init_args: Any, params: Any = None) -> tuple[tuple, tuple, dict]:
+        """The data checked at the door: ``(step_args, init_args, latent site names)``.
+
+        Arrays, numbers and lists become JAX arrays (strings and the like are refused, naming
+        the argument); step arguments share one leading time axis; the model's init and first
+        step are traced once per data shape, so observed sites fed by the data have its shape
+        (:func:`core.check_data`), and the twist gives one ``log psi`` per particle.
+        """
+        init_args = check_init_args(init_args, _as_array, jax.Array)
+        if self.tokens:
+            if step_args or init_args:
+                raise ValueError(
+                    "step_args: a TokenModel takes no step or init arguments (its length is TokenModel.length), got "
+                    f"{len(step_args)} step and {len(init_args)} init argument(s)"
+                )
+            return (), (), {"init": [], "step": ["token"]}
+        step_args, T = check_step_args(step_args, _as_array, jax.Array)
+        if T is None:
+            raise ValueError("step_args: expected at least one array with a leading time axis (one entry per step)")
+        signature = tuple(None if a is None else (a.shape, str(a.dtype)) for a in step_args + init_args)
+        if signature not in self._checked:
+            self._checked[signature] = check_data(self.model, step_args, init_args)
+        names, state = self._checked[signature]
+        if isinstance(self.twist, QuadraticTwist):
+            check_twist_steps(self.twist.num_steps, T)
+        if self.twist is not None:
+            t = jnp.array(0)
+            value = self.twist(params, t, state) if self.learnable else self.twist(t, state)
+            if jnp.shape(value) != ():
+                raise twist_shape_error(jnp.shape(value))
+        return step_args, init_args, names
+
     def run(self, rng_key: jax.Array, *step_args: Any, init_args: Sequence[Any] = ()) -> SMCResult:
-        """Run the filter over the steps of ``step_args`` (each with a leading time axis)."""
-        single, _, names = self._filter(self.num_particles, self.ess_threshold, False)
-        output = single(rng_key, tuple(step_args), tuple(init_args), self._params(), None)
-        result = SMCResult(output, names)
-        if not math.isfinite(result.log_Z):
-            warnings.warn(
-                "TwistedSMC: every particle has zero weight (log Z_hat = -inf); the model's log densities are "
-                "-inf or NaN for all proposals at some step",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return result
+        """Run the filter over the steps of ``step_args`` (each with a leading time axis).
+
+        Step arguments (and ``init_args``) may be numbers, lists, NumPy or JAX arrays; they are
+        checked against the model first (see :meth:`_data`).  A run whose weights degenerate
+        warns with :class:`~adapters.diagnostics.ReliabilityWarning` and keeps the messages in
+        :attr:`SMCResult.warnings`.
+        """
+        params = self._params()
+        step_args, init_args, _ = self._data(step_args, init_args, params)
+        single, _, names = self._filter(self.num_particles, False)
+        output = single(check_key(rng_key), step_args, init_args, params, None, self.ess_threshold)
+        log_Z = float(output.log_Z)
+        messages = warn_unreliable(*run_warnings("TwistedSMC", log_Z, output.ess, self.num_particles), stacklevel=3)
+        return SMCResult(output, names, messages)
 
     def log_Z_samples(
         self,
@@ -182,18 +258,30 @@ class TwistedSMC:
         init_args: Sequence[Any] = (),
     ) -> jax.Array:
         """``log Z_hat`` of ``num_runs`` independent runs (vectorised); with ``exact_samples``
-        (``get_samples`` layout, leading axis >= ``num_runs``) run ``r`` clamps particle 0 to sample ``r``."""
-        num_particles = check_positive_int("num_particles", num_particles or self.num_particles)
-        threshold = self.ess_threshold if ess_threshold is None else float(ess_threshold)
+        (``get_samples`` layout, leading axis >= ``num_runs``) run ``r`` clamps particle 0 to sample ``r``.
+
+        ``ess_threshold`` (default the constructor's) may be 0 here: never resample (SIS/IWAE).
+        Runs that lose every particle (``-inf``) warn with
+        :class:`~adapters.diagnostics.ReliabilityWarning`.
+        """
+        rng_key = check_key(rng_key)
+        num_runs = check_positive_int("num_runs", num_runs)
+        num_particles = (
+            self.num_particles if num_particles is None else check_positive_int("num_particles", num_particles)
+        )
+        threshold = self.ess_threshold if ess_threshold is None else check_ess_threshold(ess_threshold, allow_zero=True)
+        params = self._params()
+        step_args, init_args, names = self._data(step_args, init_args, params)
         if exact_samples is None:
             clamp = None
         elif self.tokens:
             clamp = ((), (self._token_paths(exact_samples, num_runs),))
         else:
-            clamp = _exact_paths(exact_samples, num_runs)
-        _, batched, _ = self._filter(num_particles, threshold, clamp is not None)
-        keys = jax.random.split(rng_key, check_positive_int("num_runs", num_runs))
-        return batched(keys, tuple(step_args), tuple(init_args), self._params(), clamp).log_Z
+            clamp = _exact_paths(exact_samples, num_runs, num_steps=_num_steps(step_args), names=names)
+        _, batched, _ = self._filter(num_particles, clamp is not None)
+        log_Z = batched(jax.random.split(rng_key, num_runs), step_args, init_args, params, clamp, threshold).log_Z
+        warn_unreliable(lost_runs_warning("TwistedSMC", log_Z), stacklevel=3)
+        return log_Z
 
     def log_Z_bounds(
         self,
@@ -209,7 +297,7 @@ class TwistedSMC:
         The upper bounds and the KL intervals need ``exact_samples`` from the target
         (``get_samples`` layout, leading axis ``>= num_runs``); without them they are NaN.
         """
-        keys = jax.random.split(rng_key, 6)
+        keys = jax.random.split(check_key(rng_key), 6)
         common = dict(num_runs=num_runs, num_particles=num_particles, init_args=init_args)
         never = 0.0  # SIS/IWAE: no resampling
         sis = self.log_Z_samples(keys[0], *step_args, ess_threshold=never, **common)
@@ -252,17 +340,24 @@ class TwistedSMC:
         if not self.learnable:
             raise TypeError("twist: fit_twists needs a learnable twist (an object with init(rng_key) and __call__)")
         optimizer = optax.adam(1e-2) if optimizer is None else optimizer
-        num_particles = check_positive_int("num_particles", num_particles or self.num_particles)
-        init_key, rng_key = jax.random.split(rng_key)
+        if not (callable(getattr(optimizer, "init", None)) and callable(getattr(optimizer, "update", None))):
+            raise TypeError(
+                f"optimizer: expected an optax.GradientTransformation (e.g. optax.adam(1e-2)), got {optimizer!r}"
+            )
+        num_steps = check_positive_int("num_steps", num_steps)
+        num_particles = (
+            self.num_particles if num_particles is None else check_positive_int("num_particles", num_particles)
+        )
+        init_key, rng_key = jax.random.split(check_key(rng_key))
         params = self.twist.init(init_key) if self.twist_params is None else self.twist_params
+        step_args, init_args, names = self._data(step_args, init_args, params)
         opt_state = optimizer.init(params)
-        step_args, init_args = tuple(step_args), tuple(init_args)
-        single, _, names = self._filter(num_particles, self.ess_threshold, False)
+        single, _, _ = self._filter(num_particles, False)
         positives = None
         if exact_samples is not None and self.tokens:
             positives = jnp.asarray(self._token_paths(exact_samples), dtype=jnp.int32)
         elif exact_samples is not None:
-            positives = self._replay_states(exact_samples, step_args, init_args)
+            positives = self._replay_states(exact_samples, step_args, init_args, names)
 
         def loss_fn(params, output, positive_states, positive_weights):
             if self.tokens:
@@ -273,7 +368,7 @@ class TwistedSMC:
 
         @jax.jit
         def update(params, opt_state, key):
-            output = jax.lax.stop_gradient(single(key, step_args, init_args, params, None))
+            output = jax.lax.stop_gradient(single(key, step_args, init_args, params, None, self.ess_threshold))
             if positives is None and self.tokens:
                 states = output.states["tokens"][-1]
                 weights = normalized_weights(output.log_weights)[None, :]
@@ -288,7 +383,7 @@ class TwistedSMC:
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, loss
 
-        losses = np.empty(check_positive_int("num_steps", num_steps))
+        losses = np.empty(num_steps)
         for i in trange(num_steps, disable=not progress_bar, desc=f"fit_twists ({method})"):
             rng_key, key = jax.random.split(rng_key)
             params, opt_state, loss = update(params, opt_state, key)
@@ -296,9 +391,9 @@ class TwistedSMC:
         self.twist_params = params
         return params, losses
 
-    def _replay_states(self, samples, step_args, init_args):
+    def _replay_states(self, samples, step_args, init_args, names):
         """States ``(M, T + 1, ...)`` along given paths: the model run on the paths' latent values."""
-        init_latents, step_latents = _exact_paths(samples, None)
+        init_latents, step_latents = _exact_paths(samples, None, num_steps=_num_steps(step_args), names=names)
 
         def one(init_values, step_values, key):
             keys = jax.random.split(key, 2)
@@ -322,3 +417,8 @@ class TwistedSMC:
         tokens = steps[0] if len(steps) == 1 else jnp.zeros((0, 0), dtype=jnp.int32)
         check_token_paths(np.asarray(tokens), len(init), len(steps), self.model.length, self.model.vocab_size)
         return tokens
+
+
+def _num_steps(step_args: tuple) -> int:
+    """``T``, the leading axis of the (checked) step arguments."""
+    return next(a.shape[0] for a in step_args if a is not None)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from adapters.smc import per_particle_shape_error
 from adapters.validation import check_positive_int
 from numpyro_ext.infer.smc_util import effective_sample_size
 from numpyro_ext.infer.twisted_smc.core import FilterState, SMCOutput, StepSettings, resample_step, update_log_Z
@@ -53,6 +54,8 @@ def _log_psi_next(model: TokenModel, twist: Callable | None, twist_params: Any, 
         if twist is None:
             return jnp.zeros(V)
         value = twist(tokens, position) if twist_params is None else twist(twist_params, tokens, position)
+        if jnp.shape(value) != (V,):
+            raise per_particle_shape_error("twist", (V,), jnp.shape(value))
         return jnp.where(jnp.isnan(value), -jnp.inf, value)
 
     def log_phi_next(tokens, position):
@@ -92,6 +95,8 @@ def token_step(
     index, log_w, do_resample = resample_step(resample_key, carry.log_weights, ess_threshold, resampling, clamped)
     tokens, log_psi = carry.particles[index], carry.log_twists[index]
     log_p0 = jax.vmap(model.next_token_log_probs, in_axes=(0, None))(tokens, position)
+    if log_p0.shape != (tokens.shape[0], V):
+        raise per_particle_shape_error("next_token_log_probs", (V,), log_p0.shape[1:])
     log_p0 = jnp.where(jnp.isnan(log_p0), -jnp.inf, log_p0)
     log_psi_next = _log_psi_next(model, twist, twist_params, tokens, position)
     log_target = log_p0 + log_psi_next  # (N, V): pi_{t+1}(s, v) / pi-normaliser, up to psi_t(s)

@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from adapters.smc import check_twist_state
 from adapters.validation import check_positive_int
 
 __all__ = ["QuadraticTwist", "TabularTwist"]
@@ -55,7 +56,14 @@ class QuadraticTwist:
         return {"L": jnp.linalg.cholesky(J + jitter * eye), "h": jnp.asarray(h), "c": c}
 
     def __call__(self, params: Mapping[str, jax.Array], t: jax.Array, state: Mapping[str, jax.Array]) -> jax.Array:
-        x = jnp.reshape(state[self.site], (self.dim,))
+        value = state.get(self.site)
+        check_twist_state(self.site, self.dim, state.keys(), None if value is None else jnp.shape(value))
+        expected = {"L": (self.num_steps, self.dim, self.dim), "h": (self.num_steps, self.dim), "c": (self.num_steps,)}
+        for name, shape in expected.items():
+            if name not in params or jnp.shape(params[name]) != shape:
+                got = jnp.shape(params[name]) if name in params else "missing"
+                raise ValueError(f"twist_params: {name!r} must have shape {shape} (T, d as the twist's), got {got}")
+        x = jnp.reshape(value, (self.dim,))
         index = jnp.clip(t, 0, self.num_steps - 1)
         L = jnp.tril(params["L"][index])
         return -0.5 * jnp.sum(jnp.square(L.T @ x)) + params["h"][index] @ x + params["c"][index]

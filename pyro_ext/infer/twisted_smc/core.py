@@ -20,6 +20,7 @@ import torch
 from pyro.poutine.messenger import Messenger
 from pyro.poutine.util import prune_subsample_sites, site_is_subsample
 
+from adapters.smc import check_observed_shape, twist_shape_error
 from adapters.validation import check_positive_int
 from pyro_ext.infer.smc_util import effective_sample_size, resample, safe_logsumexp
 
@@ -27,6 +28,7 @@ __all__ = [
     "FilterOptions",
     "Move",
     "SMCOutput",
+    "check_data",
     "filter_runs",
     "genealogy",
     "move_particles",
@@ -174,6 +176,47 @@ def move_particles(model_fn, proposal_fn, state, args, clamp, num_groups, num_pa
     return Move(new_state, [k for k, _ in latents], values, log_weight)
 
 
+def _check_observed(trace, args: Sequence[Any], full: Sequence[Any], role: str, max_plate_nesting: int) -> None:
+    """Each observed site whose value IS one of ``args`` (the data as passed, one step of it) has
+    the shape of the site for one particle (:func:`adapters.smc.check_observed_shape`)."""
+    for name, site in trace.nodes.items():
+        if site["type"] != "sample" or not site["is_observed"] or site_is_subsample(site):
+            continue
+        for i, arg in enumerate(args):
+            if arg is not None and site["value"] is arg:
+                batch = tuple(site["fn"].batch_shape)
+                axis = len(batch) - 1 - max_plate_nesting  # the particle plate's dim, dropped
+                per_particle = (batch[:axis] + batch[axis + 1 :] if axis >= 0 else batch) + tuple(
+                    site["fn"].event_shape
+                )
+                check_observed_shape(f"{role}[{i}]", tuple(full[i].shape), name, tuple(arg.shape), per_particle)
+
+
+def check_data(model: Any, step_args: Sequence[Any], init_args: Sequence[Any], max_plate_nesting: int) -> dict:
+    """Trace ``model.init`` and the model's first step, in a particle plate of one, on the data.
+
+    Every observed site fed directly by an argument must have the argument's shape (one
+    step's slice for ``step_args``): data that would silently broadcast (``ys`` of shape
+    ``(T, 3)`` for a scalar observation) are refused with the argument's name.  Returns the
+    latent site names ``{"init": [...], "step": [...]}``.  Torch's global generator is left as it was.
+    """
+    plate = pyro.plate("particles", 1, dim=-1 - max_plate_nesting)
+    state: dict = {}
+    with torch.random.fork_rng(devices=[]), pyro.validation_enabled(False), poutine.block(), torch.no_grad():
+        with plate:
+            trace = poutine.trace(model.init).get_trace(state, *init_args)
+        _check_observed(trace, init_args, init_args, "init_args", max_plate_nesting)
+        trace = prune_subsample_sites(trace)
+        names = {"init": [k for k, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]}
+        first = tuple(None if a is None else a[0] for a in step_args)
+        with plate:
+            trace = poutine.trace(model.step).get_trace(state, *first)
+        _check_observed(trace, first, step_args, "step_args", max_plate_nesting)
+        trace = prune_subsample_sites(trace)
+        names["step"] = [k for k, s in trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+    return names
+
+
 # ---------------------------------------------------------------------------------------
 # The filter: the resampling and normaliser updates every filter shares, the runs, run_filter
 # ---------------------------------------------------------------------------------------
@@ -290,6 +333,8 @@ def _time_length(step_args: Sequence[Any], num_steps: int | None) -> int:
 
 def _twist_values(twist, t: int, state: dict, total: int) -> torch.Tensor:
     value = torch.as_tensor(twist(t, state))
+    if value.dim() >= 1 and value.shape[0] == total and value.numel() != total:
+        raise twist_shape_error(tuple(value.shape[1:]))
     if value.numel() != total:
         raise ValueError(f"twist: expected log psi_t of shape ({total},) (one per particle), got {tuple(value.shape)}")
     value = value.reshape(total)

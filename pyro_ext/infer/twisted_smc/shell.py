@@ -7,29 +7,35 @@ summary/ArviZ conversion are backend-free (:mod:`adapters.smc`).
 
 from __future__ import annotations
 
-import math
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from adapters.diagnostics import warn_unreliable
 from adapters.smc import (
     TWIST_METHODS,
     LogZBounds,
     TwistedSMCConfig,
+    check_ess_threshold,
+    check_init_args,
+    check_step_args,
+    check_twist_steps,
     combine_bounds,
     exact_sample_paths,
     format_summary,
+    lost_runs_warning,
+    run_warnings,
     smc_inference_data,
     smc_summary,
 )
 from adapters.validation import check_choice, check_positive_int
 from pyro_ext.infer.smc_util import normalized_weights
-from pyro_ext.infer.twisted_smc.core import FilterOptions, SMCOutput, filter_runs, paths, select_run
+from pyro_ext.infer.twisted_smc.core import FilterOptions, SMCOutput, check_data, filter_runs, paths, select_run
 from pyro_ext.infer.twisted_smc.learning import optimizer_step, state_space_twist_loss, token_twist_loss
 from pyro_ext.infer.twisted_smc.tokens import TokenModel, token_paths, token_runs
+from pyro_ext.infer.twisted_smc.twists import QuadraticTwist
 
 __all__ = ["SMCResult", "TwistedSMC"]
 
@@ -47,11 +53,14 @@ class SMCResult:
     """The result of :meth:`TwistedSMC.run`.
 
     ``log_Z``: ``log Z_hat`` (a float); ``log_weights``: final ``(N,)``; ``ess``: ``(T + 1,)``
-    after the init and every step; ``output``: the raw :class:`SMCOutput`.
+    after the init and every step; ``output``: the raw :class:`SMCOutput`; ``warnings``: the
+    :class:`~adapters.diagnostics.ReliabilityWarning` messages the run gave (weights degenerate
+    to about one particle at some steps, or every particle lost), empty for a healthy run.
     """
 
-    def __init__(self, output: SMCOutput, names: Mapping[str, list]):
+    def __init__(self, output: SMCOutput, names: Mapping[str, list], warnings: Sequence[str] = ()):
         self.output = output
+        self.warnings = list(warnings)
         self.names = {k: list(v) for k, v in names.items()}
         self.log_Z = float(output.log_Z)
         self.log_weights = output.log_weights
@@ -75,10 +84,14 @@ class SMCResult:
         }
         if seed is None:
             return samples
-        num = check_positive_int("num_samples", num_samples or self.log_weights.shape[0])
-        weights = normalized_weights(self.log_weights)
-        index = torch.multinomial(weights, num, replacement=True, generator=_generator(seed))
+        index = self._draw(seed, num_samples)
         return {group: {k: v[index] for k, v in values.items()} for group, values in samples.items()}
+
+    def _draw(self, seed: int | torch.Generator, num_samples: int | None) -> torch.Tensor:
+        """``num_samples`` (default ``N``) particle indices drawn by weight."""
+        num = self.log_weights.shape[0] if num_samples is None else check_positive_int("num_samples", num_samples)
+        weights = normalized_weights(self.log_weights)
+        return torch.multinomial(weights, num, replacement=True, generator=_generator(seed))
 
     def summary(self) -> dict[str, float]:
         """``log_Z``, the final and smallest ESS, and how many steps resampled (:func:`adapters.smc.smc_summary`)."""
@@ -89,19 +102,30 @@ class SMCResult:
         """Print :meth:`summary`, one line per entry."""
         print(format_summary(self.summary()))
 
-    def to_arviz(self, seed: int | torch.Generator = 0):
-        """``arviz.InferenceData``: resampled paths as one chain (``posterior``) and the filter's
-        final ``log_weight`` (``sample_stats``); ``attrs["log_Z"]``."""
-        samples = self.get_samples(seed)
-        numpy_samples = {g: {k: v.detach().cpu().numpy() for k, v in group.items()} for g, group in samples.items()}
-        return smc_inference_data(numpy_samples, self.log_weights.detach().cpu().numpy(), self.log_Z)
+    def to_arviz(self, seed: int | torch.Generator = 0, num_samples: int | None = None):
+        """``arviz.InferenceData`` (:func:`adapters.smc.smc_inference_data`): ``num_samples`` (default
+        ``N``) paths resampled by weight (``seed``: an int or a ``torch.Generator``) as one chain of
+        equally weighted draws (``posterior``); per draw the ``particle`` it copies and that
+        particle's ``log_weight`` (``sample_stats``); :meth:`summary` (``log_Z``, ESS, ...) in ``attrs``."""
+        index = self._draw(seed, num_samples)
+        samples = {
+            g: {k: v[index].detach().cpu().numpy() for k, v in group.items()} for g, group in self.get_samples().items()
+        }
+        log_weights = self.log_weights.detach().cpu().numpy()
+        return smc_inference_data(samples, index.cpu().numpy(), log_weights, self.summary())
 
 
 def _exact_paths(
-    samples: Mapping[str, Mapping[str, Any]], count: int | None
+    samples: Mapping[str, Mapping[str, Any]], count: int | None, **checks: Any
 ) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
-    """``get_samples``-layout paths -> ``(init values (M, ...), step values (M, T, ...))`` per site in order."""
-    return exact_sample_paths(samples, count, torch.as_tensor)
+    """``get_samples``-layout paths -> ``(init values (M, ...), step values (M, T, ...))`` per site in order;
+    ``checks``: the model's ``num_steps`` and site ``names`` (:func:`adapters.smc.exact_sample_paths`)."""
+    return exact_sample_paths(samples, count, torch.as_tensor, torch.Tensor, **checks)
+
+
+def _num_steps(step_args: tuple) -> int:
+    """``T``, the leading axis of the (checked) step arguments."""
+    return next(a.shape[0] for a in step_args if a is not None)
 
 
 class TwistedSMC:
@@ -147,6 +171,7 @@ class TwistedSMC:
         self.max_plate_nesting = self.config.max_plate_nesting
         self.twist = twist
         self.learnable = isinstance(twist, torch.nn.Module) and any(True for _ in twist.parameters())
+        self._checked: dict = {}
         if twist_params is not None:
             self.twist_params = twist_params
 
@@ -177,15 +202,35 @@ class TwistedSMC:
                 own[name].copy_(value)
 
     # ---- running ----------------------------------------------------------------------
-    def _run(self, step_args, init_args, num_groups, num_particles, ess_threshold, clamp, record, names=None):
+    def _data(self, step_args: tuple, init_args: Any) -> tuple[tuple, tuple, dict]:
+        """The data checked at the door: ``(step_args, init_args, latent site names)``.
+
+        Arrays, numbers and lists become tensors (strings and the like are refused, naming the
+        argument); step arguments share one leading time axis; the model's init and first step
+        are traced once per data shape, so observed sites fed by the data have its shape
+        (:func:`core.check_data`).
+        """
+        init_args = check_init_args(init_args, torch.as_tensor, torch.Tensor)
         if self.tokens:
-            if tuple(step_args) or tuple(init_args):
+            if step_args or init_args:
                 raise ValueError(
                     "step_args: a TokenModel takes no step or init arguments (its length is TokenModel.length), got "
-                    f"{len(tuple(step_args))} step and {len(tuple(init_args))} init argument(s)"
+                    f"{len(step_args)} step and {len(init_args)} init argument(s)"
                 )
-            if names is not None:
-                names.update(init=[], step=["token"])
+            return (), (), {"init": [], "step": ["token"]}
+        step_args, T = check_step_args(step_args, torch.as_tensor, torch.Tensor)
+        if T is None:
+            raise ValueError("step_args: expected at least one array with a leading time axis (one entry per step)")
+        signature = tuple(None if a is None else (tuple(a.shape), str(a.dtype)) for a in step_args + init_args)
+        if signature not in self._checked:
+            self._checked[signature] = check_data(self.model, step_args, init_args, self.max_plate_nesting)
+        if isinstance(self.twist, QuadraticTwist):
+            check_twist_steps(self.twist.num_steps, T)
+        return step_args, init_args, self._checked[signature]
+
+    def _run(self, step_args, init_args, num_groups, num_particles, ess_threshold, clamp, record, names=None):
+        if self.tokens and names is not None:
+            names.update(init=[], step=["token"])
         options = FilterOptions(
             tuple(init_args), self.proposal, self.twist, self.resampling, ess_threshold, self.max_plate_nesting
         )
@@ -197,20 +242,21 @@ class TwistedSMC:
         )
 
     def run(self, *step_args: Any, init_args: Sequence[Any] = ()) -> SMCResult:
-        """Run the filter over the steps of ``step_args`` (each with a leading time axis)."""
+        """Run the filter over the steps of ``step_args`` (each with a leading time axis).
+
+        Step arguments (and ``init_args``) may be numbers, lists, NumPy arrays or tensors; they
+        are checked against the model first (see :meth:`_data`).  A run whose weights degenerate
+        warns with :class:`~adapters.diagnostics.ReliabilityWarning` and keeps the messages in
+        :attr:`SMCResult.warnings`.
+        """
+        step_args, init_args, _ = self._data(step_args, init_args)
         names: dict = {}
         output = select_run(
             self._run(step_args, init_args, 1, self.num_particles, self.ess_threshold, None, True, names), 0
         )
-        result = SMCResult(output, names)
-        if not math.isfinite(result.log_Z):
-            warnings.warn(
-                "TwistedSMC: every particle has zero weight (log Z_hat = -inf); the model's log densities are "
-                "-inf or NaN for all proposals at some step",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-        return result
+        log_Z = float(output.log_Z)
+        messages = warn_unreliable(*run_warnings("TwistedSMC", log_Z, output.ess, self.num_particles), stacklevel=3)
+        return SMCResult(output, names, messages)
 
     def log_Z_samples(
         self,
@@ -223,11 +269,24 @@ class TwistedSMC:
     ) -> torch.Tensor:
         """``log Z_hat`` ``(num_runs,)`` of independent runs (batched in the particle plate); with
         ``exact_samples`` (``get_samples`` layout, leading axis >= ``num_runs``) run ``r``
-        clamps particle 0 to path ``r`` (conditional SMC)."""
+        clamps particle 0 to path ``r`` (conditional SMC).
+
+        ``ess_threshold`` (default the constructor's) may be 0 here: never resample (SIS/IWAE).
+        Runs that lose every particle (``-inf``) warn with
+        :class:`~adapters.diagnostics.ReliabilityWarning`.
+        """
         num_runs = check_positive_int("num_runs", num_runs)
-        num_particles = check_positive_int("num_particles", num_particles or self.num_particles)
-        threshold = self.ess_threshold if ess_threshold is None else float(ess_threshold)
-        clamp = None if exact_samples is None else _exact_paths(exact_samples, num_runs)
+        num_particles = (
+            self.num_particles if num_particles is None else check_positive_int("num_particles", num_particles)
+        )
+        threshold = self.ess_threshold if ess_threshold is None else check_ess_threshold(ess_threshold, allow_zero=True)
+        step_args, init_args, names = self._data(step_args, init_args)
+        if exact_samples is None:
+            clamp = None
+        elif self.tokens:
+            clamp = _exact_paths(exact_samples, num_runs)
+        else:
+            clamp = _exact_paths(exact_samples, num_runs, num_steps=_num_steps(step_args), names=names)
         if self.tokens:
             per_batch = max(1, _MAX_TOKEN_PAIRS // (num_particles * self.model.vocab_size))
         else:
@@ -237,7 +296,9 @@ class TwistedSMC:
             stop = min(start + per_batch, num_runs)
             part = None if clamp is None else tuple(tuple(v[start:stop] for v in vs) for vs in clamp)
             out.append(self._run(step_args, init_args, stop - start, num_particles, threshold, part, False).log_Z)
-        return torch.cat(out)
+        log_Z = torch.cat(out)
+        warn_unreliable(lost_runs_warning("TwistedSMC", log_Z.numpy()), stacklevel=3)
+        return log_Z
 
     def log_Z_bounds(
         self,
@@ -300,7 +361,10 @@ class TwistedSMC:
         if not self.learnable:
             raise TypeError("twist: fit_twists needs a learnable twist (a torch.nn.Module with parameters)")
         num_steps = check_positive_int("num_steps", num_steps)
-        num_particles = check_positive_int("num_particles", num_particles or self.num_particles)
+        num_particles = (
+            self.num_particles if num_particles is None else check_positive_int("num_particles", num_particles)
+        )
+        step_args, init_args, names = self._data(step_args, init_args)
         if self.tokens and self.model.length < 2:
             raise ValueError("length: fit_twists needs a TokenModel of length >= 2 (psi_T = phi is not learned)")
         params = [p for p in self.twist.parameters() if p.requires_grad]
@@ -311,7 +375,7 @@ class TwistedSMC:
             count = positives.shape[0]
             positive_weights = torch.full((count,), 1.0 / count, dtype=torch.get_default_dtype())
         elif exact_samples is not None:
-            positives = self._replay_states(exact_samples, step_args, init_args)
+            positives = self._replay_states(exact_samples, step_args, init_args, names)
             count = next(iter(positives.values())).shape[0]
             positive_weights = torch.full((count,), 1.0 / count, dtype=torch.get_default_dtype())
         losses = np.empty(num_steps)
@@ -335,9 +399,9 @@ class TwistedSMC:
             losses[i] = float(loss.detach())
         return self.twist, losses
 
-    def _replay_states(self, samples, step_args, init_args) -> dict[str, torch.Tensor]:
+    def _replay_states(self, samples, step_args, init_args, names) -> dict[str, torch.Tensor]:
         """States ``(M, T + 1, ...)`` along given paths: the model run on the paths' latent values."""
-        clamp = _exact_paths(samples, None)
+        clamp = _exact_paths(samples, None, num_steps=_num_steps(step_args), names=names)
         count = clamp[0][0].shape[0] if clamp[0] else clamp[1][0].shape[0]
         options = FilterOptions(tuple(init_args), ess_threshold=0.0, max_plate_nesting=self.max_plate_nesting)
         output = filter_runs(self.model, tuple(step_args), count, 1, options, clamp=clamp)

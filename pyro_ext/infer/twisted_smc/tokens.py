@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.smc import RESAMPLING, check_token_paths, check_token_proposal
+from adapters.smc import RESAMPLING, check_token_paths, check_token_proposal, per_particle_shape_error
 from adapters.validation import check_choice, check_positive_int
 from pyro_ext.infer.smc_util import normalized_weights
 from pyro_ext.infer.twisted_smc.core import (
@@ -55,6 +55,8 @@ class TokenModel:
 def _token_values(value: Any, shape: tuple[int, ...], role: str, dtype: torch.dtype) -> torch.Tensor:
     """A user callable's output checked for ``shape``, in ``dtype``, NaN -> ``-inf``."""
     value = torch.as_tensor(value)
+    if tuple(value.shape) != shape and value.dim() >= 1 and len(shape) == 2 and value.shape[0] == shape[0]:
+        raise per_particle_shape_error(role, shape[1:], tuple(value.shape[1:]))
     if tuple(value.shape) != shape:
         raise ValueError(f"{role}: expected a tensor of shape {shape}, got {tuple(value.shape)}")
     value = value.to(dtype)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from adapters.smc import check_twist_state
 from adapters.validation import check_positive_int
 
 __all__ = ["QuadraticTwist", "TabularTwist"]
@@ -59,7 +60,8 @@ class QuadraticTwist(torch.nn.Module):
         return self
 
     def forward(self, t: int, state: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        x = state[self.site]
+        x = state.get(self.site)
+        check_twist_state(self.site, self.dim, state.keys(), None if x is None else tuple(x.shape[1:]))
         x = x.reshape(x.shape[0], self.dim).to(self.L.dtype)
         index = min(max(int(t), 0), self.num_steps - 1)
         L = torch.tril(self.L[index])
