@@ -28,7 +28,13 @@ from numpyro import handlers
 from scipy import special, stats
 
 from adapters.diagnostics import ReliabilityWarning
-from adapters.mi import check_schedule, linear_gaussian_log_marginal, linear_gaussian_mi, log_mean_exp_bound
+from adapters.mi import (
+    check_schedule,
+    linear_gaussian_log_marginal,
+    linear_gaussian_mi,
+    log_mean_exp_bound,
+    mean_row_ess,
+)
 from numpyro_ext.infer import AIS
 from numpyro_ext.infer.ais import ais, ais_init, ais_reverse, ais_step
 from numpyro_ext.infer.ais_mi import ais_mi_lower, ais_mi_upper, iwae_mi_lower, iwae_mi_upper
@@ -546,47 +552,34 @@ AIS_MI_SETTINGS = {"num_samples": 64, "num_chains": 8, "num_steps": 30, "return_
 
 @pytest.mark.filterwarnings("error::adapters.diagnostics.ReliabilityWarning")
 def test_mi_bounds_take_a_model_and_bracket_the_truth():
-    """``bound(key, model, latent=, observed=)`` gives the numbers of the three functions for the same
-    key (IWAE here; the AIS pair in the slow test below), and multi-sample AIS through the model
-    brackets I(x; z) (paired with the exact log p(x_i) per outer draw, 4 standard errors); a
-    healthy run does not warn."""
+    """``bound(key, model, latent=, observed=)`` gives the numbers of the three functions for the
+    same key, and both bracket I(x; z) (paired with the exact log p(x_i) per outer draw, 4 standard
+    errors); a healthy run does not warn.  IWAE here (one small compile each); the multi-sample
+    AIS pair on the model route is the slow test below."""
     key = jax.random.PRNGKey(5)
+    settings = {"num_samples": 64, "num_importance": 8, "return_details": True}
     for bound in (iwae_mi_lower, iwae_mi_upper):
-        by_model, model_details = bound(
-            key, mi_model, num_samples=64, num_importance=8, return_details=True, **MODEL_ROUTE
-        )
-        by_functions, details = bound(
-            key,
-            model_sample_joint,
-            mi_log_prior,
-            mi_log_likelihood,
-            num_samples=64,
-            num_importance=8,
-            return_details=True,
-        )
+        by_model, model_details = bound(key, mi_model, **MODEL_ROUTE, **settings)
+        by_functions, details = bound(key, model_sample_joint, mi_log_prior, mi_log_likelihood, **settings)
         np.testing.assert_allclose(model_details["per_sample"], details["per_sample"], rtol=1e-5, atol=1e-5)
         assert by_model.kind == by_functions.kind and abs(by_model.value - by_functions.value) < 1e-5
-    for bound in (ais_mi_lower, ais_mi_upper):
-        estimate, details = bound(key, mi_model, **MODEL_ROUTE, **AIS_MI_SETTINGS)
-        mean, se = paired(details)
-        if estimate.kind == "lower":
-            assert -0.5 < mean <= Z * se, (mean, se)
-        else:
-            assert Z * -se <= mean < 0.5, (mean, se)
-        assert estimate.warnings == () and int(details["num_divergent"]) == 0
+        for estimate, terms in ((by_model, model_details), (by_functions, details)):
+            mean, se = paired(terms)
+            assert (mean <= Z * se) if estimate.kind == "lower" else (mean >= -Z * se), (estimate, mean, se)
+            assert estimate.warnings == ()
 
 
-def test_mi_bounds_warn_on_divergences_and_name_bad_arguments():
-    """A fixed step size far too large: the AIS MI bound warns with the divergence count and keeps
-    it in ``estimate.warnings``.  A model passed where the three functions go, or a wrong site,
-    is a clear error."""
+def test_mi_bounds_warn_on_degenerate_weights_and_name_bad_arguments():
+    """IWAE with K = 64 prior draws per outer draw at I = 2.84 nats: one or two draws carry each
+    x_i's weight (mean ESS about 4 of 64), so the bound warns and keeps the message.  A model
+    passed where the three functions go, or a wrong site, is a clear error."""
     key = jax.random.PRNGKey(5)
-    with pytest.warns(ReliabilityWarning, match="ais_mi_upper: .* transitions diverged") as record:
-        estimate, details = ais_mi_upper(
-            key, mi_model, adapt_step_size=False, step_size=5.0, **MODEL_ROUTE, **AIS_MI_SETTINGS
+    with pytest.warns(ReliabilityWarning, match="iwae_mi_upper: the importance weights of each outer sample") as record:
+        estimate, details = iwae_mi_upper(
+            key, mi_model, num_samples=64, num_importance=64, return_details=True, **MODEL_ROUTE
         )
-    total = 64 * 8 * 30
-    assert estimate.warnings[0].startswith(f"ais_mi_upper: {int(details['num_divergent'])} of {total} transitions")
+    ess = mean_row_ess(details["log_weights"])
+    assert ess < 6.4 and f"effective sample size {ess:.1f} of 64" in estimate.warnings[0]
     assert record[0].filename == __file__
     with pytest.raises(TypeError, match="log_prior, log_likelihood missing: .* pass the model in place"):
         ais_mi_lower(key, mi_model)
@@ -598,6 +591,29 @@ def test_mi_bounds_warn_on_divergences_and_name_bad_arguments():
         iwae_mi_upper("0", mi_model, **MODEL_ROUTE)
     with pytest.raises(TypeError, match="inverse_mass_matrix must be an array"):
         ais_mi_lower(key, mi_model, inverse_mass_matrix="unit", **MODEL_ROUTE)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("error::adapters.diagnostics.ReliabilityWarning")
+def test_ais_mi_bounds_on_the_model_route_bracket_the_truth_and_warn_on_divergences():
+    """Multi-sample AIS through the model brackets I (paired, 4 standard errors, within 0.5 nat
+    at T = 30) without a warning; a fixed step size far too large makes it warn with the count."""
+    key = jax.random.PRNGKey(5)
+    for bound in (ais_mi_lower, ais_mi_upper):
+        estimate, details = bound(key, mi_model, **MODEL_ROUTE, **AIS_MI_SETTINGS)
+        mean, se = paired(details)
+        if estimate.kind == "lower":
+            assert -0.5 < mean <= Z * se, (mean, se)
+        else:
+            assert Z * -se <= mean < 0.5, (mean, se)
+        assert estimate.warnings == () and int(details["num_divergent"]) == 0
+    with pytest.warns(ReliabilityWarning, match="ais_mi_upper: .* transitions diverged") as record:
+        estimate, details = ais_mi_upper(
+            key, mi_model, adapt_step_size=False, step_size=5.0, **MODEL_ROUTE, **AIS_MI_SETTINGS
+        )
+    total = 64 * 8 * 30
+    assert estimate.warnings[0].startswith(f"ais_mi_upper: {int(details['num_divergent'])} of {total} transitions")
+    assert record[0].filename == __file__
 
 
 @pytest.mark.slow
