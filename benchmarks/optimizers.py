@@ -169,10 +169,16 @@ def _task(name: str, seed: int, quick: bool) -> Any:
 # --------------------------------------------------------------------------------------------
 
 
-def _scale_hints(fn: Callable, task: Any) -> dict[str, float]:
-    """``loss_scale`` / ``batch_size`` for the constructors that take them (the root-free family)."""
+def _scale_hints(fn: Callable, task: Any) -> dict[str, Any]:
+    """``loss_scale`` / ``batch_size`` for the constructors that take them (the root-free family), and
+    ``matrix_params="all"`` for the library's matrix methods: the benchmark picks the parameters each method
+    takes (the task's matrices, a BNN's or VAE's guide locations and scales included), so the method's own
+    default, which leaves a guide's parameters to AdamW, must not pick again."""
     names = inspect.signature(fn).parameters
-    return {k: getattr(task, k) for k in ("loss_scale", "batch_size") if k in names}
+    hints: dict[str, Any] = {k: getattr(task, k) for k in ("loss_scale", "batch_size") if k in names}
+    if "matrix_params" in names:
+        hints["matrix_params"] = "all"
+    return hints
 
 
 def _method_lr(spec: Spec, lr: float, task: Any) -> float:
