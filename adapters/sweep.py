@@ -214,7 +214,7 @@ def run_task(task: Task) -> dict[str, Any]:
         if bad:
             raise FloatingPointError(f"non-finite draws of {bad[:5]}{' ...' if len(bad) > 5 else ''}")
         grads = int(output.grad_evals)
-        score = metrics.reference_score(draws, posteriordb.load(task.posterior, task.path).reference_draws)
+        score = metrics.reference_score(draws, posteriordb.load(task.posterior, task.path))
         summary = score.summary()
         row.update(
             status="ok",
