@@ -11,6 +11,7 @@ same ``log Z_hat`` for the optimal proposal of a model with two latent sites.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
@@ -24,6 +25,7 @@ T = 3
 YS = np.array([0.3, -0.2, 0.5])
 
 
+@functools.cache  # one set of models and one shared filter per backend, so each compiles once
 def _numpyro():
     pytest.importorskip("jax", reason="the numpyro extra is not installed")
     import jax
@@ -74,6 +76,7 @@ def _numpyro():
         "two_per_particle": lambda t, state: jnp.zeros(2),
         "sharp": Sharp,
         "impossible": Impossible,
+        "shared": functools.cache(lambda: TwistedSMC(Model(), num_particles=2000)),
         "renamed": Renamed,
         "token_model": token_model,
         "token_log_Z_samples": lambda exact: TwistedSMC(token_model(), num_particles=4).log_Z_samples(
@@ -84,6 +87,7 @@ def _numpyro():
     }
 
 
+@functools.cache
 def _pyro():
     pytest.importorskip("torch", reason="the pyro extra is not installed")
     import pyro
@@ -146,6 +150,7 @@ def _pyro():
         "two_per_particle": lambda t, state: torch.zeros(state["x"].shape[0], 2),
         "sharp": Sharp,
         "impossible": Impossible,
+        "shared": functools.cache(lambda: TwistedSMC(Model(), num_particles=2000)),
         "renamed": Renamed,
         "token_model": token_model,
         "token_log_Z_samples": lambda exact: TwistedSMC(token_model(), num_particles=4).log_Z_samples(
@@ -224,7 +229,7 @@ CASES = {
     "log_Z_samples ess_threshold 2": lambda b: b["log_Z_samples"](b["make"](num_particles=4), ess_threshold=2.0),
     "log_Z_samples num_particles 0": lambda b: b["log_Z_samples"](b["make"](num_particles=4), num_particles=0),
     "log_Z_samples num_runs str": lambda b: b["log_Z_samples"](b["make"](num_particles=4), num_runs="8"),
-    "get_samples num_samples 0": lambda b: b["run"](b["make"](num_particles=4)).get_samples(0, num_samples=0),
+    "get_samples num_samples 0": lambda b: b["run"](b["shared"]()).get_samples(0, num_samples=0),
     "fit_twists num_steps 0": lambda b: b["fit"](b["make"](num_particles=4, twist=b["twist"]()), num_steps=0),
     "fit_twists num_particles str": lambda b: b["fit"](b["make"](twist=b["twist"]()), num_particles="4"),
     # twists of the wrong shape
@@ -268,7 +273,7 @@ def test_data_of_the_wrong_shape_is_refused_naming_the_argument():
 def test_lists_numpy_and_backend_arrays_give_the_same_run(backend):
     """A Python list, a NumPy array and the backend's array are the same data (same key, same run)."""
     b = BACKENDS[backend]()
-    smc = b["make"](num_particles=8)
+    smc = b["shared"]()
     as_list = b["run"](smc, YS.tolist()).log_Z
     as_numpy = b["run"](smc, YS).log_Z
     as_backend = b["run"](smc, b["native"](YS.tolist())).log_Z  # the backend's default dtype (float64 in tests)
@@ -415,8 +420,8 @@ def test_a_healthy_run_does_not_warn(backend):
     b = BACKENDS[backend]()
     with warnings.catch_warnings():
         warnings.simplefilter("error", ReliabilityWarning)
-        result = b["run"](b["make"](num_particles=64))
-        b["log_Z_samples"](b["make"](num_particles=64), num_runs=4)
+        result = b["run"](b["shared"]())
+        b["log_Z_samples"](b["shared"](), num_runs=2)
     assert result.warnings == []
 
 
@@ -428,7 +433,7 @@ def test_to_arviz_draws_match_the_kalman_filter(backend):
     and ``log_weight`` point at the particle it copies; the summary is in ``attrs``."""
     b = BACKENDS[backend]()
     num = 2000
-    result = b["run"](b["make"](num_particles=num))
+    result = b["run"](b["shared"]())
     idata = result.to_arviz()
     kalman = ref.kalman_filter(ref.scalar_lgssm(a=1.0), YS[:, None])
     mean, var = kalman.filter_means[-1, 0], kalman.filter_covs[-1, 0, 0]
