@@ -143,19 +143,16 @@ def test_too_large_step_size_is_rescued_by_later_stages():
 GAUSSIAN_3D = np.array([[1.0, 0.27, -1.5], [0.27, 0.09, -0.27], [-1.5, -0.27, 9.0]])
 
 
-def transitions_from_exact_draws(num_draws, num_transitions, step_size, trajectory_length, probabilistic, seed):
-    """``num_transitions`` three-stage DR-HMC steps from each of ``num_draws`` independent exact draws.
+def transitions_from(start, logdensity, inverse_mass_matrix, num_transitions, step_size, trajectory_length, **kw):
+    """``num_transitions`` three-stage DR-HMC steps from each row of ``start`` ``(n, d)``, independently.
 
-    The metric is the adapted diagonal one (the posterior variances), the trajectory NumPyro's
-    ``L = ceil(T / eps)`` steps of ``T / L``. Returns the end points ``(num_draws, 3)`` and the stages.
+    The trajectory is NumPyro's ``L = ceil(T / eps)`` steps of ``T / L``; ``kw``: ``probabilistic``
+    and ``seed``. Returns the end points ``(n, d)`` and the accepted stages ``(n, num_transitions)``.
     """
     from numpyro_ext.infer.hmc_util import fixed_length_steps
 
-    precision = jnp.asarray(np.linalg.inv(GAUSSIAN_3D))
-    logdensity = lambda x: -0.5 * x @ precision @ x  # noqa: E731
-    step = build_kernel(max_proposals=3, probabilistic=probabilistic)
+    step = build_kernel(max_proposals=3, probabilistic=kw["probabilistic"])
     eps, num_steps = fixed_length_steps(step_size, trajectory_length, 1024)
-    inverse_mass_matrix = jnp.asarray(np.diag(GAUSSIAN_3D))
 
     def chain(x, key):
         def one(state, key):
@@ -165,10 +162,26 @@ def transitions_from_exact_draws(num_draws, num_transitions, step_size, trajecto
         state, stages = jax.lax.scan(one, init(x, logdensity), jax.random.split(key, num_transitions))
         return state.position, stages
 
-    start = np.random.default_rng(seed).multivariate_normal(np.zeros(3), GAUSSIAN_3D, size=num_draws)
-    keys = jax.random.split(jax.random.PRNGKey(seed), num_draws)
+    keys = jax.random.split(jax.random.PRNGKey(kw["seed"]), start.shape[0])
     end, stages = jax.jit(jax.vmap(chain))(jnp.asarray(start), keys)
     return np.asarray(end), np.asarray(stages)
+
+
+def transitions_from_exact_draws(num_draws, num_transitions, step_size, trajectory_length, probabilistic, seed):
+    """:func:`transitions_from` independent exact draws of ``GAUSSIAN_3D``, with the adapted diagonal
+    metric (the posterior variances)."""
+    precision = jnp.asarray(np.linalg.inv(GAUSSIAN_3D))
+    start = np.random.default_rng(seed).multivariate_normal(np.zeros(3), GAUSSIAN_3D, size=num_draws)
+    return transitions_from(
+        start,
+        lambda x: -0.5 * x @ precision @ x,
+        jnp.asarray(np.diag(GAUSSIAN_3D)),
+        num_transitions,
+        step_size,
+        trajectory_length,
+        probabilistic=probabilistic,
+        seed=seed,
+    )
 
 
 def assert_exact_gaussian_draws(x, covariance, label):
@@ -207,6 +220,56 @@ def test_three_stages_at_a_long_trajectory_keep_exact_draws_exact_long(probabili
     for step_size in (0.4, 0.9, 1.6):
         x, stages = transitions_from_exact_draws(20000, 3, step_size, 8.0, probabilistic, seed=1)
         assert_exact_gaussian_draws(x, GAUSSIAN_3D, f"eps = {step_size}, probabilistic = {probabilistic}")
+
+
+@pytest.mark.slow  # ~3-5 min: NUTS reference draws of a float64 logistic regression, then 2000 x 2 transitions
+def test_three_stages_at_a_long_trajectory_keep_logistic_regression_draws():
+    """Issue 20's model: NUTS draws in, two DR-HMC transitions at T = 8 each, the same law out.
+
+    NumPyro's logistic-regression test case (N = 3000, three coefficients, float64). The starts are
+    NUTS's draws thinned to about one per effective sample; the metric is NUTS's adapted diagonal.
+    ``eps = 0.456`` is the warmup step size of the chain issue 20 found narrowest; at ``eps = 1.2`` the
+    later stages decide most moves. Means, variances (errors from the starts' ESS, doubled for the
+    difference) and a two-sample Kolmogorov-Smirnov test must agree.
+    """
+    from numpyro.infer import NUTS
+
+    x64 = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        data = jax.random.normal(jax.random.PRNGKey(0), (3000, 3))
+        labels = dist.Bernoulli(logits=data @ jnp.arange(1.0, 4.0)).sample(jax.random.PRNGKey(1))
+
+        def model(labels):
+            coefs = numpyro.sample("coefs", dist.Normal(jnp.zeros(3), jnp.ones(3)).to_event(1))
+            numpyro.sample("obs", dist.Bernoulli(logits=data @ coefs), obs=labels)
+
+        def logdensity(coefs):
+            prior = dist.Normal(0.0, 1.0).log_prob(coefs).sum()
+            return prior + dist.Bernoulli(logits=data @ coefs).log_prob(labels).sum()
+
+        nuts = MCMC(NUTS(model), num_warmup=500, num_samples=1500, num_chains=4, progress_bar=False)
+        nuts.run(jax.random.PRNGKey(2), labels)
+        start = np.asarray(nuts.get_samples(group_by_chain=True)["coefs"])[:, ::3]  # (4, 500, 3)
+        inverse_mass_matrix = jnp.asarray(nuts.last_state.adapt_state.inverse_mass_matrix[("coefs",)][0])
+        for step_size in (0.456, 1.2):
+            end, stages = transitions_from(
+                start.reshape(-1, 3), logdensity, inverse_mass_matrix, 2, step_size, 8.0, probabilistic=True, seed=3
+            )
+            end = end.reshape(start.shape)
+            for i in range(3):
+                a, b = start[..., i], end[..., i]
+                label = f"eps = {step_size}, coefs[{i}]"
+                error = a.std() * np.sqrt(2.0 / float(az.ess(a)))
+                assert abs(b.mean() - a.mean()) < 4 * error, f"{label}: mean {b.mean():.4f} vs {a.mean():.4f}"
+                squares = (a - a.mean()) ** 2
+                error = squares.std() * np.sqrt(2.0 / float(az.ess(squares)))
+                assert abs(b.var() - a.var()) < 4 * error, f"{label}: variance {b.var():.3e} vs {a.var():.3e}"
+                p_value = stats.ks_2samp(a.ravel(), b.ravel()).pvalue
+                assert p_value > 1e-3, f"{label}: KS p-value {p_value:.1e}"
+        assert (stages >= 1).mean() > 0.3  # at eps = 1.2 the later stages did the moving
+    finally:
+        jax.config.update("jax_enable_x64", x64)
 
 
 def dense_gaussian():
