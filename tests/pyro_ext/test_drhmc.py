@@ -612,7 +612,8 @@ def test_num_grad_evals_counts_every_gradient():
         calls.append(1)
         return funnel_potential(params)
 
-    kernel = DRHMC(potential_fn=potential, step_size=0.6, trajectory_length=1.5, adapt_step_size=False)
+    # three steps of 0.6: large enough for the funnel's neck that all three stages run somewhere
+    kernel = DRHMC(potential_fn=potential, step_size=0.6, trajectory_length=1.8, adapt_step_size=False)
     kernel.initial_params = {"v": torch.tensor(-2.0), "x": torch.tensor([0.1, -0.1])}
     pyro.set_rng_seed(0)
     kernel.setup(0)
