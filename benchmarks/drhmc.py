@@ -48,7 +48,8 @@ SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
 
 
 def _target(name: str, path: str | None):
-    """(model, model kwargs, reference draws) of a synthetic target or a posteriordb posterior."""
+    """(model, model kwargs, reference) of a synthetic target (exact draws) or a posteriordb posterior (the
+    ``Posterior``: its reference draws and its positive parameters, which get log-scale rows)."""
     import functools
 
     from adapters import posteriordb
@@ -65,7 +66,7 @@ def _target(name: str, path: str | None):
             test_problems.exact_draws("correlated_gaussian", dim),
         )
     port = posteriordb.numpyro_model(name, path)
-    return port.model, port.data, posteriordb.load(name, path).reference_draws
+    return port.model, port.data, posteriordb.load(name, path)
 
 
 def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
