@@ -684,7 +684,7 @@ def test_token_model_arguments_are_checked(toy_lm):
     with pytest.raises(ValueError, match=r"exact_samples: token paths must have shape \(M, 6\)"):
         short = torch.zeros(2, LENGTH - 1, dtype=torch.long)
         smc.log_Z_samples(num_runs=2, exact_samples={"init": {}, "step": {"token": short}})
-    with pytest.raises(ValueError, match="twist: expected a tensor of shape"):
+    with pytest.raises(ValueError, match=r"twist: expected shape \(4,\) per particle, got \(\) per particle"):
         TwistedSMC(toy_lm["model"], num_particles=4, twist=lambda tokens, position: torch.zeros(4)).run()
 
 
