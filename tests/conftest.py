@@ -98,3 +98,17 @@ def shared_db() -> Path:
     if not SHARED_DB.is_dir():
         pytest.skip(f"shared posteriordb subset not found at {SHARED_DB} (this test checks that subset itself)")
     return SHARED_DB
+
+
+# Files whose tests run longest in one piece (a Sphinx build, every docs example in one
+# namespace per page): with ``--dist loadfile`` a file runs on one worker, so starting these
+# first keeps them from running alone at the end of the suite.
+LONGEST_FILES = ("tests/test_docs.py", "tests/test_doc_examples.py", "tests/numpyro_ext/test_twisted_smc.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        path = item.nodeid.split("::", 1)[0]
+        return LONGEST_FILES.index(path) if path in LONGEST_FILES else len(LONGEST_FILES)
+
+    items.sort(key=rank)  # stable: the order inside each file and among the rest is kept
