@@ -12,7 +12,7 @@ import difflib
 import math
 import numbers
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -227,6 +227,59 @@ def invalid_site_message(algorithm: str, site: str, problem: str, num_bad: int, 
         "distributions before it runs, as NUTS does, because a density that is NaN or -inf on part of the space "
         "makes every estimate from it meaningless"
     )
+
+
+def check_site_distribution(
+    algorithm: str,
+    site: str,
+    fn: Any,
+    value: Any,
+    is_observed: bool,
+    *,
+    holds: Callable[[Any, Any], np.ndarray],
+    is_dependent: Callable[[Any], bool],
+    derived_type: type,
+) -> None:
+    """Both backends' argument validation on one sample site (distribution ``fn``, drawn or observed
+    ``value``): every parameter against its constraint, and an observed value against the support.
+
+    The backend supplies how a constraint is evaluated (``holds(constraint, x)``: a boolean array),
+    its ``constraints.is_dependent`` and its ``lazy_property`` type (``derived_type``: a parameter
+    derived from another one, ``probs`` from ``logits``, is checked through that one).  Wrappers
+    (``Independent``, ``ExpandedDistribution``, masks) are unwrapped through ``base_dist``; a
+    ``Unit`` factor may be -inf by design and is not checked.  Raises ``ValueError`` worded by
+    :func:`invalid_site_message`.
+    """
+    chain = []
+    while fn is not None:
+        chain.append(fn)
+        fn = getattr(fn, "base_dist", None)
+    for dist in chain:
+        if type(dist).__name__ == "Unit":
+            return
+        try:
+            arg_constraints = dist.arg_constraints
+        except NotImplementedError:  # a user distribution that declares none: nothing to check
+            arg_constraints = {}
+        for param, constraint in arg_constraints.items():
+            if is_dependent(constraint):
+                continue
+            if param not in dist.__dict__ and isinstance(getattr(type(dist), param, None), derived_type):
+                continue
+            valid = np.asarray(holds(constraint, getattr(dist, param)), dtype=bool)
+            if not valid.all():
+                problem = f"{type(dist).__name__} distribution got invalid {param} parameter"
+                raise ValueError(invalid_site_message(algorithm, site, problem, int((~valid).sum()), valid.size))
+    if not is_observed:
+        return
+    try:
+        support = chain[0].support
+    except NotImplementedError:  # a user distribution may not declare one
+        return
+    valid = np.asarray(holds(support, value), dtype=bool)
+    if not valid.all():
+        problem = f"observed value is outside the support of its {type(chain[-1]).__name__} distribution"
+        raise ValueError(invalid_site_message(algorithm, site, problem, int((~valid).sum()), valid.size))
 
 
 def per_datum_loss_message(method: str, what: str, problem: str = "is not finite") -> str:

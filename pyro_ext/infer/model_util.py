@@ -27,7 +27,7 @@ import pyro
 import torch
 
 from adapters.mi import check_joint_sites
-from adapters.validation import invalid_site_message
+from adapters.validation import check_site_distribution
 
 __all__ = [
     "FlatModel",
@@ -270,49 +270,25 @@ def flat_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm
 # ---------------------------------------------------------------------------------------
 # Validation at the door (once per run, before any batched evaluation)
 # ---------------------------------------------------------------------------------------
-def _distributions(fn: Any):
-    """``fn`` and the distributions it wraps (``Independent``, ``ExpandedDistribution``, masks: ``base_dist``)."""
-    while fn is not None:
-        yield fn
-        fn = getattr(fn, "base_dist", None)
-
-
-def _has_support(fn: Any) -> bool:
-    try:
-        fn.support  # noqa: B018  (a user distribution may not declare one)
-    except NotImplementedError:
-        return False
-    return True
-
-
 def _check_site(name: str, site: dict, algorithm: str) -> None:
-    """torch's ``Distribution`` argument validation on one sample site, and the support of an observed
-    value; the error of :func:`numpyro_ext.infer.model_util.validate_model` word for word."""
+    """torch's ``Distribution`` argument validation on one sample site, through the backend-free
+    :func:`adapters.validation.check_site_distribution` (the NumPyro twin's words)."""
     from torch.distributions import constraints
     from torch.distributions.utils import lazy_property
 
-    for fn in _distributions(site["fn"]):
-        if type(fn).__name__ == "Unit":  # a factor: its log_factor may be -inf by design (a hard constraint)
-            return
-        try:
-            arg_constraints = fn.arg_constraints
-        except NotImplementedError:  # a user distribution that declares none: nothing to check
-            arg_constraints = {}
-        for param, constraint in arg_constraints.items():
-            if constraints.is_dependent(constraint):
-                continue
-            if param not in fn.__dict__ and isinstance(getattr(type(fn), param, None), lazy_property):
-                continue  # derived from another parameter (probs from logits): checked through that one
-            valid = torch.as_tensor(constraint.check(torch.as_tensor(getattr(fn, param)))).detach()
-            if not bool(valid.all()):
-                problem = f"{type(fn).__name__} distribution got invalid {param} parameter"
-                raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.numel()))
-    if site["is_observed"] and _has_support(site["fn"]):
-        valid = torch.as_tensor(site["fn"].support.check(torch.as_tensor(site["value"]))).detach()
-        if not bool(valid.all()):
-            inner = list(_distributions(site["fn"]))[-1]  # Poisson, not the plate's ExpandedDistribution
-            problem = f"observed value is outside the support of its {type(inner).__name__} distribution"
-            raise ValueError(invalid_site_message(algorithm, name, problem, int((~valid).sum()), valid.numel()))
+    def holds(constraint, x):
+        return torch.as_tensor(constraint.check(torch.as_tensor(x))).detach().cpu().numpy()
+
+    check_site_distribution(
+        algorithm,
+        name,
+        site["fn"],
+        site["value"],
+        site["is_observed"],
+        holds=holds,
+        is_dependent=constraints.is_dependent,
+        derived_type=lazy_property,
+    )
 
 
 def validate_model(model: Callable, model_args: tuple, model_kwargs: dict, algorithm: str) -> Any:
