@@ -442,6 +442,24 @@ def ais_reliability(
     )
 
 
+def multi_sample_reliability(
+    algorithm: str, log_weights: np.ndarray, num_divergent: int, num_steps: int, *, stacklevel: int
+) -> list[str]:
+    """:func:`ais_reliability` for the ``N x K`` chains (``log_weights`` ``(N, K)``, numpy) of the
+    multi-sample bounds, ``num_steps`` transitions each: the ESS is the mean over the ``N`` outer
+    samples of their ``K`` weights' ESS.  ``stacklevel`` points the warning at the user's call."""
+    num_samples, num_chains = np.shape(log_weights)
+    return ais_reliability(
+        algorithm,
+        num_divergent,
+        num_samples * num_chains * num_steps,
+        mean_row_ess(log_weights),
+        num_chains,
+        what="importance weights of each outer sample (mean ESS over the samples)",
+        stacklevel=stacklevel + 1,
+    )
+
+
 class AISResultBase:
     """The backend-free half of ``AISResult`` (both backends): everything computed from numpy arrays.
 

@@ -70,11 +70,10 @@ import numpy as np
 from adapters.mi import (
     AISConfig,
     BoundEstimate,
-    ais_reliability,
     check_joint_draws,
     check_joint_functions,
     check_site_names,
-    mean_row_ess,
+    multi_sample_reliability,
 )
 from adapters.validation import check_numeric, check_positive_int
 from numpyro_ext.infer.ais.anneal import Adaptation, anneal, check_rng_key, pilot_step_sizes
@@ -113,19 +112,9 @@ def _joint(rng_key: Any, functions: tuple, site_args: tuple, algorithm: str) -> 
 
 
 def _reliability(algorithm: str, log_weights: Any, num_divergent: int, num_steps: int) -> list[str]:
-    """:func:`adapters.mi.ais_reliability` for ``N x K`` chains of ``num_steps`` transitions each,
-    warning at the user's call (user -> public bound -> body -> here)."""
-    log_weights = np.asarray(log_weights)
-    num_samples, num_chains = log_weights.shape
-    return ais_reliability(
-        algorithm,
-        num_divergent,
-        num_samples * num_chains * num_steps,
-        mean_row_ess(log_weights),
-        num_chains,
-        what="importance weights of each outer sample (mean ESS over the samples)",
-        stacklevel=6,
-    )
+    """:func:`adapters.mi.multi_sample_reliability`, warning at the user's call
+    (user -> public bound -> body -> here)."""
+    return multi_sample_reliability(algorithm, np.asarray(log_weights), num_divergent, num_steps, stacklevel=6)
 
 
 def _joint_draws(sample_joint: Callable, rng_key: Array, num: int) -> tuple[Array, Array]:

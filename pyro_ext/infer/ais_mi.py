@@ -50,11 +50,10 @@ import torch
 from adapters.mi import (
     AISConfig,
     BoundEstimate,
-    ais_reliability,
     check_joint_draws,
     check_joint_functions,
     check_site_names,
-    mean_row_ess,
+    multi_sample_reliability,
 )
 from adapters.validation import check_numeric, check_positive_int
 from pyro_ext.infer.ais import anneal, pilot_step_sizes
@@ -87,19 +86,10 @@ def _functions(functions: tuple, site_args: tuple, vectorized: Any, algorithm: s
     return joint.sample_joint, joint.log_prior, joint.log_likelihood
 
 
-def _reliability(algorithm: str, log_weights: Tensor, num_divergent: int, num_steps: int) -> list[str]:
-    """:func:`adapters.mi.ais_reliability` for ``N x K`` chains of ``num_steps`` transitions each,
-    warning at the user's call (user -> bound -> here)."""
-    log_weights = log_weights.detach().cpu().numpy()
-    num_samples, num_chains = log_weights.shape
-    return ais_reliability(
-        algorithm,
-        num_divergent,
-        num_samples * num_chains * num_steps,
-        mean_row_ess(log_weights),
-        num_chains,
-        what="importance weights of each outer sample (mean ESS over the samples)",
-        stacklevel=5,
+def _reliability(algorithm: str, log_weights: Any, num_divergent: int, num_steps: int) -> list[str]:
+    """:func:`adapters.mi.multi_sample_reliability`, warning at the user's call (user -> bound -> here)."""
+    return multi_sample_reliability(
+        algorithm, log_weights.detach().cpu().numpy(), num_divergent, num_steps, stacklevel=5
     )
 
 
