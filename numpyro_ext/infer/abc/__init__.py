@@ -1,0 +1,16 @@
+"""Likelihood-free inference (ABC) in JAX: simulator problems, likelihoods from simulations, and
+the methods built on them.  See docs/abc.rst."""
+
+from numpyro_ext.infer.abc.likelihoods import (
+    gaussian_kernel_log_likelihood,
+    one_sided_log_likelihood,
+    synthetic_log_likelihood,
+)
+from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
+
+__all__ = [
+    "LikelihoodFreeProblem",
+    "gaussian_kernel_log_likelihood",
+    "one_sided_log_likelihood",
+    "synthetic_log_likelihood",
+]
