@@ -1,0 +1,16 @@
+"""Likelihood-free inference (ABC) in torch: simulator problems, likelihoods from simulations, and
+the methods built on them (the twins of :mod:`numpyro_ext.infer.abc`).  See docs/abc.rst."""
+
+from pyro_ext.infer.abc.likelihoods import (
+    gaussian_kernel_log_likelihood,
+    one_sided_log_likelihood,
+    synthetic_log_likelihood,
+)
+from pyro_ext.infer.abc.problem import LikelihoodFreeProblem
+
+__all__ = [
+    "LikelihoodFreeProblem",
+    "gaussian_kernel_log_likelihood",
+    "one_sided_log_likelihood",
+    "synthetic_log_likelihood",
+]
