@@ -58,13 +58,14 @@ def test_dask_engine_gives_the_serial_numbers(serial_rows, tmp_path):
     pytest.importorskip("distributed", reason="the distributed extra is not installed")
     store = sweep.SweepStore(tmp_path / "runs.sqlite")
     executor = sweep.DaskExecutor(n_workers=2)
+    tasks = _tasks(algorithms=("hmc",))  # both posteriors and seeds; HMC keeps the workers' compilation short
     try:
-        counts = sweep.run_sweep(_tasks(), store, executor, progress=False)
+        counts = sweep.run_sweep(tasks, store, executor, progress=False)
     finally:
         executor.close()
-    assert counts["ok"] == 8
+    assert counts["ok"] == 4
     dask_rows = _by_key(store)
-    assert dask_rows.keys() == serial_rows.keys()
+    assert dask_rows.keys() == {t.key for t in tasks} < serial_rows.keys()
     for key, row in dask_rows.items():
         assert {c: row[c] for c in COMPARED} == {c: serial_rows[key][c] for c in COMPARED}
 

@@ -59,8 +59,16 @@ def run(kernel, num_warmup=500, num_samples=1500, num_chains=4, seed=0, **run_kw
     return mcmc
 
 
-@pytest.mark.parametrize("max_proposals", [2, 3])
-@pytest.mark.parametrize("probabilistic", [True, False])
+# both numbers of stages and both kinds of delayed rejection by default; the rest of the grid is slow
+@pytest.mark.parametrize(
+    "max_proposals, probabilistic",
+    [
+        (3, True),
+        (2, False),
+        pytest.param(2, True, marks=pytest.mark.slow),
+        pytest.param(3, False, marks=pytest.mark.slow),
+    ],
+)
 def test_correlated_gaussian_marginals(max_proposals, probabilistic):
     kernel = DRHMC(correlated_gaussian, trajectory_length=1.5, max_proposals=max_proposals, probabilistic=probabilistic)
     x = np.asarray(run(kernel).get_samples(group_by_chain=True)["x"])
@@ -71,8 +79,10 @@ def test_correlated_gaussian_marginals(max_proposals, probabilistic):
     assert_mean(product, RHO, np.sqrt(1 + RHO**2), "x0*x1")
 
 
-@pytest.mark.parametrize("max_proposals", [2, 3])
-@pytest.mark.parametrize("probabilistic", [True, False])
+@pytest.mark.parametrize(
+    "max_proposals, probabilistic",
+    [(3, True), *(pytest.param(k, p, marks=pytest.mark.slow) for k, p in [(2, True), (2, False), (3, False)])],
+)
 def test_funnel_marginals(max_proposals, probabilistic):
     kernel = DRHMC(funnel, trajectory_length=2.0, max_proposals=max_proposals, probabilistic=probabilistic)
     mcmc = run(kernel, num_samples=2000)
@@ -94,7 +104,8 @@ def test_funnel_with_trajectory_length_from_nuts_warmup():
     assert np.all((length > 0.1) & (length < 50)), f"unreasonable trajectory length {length}"
 
 
-def test_trajectory_scale_and_jitter():
+@pytest.mark.slow  # 35 s of compilation (two NUTS warmups); Pyro's twin checks the same rule by default
+def test_trajectory_scale_halves_the_warmup_length():
     # the same seed gives the same NUTS warmup, so the scaled length is exactly half
     full, half = (
         np.asarray(run(DRHMC(funnel, trajectory_scale=s), num_warmup=200, num_samples=5).last_state.trajectory_length)
@@ -102,6 +113,8 @@ def test_trajectory_scale_and_jitter():
     )
     np.testing.assert_allclose(half, 0.5 * full, rtol=1e-12)
 
+
+def test_jittered_trajectory_lengths_are_uniform_and_exact():
     kernel = DRHMC(correlated_gaussian, trajectory_length=3.0, max_proposals=2, jitter_trajectory=True)
     mcmc = run(kernel, extra_fields=("num_steps", "stage", "adapt_state.step_size"))
     extra = mcmc.get_extra_fields()

@@ -232,7 +232,10 @@ def adam_bnn_loss():
     "optim",
     [
         # the guide's weight matrices opted in: by default guide locations and scales go to AdamW
-        racs(SCHEDULE, alpha=1.0, matrix_params="all"),
+        pytest.param(
+            racs(SCHEDULE, alpha=1.0, matrix_params="all"),
+            marks=pytest.mark.slow,  # RACS's exact mean-field optimum runs by default (test_optim_guides.py)
+        ),
         alice(SCHEDULE, rank=2, alpha=1.0, alpha_c=1.0, leading_basis=1, update_interval=10, matrix_params="all"),
     ],
     ids=["racs", "alice"],

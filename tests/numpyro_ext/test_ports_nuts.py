@@ -33,7 +33,7 @@ def nuts_score(name, seed=0, **kernel_kwargs):
         "garch-garch11",
         "kidiq-kidscore_momiq",
         "sblrc-blr",
-        "sblri-blr",
+        pytest.param("sblri-blr", marks=pytest.mark.slow),  # sblrc-blr runs the same model by default
     ],
 )
 def test_nuts_on_port_matches_reference(name, posterior_db):

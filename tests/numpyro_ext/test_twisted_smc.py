@@ -114,7 +114,7 @@ def test_all_zero_weights_resample_uniformly():
 # ---------------------------------------------------------------------------------------
 # log Z
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("d, m", [(1, 1), (4, 2)])
+@pytest.mark.parametrize("d, m", [(1, 1), pytest.param(4, 2, marks=pytest.mark.slow)])
 def test_bootstrap_Z_hat_is_unbiased(d, m):
     model, ys, kalman, _ = _problem(d, m)
     smc = TwistedSMC(LinearGaussian(model), num_particles=256)
@@ -125,8 +125,18 @@ def test_bootstrap_Z_hat_is_unbiased(d, m):
     assert log_Z.mean() < kalman.log_Z + 4 * log_Z.std(ddof=1) / math.sqrt(len(log_Z))
 
 
-@pytest.mark.parametrize("resampling", ["multinomial", "systematic", "stratified"])
-@pytest.mark.parametrize("d, m", [(1, 1), (4, 2)])
+# both model sizes and two resampling schemes by default (stratified: test_optimal_token_twists...); the rest is slow
+@pytest.mark.parametrize(
+    "d, m, resampling",
+    [
+        (1, 1, "systematic"),
+        (4, 2, "multinomial"),
+        pytest.param(4, 2, "stratified", marks=pytest.mark.slow),
+        pytest.param(1, 1, "multinomial", marks=pytest.mark.slow),
+        pytest.param(1, 1, "stratified", marks=pytest.mark.slow),
+        pytest.param(4, 2, "systematic", marks=pytest.mark.slow),
+    ],
+)
 def test_optimal_twists_and_proposal_give_exact_log_Z(d, m, resampling):
     model, ys, kalman, info = _problem(d, m)
     lgssm = TimedLinearGaussian(model)
@@ -239,7 +249,9 @@ def test_ctl_keeps_the_optimal_twist_fixed():
     assert np.max(np.abs(J - info.J[:T, 0, 0])) < 0.05
 
 
-@pytest.mark.parametrize("method", ["ctl", pytest.param("sixo", marks=pytest.mark.slow)])
+# slow: the token tests below learn by CTL and SIXO by default, and Pyro's twin runs this one
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["ctl", "sixo"])
 def test_learned_twists_lower_the_variance_of_log_Z(method):
     model, ys, _, info = _problem(4, 2)
     ys = jnp.asarray(ys)
@@ -355,7 +367,7 @@ def test_token_Z_hat_is_unbiased(toy_lm, proposal):
     assert abs(ratio.mean() - 1.0) < 4 * ratio.std(ddof=1) / math.sqrt(len(ratio)), ratio.mean()
 
 
-@pytest.mark.parametrize("resampling", ["multinomial", "stratified"])
+@pytest.mark.parametrize("resampling", [pytest.param("multinomial", marks=pytest.mark.slow), "stratified"])
 def test_optimal_token_twists_give_exact_log_Z_and_exact_samples(toy_lm, resampling):
     smc = TwistedSMC(
         toy_lm["model"],
@@ -378,6 +390,7 @@ def test_optimal_token_twists_give_exact_log_Z_and_exact_samples(toy_lm, resampl
         assert np.all(np.abs(freq - exact) < 4 * se), (position, freq, exact)
 
 
+@pytest.mark.slow  # the LGSSM sandwich above checks the same four bounds by default
 def test_token_bounds_sandwich_the_exact_log_Z(toy_lm):
     # 256 runs: the bounds sit about 0.4 nats off log Z, 7-10 standard errors at this size
     bounds = TwistedSMC(toy_lm["model"], num_particles=4).log_Z_bounds(
@@ -388,7 +401,8 @@ def test_token_bounds_sandwich_the_exact_log_Z(toy_lm):
     assert bounds.iwae_upper - 4 * bounds.iwae_upper_se > toy_lm["log_Z"]
 
 
-@pytest.mark.parametrize("method", ["ctl", "sixo"])
+# CTL learns by default in the two tests around this one; SIXO only here
+@pytest.mark.parametrize("method", [pytest.param("ctl", marks=pytest.mark.slow), "sixo"])
 def test_learned_token_twists_cut_the_variance_tenfold(toy_lm, method):
     plain = TwistedSMC(toy_lm["model"], num_particles=64)
     smc = TwistedSMC(toy_lm["model"], num_particles=64, twist=TabularTwist(V, LENGTH))

@@ -73,7 +73,11 @@ def sampling_stats(kernel):
 SETTINGS = [(2, True), (2, False), (3, True), (3, False)]
 
 
-@pytest.mark.parametrize("max_proposals, probabilistic", SETTINGS)
+# one setting by default (NumPyro's twin runs two more, and the exact-draws tests below both kinds)
+@pytest.mark.parametrize(
+    "max_proposals, probabilistic",
+    [SETTINGS[2], *(pytest.param(*s, marks=pytest.mark.slow) for s in SETTINGS if s != SETTINGS[2])],
+)
 def test_correlated_gaussian_marginals(max_proposals, probabilistic):
     kernel = DRHMC(
         potential_fn=correlated_potential,
@@ -118,6 +122,8 @@ def test_funnel_marginals(max_proposals, probabilistic):
     assert (stage >= 1).any(), "the later stages are what the funnel's neck needs"
 
 
+# slow: test_matches_the_numpyro_kernel shows this kernel is NumPyro's, whose exactness tests run by default
+@pytest.mark.slow
 @pytest.mark.parametrize("probabilistic", [True, False])
 def test_one_transition_from_exact_draws_stays_exact(probabilistic):
     """Invariance with no Monte Carlo error model: independent exact funnel draws, one K=3 transition each.
@@ -288,6 +294,7 @@ def test_trajectory_scale_and_jitter():
 # ---------------------------------------------------------------------------------------
 # (b) a step size too large for the narrow direction
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # NumPyro's twin runs by default
 def test_too_large_step_size_is_rescued_by_later_stages():
     scales = torch.tensor([1.0, 0.1])
 
@@ -442,6 +449,7 @@ def test_stage_schedule_keeps_the_trajectory_length():
 # ---------------------------------------------------------------------------------------
 # the meta-algorithm alone: random-walk involutions on a bimodal target
 # ---------------------------------------------------------------------------------------
+@pytest.mark.slow  # NumPyro's twin runs by default
 @pytest.mark.parametrize("probabilistic", [True, False])
 def test_random_walk_delayed_rejection_is_exact(probabilistic):
     """Proposals (x, v) -> (x + s_k v, -v), s = 4, 1, 0.25, on 0.5 N(-2, 0.3^2) + 0.5 N(2, 1)."""
