@@ -57,7 +57,7 @@ class LikelihoodFreeProblem:
             applied to it as a batch of one).
         summary: ``summary(x (n, ...)) -> (n, d)`` statistics; default: each simulation flattened.
 
-    The constructor runs two simulations at prior draws (on a forked random generator, so the
+    The constructor runs three simulations at prior draws (on a forked random generator, so the
     caller's stream is untouched) to check that the simulator accepts the prior's ``theta`` and
     that its summary has the observation's shape.
     """
@@ -131,11 +131,11 @@ class LikelihoodFreeProblem:
         self.observed = check_statistic("observed", stats[0].detach().cpu().numpy(), self.stat_dim)
 
     def _check_simulator(self) -> int:
-        """One simulation of two prior draws (generator seeded 0): the simulator takes the prior's
+        """One simulation of three prior draws (generator seeded 0): the simulator takes the prior's
         ``theta`` and its summary is ``(n, d)``; returns ``d``."""
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(0)
-            u = self.sample_prior(2)
+            u = self.sample_prior(3)
             theta = self.theta(u)
             try:
                 x = self.simulator(theta, torch.Generator().manual_seed(0))
@@ -144,7 +144,7 @@ class LikelihoodFreeProblem:
                     tuple(theta.shape) if isinstance(theta, Tensor) else {k: tuple(v.shape) for k, v in theta.items()}
                 )
                 raise ValueError(simulator_failure_message(error, shapes)) from error
-            stats = self._stats(x, 2)
+            stats = self._stats(x, 3)
         return int(stats.shape[1])
 
     # ---- the prior ----------------------------------------------------------------------

@@ -1,0 +1,290 @@
+"""Pyro ABC methods: rejection ABC, SMC-ABC and OMC against exact answers.
+
+Exponential-gamma toy (issue 21): prior Gamma(0.1, 0.1) on the rate lambda, the statistic the mean
+of 500 Exponential(lambda) draws, observed 10.086749290513298; exact posterior Gamma(500.1, 5043.47)
+(mean 0.099158, sd 0.004434).  The statistic given lambda is Gamma(500, 500 lambda), so the ABC
+posterior of a uniform kernel of half-width eps on it, pi(lambda) P(|xbar - y| <= eps | lambda), is
+known by quadrature: rejection ABC and SMC-ABC must match it within Monte Carlo error, and it tends
+to the exact posterior as eps shrinks.  OMC is exact here: its Jacobian-weighted draws follow the
+exact posterior.  Multivariate Gaussian mean (D = 3): closed-form Gaussian posterior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyro
+import pyro.distributions as pdist
+import pytest
+import torch
+
+from adapters.diagnostics import ReliabilityWarning
+from pyro_ext.infer.abc import LikelihoodFreeProblem
+from pyro_ext.infer.abc.omc import OMC
+from pyro_ext.infer.abc.rejection import RejectionABC, new_generator, simulate_in_batches
+from pyro_ext.infer.abc.smc_abc import SMCABC
+
+Y = 10.086749290513298
+N_DRAWS = 500
+EXACT_SHAPE, EXACT_RATE = 500.1, 0.1 + N_DRAWS * Y  # 5043.47
+EXACT_MEAN, EXACT_SD = EXACT_SHAPE / EXACT_RATE, math.sqrt(EXACT_SHAPE) / EXACT_RATE
+
+
+def exponential_simulator(lam: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Mean of 500 Exponential(lam) draws per row (reparameterised: differentiable in lam)."""
+    e = torch.empty(lam.shape + (N_DRAWS,), dtype=lam.dtype).exponential_(generator=generator)
+    return e.mean(-1) / lam
+
+
+def nan_above_half(lam: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """The toy simulator, failing (NaN) for lambda > 0.5."""
+    x = exponential_simulator(lam, generator)
+    return torch.where(lam > 0.5, torch.full_like(x, math.nan), x)
+
+
+def toy_problem(simulator=exponential_simulator) -> LikelihoodFreeProblem:
+    prior = pdist.Gamma(torch.tensor(0.1, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64))
+    return LikelihoodFreeProblem(prior, simulator, torch.tensor(Y, dtype=torch.float64))
+
+
+def abc_posterior_moments(epsilon: float) -> tuple[float, float]:
+    """Mean and sd of pi(lambda) P(|xbar - y| <= epsilon | lambda), xbar ~ Gamma(500, 500 lambda), by quadrature."""
+    lam = torch.linspace(0.04, 0.18, 40_001, dtype=torch.float64)
+    shape = torch.tensor(float(N_DRAWS), dtype=torch.float64)
+    inside = torch.special.gammainc(shape, N_DRAWS * lam * (Y + epsilon)) - torch.special.gammainc(
+        shape, N_DRAWS * lam * (Y - epsilon)
+    )
+    prior = pdist.Gamma(torch.tensor(0.1, dtype=torch.float64), torch.tensor(0.1, dtype=torch.float64))
+    w = torch.exp(prior.log_prob(lam)) * inside
+    w = w / w.sum()
+    mean = float((w * lam).sum())
+    return mean, float(torch.sqrt((w * (lam - mean) ** 2).sum()))
+
+
+def weighted_moments(result) -> tuple[float, float, float]:
+    return float(result.mean()[0]), float(result.std()[0]), result.ess
+
+
+def test_abc_posterior_quadrature_tends_to_the_exact_posterior():
+    """The reference the rejection/SMC-ABC tests use: at a small tolerance it is the exact Gamma posterior."""
+    mean, sd = abc_posterior_moments(0.02)
+    assert abs(mean - EXACT_MEAN) < 1e-3 * EXACT_SD and abs(sd / EXACT_SD - 1) < 1e-3
+    assert abc_posterior_moments(0.5)[1] > 1.1 * EXACT_SD  # a wide kernel inflates it
+
+
+# ---------------------------------------------------------------------------------------
+# Rejection ABC
+# ---------------------------------------------------------------------------------------
+def check_rejection(num_simulations: int, wide: float, narrow: float, seed: int) -> None:
+    """One run at the tolerance ``wide``: its draws follow pi_wide (quadrature); the draws within ``narrow``
+    (what a run at ``narrow`` keeps from the same simulations) are within Monte Carlo error of the exact
+    posterior, and closer to it in sd than the wide ones."""
+    pyro.set_rng_seed(seed)
+    result = RejectionABC(toy_problem(), num_simulations=num_simulations, epsilon=wide, scale=None).run()
+    assert result.num_simulations == num_simulations and result.num_nan_simulations == 0
+    assert np.all(result.distances <= wide) and np.all(result.log_weights == 0)
+    lam = result.theta[:, 0]
+    mean, sd = abc_posterior_moments(wide)
+    n = len(lam)
+    assert abs(lam.mean() - mean) < 4 * sd / math.sqrt(n)
+    assert abs(lam.std() / sd - 1) < 4 / math.sqrt(2 * n)
+    close = lam[result.distances <= narrow]
+    n_close = len(close)
+    mean, sd = abc_posterior_moments(narrow)  # within a few percent of the exact posterior
+    assert abs(close.mean() - EXACT_MEAN) < 4 * EXACT_SD / math.sqrt(n_close) + abs(mean - EXACT_MEAN)
+    assert abs(close.std() / EXACT_SD - 1) < 4 / math.sqrt(2 * n_close) + abs(sd / EXACT_SD - 1)
+    assert abs(close.std() - EXACT_SD) < abs(lam.std() - EXACT_SD)
+
+
+def test_rejection_approaches_the_posterior_as_epsilon_shrinks():
+    check_rejection(100_000, wide=0.5, narrow=0.15, seed=0)
+
+
+@pytest.mark.slow
+def test_rejection_approaches_the_posterior_slow():
+    check_rejection(2_000_000, wide=0.5, narrow=0.05, seed=10)
+
+
+def test_rejection_mad_scale_and_nearest_draws():
+    """``scale="mad"`` divides the distance by the prior predictive's MAD: the same accepted set as the
+    unscaled run at epsilon * MAD; num_samples keeps the closest ones, in order."""
+    problem = toy_problem()
+    pyro.set_rng_seed(5)
+    nearest = RejectionABC(problem, num_simulations=10_000, num_samples=50).run()
+    mad = float(nearest.info["scale"][0])
+    pyro.set_rng_seed(5)  # the run's prior draws, then its simulations' generator
+    u = problem.sample_prior(10_000)
+    stats = simulate_in_batches(problem, u, new_generator(), 10_000)[:, 0].numpy()
+    assert mad == pytest.approx(np.median(np.abs(stats - np.median(stats))), rel=1e-12)
+    assert len(nearest.theta) == 50 and np.all(np.diff(nearest.distances) >= 0)
+    pyro.set_rng_seed(5)
+    unscaled = RejectionABC(
+        problem, num_simulations=10_000, epsilon=nearest.info["epsilon"] * mad * (1 + 1e-9), scale=None
+    ).run()
+    np.testing.assert_array_equal(np.sort(unscaled.theta[:, 0]), np.sort(nearest.theta[:, 0]))
+    np.testing.assert_allclose(np.sort(unscaled.distances), np.sort(nearest.distances) * mad, rtol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------
+# SMC-ABC
+# ---------------------------------------------------------------------------------------
+def test_smc_abc_matches_the_abc_posterior_at_its_tolerance():
+    """The last population is an importance sample of pi_eps at its tolerance eps (scaled by the MAD):
+    its weighted moments match the quadrature within Monte Carlo error, and eps shrank to where
+    pi_eps is within a few percent of the exact posterior."""
+    pyro.set_rng_seed(1)
+    result = SMCABC(toy_problem(), num_particles=1000, num_simulations=30_000).run()
+    info = result.info
+    epsilon = info["epsilon"] * float(info["scale"][0])
+    mean, sd = abc_posterior_moments(epsilon)
+    est_mean, est_sd, ess = weighted_moments(result)
+    assert info["num_populations"] >= 4 and np.all(np.diff(info["epsilon_schedule"]) < 0)
+    assert result.num_simulations <= 30_000 and ess > 300
+    assert epsilon < 0.6 and np.all(result.distances <= info["epsilon"])
+    assert abs(est_mean - mean) < 5 * sd / math.sqrt(ess)
+    assert abs(est_sd / sd - 1) < 5 / math.sqrt(2 * ess)
+    assert abs(est_mean - EXACT_MEAN) < 5 * sd / math.sqrt(ess) + abs(mean - EXACT_MEAN)
+
+
+# ---------------------------------------------------------------------------------------
+# OMC
+# ---------------------------------------------------------------------------------------
+def check_omc_toy(num_seeds: int, seed: int):
+    """Each seed solves xbar(lambda) = y exactly (lambda* = Ebar / y); J = d xbar / d log(lambda) = -y there,
+    so |det J| = y; the weighted draws follow Gamma(500.1, 5043.47)."""
+    pyro.set_rng_seed(seed)
+    result = OMC(toy_problem(), num_seeds=num_seeds, chunk_size=min(num_seeds, 1000)).run()
+    assert len(result.theta) == num_seeds and result.info["num_discarded"] == 0
+    assert np.all(result.distances < 1e-6)
+    np.testing.assert_allclose(result.info["half_log_det"], math.log(Y), rtol=1e-8)
+    mean, sd, ess = weighted_moments(result)
+    assert ess > 0.95 * num_seeds  # weights lambda^0.1 e^(-0.1 lambda): nearly equal
+    assert abs(mean - EXACT_MEAN) < 4 * EXACT_SD / math.sqrt(ess)
+    assert abs(sd / EXACT_SD - 1) < 4 / math.sqrt(2 * ess)
+    # an LM evaluation is one simulation (autodiff)
+    assert result.num_simulations == int(result.info["num_iterations"].sum()) + num_seeds
+    return result
+
+
+def test_omc_reproduces_the_exact_posterior():
+    check_omc_toy(1000, seed=2)
+
+
+@pytest.mark.slow
+def test_omc_reproduces_the_exact_posterior_slow():
+    check_omc_toy(20_000, seed=12)
+
+
+def test_omc_finite_differences_match_autodiff():
+    """Same seed and chunk, central differences: the same solutions and weights to FD accuracy."""
+    pyro.set_rng_seed(2)
+    ad = OMC(toy_problem(), num_seeds=128).run()
+    pyro.set_rng_seed(2)
+    fd = OMC(toy_problem(), num_seeds=128, gradients="finite_differences").run()
+    np.testing.assert_allclose(fd.theta, ad.theta, rtol=1e-7)
+    np.testing.assert_allclose(fd.log_weights, ad.log_weights, atol=1e-6)
+    assert fd.num_simulations == 3 * int(fd.info["num_iterations"].sum() + 128)
+
+
+def test_omc_gaussian_mean_in_three_dimensions():
+    """Prior N(0, 4 I), statistic A theta + the mean of n draws of N(0, S): J = A and the posterior is
+    Gaussian with precision I/4 + n A^T S^-1 A."""
+    dim, n = 3, 10
+    A = torch.tensor([[1.0, 0.5, 0.0], [0.0, 1.5, -0.3], [0.2, 0.0, 0.8]], dtype=torch.float64)
+    L = torch.tensor([[1.0, 0.0, 0.0], [0.5, 1.0, 0.0], [-0.2, 0.3, 0.7]], dtype=torch.float64)
+    y = torch.tensor([0.8, -0.4, 1.1], dtype=torch.float64)
+
+    def simulator(theta, generator):
+        z = torch.randn(theta.shape[0], n, dim, dtype=theta.dtype, generator=generator)
+        return theta @ A.T + (z @ L.T).mean(1)
+
+    prior = pdist.Normal(torch.zeros(dim, dtype=torch.float64), 2.0).to_event(1)
+    problem = LikelihoodFreeProblem(prior, simulator, y)
+    pyro.set_rng_seed(4)
+    result = OMC(problem, num_seeds=2000, chunk_size=500).run()
+    precision = torch.eye(dim, dtype=torch.float64) / 4 + n * A.T @ torch.cholesky_inverse(L) @ A
+    cov = torch.linalg.inv(precision)
+    mean = cov @ (n * A.T @ torch.cholesky_inverse(L) @ y)
+    sd = torch.sqrt(torch.diagonal(cov)).numpy()
+    np.testing.assert_allclose(result.info["half_log_det"], math.log(abs(float(torch.linalg.det(A)))), rtol=1e-8)
+    ess = result.ess
+    assert len(result.theta) == 2000 and ess > 1000
+    assert np.all(np.abs(result.mean() - mean.numpy()) < 4 * sd / math.sqrt(ess))
+    assert np.all(np.abs(result.std() / sd - 1) < 5 / math.sqrt(2 * ess))
+
+
+# ---------------------------------------------------------------------------------------
+# Non-finite simulations, bad input, seeds
+# ---------------------------------------------------------------------------------------
+def test_nan_simulations_are_counted_and_rejected():
+    problem = toy_problem(nan_above_half)
+    pyro.set_rng_seed(6)
+    expected = int((torch.exp(problem.sample_prior(20_000)) > 0.5).sum())
+    assert expected > 1000
+    pyro.set_rng_seed(6)
+    with pytest.warns(ReliabilityWarning, match="RejectionABC: .* simulations .* gave non-finite summary statistics"):
+        rejection = RejectionABC(problem, num_simulations=20_000, num_samples=100).run()
+    assert rejection.num_nan_simulations == expected and np.all(rejection.theta <= 0.5)
+    assert np.all(np.isfinite(rejection.distances))
+    pyro.set_rng_seed(6)
+    with pytest.warns(ReliabilityWarning, match="SMCABC: .* non-finite"):
+        smc = SMCABC(problem, num_particles=200, num_simulations=3000).run()
+    assert smc.num_nan_simulations > 0 and np.all(smc.theta <= 0.5) and np.all(np.isfinite(smc.log_weights))
+    pyro.set_rng_seed(6)
+    with pytest.warns(ReliabilityWarning, match="OMC: .* seeds .* were discarded"):
+        omc = OMC(problem, num_seeds=256).run()
+    # a seed whose prior draw is above 0.5 fails at its first simulation
+    assert omc.info["num_nonfinite"] > 0 and omc.num_nan_simulations >= omc.info["num_nonfinite"]
+    assert len(omc.theta) == 256 - omc.info["num_discarded"] and np.all(omc.theta <= 0.5)
+
+
+def test_bad_input_is_named():
+    problem = toy_problem()
+    with pytest.raises(ValueError, match="epsilon: expected a number > 0"):
+        RejectionABC(problem, epsilon=0.0)
+    with pytest.raises(ValueError, match="epsilon: expected a number > 0"):
+        RejectionABC(problem, epsilon=-1.0)
+    with pytest.raises(ValueError, match="give exactly one of num_samples, quantile and epsilon"):
+        RejectionABC(problem, num_samples=10, epsilon=1.0)
+    with pytest.raises(ValueError, match="quantile: expected a fraction"):
+        RejectionABC(problem, quantile=1.5)
+    with pytest.raises(ValueError, match="num_samples: expected at most num_simulations"):
+        RejectionABC(problem, num_simulations=10, num_samples=11)
+    with pytest.raises(ValueError, match="scale: expected shape \\(1,\\)"):
+        RejectionABC(problem, scale=[1.0, 2.0])
+    with pytest.raises(TypeError, match="problem: RejectionABC expected a LikelihoodFreeProblem"):
+        RejectionABC("toy")
+    with pytest.raises(ValueError, match="alpha"):
+        SMCABC(problem, alpha=1.5)
+    with pytest.raises(ValueError, match="num_particles: expected at least 2"):
+        SMCABC(problem, num_particles=1)
+    with pytest.raises(ValueError, match="num_simulations: the budget must cover"):
+        SMCABC(problem, num_particles=100, num_simulations=50)
+    with pytest.raises(ValueError, match="residual_threshold: expected a number > 0"):
+        OMC(problem, residual_threshold=0.0)
+    with pytest.raises(ValueError, match="gradients"):
+        OMC(problem, gradients="symbolic")
+    with pytest.raises(TypeError, match="executor: expected None or an engine"):
+        OMC(problem, num_seeds=4).run(executor=object())
+    two = pdist.Normal(torch.zeros(2, dtype=torch.float64), 1.0).to_event(1)
+    one_stat = LikelihoodFreeProblem(two, lambda t, g: t.sum(-1), torch.tensor(0.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match="OMC needs at least as many summary statistics as parameters"):
+        OMC(one_stat)
+
+
+def test_same_seed_same_result():
+    problem = toy_problem()
+    runs = []
+    for seed in (3, 3, 4):
+        pyro.set_rng_seed(seed)
+        runs.append(
+            (
+                RejectionABC(problem, num_simulations=2000, num_samples=20).run().theta,
+                SMCABC(problem, num_particles=100, num_simulations=1000).run().theta,
+                OMC(problem, num_seeds=16).run().theta,
+            )
+        )
+    for a, b, c in zip(*runs, strict=True):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
