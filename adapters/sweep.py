@@ -43,7 +43,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -313,6 +313,11 @@ class SerialExecutor:
         for task in tasks:
             yield execute(task)
 
+    def map_function(self, function: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """``(i, function(items[i]))`` for each item, here and in order (:meth:`DaskExecutor.map_function`)."""
+        for index, item in enumerate(items):
+            yield index, function(item)
+
     def close(self) -> None:
         pass
 
@@ -363,6 +368,22 @@ class DaskExecutor:
                 row = _failed_row(task, f"worker failure: {_error_text(err)}", math.nan)
                 row.update(finished=_dt.datetime.now().isoformat(timespec="seconds"))
                 yield row
+
+    def map_function(self, function: Callable[[Any], Any], items: Sequence[Any]) -> Iterator[tuple[int, Any]]:
+        """``(i, function(items[i]))`` in completion order, each call one task on the cluster.
+
+        The engine's hook for a library's own embarrassingly parallel work that is not a sweep
+        run (e.g. OMC's chunks of seeds): ``function`` and the items must pickle (cloudpickle),
+        and a task's exception is raised here, after its ``retries``.
+        """
+        from distributed import as_completed
+
+        futures = {
+            self.client.submit(function, item, pure=False, retries=self.retries): index
+            for index, item in enumerate(items)
+        }
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
     def close(self) -> None:
         self.client.close()

@@ -7,9 +7,13 @@ from numpyro_ext.infer.abc.likelihoods import (
     synthetic_log_likelihood,
 )
 from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
+from numpyro_ext.infer.abc.rejection import RejectionABC
+from numpyro_ext.infer.abc.smc_abc import SMCABC
 
 __all__ = [
     "LikelihoodFreeProblem",
+    "RejectionABC",
+    "SMCABC",
     "gaussian_kernel_log_likelihood",
     "one_sided_log_likelihood",
     "synthetic_log_likelihood",

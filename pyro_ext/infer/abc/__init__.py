@@ -6,10 +6,16 @@ from pyro_ext.infer.abc.likelihoods import (
     one_sided_log_likelihood,
     synthetic_log_likelihood,
 )
+from pyro_ext.infer.abc.omc import OMC
 from pyro_ext.infer.abc.problem import LikelihoodFreeProblem
+from pyro_ext.infer.abc.rejection import RejectionABC
+from pyro_ext.infer.abc.smc_abc import SMCABC
 
 __all__ = [
     "LikelihoodFreeProblem",
+    "OMC",
+    "RejectionABC",
+    "SMCABC",
     "gaussian_kernel_log_likelihood",
     "one_sided_log_likelihood",
     "synthetic_log_likelihood",
