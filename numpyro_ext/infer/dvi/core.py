@@ -1,0 +1,221 @@
+"""DVI for a Bayesian MLP, pure: parameters, moment forward pass, KL, ELBO, predictions.
+
+Wu et al. 2019 (arXiv:1810.03958).  q over the weights is mean-field Gaussian; the ELBO
+
+    ELBO(q) = sum_i E_q[log p(y_i | x_i, w)] - KL(q || p)
+
+is computed without sampling: the network's output moments come from
+:mod:`numpyro_ext.infer.dvi.moments` (Sec. 3), the expected log-likelihood from
+:mod:`numpyro_ext.infer.dvi.likelihoods`, the KL from :mod:`numpyro_ext.infer.dvi.priors` (Sec. 4).
+The network is described by :class:`adapters.dvi.DVIConfig`; its variational parameters are
+:class:`DVIParams` (a pytree of arrays, so ``jax.grad`` and optax apply directly).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from adapters.dvi import DVIConfig, check_dvi_data
+from adapters.validation import check_non_negative, check_positive
+from numpyro_ext.infer.dvi.likelihoods import (
+    categorical_expected_log_likelihood,
+    categorical_predictive_probabilities,
+    heteroscedastic_expected_log_likelihood,
+    homoscedastic_expected_log_likelihood,
+    regression_predictive,
+)
+from numpyro_ext.infer.dvi.moments import GaussianMoments, linear_certain_moments, linear_moments, relu_moments
+from numpyro_ext.infer.dvi.priors import empirical_bayes_kl, gaussian_kl
+
+__all__ = [
+    "DVIParams",
+    "ELBOTerms",
+    "LayerParams",
+    "check_params",
+    "dvi_elbo",
+    "dvi_elbo_terms",
+    "dvi_kl",
+    "dvi_predict",
+    "init_params",
+    "mlp_moments",
+]
+
+Array = jax.Array
+
+
+class LayerParams(NamedTuple):
+    """q of one linear layer: ``W ~ N(weight_mean, exp(weight_log_std)^2)`` ``(d_in, d_out)`` and
+    ``b ~ N(bias_mean, exp(bias_log_std)^2)`` ``(d_out,)``, entrywise independent."""
+
+    weight_mean: Array
+    weight_log_std: Array
+    bias_mean: Array
+    bias_log_std: Array
+
+    @property
+    def weight_var(self) -> Array:
+        """``V = exp(2 weight_log_std)``."""
+        return jnp.exp(2.0 * self.weight_log_std)
+
+    @property
+    def bias_var(self) -> Array:
+        """``v = exp(2 bias_log_std)``."""
+        return jnp.exp(2.0 * self.bias_log_std)
+
+
+class DVIParams(NamedTuple):
+    """All variational parameters: one :class:`LayerParams` per layer, and for
+    ``likelihood="homoscedastic"`` the log noise variance ``(D,)`` (a point estimate; ``None`` otherwise)."""
+
+    layers: tuple[LayerParams, ...]
+    log_noise_variance: Array | None = None
+
+
+class ELBOTerms(NamedTuple):
+    """The ELBO's parts: ``expected_log_likelihood`` ``(n,)`` per datum and ``kl`` (scalar)."""
+
+    expected_log_likelihood: Array
+    kl: Array
+
+
+def init_params(rng_key: Array, config: DVIConfig, *, init_std_ratio: float = 0.1, dtype=None) -> DVIParams:
+    """Initial q for ``config``: weight means ``~ N(0, 2 / d_in)`` (He), bias means 0, every standard
+    deviation ``init_std_ratio * sqrt(2 / d_in)``; homoscedastic log noise variances 0.
+
+    ``dtype``: the parameters' float type (default: JAX's default float, float32 unless x64 is on).
+    """
+    if not isinstance(config, DVIConfig):
+        raise TypeError(f"config must be an adapters.dvi.DVIConfig, got {type(config).__name__}")
+    ratio = check_positive("init_std_ratio", init_std_ratio)
+    dtype = jnp.zeros(()).dtype if dtype is None else jnp.dtype(dtype)
+    # One draw for all weight means, sliced per layer: eager JAX compiles a random draw once per shape.
+    shapes = list(zip(config.sizes[:-1], config.sizes[1:], strict=True))
+    draws = jax.random.normal(rng_key, (sum(d_in * d_out for d_in, d_out in shapes),), dtype)
+    layers, start = [], 0
+    for d_in, d_out in shapes:
+        std = (2.0 / d_in) ** 0.5
+        log_std = math.log(ratio * std)
+        layers.append(
+            LayerParams(
+                weight_mean=std * draws[start : start + d_in * d_out].reshape(d_in, d_out),
+                weight_log_std=jnp.full((d_in, d_out), log_std, dtype),
+                bias_mean=jnp.zeros((d_out,), dtype),
+                bias_log_std=jnp.full((d_out,), log_std, dtype),
+            )
+        )
+        start += d_in * d_out
+    noise = jnp.zeros((config.num_targets,), dtype) if config.likelihood == "homoscedastic" else None
+    return DVIParams(tuple(layers), noise)
+
+
+def check_params(params: DVIParams, config: DVIConfig) -> None:
+    """Raise a ``ValueError`` naming ``params`` when its layers' shapes do not match ``config.sizes``."""
+    if not isinstance(params, DVIParams):
+        raise TypeError(f"params must be a DVIParams (from init_params), got {type(params).__name__}")
+    if len(params.layers) != config.num_layers:
+        raise ValueError(f"params has {len(params.layers)} layers but sizes={config.sizes!r} has {config.num_layers}")
+    for i, (layer, d_in, d_out) in enumerate(zip(params.layers, config.sizes[:-1], config.sizes[1:], strict=True)):
+        expected = ((d_in, d_out), (d_in, d_out), (d_out,), (d_out,))
+        for field, shape, value in zip(LayerParams._fields, expected, layer, strict=True):
+            if jnp.shape(value) != shape:
+                raise ValueError(
+                    f"params.layers[{i}].{field} must have shape {shape} for sizes={config.sizes!r}, "
+                    f"got {jnp.shape(value)}"
+                )
+    if config.likelihood == "homoscedastic":
+        if params.log_noise_variance is None or jnp.shape(params.log_noise_variance) != (config.num_targets,):
+            got = None if params.log_noise_variance is None else jnp.shape(params.log_noise_variance)
+            raise ValueError(
+                f"params.log_noise_variance must have shape ({config.num_targets},) for "
+                f"likelihood='homoscedastic', got {got}"
+            )
+
+
+def mlp_moments(params: DVIParams, x: Array, config: DVIConfig) -> GaussianMoments:
+    """Output moments of the network at certain inputs ``x`` ``(n, d_0)``: mean ``(n, d_L)`` and covariance
+    ``(n, d_L, d_L)`` (``"full"``) or variances ``(n, d_L)`` (``"diag"``).
+
+    First layer (L1)-(L2) with certain inputs, then ReLU (R1)-(R4) and a linear layer, layer by layer.
+    """
+    check_params(params, config)
+    check_dvi_data(config, x)
+    first = params.layers[0]
+    moments = linear_certain_moments(
+        x, first.weight_mean, first.weight_var, first.bias_mean, first.bias_var, full=config.covariance == "full"
+    )
+    for layer in params.layers[1:]:
+        moments = linear_moments(
+            relu_moments(moments), layer.weight_mean, layer.weight_var, layer.bias_mean, layer.bias_var
+        )
+    return moments
+
+
+def dvi_kl(params: DVIParams, config: DVIConfig) -> Array:
+    """``KL(q || p)`` summed over all weight matrices and bias vectors: (K1) with ``config.prior_variance``
+    (``prior="gaussian"``) or (K1) at the empirical-Bayes optimum (K2), one ``s*`` per tensor."""
+    total = jnp.zeros((), params.layers[0].weight_mean.dtype)
+    for i, layer in enumerate(params.layers):
+        for mean, var in ((layer.weight_mean, layer.weight_var), (layer.bias_mean, layer.bias_var)):
+            if config.prior == "gaussian":
+                total = total + gaussian_kl(mean, var, config.prior_variance[i])
+            else:
+                total = total + empirical_bayes_kl(mean, var, config.eb_alpha, config.eb_beta(i))
+    return total
+
+
+def dvi_elbo_terms(params: DVIParams, x: Array, y: Array, config: DVIConfig) -> ELBOTerms:
+    """The expected log-likelihood of each datum ``(n,)`` and the KL (scalar), without sampling."""
+    check_dvi_data(config, x, y)
+    outputs = mlp_moments(params, x, config)
+    if config.likelihood == "heteroscedastic":
+        ell = heteroscedastic_expected_log_likelihood(outputs, y)
+    elif config.likelihood == "homoscedastic":
+        ell = homoscedastic_expected_log_likelihood(outputs, y, params.log_noise_variance)
+    else:
+        ell = categorical_expected_log_likelihood(outputs, y)
+    return ELBOTerms(ell, dvi_kl(params, config))
+
+
+def dvi_elbo(
+    params: DVIParams,
+    x: Array,
+    y: Array,
+    config: DVIConfig,
+    *,
+    num_data: int | None = None,
+    kl_weight: float | Array = 1.0,
+) -> Array:
+    """The deterministic ELBO ``(N / n) sum_i E_q[log p(y_i | x_i, w)] - kl_weight KL(q || p)`` (scalar).
+
+    ``x`` ``(n, d_0)``, ``y`` ``(n,)``/``(n, D)`` (integer labels ``(n,)`` for ``"categorical"``): a
+    minibatch of a data set of ``num_data = N`` points (default ``n``: the whole data set).  ``kl_weight``
+    (``lambda`` in [0, 1]) is the paper's KL warm-up factor; 1 gives the ELBO.  Maximise it (``-dvi_elbo``
+    is the loss).
+    """
+    n = jnp.shape(x)[0]
+    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < n):
+        raise ValueError(f"num_data must be an integer >= the batch size {n} (the data set's size), got {num_data!r}")
+    if isinstance(kl_weight, int | float):
+        check_non_negative("kl_weight", kl_weight)
+    terms = dvi_elbo_terms(params, x, y, config)
+    scale = (n if num_data is None else num_data) / n
+    return scale * terms.expected_log_likelihood.sum() - kl_weight * terms.kl
+
+
+def dvi_predict(params: DVIParams, x: Array, config: DVIConfig) -> tuple[Array, Array]:
+    """Predictive mean and variance of ``y`` at ``x`` ``(n, d_0)``, in closed form.
+
+    Regression: ``(n, D)`` each, ``E[y] = mu_m`` and ``Var(y) = S_mm + E[noise variance]``
+    (:func:`~numpyro_ext.infer.dvi.likelihoods.regression_predictive`).  Categorical: the class
+    probabilities ``P`` ``(n, K)`` (second-order approximation of ``E[softmax(f)]``) and ``P (1 - P)``, the
+    mean and variance of the one-hot label.
+    """
+    outputs = mlp_moments(params, x, config)
+    if config.likelihood == "categorical":
+        probs = categorical_predictive_probabilities(outputs)
+        return probs, probs * (1.0 - probs)
+    return regression_predictive(outputs, config.likelihood, params.log_noise_variance)
