@@ -3,6 +3,7 @@
 import sys
 
 from benchmarks import (
+    abc,
     drhmc,
     drhmc_funnel,
     mi_bounds,
@@ -15,6 +16,7 @@ from benchmarks import (
 )
 
 STUDIES = {
+    "abc": abc.main,
     "drhmc": drhmc.main,
     "drhmc-funnel": drhmc_funnel.main,
     "mi-bounds": mi_bounds.main,
