@@ -28,7 +28,7 @@ from numpyro_ext.infer.dvi.moments import (  # noqa: E402
 
 # Eager JAX compiles every operation on its own; one jit per function is several times faster.
 relu_moments_jit = jax.jit(relu_moments)
-linear_moments_jit = jax.jit(linear_moments)
+linear_moments_jit = jax.jit(linear_moments, static_argnames="full")
 linear_certain_jit = jax.jit(linear_certain_moments, static_argnames="full")
 relu_mean_var_jit = jax.jit(relu_mean_var)
 relu_correlation_jit = jax.jit(relu_correlation_term)
@@ -109,6 +109,9 @@ def test_linear_layer_with_gaussian_inputs_matches_monte_carlo():
     mean, mean_se, cov, cov_se = mc_mean_cov(np.einsum("nd,ndo->no", h_ind, w) + b)
     assert_within_mc(diag.mean[0], mean, mean_se, "dDVI E[a]")
     assert_within_mc(diag.cov[0], np.diag(cov), np.diag(cov_se), "dDVI Var(a)")
+    # independent inputs, full output covariance (the second layer of DVI, after independent hidden units)
+    assert_within_mc(linear_moments_jit(diag_in, *params, full=True).cov[0], cov, cov_se, "Cov(a), independent h")
+    np.testing.assert_allclose(linear_moments_jit(diag_in, *params, full=False).cov, diag.cov, rtol=1e-14)
 
 
 def test_relu_mean_and_variance_are_exact():

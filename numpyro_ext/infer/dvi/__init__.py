@@ -2,8 +2,9 @@
 
 The math core, pure JAX: moment propagation (:mod:`.moments`), closed-form expected log-likelihoods
 (:mod:`.likelihoods`), KL terms with the empirical-Bayes prior (:mod:`.priors`), and the network's
-parameters, ELBO and predictions (:mod:`.core`).  The network is described by
-:class:`adapters.dvi.DVIConfig` (shared with the Pyro backend).
+parameters, ELBO and predictions (:mod:`.core`); the NumPyro shell (:mod:`.network`): :class:`DVIMLP`, a
+pure init/apply pair with NumPyro ``param`` sites, and :class:`DVI_ELBO`, the DVI loss for NumPyro's ``SVI``.
+The network is described by :class:`adapters.dvi.DVIConfig` (shared with the Pyro backend).
 """
 
 from adapters.dvi import DVIConfig
@@ -37,10 +38,13 @@ from numpyro_ext.infer.dvi.moments import (
     relu_moments,
     standard_normal_pdf,
 )
+from numpyro_ext.infer.dvi.network import DVI_ELBO, DVIMLP
 from numpyro_ext.infer.dvi.priors import empirical_bayes_kl, empirical_bayes_prior_variance, gaussian_kl
 
 __all__ = [
     "DVIConfig",
+    "DVIMLP",
+    "DVI_ELBO",
     "DVIParams",
     "ELBOTerms",
     "GaussianMoments",

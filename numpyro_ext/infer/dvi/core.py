@@ -139,17 +139,23 @@ def mlp_moments(params: DVIParams, x: Array, config: DVIConfig) -> GaussianMomen
     """Output moments of the network at certain inputs ``x`` ``(n, d_0)``: mean ``(n, d_L)`` and covariance
     ``(n, d_L, d_L)`` (``"full"``) or variances ``(n, d_L)`` (``"diag"``).
 
-    First layer (L1)-(L2) with certain inputs, then ReLU (R1)-(R4) and a linear layer, layer by layer.
+    First layer (L1)-(L2) with certain inputs, then ReLU (R1)-(R4) and a linear layer, layer by layer.  The first
+    layer's units are independent (independent weight columns, certain inputs), so its ReLU moments are the exact
+    diagonal ones (R1)-(R2) in either mode and full covariances start at the second linear layer: with one hidden
+    layer, DVI and dDVI give the same output means and variances, both exact (DVI adds the output covariances).
     """
     check_params(params, config)
     check_dvi_data(config, x)
+    full = config.covariance == "full"
     first = params.layers[0]
+    # covariance matrices only for a network without hidden layers (otherwise the next linear layer makes them)
+    first_full = full and config.num_layers == 1
     moments = linear_certain_moments(
-        x, first.weight_mean, first.weight_var, first.bias_mean, first.bias_var, full=config.covariance == "full"
+        x, first.weight_mean, first.weight_var, first.bias_mean, first.bias_var, full=first_full
     )
     for layer in params.layers[1:]:
         moments = linear_moments(
-            relu_moments(moments), layer.weight_mean, layer.weight_var, layer.bias_mean, layer.bias_var
+            relu_moments(moments), layer.weight_mean, layer.weight_var, layer.bias_mean, layer.bias_var, full=full
         )
     return moments
 

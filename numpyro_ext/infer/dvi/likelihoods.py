@@ -14,13 +14,14 @@ moved by ``-S_ml``, so ``E[g(m) e^-l] = E[e^-l] E_tilted[g(m)]`` with ``E[e^-l] 
 exact given Gaussian ``(m, l)``.  Homoscedastic: ``l`` is a fixed number ``s`` (``S_ll = S_ml = 0``).
 dDVI has no ``S_ml`` (taken as 0).
 
-Classification (the paper's treatment of the softmax): ``E[log softmax(f)_k] = mu_k - E[lse(f)]`` with
-``lse(f) = log sum_i exp(f_i)``.  A second-order expansion of ``lse`` at ``mu`` (gradient ``p = softmax(mu)``,
-Hessian ``diag(p) - p p^T``) gives
+Classification: ``E[log softmax(f)_k] = mu_k - E[lse(f)]`` with ``lse(f) = log sum_i exp(f_i)``, which has no
+closed form for Gaussian ``f``.  A second-order (delta-method) expansion of ``lse`` at ``mu`` (gradient
+``p = softmax(mu)``, Hessian ``diag(p) - p p^T``) gives
 
     (C1)  E[log softmax(f)_k] ~= mu_k - lse(mu) - 1/2 (sum_i p_i S_ii - p^T S p),
 
-exact when ``S`` is constant (``c 1 1^T``: a common shift of all logits), with error ``O(||S||^2)``.
+exact when ``S`` is constant (``c 1 1^T``: a common shift of all logits), with error ``O(||S||^2)``:
+``tests/numpyro_ext/test_dvi_core.py`` measures it (below 0.0015 nats for 4 logits whose variances average 0.1).
 """
 
 from __future__ import annotations

@@ -133,23 +133,35 @@ def linear_certain_moments(
 
 
 def linear_moments(
-    inputs: GaussianMoments, weight_mean: Array, weight_var: Array, bias_mean: Array, bias_var: Array
+    inputs: GaussianMoments,
+    weight_mean: Array,
+    weight_var: Array,
+    bias_mean: Array,
+    bias_var: Array,
+    *,
+    full: bool | None = None,
 ) -> GaussianMoments:
     """Moments of ``a = h W + b`` for a random input ``h`` with moments ``inputs`` ((L1), (L2); exact).
 
-    Full input ``cov`` ``(n, d_in, d_in)`` gives ``Cov(a) = M^T Cov(h) M + diag(E[h^2] V + v)``
-    ``(n, d_out, d_out)``; diagonal input (dDVI) gives its diagonal ``Var(h) M^2 + E[h^2] V + v``
-    ``(n, d_out)``.  ``E[a] = E[h] M + m`` ``(n, d_out)`` either way.
+    ``E[a] = E[h] M + m`` ``(n, d_out)``.  ``Cov(a) = M^T Cov(h) M + diag(E[h^2] V + v)``, where a diagonal
+    input ``cov`` ``(n, d_in)`` means independent inputs (exact after a first layer, whose units are independent;
+    dDVI's assumption after that).  ``full``: return the covariances ``(n, d_out, d_out)`` (True) or only the
+    variances ``Var(h) M^2 + E[h^2] V + v`` (computed from the input's diagonal, as dDVI does) ``(n, d_out)``
+    (False); default: as the input.
     """
     mean_h = inputs.mean
     _check_weights(weight_mean, weight_var, bias_mean, bias_var, d_in=jnp.shape(mean_h)[-1])
+    full = inputs.is_full if full is None else bool(full)
     var_h = inputs.variance
     mean = mean_h @ weight_mean + bias_mean
     own = (var_h + mean_h * mean_h) @ weight_var + bias_var
+    if not full:
+        return GaussianMoments(mean, var_h @ (weight_mean * weight_mean) + own)
     if inputs.is_full:
         propagated = jnp.einsum("nik,ij,kl->njl", inputs.cov, weight_mean, weight_mean)
-        return GaussianMoments(mean, propagated + _diag_matrix(own))
-    return GaussianMoments(mean, var_h @ (weight_mean * weight_mean) + own)
+    else:
+        propagated = jnp.einsum("ni,ij,il->njl", var_h, weight_mean, weight_mean)
+    return GaussianMoments(mean, propagated + _diag_matrix(own))
 
 
 def relu_mean_var(mean: Array, var: Array) -> tuple[Array, Array]:
