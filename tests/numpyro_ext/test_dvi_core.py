@@ -293,3 +293,23 @@ def test_bad_inputs_name_the_argument():
     labels_config = DVIConfig((2, 3), likelihood="categorical")
     with pytest.raises(ValueError, match=r"y must hold class labels in \[0, 3\)"):
         dvi_elbo(one_hidden_layer(labels_config, 13), x, np.array([0, 3, 1]), labels_config)
+
+
+@pytest.mark.slow
+def test_two_hidden_layers_full_covariance_beats_diagonal_against_monte_carlo():
+    """Beyond one hidden layer DVI is an approximation (Gaussian pre-activations, (R4)); its off-diagonal
+    covariances matter.  Measured for this (2, 8, 8, 1) network against 2e5 weight draws: DVI's predictive
+    variances are within 3.2% (worst of 3 inputs), dDVI's are off by up to 26%; both means are within 0.025."""
+    full_config = DVIConfig((2, 8, 8, 1), likelihood="homoscedastic", prior="gaussian")
+    diag_config = DVIConfig((2, 8, 8, 1), covariance="diag", likelihood="homoscedastic", prior="gaussian")
+    params = one_hidden_layer(full_config, 22)
+    x = jnp.array([[0.5, -1.0], [1.2, 0.4], [-0.3, 0.0]])
+    predict = jax.jit(dvi_predict, static_argnums=2)
+    (full_mean, full_var), (diag_mean, diag_var) = predict(params, x, full_config), predict(params, x, diag_config)
+    f = network_outputs(params, np.asarray(x), np.random.default_rng(9), NUM_DRAWS)[..., 0]
+    mc_var = f.var(0) + math.exp(-0.7)
+    full_error = np.abs(np.asarray(full_var[:, 0]) / mc_var - 1.0).max()
+    diag_error = np.abs(np.asarray(diag_var[:, 0]) / mc_var - 1.0).max()
+    assert full_error < 0.05 and diag_error > 0.15, (full_error, diag_error)
+    assert np.abs(np.asarray(full_mean[:, 0]) - f.mean(0)).max() < 0.025 + Z_MAX * f.std(0).max() / math.sqrt(NUM_DRAWS)
+    np.testing.assert_allclose(diag_mean, full_mean, rtol=1e-12)  # means need only the variances of layer 2
