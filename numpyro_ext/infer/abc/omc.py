@@ -155,17 +155,9 @@ def omc_start(u0: Array, evaluate: Evaluate) -> OMCState:
     evaluates it first.  :func:`omc_optimize` starts here, so its program holds one copy of the simulator."""
     r_shape, jacobian_shape, _ = jax.eval_shape(evaluate, u0)
     zero = jnp.zeros((), jnp.int32)
-    return OMCState(
-        u=u0,
-        residual=jnp.zeros(r_shape.shape, r_shape.dtype),
-        jacobian=jnp.zeros(jacobian_shape.shape, jacobian_shape.dtype),
-        damping=jnp.asarray(INITIAL_DAMPING, u0.dtype),
-        radius=jnp.maximum(1.0, jnp.linalg.norm(u0)).astype(u0.dtype),
-        num_iterations=zero,
-        num_evaluations=zero,
-        num_nan=zero,
-        done=jnp.asarray(False),
-    )
+    r, jacobian = jnp.zeros(r_shape.shape, r_shape.dtype), jnp.zeros(jacobian_shape.shape, jacobian_shape.dtype)
+    damping, radius = jnp.asarray(INITIAL_DAMPING, u0.dtype), jnp.maximum(1.0, jnp.linalg.norm(u0)).astype(u0.dtype)
+    return OMCState(u0, r, jacobian, damping, radius, zero, zero, zero, jnp.asarray(False))
 
 
 def omc_init(u0: Array, evaluate: Evaluate) -> OMCState:
@@ -203,8 +195,15 @@ def omc_step(state: OMCState, evaluate: Evaluate, num_steps: int, optimizer: str
     trial = u + jnp.where(stop | fresh, 0.0, delta)
     r_new, jacobian_new, nan_new = evaluate(trial)
     finite = _all_finite(r_new) & _all_finite(jacobian_new)
-    better = r_new @ r_new < r @ r if optimizer == "lm" else jnp.asarray(True)
-    accept = fresh | (~stop & finite & better)
+    # near a least-squares minimum (d > D) the change of |r|^2 is below its rounding: when both the
+    # linear model's predicted and the actual change are (MINPACK's ftol test), the step is taken and
+    # the seed is done, rather than refused until the radius collapses a sqrt(eps) short of the minimum
+    change = (r_new - r) @ (r_new + r)  # |r_new|^2 - |r|^2 without the cancellation of the two sums
+    tol = 16 * eps * (r @ r)
+    jd = jacobian @ delta
+    level = ~fresh & ~stop & finite & (jnp.abs(2 * r @ jd + jd @ jd) <= tol) & (jnp.abs(change) <= tol)
+    better = change < 0 if optimizer == "lm" else jnp.asarray(True)
+    accept = fresh | (~stop & finite & (better | level))
     moved = ~stop & ~fresh
     if optimizer == "lm":
         damping = jnp.where(accept, jnp.maximum(state.damping * 0.1, MIN_DAMPING), state.damping * 10.0)
@@ -217,7 +216,7 @@ def omc_step(state: OMCState, evaluate: Evaluate, num_steps: int, optimizer: str
         stalled = moved & ~finite  # undamped: nowhere to go after a non-finite simulation
     num_iterations = state.num_iterations + moved.astype(jnp.int32)
     evaluated = (moved | fresh).astype(jnp.int32)
-    done = jnp.where(fresh, ~finite, stop | stalled | (num_iterations >= num_steps))
+    done = jnp.where(fresh, ~finite, stop | stalled | level | (num_iterations >= num_steps))
     return OMCState(
         u=jnp.where(accept, trial, u),
         residual=jnp.where(accept, r_new, r),
