@@ -27,10 +27,11 @@ step scale-free, so where ``J`` is nearly flat (a saturating statistic, or ``x =
 the observation) the step is ``~ |r| / |J|`` however large ``lambda`` grows, and lands where ``T(u)``
 under- or overflows (a non-finite simulation) or the statistic is flat to rounding (a reachable seed
 stalls and is discarded).  ``"gauss_newton"`` takes every finite undamped, unbounded step.  A seed
-stops when the step is below ``eps^(3/4)`` relative to ``|u|``, ``lambda`` exceeds 1e10, or after
-``num_steps`` evaluations beyond the first.  ``J`` comes from forward-mode autodiff (one simulation
-carrying ``D`` tangents) or central finite differences (``1 + 2D`` simulations per evaluation); the
-weight uses the ``J`` of the same source at ``u*``.
+stops when the step is below ``eps^(3/4)`` relative to ``|u|``, ``lambda`` exceeds 1e10, the step's
+predicted and actual changes of ``|r|^2`` are both below ``16 eps |r|^2`` (the step is then taken: a
+least-squares minimum to rounding), or after ``num_steps`` evaluations beyond the first.  ``J`` comes
+from forward-mode autodiff (one simulation carrying ``D`` tangents) or central finite differences
+(``1 + 2D`` simulations per evaluation); the weight uses the ``J`` of the same source at ``u*``.
 
 **Discarded seeds** get weight zero and are counted in ``result.info``: a non-finite residual,
 Jacobian or prior at the end (``num_nonfinite``), a singular ``J`` (``num_singular``) or a residual
