@@ -108,3 +108,31 @@ def test_heteroscedastic_dvi_beats_homoscedastic_on_the_papers_toy():
         scores[likelihood] = float(jax.scipy.stats.norm.logpdf(y_test, mean[:, 0], jnp.sqrt(var[:, 0])).mean())
     assert scores["heteroscedastic"] > scores["homoscedastic"] + 0.5, scores
     assert scores["heteroscedastic"] > 1.0, scores
+
+
+@pytest.mark.slow
+def test_model_log_density_is_the_bayesian_mlp():
+    """net.model's log joint at fixed weights: Gaussian prior plus heteroscedastic likelihood, by hand (scipy);
+    minibatch scaling by num_data / n.  The model is what an MCVI baseline samples against."""
+    from numpyro.infer.util import log_density
+    from scipy import stats
+
+    net = DVIMLP((1, 3, 2), prior="gaussian", prior_variance=(2.0, 0.5))
+    x, y = toy_data(5, 6)
+    rng = np.random.default_rng(6)
+    values = {}
+    for i, (d_in, d_out) in enumerate(((1, 3), (3, 2))):
+        values[f"dvi.layers.{i}.weight"] = rng.normal(size=(d_in, d_out))
+        values[f"dvi.layers.{i}.bias"] = rng.normal(size=d_out)
+    h = np.maximum(np.asarray(x) @ values["dvi.layers.0.weight"] + values["dvi.layers.0.bias"], 0.0)
+    out = h @ values["dvi.layers.1.weight"] + values["dvi.layers.1.bias"]
+    prior = sum(
+        stats.norm.logpdf(values[f"dvi.layers.{i}.{part}"], 0.0, math.sqrt(v)).sum()
+        for i, v in enumerate((2.0, 0.5))
+        for part in ("weight", "bias")
+    )
+    likelihood = stats.norm.logpdf(np.asarray(y), out[:, 0], np.exp(0.5 * out[:, 1])).sum()
+    got, _ = log_density(net.model, (x, y), {}, {k: jnp.asarray(v) for k, v in values.items()})
+    assert float(got) == pytest.approx(prior + likelihood, rel=1e-12)
+    scaled, _ = log_density(net.model, (x, y), {"num_data": 60}, {k: jnp.asarray(v) for k, v in values.items()})
+    assert float(scaled) == pytest.approx(prior + 10 * likelihood, rel=1e-12)

@@ -214,7 +214,9 @@ class DVIMLP:
             targets = jnp.asarray(y)[:, None]
         n = jnp.shape(x)[0]
         event = 0 if config.likelihood == "categorical" else 1
-        with numpyro.plate(f"{self.name}.data", num_data or n, subsample_size=n):
+        # x, y are the minibatch already: scale its log-likelihood to num_data points (no subsample indices to draw)
+        scale = 1.0 if num_data is None else num_data / n
+        with numpyro.plate(f"{self.name}.data", n), numpyro.handlers.scale(scale=scale):
             numpyro.sample(f"{self.name}.y", likelihood.to_event(event), obs=targets)
         return h
 
@@ -230,10 +232,10 @@ class DVI_ELBO(ELBO):
     """The negative deterministic ELBO of a :class:`DVIMLP` as a NumPyro ELBO, for ``SVI(net.model, net.guide,
     optimizer, DVI_ELBO(...))``.
 
-    ``kl_warmup_steps``: the KL term is weighted by ``min(1, t / kl_warmup_steps)`` at SVI step ``t`` (the paper's
-    KL warm-up); 0 (default) uses the ELBO from the start.  The loss is deterministic: ``rng_key`` is unused.  The
-    model and guide take ``(x, y, num_data=None)``; ``num_data`` is the data set's size when ``x, y`` are a
-    minibatch.
+    ``kl_warmup_steps``: the KL term is weighted by ``min(1, t / kl_warmup_steps)`` at SVI step ``t`` (a linear KL
+    warm-up, as in the paper's training); 0 (default) uses the ELBO from the start.  The loss is deterministic:
+    ``rng_key`` is unused.  The model and guide take ``(x, y, num_data=None)``; ``num_data`` is the data set's size
+    when ``x, y`` are a minibatch.
     """
 
     def __init__(self, kl_warmup_steps: int = 0) -> None:
