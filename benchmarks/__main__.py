@@ -4,6 +4,7 @@ import sys
 
 from benchmarks import (
     abc,
+    abc_scaling,
     drhmc,
     drhmc_funnel,
     mi_bounds,
@@ -17,6 +18,7 @@ from benchmarks import (
 
 STUDIES = {
     "abc": abc.main,
+    "abc-scaling": abc_scaling.main,
     "drhmc": drhmc.main,
     "drhmc-funnel": drhmc_funnel.main,
     "mi-bounds": mi_bounds.main,
