@@ -9,6 +9,10 @@
 * finite differences against autodiff, the residual threshold on unreachable observations, NaN
   simulations, bad input, the store and chunking, and the Dask engine (bit-identical numbers).
 
+Default: the toy at 2000 seeds, the nonlinear D = 3 mean, NaN counting, bad input, the store and an
+in-process executor (their compile time is most of their cost: the store test reuses the D = 3 test's
+program); the rest is ``slow``.
+
 Tolerances: 4 Monte Carlo standard errors from the weights' ESS (``sd / sqrt(ESS)`` for a mean,
 ``sd / sqrt(2 ESS)`` for a standard deviation), fixed seeds.
 """
