@@ -17,13 +17,22 @@ goes to 0); with ``d > D``, ``theta_i*`` is the least-squares solution.  ``d < D
 ``J_u = J_theta T'(u)`` and ``pi_u(u) = pi_theta(T(u)) |det T'(u)|`` the Jacobian of ``T`` cancels, so
 ``pi_u(u*) / sqrt(det J_u^T J_u) = pi_theta(theta*) / sqrt(det J_theta^T J_theta)``: the paper's weights.
 
-**Optimiser**: Levenberg-Marquardt (Marquardt 1963) on ``r(u) = s(f(T(u), omega_i)) - y``:
-``delta = -(J^T J + lambda diag(J^T J))^{-1} J^T r`` is taken when it lowers ``|r|^2``
-(``lambda /= 10``), refused otherwise (``lambda *= 10``); ``"gauss_newton"`` takes every finite
-undamped step.  A seed stops when the proposed step is below ``eps^(3/4)`` relative to ``|u|``,
-``lambda`` exceeds 1e10, or after ``num_steps`` evaluations beyond the first.  ``J`` comes from
-reverse-mode autograd (one simulation and ``d`` backward passes) or from central finite differences
-(``1 + 2D`` simulations per evaluation); the weight uses the ``J`` of the same source at ``u*``.
+**Optimiser** (batched over a chunk's rows, each row its own optimisation): Levenberg-Marquardt
+(Marquardt 1963) on ``r(u) = s(f(T(u), omega_i)) - y``: the step
+``delta = -(J^T J + lambda diag(J^T J))^{-1} J^T r``, shortened to the trust radius ``Delta``, is taken
+when it lowers ``|r|^2`` (``lambda /= 10``; ``Delta`` doubles when it had shortened the step), refused
+otherwise (``lambda *= 10``, ``Delta = |delta| / 2``); ``Delta`` starts at ``max(1, |u_0|)``.  The radius
+keeps the optimiser where the linearisation means something: Marquardt's scaling makes the damped
+step scale-free, so where ``J`` is nearly flat (a saturating statistic, or ``x = m e^{-u}`` far below
+the observation) the step is ``~ |r| / |J|`` however large ``lambda`` grows, and lands where ``T(u)``
+under- or overflows (a non-finite simulation) or the statistic is flat to rounding (a reachable seed
+stalls and is discarded).  ``"gauss_newton"`` takes every finite undamped, unbounded step.  A seed
+stops when the step is below ``eps^(3/4)`` relative to ``|u|``, ``lambda`` exceeds 1e10, the step's
+predicted and actual changes of ``|r|^2`` are both below ``16 eps |r|^2`` (the step is then taken: a
+least-squares minimum to rounding; MINPACK's ftol test), or after ``num_steps`` evaluations beyond the
+first.  ``J`` comes from reverse-mode autograd (one simulation and ``d`` backward passes) or central
+finite differences (``1 + 2D`` simulations per evaluation); the weight uses the ``J`` of the same
+source at ``u*``.
 
 **Discarded seeds** get weight zero and are counted in ``result.info``: a non-finite residual,
 Jacobian or prior at the end (``num_nonfinite``), a singular ``J`` (``num_singular``) or a residual
@@ -77,6 +86,7 @@ __all__ = [
     "omc_init",
     "omc_log_weight",
     "omc_optimize",
+    "omc_start",
     "omc_step",
 ]
 
@@ -99,14 +109,15 @@ Evaluate = Callable[[Tensor], tuple[Tensor, Tensor, Tensor]]
 # ---------------------------------------------------------------------------------------
 class OMCState(NamedTuple):
     """A chunk's optimisations, one row per seed: ``u`` ``(n, D)`` the current points, ``residual``
-    ``(n, d)`` and ``jacobian`` ``(n, d, D)`` there, Levenberg-Marquardt's ``damping`` ``(n,)``, the
-    evaluations after the first (``num_iterations``), all evaluations (``num_evaluations``),
-    non-finite simulations (``num_nan``), and ``done`` ``(n,)``."""
+    ``(n, d)`` and ``jacobian`` ``(n, d, D)`` there, Levenberg-Marquardt's ``damping`` ``(n,)`` and trust
+    ``radius`` ``(n,)`` (in ``u``), the evaluations after the first (``num_iterations``), all evaluations
+    (``num_evaluations``), non-finite simulations (``num_nan``), and ``done`` ``(n,)``."""
 
     u: Tensor
     residual: Tensor
     jacobian: Tensor
     damping: Tensor
+    radius: Tensor
     num_iterations: Tensor
     num_evaluations: Tensor
     num_nan: Tensor
@@ -156,20 +167,36 @@ def finite_difference_evaluate(residual_fn: Callable[[Tensor], Tensor], fd_step:
     return evaluate
 
 
+def omc_start(u0: Tensor, evaluate: Evaluate) -> OMCState:
+    """The chunk at ``u0`` ``(n, D)`` before its first evaluation (``num_evaluations == 0``), which
+    :func:`omc_step` does; the residual and Jacobian are zero-width placeholders ``(n, 0)``, ``(n, 0, D)``
+    (torch cannot shape them without simulating: ``evaluate``, the NumPyro twin's argument, is unused)."""
+    n, dim = u0.shape
+    u0 = u0.detach()
+    zero = torch.zeros(n, dtype=torch.long)
+    damping, radius = torch.full((n,), INITIAL_DAMPING, dtype=u0.dtype), u0.norm(dim=-1).clamp(min=1.0)
+    return OMCState(u0, u0.new_zeros((n, 0)), u0.new_zeros((n, 0, dim)), damping, radius, zero, zero, zero, zero.bool())
+
+
 def omc_init(u0: Tensor, evaluate: Evaluate) -> OMCState:
     """The chunk at its starting points ``u0`` ``(n, D)`` (one evaluation; a row whose values are not
     finite there is done at once)."""
-    r, jacobian, num_nan = evaluate(u0)
-    ok = _rows_finite(r) & _rows_finite(jacobian)
-    n = u0.shape[0]
-    zero = torch.zeros(n, dtype=torch.long)
-    damping = torch.full((n,), INITIAL_DAMPING, dtype=u0.dtype)
-    return OMCState(u0.detach(), r, jacobian, damping, zero, zero + 1, num_nan, ~ok)
+    return omc_step(omc_start(u0, evaluate), evaluate, num_steps=1)
 
 
 def omc_step(state: OMCState, evaluate: Evaluate, num_steps: int, optimizer: str = "lm") -> OMCState:
     """One Levenberg-Marquardt (``"lm"``) or Gauss-Newton (``"gauss_newton"``) step of every row that is
-    not done (the whole chunk is evaluated, so each row keeps its random numbers); see the module docstring."""
+    not done (the whole chunk is evaluated, so each row keeps its random numbers); see the module docstring.
+
+    A chunk not yet evaluated (:func:`omc_start`) is evaluated at its ``u`` instead, and a row is done
+    when its values there are not finite."""
+    fresh = state.num_evaluations == 0
+    if bool(fresh.all()):
+        r, jacobian, num_nan = evaluate(state.u)
+        done = ~(_rows_finite(r) & _rows_finite(jacobian))
+        return state._replace(residual=r, jacobian=jacobian, num_evaluations=fresh.long(), num_nan=num_nan, done=done)
+    if bool(fresh.any()):
+        raise ValueError("state: expected every row of the chunk evaluated, or none (a state from omc_start)")
     u, r, jacobian = state.u, state.residual, state.jacobian
     eps = torch.finfo(u.dtype).eps
     gram = jacobian.transpose(-1, -2) @ jacobian
@@ -179,43 +206,62 @@ def omc_step(state: OMCState, evaluate: Evaluate, num_steps: int, optimizer: str
         diag = torch.diagonal(gram, dim1=-2, dim2=-1)
         floor = eps * diag.amax(-1, keepdim=True) + torch.finfo(u.dtype).tiny
         gram = gram + torch.diag_embed(state.damping[:, None] * torch.maximum(diag, floor))
-    delta, info = torch.linalg.solve_ex(gram, -gradient)
+    # J^T J (+ the damping) is symmetric positive definite where the step exists: Cholesky; a failed
+    # factorisation (a singular Gauss-Newton matrix) stops the row like a non-finite step
+    cholesky, failed = torch.linalg.cholesky_ex(gram)
+    delta = -torch.cholesky_solve(gradient[..., None], cholesky)[..., 0]
+    radius = state.radius
+    clipped = torch.zeros_like(state.done)
+    if optimizer == "lm":
+        # the trust region: a step longer than the radius is shortened to it (module docstring)
+        length = torch.linalg.vector_norm(delta, dim=-1)
+        clipped = length > radius
+        delta = torch.where(clipped[:, None], delta * (radius / torch.where(clipped, length, 1.0))[:, None], delta)
     xtol = eps**0.75
-    small = torch.linalg.vector_norm(delta, dim=-1) <= xtol * (torch.linalg.vector_norm(u, dim=-1) + xtol)
-    stop = (info != 0) | ~torch.isfinite(delta).all(-1) | small
+    step_length = torch.linalg.vector_norm(delta, dim=-1)
+    small = step_length <= xtol * (torch.linalg.vector_norm(u, dim=-1) + xtol)
+    stop = (failed != 0) | ~torch.isfinite(delta).all(-1) | small
     move = ~stop & ~state.done
     trial = torch.where(move[:, None], u + delta, u)
     r_new, jacobian_new, nan_new = evaluate(trial)
     finite = _rows_finite(r_new) & _rows_finite(jacobian_new)
-    if optimizer == "lm":
-        better = (r_new * r_new).sum(-1) < (r * r).sum(-1)
-    else:
-        better = torch.ones_like(move)
-    accept = move & finite & better
-    evaluated = move.long()
+    # near a least-squares minimum (d > D) the change of |r|^2 is below its rounding: when both the
+    # linear model's predicted and the actual change are (MINPACK's ftol test), the step is taken and
+    # the row is done, rather than refused until the radius collapses a sqrt(eps) short of the minimum
+    change = ((r_new - r) * (r_new + r)).sum(-1)  # |r_new|^2 - |r|^2 without the cancellation of the two sums
+    tol = 16 * eps * (r * r).sum(-1)
+    jd = (jacobian @ delta[..., None])[..., 0]
+    predicted = 2 * (r * jd).sum(-1) + (jd * jd).sum(-1)
+    level = move & finite & (predicted.abs() <= tol) & (change.abs() <= tol)
+    better = change < 0 if optimizer == "lm" else torch.ones_like(move)
+    accept = move & finite & (better | level)
     if optimizer == "lm":
         damping = torch.where(accept, (state.damping * 0.1).clamp(min=MIN_DAMPING), state.damping * 10.0)
         damping = torch.where(move, damping, state.damping)
+        radius = torch.where(accept, torch.where(clipped, 2.0 * radius, radius), 0.5 * step_length)
+        radius = torch.where(move, radius, state.radius)
         stalled = damping > MAX_DAMPING
     else:
         damping = state.damping
         stalled = move & ~finite  # undamped: nowhere to go after a non-finite simulation
+    evaluated = move.long()
     num_iterations = state.num_iterations + evaluated
     return OMCState(
         u=torch.where(accept[:, None], trial, u),
         residual=torch.where(accept[:, None], r_new, r),
         jacobian=torch.where(accept[:, None, None], jacobian_new, jacobian),
         damping=damping,
+        radius=radius,
         num_iterations=num_iterations,
         num_evaluations=state.num_evaluations + evaluated,
         num_nan=state.num_nan + evaluated * nan_new,
-        done=state.done | stop | stalled | (num_iterations >= num_steps),
+        done=state.done | stop | stalled | level | (num_iterations >= num_steps),
     )
 
 
 def omc_optimize(u0: Tensor, evaluate: Evaluate, num_steps: int, optimizer: str = "lm") -> OMCState:
     """Optimise every row of the chunk from ``u0`` ``(n, D)`` until all are done."""
-    state = omc_init(u0, evaluate)
+    state = omc_start(u0, evaluate)  # evaluated by the first step
     while not bool(state.done.all()):
         state = omc_step(state, evaluate, num_steps, optimizer)
     return state
@@ -310,8 +356,6 @@ class _ChunkStore:
 
     def __init__(self, path: str | os.PathLike, identity: dict[str, Any]):
         root = Path(path)
-        if root.exists() and not root.is_dir():
-            raise ValueError(f"store: expected a folder for OMC's finished chunks, got the file {root}")
         text = json.dumps(identity, sort_keys=True)
         self.folder = root / f"omc-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -422,6 +466,16 @@ class OMC:
             :class:`adapters.abc.ABCResult`: the kept seeds' constrained draws and log weights,
             ``distances`` their residual norms, ``info`` the per-seed values of all ``N`` seeds.
         """
+        if executor is not None and not callable(getattr(executor, "map_function", None)):
+            raise TypeError(
+                "executor: expected None or an engine of adapters.sweep (DaskExecutor, SerialExecutor) with "
+                f"map_function(function, items), got {type(executor).__name__}"
+            )
+        if store is not None:
+            if not isinstance(store, (str, os.PathLike)):
+                raise TypeError(f"store: expected None or a folder (str or os.PathLike), got {type(store).__name__}")
+            if Path(store).exists() and not Path(store).is_dir():
+                raise ValueError(f"store: expected a folder for OMC's finished chunks, got the file {store}")
         seed = int(torch.randint(0, 2**62, (1,)).item())
         starts = list(range(0, self.num_seeds, self.chunk_size))
         chunk_store = None if store is None else _ChunkStore(store, self._identity(seed))
@@ -448,11 +502,6 @@ class OMC:
             for start in todo:
                 yield start, _solve_chunk(self.problem, self._config, seed, start)
             return
-        if not callable(getattr(executor, "map_function", None)):
-            raise TypeError(
-                "executor: expected None or an engine of adapters.sweep (DaskExecutor, SerialExecutor) with "
-                f"map_function(function, items), got {type(executor).__name__}"
-            )
         import cloudpickle
 
         blob = cloudpickle.dumps((self.problem, self._config))
@@ -469,7 +518,7 @@ class OMC:
             u = problem.sample_prior(2)
             fingerprint = [float(v) for v in u.reshape(-1)] + [float(v) for v in problem.log_prior(u)]
         return {
-            "format": 1,
+            "format": 2,  # 2: the trust region and the ftol stop (other numbers than format 1's)
             "backend": "pyro",
             "names": list(problem.names),
             "observed": [float(v) for v in problem.observed],
