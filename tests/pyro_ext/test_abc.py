@@ -6,7 +6,9 @@ of 500 Exponential(lambda) draws, observed 10.086749290513298; exact posterior G
 posterior of a uniform kernel of half-width eps on it, pi(lambda) P(|xbar - y| <= eps | lambda), is
 known by quadrature: rejection ABC and SMC-ABC must match it within Monte Carlo error, and it tends
 to the exact posterior as eps shrinks.  OMC is exact here: its Jacobian-weighted draws follow the
-exact posterior.  Multivariate Gaussian mean (D = 3): closed-form Gaussian posterior.
+exact posterior.  Multivariate Gaussian mean (D = 3): closed-form Gaussian posterior; d = 5 > D = 3
+linear Gaussian: closed form, and each seed at its least-squares minimum; tanh(theta) + noise: exactly
+the unreachable seeds are discarded, the rest match quadrature.  Slow OMC: the toy at 20000 seeds, d > D at 10000.
 """
 
 from __future__ import annotations
