@@ -340,7 +340,7 @@ class AVABC:
                 self.guide = self._make_guide(self.model)
         optimizer = _default_optimizer(self.num_steps) if self.optimizer is None else self.optimizer
         # particles vectorised (one model run draws them all); a Distribution prior has no plates
-        plates = 0 if isinstance(self.problem.prior, torch.distributions.Distribution) else None
+        plates = 0 if isinstance(self.problem.prior, torch.distributions.Distribution) else math.inf  # inf: guessed
         elbo = Trace_ELBO(num_particles=self.num_particles, vectorize_particles=True, max_plate_nesting=plates)
         svi = SVI(self.model, self.guide, optimizer, elbo)
         losses = np.empty(self.num_steps)
