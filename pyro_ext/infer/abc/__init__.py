@@ -1,6 +1,7 @@
 """Likelihood-free inference (ABC) in torch: simulator problems, likelihoods from simulations, and
 the methods built on them (the twins of :mod:`numpyro_ext.infer.abc`).  See docs/abc.rst."""
 
+from pyro_ext.infer.abc.avabc import AVABC, synthetic_likelihood_model
 from pyro_ext.infer.abc.likelihoods import (
     gaussian_kernel_log_likelihood,
     one_sided_log_likelihood,
@@ -12,11 +13,13 @@ from pyro_ext.infer.abc.rejection import RejectionABC
 from pyro_ext.infer.abc.smc_abc import SMCABC
 
 __all__ = [
+    "AVABC",
     "LikelihoodFreeProblem",
     "OMC",
     "RejectionABC",
     "SMCABC",
     "gaussian_kernel_log_likelihood",
     "one_sided_log_likelihood",
+    "synthetic_likelihood_model",
     "synthetic_log_likelihood",
 ]
