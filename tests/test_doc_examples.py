@@ -30,6 +30,9 @@ changes how the block runs:
   settings are the full ones.
 * ``.. example: skip <reason>`` skips the block with that reason (a GPU, a full posteriordb, a
   C++ toolchain).  Rare: a skipped block must define nothing that later blocks use.
+* ``.. example: requires <module> ...`` skips the block, naming the module, when one of the named
+  modules is not installed (e.g. ``sbibm``, installed apart from the extras); with it installed
+  the block runs as usual.
 
 Unknown markers, and markers not followed by a code block, are errors.
 """
@@ -118,8 +121,10 @@ def _take_markers(pending: list[tuple[int, str]], path: Path) -> list[str]:
     markers = [text for _, text in pending]
     pending.clear()
     for text in markers:
-        if text.split(" ", 1)[0] not in {"settings", "skip"}:
-            raise ValueError(f"{path}: unknown example marker {text!r} (use 'settings ...' or 'skip <reason>')")
+        if text.split(" ", 1)[0] not in {"settings", "skip", "requires"}:
+            raise ValueError(
+                f"{path}: unknown example marker {text!r} (use 'settings ...', 'skip <reason>' or 'requires <module>')"
+            )
     return markers
 
 
@@ -326,6 +331,15 @@ class Pages:
 
     def _exec(self, page: Page, block: Block) -> None:
         skip = [m.partition(" ")[2] for m in block.markers if m.startswith("skip")]
+        missing = [
+            name
+            for m in block.markers
+            if m.startswith("requires")
+            for name in m.split()[1:]
+            if importlib.util.find_spec(name) is None
+        ]
+        if missing and not skip:
+            skip = [f"needs {', '.join(missing)}, not installed"]
         if skip:
             page.done[block.id] = "skipped"
             pytest.skip(f"{block.id}: {skip[0] or 'marked skip'}")
@@ -516,3 +530,19 @@ def test_collector_rejects_stale_markers(tmp_path):
     readme.write_text("<!-- example: settings k=2 -->\n\n```python\nk = 5\n```\n\n```\n$ ls\n```\n")
     blocks, _ = parse_markdown(readme)
     assert [(b.line, b.is_python, b.markers) for b in blocks] == [(3, True, ["settings k=2"]), (7, False, [])]
+
+
+def test_requires_marker_skips_only_when_a_module_is_missing(tmp_path):
+    page = tmp_path / "page.rst"
+    page.write_text(
+        ".. example: requires json\n\n.. code-block:: python\n\n   ran = 1\n\n"
+        ".. example: requires json no_such_module_here\n\n.. code-block:: python\n\n   ran = 2\n"
+    )
+    present, absent = parse_rst(page)[0]
+    present.path = absent.path = ROOT / "docs" / "page.rst"  # block ids are relative to the project
+    runner, state = Pages(None), Page({"__name__": "__main__"}, tmp_path)
+    runner._exec(state, present)
+    assert state.namespace["ran"] == 1
+    with pytest.raises(pytest.skip.Exception, match="needs no_such_module_here, not installed"):
+        runner._exec(state, absent)
+    assert state.namespace["ran"] == 1
