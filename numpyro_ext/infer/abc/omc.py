@@ -535,7 +535,8 @@ class OMC:
         per_evaluation = 1 if self.gradients == "autodiff" else 1 + 2 * dim
         num_simulations = int(v["num_evaluations"].sum()) * per_evaluation
         num_nan = int(v["num_nan"].sum())
-        residual_norm = np.linalg.norm(v["residual"], axis=1)
+        # in float64: a far-off float32 residual (|r| > 1e19) would overflow when squared
+        residual_norm = np.linalg.norm(v["residual"].astype(np.float64), axis=1)
         half_log_det = v["half_log_det"]
         finite = (
             np.all(np.isfinite(v["residual"]), axis=1)
