@@ -39,6 +39,10 @@ root_doc = "index"
 source_suffix = {".rst": "restructuredtext"}
 exclude_patterns = ["_build"]
 nitpicky = False
+# The two backends define twins with the same names (DRHMC, LikelihoodFreeProblem, ...): an
+# unqualified type hint that autodoc cannot evaluate (e.g. on a jax.jit-wrapped function) then
+# finds a target in each backend.  Those ambiguities are the only python-reference warnings here.
+suppress_warnings = ["ref.python"]
 
 # Google-style docstrings only.
 napoleon_google_docstring = True

@@ -167,6 +167,7 @@ def test_run_past_its_timeout_is_recorded_as_failed(tmp_path):
     assert row["status"] == "failed" and "timed out after 0.5 s" in row["error"]
 
 
+@pytest.mark.slow  # the Dask engine's test runs the same tasks in worker processes by default
 def test_child_process_run_gives_the_in_process_numbers(serial_rows):
     (task,) = _tasks(algorithms=("hmc",), seeds=(1,), timeout=300)[:1]
     row = sweep.execute(task)
@@ -174,6 +175,7 @@ def test_child_process_run_gives_the_in_process_numbers(serial_rows):
     assert {c: row[c] for c in COMPARED} == {c: reference[c] for c in COMPARED}
 
 
+@pytest.mark.slow
 def test_compilation_cache_is_filled_once_and_changes_no_number(serial_rows, tmp_path):
     cache = tmp_path / "jax"
     (task,) = _tasks(algorithms=("hmc",), seeds=(1,), timeout=300, compilation_cache=str(cache))[:1]

@@ -237,6 +237,7 @@ def test_smc_abc_toy_against_abc_and_exact_posterior(toy_smc):
     assert not np.array_equal(toy_smc.run(jax.random.PRNGKey(4)).theta, result.theta)
 
 
+@pytest.mark.slow  # D > 1 for SMC-ABC by default: the Pyro twin's test and OMC's D=3 test
 def test_smc_abc_gaussian_mean_d3():
     result = SMCABC(gaussian_problem(), num_particles=500, num_simulations=10_000).run(jax.random.PRNGKey(5))
     check_gaussian(result, "SMC-ABC D=3")
@@ -250,6 +251,7 @@ def nan_simulator(theta, key):
     return jnp.where(theta[0] > 1.0, jnp.nan, x)
 
 
+@pytest.mark.slow  # by default: test_every_simulation_nan_gives_an_empty_warned_result and the Pyro twin
 def test_nan_simulations_are_counted_and_rejected():
     problem = gaussian_problem(nan_simulator)
     n = 5_000

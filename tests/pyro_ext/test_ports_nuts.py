@@ -20,6 +20,9 @@ def _check(name, num_samples):
     assert score.passed, f"{name}\n{score}"
 
 
+# slow (70 s on 2 cores): the Pyro ports' log densities are checked against Stan's semantics
+# by tests/adapters/test_ports_*.py in the default run; this is the end-to-end NUTS check
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAST)
 def test_pyro_nuts_on_port_matches_reference(name, posterior_db):
     posterior_db.require(name)
