@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from adapters.diagnostics import weight_degeneracy_warning
+from adapters.diagnostics import warn_unreliable, weight_degeneracy_warning
 
 
 # ---------------------------------------------------------------------------------------
@@ -203,3 +203,125 @@ def site_layout(shapes: Mapping[str, tuple[int, ...]]) -> tuple[list[str], dict[
 def degeneracy_warning(algorithm: str, log_weights: np.ndarray) -> str | None:
     """The shared weight-degeneracy message (:func:`adapters.diagnostics.weight_degeneracy_warning`)."""
     return weight_degeneracy_warning(algorithm, effective_sample_size(log_weights), len(log_weights))
+
+
+#: OMC warns when more than this fraction of its seeds is discarded.
+OMC_MAX_DISCARDED_FRACTION = 0.1
+
+#: The per-seed arrays both backends' OMC chunks hold, each with the seed as its leading axis.
+OMC_FIELDS = ("u", "theta", "residual", "log_prior", "half_log_det", "num_iterations", "num_evaluations", "num_nan")
+
+
+def omc_result(
+    values: Mapping[str, np.ndarray],
+    *,
+    simulations_per_evaluation: int,
+    residual_threshold: float,
+    names: list[str],
+    sites: Mapping[str, Any],
+    num_chunks_computed: int,
+    num_chunks_loaded: int,
+) -> ABCResult:
+    """The :class:`ABCResult` of OMC (Meeds & Welling 2015) from its per-seed arrays (NumPy, either backend).
+
+    ``values`` maps each of :data:`OMC_FIELDS` to an array over the ``n`` seeds: the optimum ``u``
+    ``(n, D)`` and its constrained ``theta`` ``(n, D)``, the ``residual`` ``(n, d)`` of the simulated
+    statistics there, ``log_prior`` ``(n,)`` and ``half_log_det`` ``(n,)`` (``0.5 log det J^T J``),
+    and the counts ``num_iterations``, ``num_evaluations`` and ``num_nan``.  A seed is kept when all
+    of these are finite, ``J`` is not singular and ``|residual| <= residual_threshold``; its log
+    weight is ``log_prior - half_log_det`` (the paper's Eq. 6).
+    """
+    v = values
+    n = len(v["log_prior"])
+    num_simulations = int(v["num_evaluations"].sum()) * simulations_per_evaluation
+    num_nan = int(v["num_nan"].sum())
+    # in float64: a far-off float32 residual (|r| > 1e19) would overflow when squared
+    residual_norm = np.linalg.norm(np.asarray(v["residual"], dtype=np.float64), axis=1)
+    half_log_det = v["half_log_det"]
+    finite = (
+        np.all(np.isfinite(v["residual"]), axis=1)
+        & np.all(np.isfinite(v["theta"]), axis=1)
+        & np.all(np.isfinite(v["u"]), axis=1)
+        & np.isfinite(v["log_prior"])
+        & ~np.isnan(half_log_det)
+        & (half_log_det < np.inf)
+    )
+    singular = finite & (half_log_det == -np.inf)
+    above = finite & ~singular & (residual_norm > residual_threshold)
+    kept = finite & ~singular & ~above
+    log_weights = v["log_prior"][kept] - half_log_det[kept]
+    counts = {
+        "num_nonfinite": int((~finite).sum()),
+        "num_singular": int(singular.sum()),
+        "num_above_threshold": int(above.sum()),
+    }
+    num_discarded = n - int(kept.sum())
+    info = {
+        "seed_index": np.flatnonzero(kept),
+        "kept": kept,
+        "u": v["u"],
+        "residuals": v["residual"],
+        "residual_norm": residual_norm,
+        "half_log_det": half_log_det,
+        "log_prior": v["log_prior"],
+        "num_iterations": v["num_iterations"],
+        "num_discarded": num_discarded,
+        **counts,
+        "residual_threshold": residual_threshold,
+        "simulations_per_evaluation": simulations_per_evaluation,
+        "num_chunks_computed": num_chunks_computed,
+        "num_chunks_loaded": num_chunks_loaded,
+    }
+    messages = [nan_simulation_message("OMC", num_nan, num_simulations)]
+    if num_discarded > OMC_MAX_DISCARDED_FRACTION * n:
+        messages.append(
+            f"OMC: {num_discarded} of {n} seeds ({num_discarded / n:.1%}) were discarded "
+            f"({counts['num_nonfinite']} non-finite, {counts['num_singular']} with a singular Jacobian, "
+            f"{counts['num_above_threshold']} with a residual norm above residual_threshold={residual_threshold:.3g}): "
+            "their optimisations did not reach the observation. Raise num_steps, check the threshold, and "
+            "check that the simulator can produce the observation"
+        )
+    if kept.any():
+        messages.append(degeneracy_warning("OMC", log_weights))
+    return ABCResult(
+        algorithm="OMC",
+        theta=v["theta"][kept],
+        names=list(names),
+        sites=dict(sites),
+        log_weights=log_weights,
+        num_simulations=num_simulations,
+        num_nan_simulations=num_nan,
+        distances=residual_norm[kept],
+        info=info,
+        warnings=warn_unreliable(*messages),
+    )
+
+
+def nearest_draws(
+    distances: np.ndarray, *, keep: int | None, epsilon: float | None
+) -> tuple[np.ndarray, float, list[str]]:
+    """Rejection ABC's selection (host side, either backend): the indices of the ``keep`` smallest
+    ``distances`` ``(n,)``, or of every distance ``<= epsilon`` when ``keep`` is ``None``; the
+    tolerance they imply (the largest kept distance, or ``epsilon``); and the messages for an empty
+    or short selection.  Non-finite distances are never kept.  The sort is stable: ties keep
+    simulation order, so a seed always gives the same draws."""
+    finite = np.isfinite(distances)
+    order = np.argsort(distances, kind="stable")
+    messages: list[str] = []
+    if keep is None:
+        index = order[distances[order] <= epsilon]
+        if index.size == 0:
+            smallest = f"{distances[order[0]]:.4g}" if finite.any() else "none was finite"
+            messages.append(
+                f"RejectionABC: no simulation within epsilon = {epsilon:g} (smallest distance {smallest}); "
+                "the result is empty: raise epsilon or num_simulations, or keep num_samples draws instead"
+            )
+        return index, float(epsilon), messages
+    index = order[:keep]
+    if int(finite.sum()) < keep:
+        messages.append(
+            f"RejectionABC: only {int(finite.sum())} of the {keep} draws to keep had finite statistics; "
+            "the result holds those only"
+        )
+        index = index[finite[index]]
+    return index, (float(distances[index[-1]]) if index.size else math.inf), messages

@@ -65,8 +65,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters.abc import ABCResult, check_epsilon, degeneracy_warning, nan_simulation_message
-from adapters.diagnostics import warn_unreliable
+from adapters.abc import OMC_FIELDS as _FIELDS
+from adapters.abc import ABCResult, check_epsilon, omc_result
 from adapters.validation import check_choice, check_positive_int
 from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
 
@@ -90,8 +90,6 @@ DEFAULT_CHUNK_SIZE = 256
 INITIAL_DAMPING = 1e-3
 MIN_DAMPING = 1e-12
 MAX_DAMPING = 1e10
-#: more discarded seeds than this fraction of all seeds is reported as unreliable
-MAX_DISCARDED_FRACTION = 0.1
 
 Array = jax.Array
 #: ``evaluate(u) -> (r (d,), J (d, D), number of non-finite simulations)``
@@ -250,7 +248,6 @@ def omc_log_weight(log_prior: Array, jacobian: Array) -> tuple[Array, Array]:
 # ---------------------------------------------------------------------------------------
 # Chunks of seeds: one jitted program per configuration and process
 # ---------------------------------------------------------------------------------------
-_FIELDS = ("u", "theta", "residual", "log_prior", "half_log_det", "num_iterations", "num_evaluations", "num_nan")
 
 
 class _Config(NamedTuple):
@@ -529,70 +526,13 @@ class OMC:
 
     # ---- the result ---------------------------------------------------------------------
     def _assemble(self, chunks: dict[int, dict[str, np.ndarray]], starts: list[int], computed: int) -> ABCResult:
-        n = self.num_seeds
-        v = {k: np.concatenate([chunks[s][k] for s in starts])[:n] for k in _FIELDS}
-        dim = self.problem.dim
-        per_evaluation = 1 if self.gradients == "autodiff" else 1 + 2 * dim
-        num_simulations = int(v["num_evaluations"].sum()) * per_evaluation
-        num_nan = int(v["num_nan"].sum())
-        # in float64: a far-off float32 residual (|r| > 1e19) would overflow when squared
-        residual_norm = np.linalg.norm(v["residual"].astype(np.float64), axis=1)
-        half_log_det = v["half_log_det"]
-        finite = (
-            np.all(np.isfinite(v["residual"]), axis=1)
-            & np.all(np.isfinite(v["theta"]), axis=1)
-            & np.all(np.isfinite(v["u"]), axis=1)
-            & np.isfinite(v["log_prior"])
-            & ~np.isnan(half_log_det)
-            & (half_log_det < np.inf)
-        )
-        singular = finite & (half_log_det == -np.inf)
-        threshold = self.threshold
-        above = finite & ~singular & (residual_norm > threshold)
-        kept = finite & ~singular & ~above
-        log_weights = v["log_prior"][kept] - half_log_det[kept]
-        counts = {
-            "num_nonfinite": int((~finite).sum()),
-            "num_singular": int(singular.sum()),
-            "num_above_threshold": int(above.sum()),
-        }
-        num_discarded = n - int(kept.sum())
-        info = {
-            "seed_index": np.flatnonzero(kept),
-            "kept": kept,
-            "u": v["u"],
-            "residuals": v["residual"],
-            "residual_norm": residual_norm,
-            "half_log_det": half_log_det,
-            "log_prior": v["log_prior"],
-            "num_iterations": v["num_iterations"],
-            "num_discarded": num_discarded,
-            **counts,
-            "residual_threshold": threshold,
-            "simulations_per_evaluation": per_evaluation,
-            "num_chunks_computed": computed,
-            "num_chunks_loaded": len(starts) - computed,
-        }
-        messages = [nan_simulation_message("OMC", num_nan, num_simulations)]
-        if num_discarded > MAX_DISCARDED_FRACTION * n:
-            messages.append(
-                f"OMC: {num_discarded} of {n} seeds ({num_discarded / n:.1%}) were discarded "
-                f"({counts['num_nonfinite']} non-finite, {counts['num_singular']} with a singular Jacobian, "
-                f"{counts['num_above_threshold']} with a residual norm above residual_threshold={threshold:.3g}): "
-                "their optimisations did not reach the observation. Raise num_steps, check the threshold, and "
-                "check that the simulator can produce the observation"
-            )
-        if kept.any():
-            messages.append(degeneracy_warning("OMC", log_weights))
-        return ABCResult(
-            algorithm="OMC",
-            theta=v["theta"][kept],
-            names=list(self.problem.names),
-            sites=dict(self.problem.sites),
-            log_weights=log_weights,
-            num_simulations=num_simulations,
-            num_nan_simulations=num_nan,
-            distances=residual_norm[kept],
-            info=info,
-            warnings=warn_unreliable(*messages),
+        values = {k: np.concatenate([chunks[s][k] for s in starts])[: self.num_seeds] for k in _FIELDS}
+        return omc_result(
+            values,
+            simulations_per_evaluation=1 if self.gradients == "autodiff" else 1 + 2 * self.problem.dim,
+            residual_threshold=self.threshold,
+            names=self.problem.names,
+            sites=self.problem.sites,
+            num_chunks_computed=computed,
+            num_chunks_loaded=len(starts) - computed,
         )

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adapters.abc import ABCResult, check_epsilon, nan_simulation_message
+from adapters.abc import ABCResult, check_epsilon, nan_simulation_message, nearest_draws
 from adapters.diagnostics import warn_unreliable
 from adapters.validation import check_positive_int
 from pyro_ext.infer.abc.problem import LikelihoodFreeProblem, finite_rows
@@ -215,30 +215,9 @@ class RejectionABC:
         scale = resolve_scale(self.scale, stats)
         observed = torch.as_tensor(problem.observed, dtype=stats.dtype)
         distances = scaled_distances(stats, observed, scale).double().numpy()
-        finite = np.isfinite(distances)
         num_nan = int((~finite_rows(stats)).sum())
-        # a stable sort: ties keep simulation order, so a seed always gives the same draws
-        order = np.argsort(distances, kind="stable")
-        messages = [nan_simulation_message("RejectionABC", num_nan, self.num_simulations)]
-        keep = self._num_keep()
-        if keep is None:
-            index = order[distances[order] <= self.epsilon]
-            epsilon = self.epsilon
-            if index.size == 0:
-                smallest = f"{distances[order[0]]:.4g}" if finite.any() else "none was finite"
-                messages.append(
-                    f"RejectionABC: no simulation within epsilon = {self.epsilon:g} (smallest distance {smallest}); "
-                    "the result is empty: raise epsilon or num_simulations, or keep num_samples draws instead"
-                )
-        else:
-            index = order[:keep]
-            if int(finite.sum()) < keep:
-                messages.append(
-                    f"RejectionABC: only {int(finite.sum())} of the {keep} draws to keep had finite statistics; "
-                    "the result holds those only"
-                )
-                index = index[finite[index]]
-            epsilon = float(distances[index[-1]]) if index.size else math.inf
+        index, epsilon, selection_messages = nearest_draws(distances, keep=self._num_keep(), epsilon=self.epsilon)
+        messages = [nan_simulation_message("RejectionABC", num_nan, self.num_simulations), *selection_messages]
         with torch.no_grad():
             kept = u[torch.as_tensor(index, dtype=torch.long)]
             theta = problem.flat_theta(kept).double().numpy() if index.size else np.zeros((0, problem.dim))
