@@ -161,6 +161,9 @@ def whitened_error(
     return float(np.max(np.abs(z))), float(np.max(np.abs(eig - 1.0))), float(np.mean(np.log(eig)))
 
 
+# slow (20 s, compile-bound): by default the Pyro twin checks the same closed form, and
+# docs/abc.rst runs this backend's AVABC and SVI routes on the toy
+@pytest.mark.slow
 def test_gaussian_mean_full_rank_guide_reaches_closed_form():
     # S = 10: c_S = 9/5, so the S = inf posterior's covariance is 1.8 times the optimum's (mean log
     # eigenvalue of the whitened covariance -0.59); over seeds 0-4 the fit was 0.06-0.17 from the
