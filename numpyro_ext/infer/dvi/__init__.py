@@ -18,6 +18,7 @@ from numpyro_ext.infer.dvi.core import (
     dvi_kl,
     dvi_predict,
     init_params,
+    minibatch_scale,
     mlp_moments,
 )
 from numpyro_ext.infer.dvi.likelihoods import (
@@ -29,6 +30,7 @@ from numpyro_ext.infer.dvi.likelihoods import (
     homoscedastic_expected_log_likelihood,
     regression_predictive,
 )
+from numpyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, sample_outputs
 from numpyro_ext.infer.dvi.moments import (
     GaussianMoments,
     linear_certain_moments,
@@ -38,7 +40,7 @@ from numpyro_ext.infer.dvi.moments import (
     relu_moments,
     standard_normal_pdf,
 )
-from numpyro_ext.infer.dvi.network import DVI_ELBO, DVIMLP
+from numpyro_ext.infer.dvi.network import DVI_ELBO, DVIMLP, MCVI_ELBO
 from numpyro_ext.infer.dvi.priors import empirical_bayes_kl, empirical_bayes_prior_variance, gaussian_kl
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "ELBOTerms",
     "GaussianMoments",
     "LayerParams",
+    "MCVI_ELBO",
     "categorical_expected_log_likelihood",
     "categorical_predictive_probabilities",
     "check_params",
@@ -66,10 +69,14 @@ __all__ = [
     "init_params",
     "linear_certain_moments",
     "linear_moments",
+    "mcvi_elbo",
+    "mcvi_expected_log_likelihood",
+    "minibatch_scale",
     "mlp_moments",
     "regression_predictive",
     "relu_correlation_term",
     "relu_mean_var",
     "relu_moments",
+    "sample_outputs",
     "standard_normal_pdf",
 ]

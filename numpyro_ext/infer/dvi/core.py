@@ -41,6 +41,7 @@ __all__ = [
     "dvi_kl",
     "dvi_predict",
     "init_params",
+    "minibatch_scale",
     "mlp_moments",
 ]
 
@@ -202,14 +203,21 @@ def dvi_elbo(
     (``lambda`` in [0, 1]) is the paper's KL warm-up factor; 1 gives the ELBO.  Maximise it (``-dvi_elbo``
     is the loss).
     """
-    n = jnp.shape(x)[0]
-    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < n):
-        raise ValueError(f"num_data must be an integer >= the batch size {n} (the data set's size), got {num_data!r}")
+    scale = minibatch_scale(jnp.shape(x)[0], num_data, kl_weight)
+    terms = dvi_elbo_terms(params, x, y, config)
+    return scale * terms.expected_log_likelihood.sum() - kl_weight * terms.kl
+
+
+def minibatch_scale(batch_size: int, num_data: int | None, kl_weight: float | Array = 1.0) -> float:
+    """``N / n``, the factor of a minibatch's log-likelihood sum in the ELBO (1 for the whole data set), after
+    checking ``num_data`` (``N >= n``) and a concrete ``kl_weight`` (>= 0)."""
+    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < batch_size):
+        raise ValueError(
+            f"num_data must be an integer >= the batch size {batch_size} (the data set's size), got {num_data!r}"
+        )
     if isinstance(kl_weight, int | float):
         check_non_negative("kl_weight", kl_weight)
-    terms = dvi_elbo_terms(params, x, y, config)
-    scale = (n if num_data is None else num_data) / n
-    return scale * terms.expected_log_likelihood.sum() - kl_weight * terms.kl
+    return 1.0 if num_data is None else num_data / batch_size
 
 
 def dvi_predict(params: DVIParams, x: Array, config: DVIConfig) -> tuple[Array, Array]:

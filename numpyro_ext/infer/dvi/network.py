@@ -31,9 +31,10 @@ from numpyro.primitives import mutable
 from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data
 from adapters.validation import check_choice, check_positive_int
 from numpyro_ext.infer.dvi.core import DVIParams, LayerParams, dvi_elbo, dvi_predict, init_params, mlp_moments
+from numpyro_ext.infer.dvi.mcvi import mcvi_elbo
 from numpyro_ext.infer.dvi.moments import GaussianMoments
 
-__all__ = ["DVIMLP", "DVI_ELBO"]
+__all__ = ["DVIMLP", "DVI_ELBO", "MCVI_ELBO"]
 
 Array = jax.Array
 
@@ -242,13 +243,12 @@ class DVI_ELBO(ELBO):
         super().__init__(num_particles=1)
         self.kl_warmup_steps = check_positive_int("kl_warmup_steps", kl_warmup_steps, allow_zero=True)
 
-    @staticmethod
-    def _network(guide: Any) -> DVIMLP:
+    def _network(self, guide: Any) -> DVIMLP:
         network = getattr(guide, "__self__", None)
         if not isinstance(network, DVIMLP):
             raise TypeError(
-                f"guide must be a DVIMLP's guide method (net.guide) for DVI_ELBO, got {guide!r}: the loss is computed "
-                "from the network's closed-form moments, not from draws of an arbitrary guide"
+                f"guide must be a DVIMLP's guide method (net.guide) for {type(self).__name__}, got {guide!r}: the "
+                "loss is computed from the network's own variational parameters, not from draws of an arbitrary guide"
             )
         return network
 
@@ -258,24 +258,46 @@ class DVI_ELBO(ELBO):
             return jnp.ones(())
         return jnp.minimum(1.0, jnp.asarray(step) / self.kl_warmup_steps)
 
-    def _loss(self, param_map, guide, args, kwargs) -> tuple[Array, DVIMLP]:
+    def objective(self, rng_key: Array, network: DVIMLP, params: DVIParams, x: Array, y: Array, **kwargs: Any) -> Array:
+        """The objective this loss negates: :meth:`DVIMLP.elbo` (deterministic, ``rng_key`` unused)."""
+        del rng_key
+        return network.elbo(params, x, y, **kwargs)
+
+    def _loss(self, rng_key, param_map, guide, args, kwargs) -> tuple[Array, DVIMLP]:
         network = self._network(guide)
         x, y = _data(args, kwargs)
         step = param_map.get(network.step_name)
         weight = self.kl_weight(step) if step is not None else 1.0
         params = network.params_from(param_map)
-        return -network.elbo(params, x, y, num_data=kwargs.get("num_data"), kl_weight=weight), network
+        return -self.objective(
+            rng_key, network, params, x, y, num_data=kwargs.get("num_data"), kl_weight=weight
+        ), network
 
     def loss(self, rng_key: Array, param_map: dict[str, Array], model: Any, guide: Any, *args: Any, **kwargs: Any):
-        """The negative DVI ELBO at the current step's KL weight (the full ELBO when no step count is given)."""
-        return self._loss(param_map, guide, args, kwargs)[0]
+        """The negative ELBO at the current step's KL weight (the full ELBO when no step count is given)."""
+        return self._loss(rng_key, param_map, guide, args, kwargs)[0]
 
     def loss_with_mutable_state(
         self, rng_key: Array, param_map: dict[str, Array], model: Any, guide: Any, *args: Any, **kwargs: Any
     ) -> dict[str, Any]:
         """The loss and the advanced step counter (what ``SVI.update`` uses: the guide has a mutable site)."""
-        loss, network = self._loss(param_map, guide, args, kwargs)
+        loss, network = self._loss(rng_key, param_map, guide, args, kwargs)
         return {"loss": loss, "mutable_state": {network.step_name: param_map[network.step_name] + 1}}
+
+
+class MCVI_ELBO(DVI_ELBO):
+    """The Monte Carlo baseline of :class:`DVI_ELBO` for the same :class:`DVIMLP`: the expected log-likelihood is
+    estimated with the local reparameterisation trick (:func:`~numpyro_ext.infer.dvi.mcvi.mcvi_elbo`), the KL is
+    the same closed form.  ``num_particles``: draws per datum and step; ``kl_warmup_steps`` as in
+    :class:`DVI_ELBO`.  Used exactly like it: ``SVI(net.model, net.guide, optimizer, MCVI_ELBO())``."""
+
+    def __init__(self, num_particles: int = 1, kl_warmup_steps: int = 0) -> None:
+        super().__init__(kl_warmup_steps)
+        self.num_particles = check_positive_int("num_particles", num_particles)
+
+    def objective(self, rng_key: Array, network: DVIMLP, params: DVIParams, x: Array, y: Array, **kwargs: Any) -> Array:
+        """An unbiased estimate of :meth:`DVIMLP.elbo` from ``num_particles`` local-reparameterisation draws."""
+        return mcvi_elbo(rng_key, params, x, y, network.config, num_samples=self.num_particles, **kwargs)
 
 
 def _data(args: tuple, kwargs: dict) -> tuple[Any, Any]:
