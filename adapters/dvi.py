@@ -18,12 +18,13 @@ activation after the last.  What the last layer outputs depends on the likelihoo
 from __future__ import annotations
 
 import numbers
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from adapters.validation import check_choice, check_finite_array, check_numeric, check_positive
+from adapters.validation import check_choice, check_finite_array, check_non_negative, check_numeric, check_positive
 
 COVARIANCES = ("full", "diag")
 LIKELIHOODS = ("heteroscedastic", "homoscedastic", "categorical")
@@ -162,10 +163,11 @@ def check_dvi_data(config: DVIConfig, x: Any, y: Any = None) -> None:
 def is_concrete(value: Any) -> bool:
     """Whether ``value`` holds numbers now (not a JAX tracer inside ``jit``/``grad``), so its values can be
     checked on the host.  Backend-free: a tracer is recognised by JAX's own class only if JAX is loaded."""
-    try:
-        from jax.core import Tracer
-    except ImportError:
+    # a tracer exists only once JAX is imported: never import it here (the Pyro backend calls this too)
+    if "jax" not in sys.modules:
         return True
+    from jax.core import Tracer
+
     return not isinstance(value, Tracer)
 
 
@@ -183,6 +185,19 @@ def check_positive_values(name: str, value: Any) -> None:
         )
 
 
+def minibatch_scale(batch_size: int, num_data: int | None, kl_weight: Any = 1.0) -> float:
+    """``N / n``, the factor of a minibatch's log-likelihood sum in the ELBO (1 for the whole data set), after
+    checking ``num_data`` (an integer ``N >= n``, or None) and a concrete number ``kl_weight`` (>= 0); a
+    ``kl_weight`` array (traced or a tensor) is not checked."""
+    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < batch_size):
+        raise ValueError(
+            f"num_data must be an integer >= the batch size {batch_size} (the data set's size), got {num_data!r}"
+        )
+    if isinstance(kl_weight, int | float):
+        check_non_negative("kl_weight", kl_weight)
+    return 1.0 if num_data is None else num_data / batch_size
+
+
 __all__ = [
     "COVARIANCES",
     "DEFAULT_EB_ALPHA",
@@ -193,4 +208,5 @@ __all__ = [
     "check_positive_values",
     "check_sizes",
     "is_concrete",
+    "minibatch_scale",
 ]
