@@ -24,7 +24,14 @@ from typing import Any
 
 import numpy as np
 
-from adapters.validation import check_choice, check_finite_array, check_non_negative, check_numeric, check_positive
+from adapters.validation import (
+    check_choice,
+    check_finite_array,
+    check_non_negative,
+    check_numeric,
+    check_positive,
+    check_positive_int,
+)
 
 COVARIANCES = ("full", "diag")
 LIKELIHOODS = ("heteroscedastic", "homoscedastic", "categorical")
@@ -210,3 +217,41 @@ __all__ = [
     "is_concrete",
     "minibatch_scale",
 ]
+
+
+def dvi_inference_data(
+    weights: dict[str, Any],
+    predictive: Any,
+    log_likelihood: Any,
+    y: Any,
+    observed_name: str,
+    num_chains: int = 4,
+):
+    """ArviZ ``InferenceData`` of a Bayesian MLP's weight draws and posterior predictive (both backends).
+
+    ``weights``: name -> ``(S, ...)`` draws from q; ``predictive``: ``(S, n[, D])`` draws of ``y``;
+    ``log_likelihood``: ``(S, n)`` ``log p(y_i | x_i, w_s)``; ``y``: the observed ``(n[, D])``.  The ``S``
+    independent draws are split into ``num_chains`` chains (``S`` must be a multiple), so that ``az.loo`` and
+    ``az.plot_ppc`` apply.
+    """
+    from adapters.inference_data import as_numpy, from_samples
+
+    num_chains = check_positive_int("num_chains", num_chains)
+    num_samples = as_numpy(log_likelihood).shape[0]
+    if num_samples % num_chains:
+        raise ValueError(f"num_samples ({num_samples}) must be a multiple of num_chains ({num_chains})")
+
+    def chains(value: Any) -> np.ndarray:
+        value = as_numpy(value)
+        return value.reshape(num_chains, num_samples // num_chains, *value.shape[1:])
+
+    observed = as_numpy(y)
+    predictive = as_numpy(predictive)
+    if predictive.ndim == observed.ndim + 2:  # (S, n, 1) draws of a 1-D target
+        predictive = predictive[..., 0]
+    return from_samples(
+        {name: chains(value) for name, value in weights.items()},
+        log_likelihood={observed_name: chains(log_likelihood)},
+        observed_data={observed_name: observed},
+        posterior_predictive={observed_name: chains(predictive)},
+    )

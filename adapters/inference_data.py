@@ -76,6 +76,7 @@ def from_samples(
     sample_stats: Mapping[str, Any] | None = None,
     log_likelihood: Mapping[str, Any] | None = None,
     observed_data: Mapping[str, Any] | None = None,
+    posterior_predictive: Mapping[str, Any] | None = None,
     **kwargs: Any,
 ):
     """ArviZ ``InferenceData`` from dicts of arrays shaped ``(chains, draws, *event)``.
@@ -87,7 +88,7 @@ def from_samples(
     import arviz as az
 
     def to_numpy(d):
-        return None if d is None else {k: _numpy(v) for k, v in d.items()}
+        return None if d is None else {k: as_numpy(v) for k, v in d.items()}
 
     posterior = to_numpy(samples)
     shapes = {k: v.shape[:2] for k, v in posterior.items()}
@@ -98,11 +99,13 @@ def from_samples(
         sample_stats=None if sample_stats is None else _rename_stats(to_numpy(sample_stats)),
         log_likelihood=to_numpy(log_likelihood),
         observed_data=to_numpy(observed_data),
+        posterior_predictive=to_numpy(posterior_predictive),
         **kwargs,
     )
 
 
-def _numpy(value: Any) -> np.ndarray:
+def as_numpy(value: Any) -> np.ndarray:
+    """A numpy array from a numpy, JAX or torch array (detached, on the CPU)."""
     if hasattr(value, "detach"):  # torch tensor
         value = value.detach().cpu().numpy()
     return np.asarray(value)

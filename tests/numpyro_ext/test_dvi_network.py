@@ -136,3 +136,30 @@ def test_model_log_density_is_the_bayesian_mlp():
     assert float(got) == pytest.approx(prior + likelihood, rel=1e-12)
     scaled, _ = log_density(net.model, (x, y), {"num_data": 60}, {k: jnp.asarray(v) for k, v in values.items()})
     assert float(scaled) == pytest.approx(prior + 10 * likelihood, rel=1e-12)
+
+
+def test_arviz_export_holds_the_weights_and_the_posterior_predictive():
+    """to_arviz: one hidden layer, homoscedastic -- the mean of the log-likelihood group over the weight draws is
+    DVI's exact expected log-likelihood (to Z_MAX MC errors), and ArviZ's loo and ppc plots take it."""
+    az = pytest.importorskip("arviz")
+    from numpyro_ext.infer.dvi.core import dvi_elbo_terms
+
+    net = DVIMLP((1, 4, 1), likelihood="homoscedastic", prior="gaussian")
+    params = net.init(jax.random.PRNGKey(3), init_std_ratio=1.0)._replace(log_noise_variance=jnp.array([-1.0]))
+    x, y = toy_data(4, 12)
+    idata = net.to_arviz(jax.random.PRNGKey(5), params, x, y, num_samples=4000, num_chains=4)
+    assert idata.posterior["dvi.layers.0.weight"].shape == (4, 1000, 1, 4)
+    assert idata.posterior_predictive["dvi.y"].shape == (4, 1000, 12)
+    np.testing.assert_array_equal(idata.observed_data["dvi.y"], np.asarray(y))
+    log_lik = idata.log_likelihood["dvi.y"].values.reshape(4000, 12)
+    exact = np.asarray(jax.jit(lambda p: dvi_elbo_terms(p, x, y, net.config))(params).expected_log_likelihood)
+    z = np.abs(log_lik.mean(0) - exact) / (log_lik.std(0) / math.sqrt(4000))
+    assert z.max() < Z_MAX, z
+    loo = az.loo(idata)
+    assert np.isfinite(loo.elpd_loo) and loo.n_data_points == 12
+    import matplotlib
+
+    matplotlib.use("Agg")
+    az.plot_ppc(idata, num_pp_samples=20)
+    with pytest.raises(ValueError, match="multiple of num_chains"):
+        net.to_arviz(jax.random.PRNGKey(5), params, x, y, num_samples=10, num_chains=4)

@@ -30,7 +30,7 @@ from numpyro_ext.infer.dvi.likelihoods import (
     homoscedastic_expected_log_likelihood,
     regression_predictive,
 )
-from numpyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, sample_outputs
+from numpyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, output_log_likelihood, sample_outputs
 from numpyro_ext.infer.dvi.moments import (
     GaussianMoments,
     linear_certain_moments,
@@ -73,6 +73,7 @@ __all__ = [
     "mcvi_expected_log_likelihood",
     "minibatch_scale",
     "mlp_moments",
+    "output_log_likelihood",
     "regression_predictive",
     "relu_correlation_term",
     "relu_mean_var",

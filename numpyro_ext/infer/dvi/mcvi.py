@@ -32,7 +32,7 @@ from numpyro_ext.infer.dvi.likelihoods import (
 )
 from numpyro_ext.infer.dvi.moments import GaussianMoments
 
-__all__ = ["mcvi_elbo", "mcvi_expected_log_likelihood", "sample_outputs"]
+__all__ = ["mcvi_elbo", "mcvi_expected_log_likelihood", "output_log_likelihood", "sample_outputs"]
 
 Array = jax.Array
 
@@ -54,7 +54,9 @@ def sample_outputs(rng_key: Array, params: DVIParams, x: Array, config: DVIConfi
     return h
 
 
-def _log_likelihood(outputs: Array, params: DVIParams, y: Array, config: DVIConfig) -> Array:
+def output_log_likelihood(outputs: Array, params: DVIParams, y: Array, config: DVIConfig) -> Array:
+    """``log p(y_i | f_i)`` ``(n,)`` at given network outputs ``f`` ``(n, d_L)`` (e.g. one draw of
+    :func:`sample_outputs`), summed over each datum's targets."""
     point = GaussianMoments(outputs, jnp.zeros_like(outputs))
     if config.likelihood == "heteroscedastic":
         return heteroscedastic_expected_log_likelihood(point, y)
@@ -73,7 +75,7 @@ def mcvi_expected_log_likelihood(
     check_dvi_data(config, x, y)
 
     def one(key: Array) -> Array:
-        return _log_likelihood(sample_outputs(key, params, x, config), params, y, config)
+        return output_log_likelihood(sample_outputs(key, params, x, config), params, y, config)
 
     return jnp.mean(jax.vmap(one)(jax.random.split(rng_key, num_samples)), axis=0)
 

@@ -28,10 +28,18 @@ import numpyro.distributions as dist
 from numpyro.infer.elbo import ELBO
 from numpyro.primitives import mutable
 
-from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data
+from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data
 from adapters.validation import check_choice, check_positive_int
-from numpyro_ext.infer.dvi.core import DVIParams, LayerParams, dvi_elbo, dvi_predict, init_params, mlp_moments
-from numpyro_ext.infer.dvi.mcvi import mcvi_elbo
+from numpyro_ext.infer.dvi.core import (
+    DVIParams,
+    LayerParams,
+    check_params,
+    dvi_elbo,
+    dvi_predict,
+    init_params,
+    mlp_moments,
+)
+from numpyro_ext.infer.dvi.mcvi import mcvi_elbo, output_log_likelihood
 from numpyro_ext.infer.dvi.moments import GaussianMoments
 
 __all__ = ["DVIMLP", "DVI_ELBO", "MCVI_ELBO"]
@@ -93,33 +101,66 @@ class DVIMLP:
         """The deterministic ELBO (:func:`~numpyro_ext.infer.dvi.core.dvi_elbo`)."""
         return dvi_elbo(params, x, y, self.config, num_data=num_data, kl_weight=kl_weight)
 
+    def sample_weights(self, rng_key: Array, params: DVIParams, num_samples: int) -> dict[str, Array]:
+        """Joint draws of every weight tensor from q, named as the model's sample sites:
+        ``"<name>.layers.<i>.weight"`` ``(num_samples, d_in, d_out)`` and ``"<name>.layers.<i>.bias"``
+        ``(num_samples, d_out)``."""
+        num_samples = check_positive_int("num_samples", num_samples)
+        check_params(params, self.config)
+        keys = jax.random.split(rng_key, 2 * len(params.layers))
+        draws = {}
+        for i, layer in enumerate(params.layers):
+            for k, (part, mean, log_std) in enumerate(
+                (("weight", layer.weight_mean, layer.weight_log_std), ("bias", layer.bias_mean, layer.bias_log_std))
+            ):
+                noise = jax.random.normal(keys[2 * i + k], (num_samples, *mean.shape), mean.dtype)
+                draws[f"{self.name}.layers.{i}.{part}"] = mean + jnp.exp(log_std) * noise
+        return draws
+
+    def outputs_at(self, weights: dict[str, Array], x: Array) -> Array:
+        """The network's outputs ``(S, n, d_L)`` at inputs ``x`` ``(n, d_0)`` for ``S`` weight draws
+        (:meth:`sample_weights`)."""
+        h = jnp.asarray(x)
+        for i in range(self.config.num_layers):
+            h = h @ weights[f"{self.name}.layers.{i}.weight"] + weights[f"{self.name}.layers.{i}.bias"][:, None, :]
+            if i < self.config.num_layers - 1:
+                h = jax.nn.relu(h)
+        return h
+
     def sample_predictive(self, rng_key: Array, params: DVIParams, x: Array, num_samples: int) -> Array:
         """Monte Carlo draws of ``y`` at ``x`` ``(n, d_0)``: weights from q, then the likelihood's noise.
 
         Returns ``(num_samples, n, D)`` (regression) or integer labels ``(num_samples, n)`` (categorical): a
         check of :meth:`predict`'s closed forms.
         """
-        num_samples = check_positive_int("num_samples", num_samples)
         check_dvi_data(self.config, x)
         weight_key, noise_key = jax.random.split(rng_key)
-
-        def one(key):
-            h = jnp.asarray(x)
-            keys = jax.random.split(key, 2 * len(params.layers))
-            for i, layer in enumerate(params.layers):
-                w = layer.weight_mean + jnp.exp(layer.weight_log_std) * jax.random.normal(
-                    keys[2 * i], layer.weight_mean.shape, layer.weight_mean.dtype
-                )
-                b = layer.bias_mean + jnp.exp(layer.bias_log_std) * jax.random.normal(
-                    keys[2 * i + 1], layer.bias_mean.shape, layer.bias_mean.dtype
-                )
-                h = h @ w + b
-                if i < len(params.layers) - 1:
-                    h = jax.nn.relu(h)
-            return h
-
-        outputs = jax.vmap(one)(jax.random.split(weight_key, num_samples))
+        outputs = self.outputs_at(self.sample_weights(weight_key, params, num_samples), x)
         return self._likelihood(outputs, params).sample(noise_key)
+
+    def to_arviz(
+        self, rng_key: Array, params: DVIParams, x: Array, y: Array, num_samples: int = 1000, num_chains: int = 4
+    ):
+        """An ``arviz.InferenceData`` of q's weights and the posterior predictive at ``(x, y)``.
+
+        Groups: ``posterior`` (the weight draws of :meth:`sample_weights`), ``posterior_predictive`` and
+        ``log_likelihood`` (``log p(y_i | x_i, w_s)`` per weight draw and datum, summed over targets) under the
+        model's observed site ``"<name>.y"``, and ``observed_data``; ``num_samples`` draws split into
+        ``num_chains`` chains of independent draws.  ``az.plot_ppc``, ``az.loo`` and ``az.compare`` apply.
+        """
+        check_dvi_data(self.config, x, y)
+        num_samples = check_positive_int("num_samples", num_samples)
+        draws = jax.jit(self._predictive_draws, static_argnums=4)(
+            rng_key, params, jnp.asarray(x), jnp.asarray(y), num_samples
+        )
+        return dvi_inference_data(*draws, y, f"{self.name}.y", num_chains)
+
+    def _predictive_draws(self, rng_key, params, x, y, num_samples):
+        weight_key, noise_key = jax.random.split(rng_key)
+        weights = self.sample_weights(weight_key, params, num_samples)
+        outputs = self.outputs_at(weights, x)
+        predictive = self._likelihood(outputs, params).sample(noise_key)
+        return weights, predictive, jax.vmap(lambda f: output_log_likelihood(f, params, y, self.config))(outputs)
 
     def _likelihood(self, outputs: Array, params: DVIParams) -> dist.Distribution:
         """p(y | network outputs): independent normals over the ``D`` targets, or a categorical over classes."""

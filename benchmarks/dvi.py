@@ -1,0 +1,303 @@
+"""Study ``dvi``: DVI, dDVI and MCVI of the same Bayesian MLP on the paper's heteroscedastic toy and the UCI sets.
+
+Wu et al. 2019 (arXiv:1810.03958), Sec. 6 and Table 2.  Every method trains the same network -- one hidden
+layer of 50 ReLU units (100 for protein), the empirical-Bayes prior, inputs and target normalised on the training
+split -- with the same optimizer, steps and data, side by side in one process:
+
+* ``dvi``: full-covariance DVI, heteroscedastic likelihood; ``ddvi``: diagonal DVI, heteroscedastic;
+* ``mcvi``: the Monte Carlo baseline (local reparameterisation, one draw per datum and step), heteroscedastic;
+* ``dvi-homo``: full-covariance DVI with a homoscedastic likelihood (one learnt noise variance).
+
+Reported per data set: test log-likelihood per point and RMSE on the original scale (mean +- s.e. over splits),
+with the published MC-dropout log-likelihood as a reference column.  The test log-likelihood is the same Monte
+Carlo predictive density for every method, ``log (1/S) sum_s p(y | f_s)`` with ``S`` draws of the output's
+marginal (local reparameterisation); RMSE uses the closed-form predictive mean (exact with one hidden layer).
+
+Convergence: every ``--eval-every`` steps the deterministic full-data ELBO (full-covariance DVI's, for the three
+heteroscedastic methods: one yardstick) is recorded against the training wall time (evaluation excluded, compile
+excluded).  ``steps_to_converge``: the first checkpoint within 1% of the final ELBO.  ``mcvi_over_dvi_seconds``:
+the wall time MCVI needs to first reach the worse of the two final ELBOs (less 1%), over DVI's time.
+
+``python -m benchmarks dvi`` runs everything (about an hour on one core); ``--datasets``/``--splits`` select,
+and a run of the same day resumes: its finished rows are kept and skipped (``--import FILE`` adds another
+file's rows).  Needs the UCI files (``../shared/uci`` or ``$PPL_EXT_UCI``); the toy needs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from adapters import uci
+from benchmarks._harness import RESULTS_DIR, ResultFile, table
+
+METHODS = {
+    "dvi": {"covariance": "full", "likelihood": "heteroscedastic"},
+    "ddvi": {"covariance": "diag", "likelihood": "heteroscedastic"},
+    "mcvi": {"covariance": "diag", "likelihood": "heteroscedastic"},
+    "dvi-homo": {"covariance": "full", "likelihood": "homoscedastic"},
+}
+DATASETS = ["toy", *uci.DATASETS]
+TOY_SEEDS = 5
+TOY_TRAIN, TOY_TEST = 500, 2000
+
+
+def toy_split(seed: int) -> uci.UCISplit:
+    """The paper's heteroscedastic toy: ``x ~ U(-0.5, 0.5)``, ``y = -(x + 0.5) sin(3 pi x) + 0.45 (x + 0.5)^2 eps``,
+    normalised like a UCI split (``TOY_TRAIN`` training and ``TOY_TEST`` test points, one seed per split)."""
+    rng = np.random.default_rng(1000 + seed)
+    x = rng.uniform(-0.5, 0.5, size=(TOY_TRAIN + TOY_TEST, 1))
+    y = -(x[:, 0] + 0.5) * np.sin(3 * np.pi * x[:, 0]) + 0.45 * (x[:, 0] + 0.5) ** 2 * rng.standard_normal(len(x))
+    x_mean, x_std = x[:TOY_TRAIN].mean(0), x[:TOY_TRAIN].std(0)
+    y_mean, y_std = float(y[:TOY_TRAIN].mean()), float(y[:TOY_TRAIN].std())
+    x, y = (x - x_mean) / x_std, (y - y_mean) / y_std
+    return uci.UCISplit(
+        "toy", seed, x[:TOY_TRAIN], y[:TOY_TRAIN], x[TOY_TRAIN:], y[TOY_TRAIN:], y_mean, y_std, hidden_units=50
+    )
+
+
+def load(dataset: str, split: int) -> uci.UCISplit:
+    return toy_split(split) if dataset == "toy" else uci.load_split(dataset, split)
+
+
+def splits_of(dataset: str) -> int:
+    return TOY_SEEDS if dataset == "toy" else uci.num_splits(dataset)
+
+
+def train(data: uci.UCISplit, method: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train one method on one split; returns the row (metrics, trace of the yardstick ELBO)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from jax.scipy.special import logsumexp
+
+    from adapters.dvi import DVIConfig
+    from numpyro_ext.infer.dvi.core import dvi_elbo, dvi_predict, init_params
+    from numpyro_ext.infer.dvi.mcvi import mcvi_elbo, output_log_likelihood, sample_outputs
+
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    n = x.shape[0]
+    heteroscedastic = METHODS[method]["likelihood"] == "heteroscedastic"
+    sizes = (x.shape[1], data.hidden_units, 2 if heteroscedastic else 1)
+    config = DVIConfig(sizes, prior="empirical_bayes", **METHODS[method])
+    yardstick = DVIConfig(sizes, covariance="full", likelihood=METHODS[method]["likelihood"])
+    batch = min(n, args.batch_size)
+    optimizer = optax.adam(args.learning_rate)
+
+    def loss(params, key, xb, yb):
+        if method == "mcvi":
+            return -mcvi_elbo(key, params, xb, yb, config, num_data=n)
+        return -dvi_elbo(params, xb, yb, config, num_data=n)
+
+    def step(carry, _):
+        params, opt_state, key = carry
+        key, batch_key, loss_key = jax.random.split(key, 3)
+        if batch < n:
+            index = jax.random.randint(batch_key, (batch,), 0, n)
+            xb, yb = x[index], y[index]
+        else:
+            xb, yb = x, y
+        grads = jax.grad(loss)(params, loss_key, xb, yb)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return (optax.apply_updates(params, updates), opt_state, key), None
+
+    def chunk(carry):
+        return jax.lax.scan(step, carry, None, length=args.eval_every)[0]
+
+    key = jax.random.PRNGKey(args.seed * 7919 + data.split)
+    init_key, train_key, test_key = jax.random.split(key, 3)
+    params = init_params(init_key, config)
+    carry = (params, optimizer.init(params), train_key)
+    run_chunk = jax.jit(chunk).lower(carry).compile()  # compiled before the clock starts
+    evaluate = jax.jit(lambda p: dvi_elbo(p, x, y, yardstick))
+    trace, wall = [(0, 0.0, float(evaluate(params)))], 0.0
+    for done in range(args.eval_every, args.steps + 1, args.eval_every):
+        start = time.perf_counter()
+        carry = jax.block_until_ready(run_chunk(carry))
+        wall += time.perf_counter() - start
+        elbo = float(evaluate(carry[0]))
+        trace.append((done, wall, elbo))
+        if not math.isfinite(elbo):
+            break
+    params = carry[0]
+
+    x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
+
+    @jax.jit
+    def test_metrics(p, key):
+        def one(k):
+            return output_log_likelihood(sample_outputs(k, p, x_test, config), p, y_test, config)
+
+        draws = jax.lax.map(one, jax.random.split(key, args.test_samples))
+        log_density = logsumexp(draws, axis=0) - math.log(args.test_samples)
+        mean, _ = dvi_predict(p, x_test, config)
+        return jnp.mean(log_density), jnp.sqrt(jnp.mean((mean[:, 0] - y_test) ** 2))
+
+    ll, rmse = test_metrics(params, test_key)
+    final = trace[-1][2]
+    converged = next((s for s, _, e in trace if abs(e - final) <= 0.01 * abs(final)), None)
+    return {
+        "dataset": data.name,
+        "split": data.split,
+        "method": method,
+        "status": "ok" if math.isfinite(final) else "diverged",
+        "test_ll": float(ll) + data.log_likelihood_offset,
+        "test_rmse": float(rmse) * data.rmse_scale,
+        "final_elbo": final,
+        "train_wall_s": wall,
+        "steps": trace[-1][0],
+        "steps_to_converge": converged,
+        "seconds_to_converge": next((w for s, w, _ in trace if s == converged), None),
+        "trace": trace,
+        "batch_size": batch,
+        "num_train": n,
+    }
+
+
+def time_to(trace: list, target: float) -> float | None:
+    """Training seconds until the yardstick ELBO first reaches ``target`` (None if never)."""
+    return next((w for _, w, e in trace if e >= target), None)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    v = np.asarray(values, float)
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per data set and method: means +- s.e. over splits, and DVI vs MCVI's time to the same ELBO."""
+    ok = [r for r in rows if r.get("status") == "ok"]
+    by = {(r["dataset"], r["split"], r["method"]): r for r in ok}
+    out = []
+    for dataset in DATASETS:
+        for method in METHODS:
+            mine = [r for r in ok if r["dataset"] == dataset and r["method"] == method]
+            if not mine:
+                continue
+            ll, ll_se = mean_se([r["test_ll"] for r in mine])
+            rmse, rmse_se = mean_se([r["test_rmse"] for r in mine])
+            row = {
+                "dataset": dataset,
+                "method": method,
+                "splits": len(mine),
+                "test_ll": ll,
+                "test_ll_se": ll_se,
+                "test_rmse": rmse,
+                "test_rmse_se": rmse_se,
+                "train_wall_s": float(np.mean([r["train_wall_s"] for r in mine])),
+                "steps_to_converge": float(np.mean([r["steps_to_converge"] or r["steps"] for r in mine])),
+                "mc_dropout_ll": uci.MC_DROPOUT_TEST_LL.get(dataset),
+            }
+            if method == "dvi":
+                ratios = []
+                for r in mine:
+                    other = by.get((dataset, r["split"], "mcvi"))
+                    if other is None:
+                        continue
+                    worse = min(r["final_elbo"], other["final_elbo"])
+                    target = worse - 0.01 * abs(worse)
+                    t_dvi, t_mcvi = time_to(r["trace"], target), time_to(other["trace"], target)
+                    if t_dvi and t_mcvi:
+                        ratios.append(t_mcvi / t_dvi)
+                if ratios:
+                    row["mcvi_over_dvi_seconds"] = float(np.exp(np.mean(np.log(ratios))))  # geometric mean
+            out.append(row)
+    return out
+
+
+def goals(summary: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals, read off the summary."""
+    cell = {(r["dataset"], r["method"]): r for r in summary}
+    uci_sets = [d for d in uci.DATASETS if (d, "dvi") in cell and (d, "mcvi") in cell]
+    dvi_wins = [d for d in uci_sets if cell[d, "dvi"]["test_ll"] >= cell[d, "mcvi"]["test_ll"]]
+    hetero_wins = [
+        d for d in DATASETS if (d, "dvi-homo") in cell and cell[d, "dvi"]["test_ll"] > cell[d, "dvi-homo"]["test_ll"]
+    ]
+    ratios = [cell[d, "dvi"].get("mcvi_over_dvi_seconds") for d in DATASETS if (d, "dvi") in cell]
+    ratios = [r for r in ratios if r is not None]
+    return {
+        "dvi_ll_at_least_mcvi": f"{len(dvi_wins)} of {len(uci_sets)}",
+        "dvi_ll_at_least_mcvi_sets": dvi_wins,
+        "heteroscedastic_beats_homoscedastic": hetero_wins,
+        "median_mcvi_over_dvi_seconds": float(np.median(ratios)) if ratios else None,
+    }
+
+
+def _previous_rows(paths: list[Path]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            rows += [r for r in json.loads(path.read_text())["runs"] if r.get("status") == "ok"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return rows
+
+
+def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks dvi", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--datasets", default=",".join(DATASETS), help=f"any of {DATASETS}")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"any of {list(METHODS)}")
+    parser.add_argument("--splits", type=int, default=None, help="the first K splits of each set (default: all)")
+    parser.add_argument("--steps", type=int, default=4000, help="optimizer steps per run")
+    parser.add_argument("--eval-every", type=int, default=100, help="steps between yardstick ELBO checkpoints")
+    parser.add_argument("--learning-rate", type=float, default=1e-2, help="Adam's step size (all methods)")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="minibatch size (larger sets only)")
+    parser.add_argument("--test-samples", type=int, default=200, help="output draws per test predictive density")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE")
+    args = parser.parse_args(argv)
+    datasets = [d for d in args.datasets.split(",") if d]
+    methods = [m for m in args.methods.split(",") if m]
+    unknown = [d for d in datasets if d not in DATASETS] + [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--datasets/--methods: unknown {unknown}; datasets {DATASETS}, methods {list(METHODS)}")
+    if args.steps < args.eval_every or args.eval_every < 1 or args.test_samples < 1:
+        raise SystemExit("--steps must be >= --eval-every >= 1 and --test-samples >= 1")
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    names = ("steps", "eval_every", "learning_rate", "batch_size", "test_samples", "seed")
+    settings = {k: getattr(args, k) for k in names}
+    today = (Path(out_dir) if out_dir is not None else RESULTS_DIR) / f"dvi-{_dt.date.today().isoformat()}.json"
+    previous = [r for r in _previous_rows([today, *map(Path, args.imports)]) if r.get("settings") == settings]
+    out = ResultFile("dvi", {"datasets": datasets, "methods": methods, **settings}, out_dir)
+    done = set()
+    for row in previous:
+        key = (row["dataset"], row["split"], row["method"])
+        if key not in done:
+            done.add(key)
+            out.data["runs"].append(row)
+    # split outermost: a run cut short still covers every set and method for the first splits
+    grid = [
+        (d, s, m)
+        for s in range(max(splits_of(d) for d in datasets))
+        for d in datasets
+        if s < min(splits_of(d), args.splits or splits_of(d))
+        for m in methods
+    ]
+    todo = [g for g in grid if g not in done]
+    print(f"{len(grid) - len(todo)} of {len(grid)} runs already in {out.path}")
+    from tqdm.auto import tqdm
+
+    try:
+        for dataset, split, method in tqdm(todo, desc="dvi", unit="run"):
+            row = train(load(dataset, split), method, args)
+            out.add({**row, "settings": settings})
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {len(out.data['runs'])} finished rows kept in {out.path}")
+        raise
+    summary = summarise(out.data["runs"])
+    out.finish({"by_dataset": summary, "goals": goals(summary)})
+    columns = ["dataset", "method", "splits", "test_ll", "test_ll_se", "test_rmse", "test_rmse_se", "mc_dropout_ll",
+               "train_wall_s", "steps_to_converge", "mcvi_over_dvi_seconds"]  # fmt: skip
+    print(table(summary, columns))
+    print(json.dumps(out.data["summary"]["goals"], indent=1))
+    print(f"\nwritten: {out.path}")
+    return out.data
