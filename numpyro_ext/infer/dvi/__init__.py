@@ -18,7 +18,6 @@ from numpyro_ext.infer.dvi.core import (
     dvi_kl,
     dvi_predict,
     init_params,
-    minibatch_scale,
     mlp_moments,
 )
 from numpyro_ext.infer.dvi.likelihoods import (
@@ -71,7 +70,6 @@ __all__ = [
     "linear_moments",
     "mcvi_elbo",
     "mcvi_expected_log_likelihood",
-    "minibatch_scale",
     "mlp_moments",
     "output_log_likelihood",
     "regression_predictive",

@@ -19,8 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adapters.dvi import DVIConfig, check_dvi_data
-from adapters.validation import check_non_negative, check_positive
+from adapters.dvi import DVIConfig, check_dvi_data, minibatch_scale
+from adapters.validation import check_positive
 from numpyro_ext.infer.dvi.likelihoods import (
     categorical_expected_log_likelihood,
     categorical_predictive_probabilities,
@@ -41,7 +41,6 @@ __all__ = [
     "dvi_kl",
     "dvi_predict",
     "init_params",
-    "minibatch_scale",
     "mlp_moments",
 ]
 
@@ -206,18 +205,6 @@ def dvi_elbo(
     scale = minibatch_scale(jnp.shape(x)[0], num_data, kl_weight)
     terms = dvi_elbo_terms(params, x, y, config)
     return scale * terms.expected_log_likelihood.sum() - kl_weight * terms.kl
-
-
-def minibatch_scale(batch_size: int, num_data: int | None, kl_weight: float | Array = 1.0) -> float:
-    """``N / n``, the factor of a minibatch's log-likelihood sum in the ELBO (1 for the whole data set), after
-    checking ``num_data`` (``N >= n``) and a concrete ``kl_weight`` (>= 0)."""
-    if num_data is not None and (isinstance(num_data, bool) or not isinstance(num_data, int) or num_data < batch_size):
-        raise ValueError(
-            f"num_data must be an integer >= the batch size {batch_size} (the data set's size), got {num_data!r}"
-        )
-    if isinstance(kl_weight, int | float):
-        check_non_negative("kl_weight", kl_weight)
-    return 1.0 if num_data is None else num_data / batch_size
 
 
 def dvi_predict(params: DVIParams, x: Array, config: DVIConfig) -> tuple[Array, Array]:

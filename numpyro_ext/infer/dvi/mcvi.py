@@ -22,9 +22,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from adapters.dvi import DVIConfig, check_dvi_data
+from adapters.dvi import DVIConfig, check_dvi_data, minibatch_scale
 from adapters.validation import check_positive_int
-from numpyro_ext.infer.dvi.core import DVIParams, check_params, dvi_kl, minibatch_scale
+from numpyro_ext.infer.dvi.core import DVIParams, check_params, dvi_kl
 from numpyro_ext.infer.dvi.likelihoods import (
     categorical_expected_log_likelihood,
     heteroscedastic_expected_log_likelihood,
