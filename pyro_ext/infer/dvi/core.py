@@ -186,7 +186,7 @@ def convert_params(
     def tensor(array: Any) -> Tensor:
         if isinstance(array, torch.Tensor):
             return array.detach().to(dtype=dtype, device=device)
-        return torch.as_tensor(np.asarray(array), dtype=dtype, device=device)
+        return torch.as_tensor(np.array(array), dtype=dtype, device=device)  # a copy: JAX's arrays are read-only
 
     fields = LayerParams._fields
     if isinstance(value, Mapping):
@@ -224,9 +224,9 @@ def params_as_dict(params: DVIParams, *, name: str = "dvi") -> dict[str, np.ndar
     out = {}
     for i, layer in enumerate(params.layers):
         for field, array in zip(LayerParams._fields, layer, strict=True):
-            out[f"{name}.layers.{i}.{field}"] = _host(array)
+            out[f"{name}.layers.{i}.{field}"] = np.array(_host(array))  # a copy: .numpy() shares the memory
     if params.log_noise_variance is not None:
-        out[f"{name}.log_noise_variance"] = _host(params.log_noise_variance)
+        out[f"{name}.log_noise_variance"] = np.array(_host(params.log_noise_variance))
     return out
 
 
