@@ -92,3 +92,26 @@ def test_mcvi_elbo_in_svi_and_its_errors():
         mcvi_elbo(key, params, x, y, net.config, num_data=3)
     with pytest.raises(TypeError, match="guide must be a DVIMLP's guide method"):
         MCVI_ELBO().loss(key, {}, net.model, lambda x, y: None, x, y)
+
+
+def test_log_predictive_density_is_the_exact_gaussian_predictive_without_hidden_layers():
+    """No hidden layer, homoscedastic: y ~ N(x mu + b, x^2 s^2 + v + e^s) exactly, so the Monte Carlo log
+    predictive density must match that log density to Z_MAX delta-method errors (sd of p(y|f) / (sqrt(S) mean))."""
+    with jax.enable_x64():
+        net = DVIMLP((3, 1), likelihood="homoscedastic", prior="gaussian")
+        params = net.init(jax.random.PRNGKey(8), init_std_ratio=1.0, dtype=jnp.float64)
+        params = params._replace(log_noise_variance=jnp.array([-1.0]))
+        x, y = data(9, 6, 3, 1)
+        num = 20_000
+        estimate = np.asarray(net.log_predictive_density(jax.random.PRNGKey(10), params, x, y, num_samples=num))
+        mean, var = net.predict(params, x)
+        exact = -0.5 * (np.log(2 * np.pi * var[:, 0]) + (y[:, 0] - mean[:, 0]) ** 2 / var[:, 0])
+        f = np.asarray(
+            jax.vmap(lambda k: sample_outputs(k, params, x, net.config))(jax.random.split(jax.random.PRNGKey(11), num))
+        )
+        noise = np.exp(-1.0)
+        density = np.exp(-0.5 * (np.log(2 * np.pi * noise) + (np.asarray(y) - f) ** 2 / noise))[..., 0]
+        error = density.std(0) / (math.sqrt(num) * density.mean(0))
+        assert np.all(np.abs(estimate - np.asarray(exact)) < Z_MAX * error), (estimate - exact, error)
+        with pytest.raises(ValueError, match="num_samples"):
+            net.log_predictive_density(jax.random.PRNGKey(10), params, x, y, num_samples=0)

@@ -39,7 +39,7 @@ from numpyro_ext.infer.dvi.core import (
     init_params,
     mlp_moments,
 )
-from numpyro_ext.infer.dvi.mcvi import mcvi_elbo, output_log_likelihood
+from numpyro_ext.infer.dvi.mcvi import log_predictive_density, mcvi_elbo, output_log_likelihood
 from numpyro_ext.infer.dvi.moments import GaussianMoments
 
 __all__ = ["DVIMLP", "DVI_ELBO", "MCVI_ELBO"]
@@ -137,6 +137,15 @@ class DVIMLP:
         weight_key, noise_key = jax.random.split(rng_key)
         outputs = self.outputs_at(self.sample_weights(weight_key, params, num_samples), x)
         return self._likelihood(outputs, params).sample(noise_key)
+
+    def log_predictive_density(
+        self, rng_key: Array, params: DVIParams, x: Array, y: Array, num_samples: int = 1000
+    ) -> Array:
+        """Each point's log predictive density ``(n,)``, the UCI protocol's test log-likelihood (Monte Carlo,
+        :func:`~numpyro_ext.infer.dvi.mcvi.log_predictive_density`; its mean is the per-point score)."""
+        num_samples = check_positive_int("num_samples", num_samples)
+        density = jax.jit(log_predictive_density, static_argnums=(4, 5))
+        return density(rng_key, params, jnp.asarray(x), jnp.asarray(y), self.config, num_samples)
 
     def to_arviz(
         self, rng_key: Array, params: DVIParams, x: Array, y: Array, num_samples: int = 1000, num_chains: int = 4
