@@ -35,7 +35,7 @@ from pyro_ext.infer.dvi.likelihoods import (
     homoscedastic_expected_log_likelihood,
     regression_predictive,
 )
-from pyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, sample_outputs
+from pyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, output_log_likelihood, sample_outputs
 from pyro_ext.infer.dvi.moments import (
     GaussianMoments,
     linear_certain_moments,
@@ -80,6 +80,7 @@ __all__ = [
     "mcvi_expected_log_likelihood",
     "minibatch_scale",
     "mlp_moments",
+    "output_log_likelihood",
     "params_as_dict",
     "regression_predictive",
     "relu_correlation_term",

@@ -23,7 +23,7 @@ from adapters.validation import check_positive_int
 from pyro_ext.infer.dvi.core import DVIParams, _as_data, check_params, dvi_kl, expected_log_likelihood
 from pyro_ext.infer.dvi.moments import GaussianMoments, _host
 
-__all__ = ["mcvi_elbo", "mcvi_expected_log_likelihood", "sample_outputs"]
+__all__ = ["mcvi_elbo", "mcvi_expected_log_likelihood", "output_log_likelihood", "sample_outputs"]
 
 Tensor = torch.Tensor
 
@@ -49,6 +49,21 @@ def sample_outputs(
     return h
 
 
+def output_log_likelihood(outputs: Tensor, params: DVIParams, y: Tensor, config: DVIConfig) -> Tensor:
+    """``log p(y_i | f_i)`` at given network outputs ``f`` ``(n, d_L)`` or ``(S, n, d_L)`` (draws of
+    :func:`sample_outputs`, or of whole weight matrices), summed over each datum's targets: ``(n,)`` or ``(S, n)``.
+
+    The closed-form expected log-likelihood of a point mass (zero variance), which (G1) and (C1) give exactly.
+    """
+    batch = outputs.shape[:-1]
+    flat = outputs.reshape(-1, outputs.shape[-1])
+    targets = _as_data(y, flat)
+    if len(batch) == 2:  # the same targets for each of the S draws
+        targets = targets.expand(batch[0], *targets.shape).reshape(-1, *targets.shape[1:])
+    point = GaussianMoments(flat, torch.zeros_like(flat))
+    return expected_log_likelihood(point, targets, params, config).reshape(batch)
+
+
 def mcvi_expected_log_likelihood(
     params: DVIParams,
     x: Tensor,
@@ -58,21 +73,13 @@ def mcvi_expected_log_likelihood(
     *,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Monte Carlo estimate ``(n,)`` of ``E_q[log p(y_i | x_i, w)]``: the mean of ``log p(y_i | f_i)`` over
-    ``num_samples`` draws of :func:`sample_outputs`.  Unbiased; its variance shrinks as ``1 / num_samples``.
-
-    ``log p(y | f)`` at a drawn ``f`` is the closed-form expected log-likelihood of a point mass (zero variance),
-    which (G1) and (C1) give exactly.
-    """
+    """Monte Carlo estimate ``(n,)`` of ``E_q[log p(y_i | x_i, w)]``: the mean of ``log p(y_i | f_i)``
+    (:func:`output_log_likelihood`) over ``num_samples`` draws of :func:`sample_outputs`.  Unbiased; its variance
+    shrinks as ``1 / num_samples``."""
     check_params(params, config)
     check_dvi_data(config, _host(x), _host(y))
     outputs = sample_outputs(params, x, config, num_samples, generator=generator)
-    s, n, d = outputs.shape
-    flat = outputs.reshape(s * n, d)
-    point = GaussianMoments(flat, torch.zeros_like(flat))
-    targets = _as_data(y, flat)
-    repeated = targets.expand(s, *targets.shape).reshape(s * n, *targets.shape[1:])
-    return expected_log_likelihood(point, repeated, params, config).reshape(s, n).mean(0)
+    return output_log_likelihood(outputs, params, y, config).mean(0)
 
 
 def mcvi_elbo(

@@ -40,7 +40,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import nn
 
-from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data
+from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data
 from adapters.validation import check_choice, check_positive_int
 from pyro_ext.infer.dvi.core import (
     DVIParams,
@@ -53,7 +53,7 @@ from pyro_ext.infer.dvi.core import (
     mlp_moments,
     params_as_dict,
 )
-from pyro_ext.infer.dvi.mcvi import mcvi_elbo
+from pyro_ext.infer.dvi.mcvi import mcvi_elbo, output_log_likelihood
 from pyro_ext.infer.dvi.moments import GaussianMoments, _host
 from pyro_ext.infer.dvi.priors import empirical_bayes_prior_variance
 
@@ -170,33 +170,89 @@ class DVIMLP(PyroModule):
         return dvi_elbo(self.get_params(), x, y, self.config, num_data=num_data, kl_weight=kl_weight)
 
     @pyro_method
+    def sample_weights(self, num_samples: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Joint draws of every weight tensor from q, named as the model's sample sites:
+        ``"<name>.layers.<i>.weight"`` ``(num_samples, d_in, d_out)`` and ``"<name>.layers.<i>.bias"``
+        ``(num_samples, d_out)`` (no gradient; torch's global generator unless ``generator`` is given)."""
+        num_samples = check_positive_int("num_samples", num_samples)
+        draws = {}
+        with torch.no_grad():
+            for i, layer in enumerate(self.get_params().layers):
+                for part, mean, log_std in (
+                    ("weight", layer.weight_mean, layer.weight_log_std),
+                    ("bias", layer.bias_mean, layer.bias_log_std),
+                ):
+                    noise = torch.randn(
+                        (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
+                    )
+                    draws[self._site(i, part)] = mean + torch.exp(log_std) * noise
+        return draws
+
+    def outputs_at(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The network's outputs ``(S, n, d_L)`` at inputs ``x`` ``(n, d_0)`` for ``S`` weight draws
+        (:meth:`sample_weights`)."""
+        h = _as_data(x, weights[self._site(0, "weight")])
+        for i in range(self.config.num_layers):
+            h = h @ weights[self._site(i, "weight")] + weights[self._site(i, "bias")][:, None, :]
+            if i < self.config.num_layers - 1:
+                h = torch.relu(h)
+        return h
+
+    @pyro_method
     def sample_predictive(self, x: Tensor, num_samples: int, *, generator: torch.Generator | None = None) -> Tensor:
         """Monte Carlo draws of ``y`` at ``x`` ``(n, d_0)``: whole weight matrices from q (shared by all data of a
-        draw), then the likelihood's noise.  Returns ``(num_samples, n, D)`` (regression) or integer labels
-        ``(num_samples, n)`` (categorical): a check of :meth:`predict`'s closed forms."""
-        num_samples = check_positive_int("num_samples", num_samples)
+        draw, :meth:`sample_weights`), then the likelihood's noise.  Returns ``(num_samples, n, D)`` (regression)
+        or integer labels ``(num_samples, n)`` (categorical): a check of :meth:`predict`'s closed forms."""
         check_dvi_data(self.config, _host(x))
+        outputs = self.outputs_at(self.sample_weights(num_samples, generator=generator), x)
+        with torch.no_grad():
+            return self._sample_likelihood(outputs, self.get_params().log_noise_variance, generator)
+
+    def _sample_likelihood(
+        self, outputs: Tensor, log_noise_variance: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor:
+        """Draws of ``y`` given network outputs ``(S, n, d_L)``, from ``generator`` (torch distributions' own
+        ``sample`` takes none)."""
+        likelihood = self._likelihood(outputs, log_noise_variance)
+        if self.config.likelihood == "categorical":
+            probs = likelihood.probs.reshape(-1, outputs.shape[-1])
+            return torch.multinomial(probs, 1, generator=generator).reshape(outputs.shape[:-1])
+        noise = torch.randn(likelihood.loc.shape, dtype=outputs.dtype, device=outputs.device, generator=generator)
+        return likelihood.loc + likelihood.scale * noise
+
+    @pyro_method
+    def to_arviz(
+        self,
+        x: Tensor,
+        y: Tensor,
+        num_samples: int = 1000,
+        num_chains: int = 4,
+        *,
+        generator: torch.Generator | None = None,
+    ):
+        """An ``arviz.InferenceData`` of q's weights and the posterior predictive at ``(x, y)``.
+
+        Groups: ``posterior`` (the weight draws of :meth:`sample_weights`), ``posterior_predictive`` and
+        ``log_likelihood`` (``log p(y_i | x_i, w_s)`` per weight draw and datum, summed over targets) under the
+        model's observed site ``"<name>.y"``, and ``observed_data``; ``num_samples`` draws split into
+        ``num_chains`` chains of independent draws (``adapters.dvi.dvi_inference_data``, shared with NumPyro).
+        ``az.plot_ppc``, ``az.loo`` and ``az.compare`` apply.
+        """
+        check_dvi_data(self.config, _host(x), _host(y))
+        weights = self.sample_weights(num_samples, generator=generator)
         with torch.no_grad():
             params = self.get_params()
-            h = _as_data(x, params.layers[0].weight_mean).expand(num_samples, -1, -1)
-            for i, layer in enumerate(params.layers):
-                w = layer.weight_mean + torch.exp(layer.weight_log_std) * torch.randn(
-                    (num_samples, *layer.weight_mean.shape), dtype=h.dtype, device=h.device, generator=generator
-                )
-                b = layer.bias_mean + torch.exp(layer.bias_log_std) * torch.randn(
-                    (num_samples, 1, *layer.bias_mean.shape), dtype=h.dtype, device=h.device, generator=generator
-                )
-                h = torch.bmm(h, w) + b
-                if i < len(params.layers) - 1:
-                    h = torch.relu(h)
-            likelihood = self._likelihood(h, params.log_noise_variance)
-            if self.config.likelihood == "categorical":
-                return torch.multinomial(likelihood.probs.reshape(-1, h.shape[-1]), 1, generator=generator).reshape(
-                    h.shape[:-1]
-                )
-            return likelihood.loc + likelihood.scale * torch.randn(
-                likelihood.loc.shape, dtype=h.dtype, device=h.device, generator=generator
-            )
+            outputs = self.outputs_at(weights, x)
+            predictive = self._sample_likelihood(outputs, params.log_noise_variance, generator)
+            log_likelihood = output_log_likelihood(outputs, params, y, self.config)
+        return dvi_inference_data(
+            {k: _host(v) for k, v in weights.items()},
+            _host(predictive),
+            _host(log_likelihood),
+            _host(y),
+            f"{self.name}.y",
+            num_chains,
+        )
 
     def _likelihood(self, outputs: Tensor, log_noise_variance: Tensor | None) -> dist.Distribution:
         """p(y | network outputs): independent normals over the ``D`` targets, or a categorical over classes."""
