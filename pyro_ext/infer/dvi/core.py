@@ -37,7 +37,7 @@ from pyro_ext.infer.dvi.likelihoods import (
 )
 from pyro_ext.infer.dvi.moments import (
     GaussianMoments,
-    _host,
+    host_values,
     linear_certain_moments,
     linear_moments,
     relu_moments,
@@ -224,13 +224,13 @@ def params_as_dict(params: DVIParams, *, name: str = "dvi") -> dict[str, np.ndar
     out = {}
     for i, layer in enumerate(params.layers):
         for field, array in zip(LayerParams._fields, layer, strict=True):
-            out[f"{name}.layers.{i}.{field}"] = np.array(_host(array))  # a copy: .numpy() shares the memory
+            out[f"{name}.layers.{i}.{field}"] = np.array(host_values(array))  # a copy: .numpy() shares the memory
     if params.log_noise_variance is not None:
-        out[f"{name}.log_noise_variance"] = np.array(_host(params.log_noise_variance))
+        out[f"{name}.log_noise_variance"] = np.array(host_values(params.log_noise_variance))
     return out
 
 
-def _as_data(value: Any, like: Tensor) -> Any:
+def as_data(value: Any, like: Tensor) -> Any:
     """Data as tensors on the parameters' device (regression values in their dtype; labels as they are)."""
     if value is None:
         return None
@@ -250,10 +250,10 @@ def mlp_moments(params: DVIParams, x: Tensor, config: DVIConfig) -> GaussianMome
     DVI and dDVI give the same output means and variances, both exact.
     """
     check_params(params, config)
-    check_dvi_data(config, _host(x))
+    check_dvi_data(config, host_values(x))
     full = config.covariance == "full"
     first = params.layers[0]
-    x = _as_data(x, first.weight_mean)
+    x = as_data(x, first.weight_mean)
     moments = linear_certain_moments(
         x, first.weight_mean, first.weight_var, first.bias_mean, first.bias_var, full=full and config.num_layers == 1
     )
@@ -279,7 +279,7 @@ def dvi_kl(params: DVIParams, config: DVIConfig) -> Tensor:
 
 def expected_log_likelihood(outputs: GaussianMoments, y: Tensor, params: DVIParams, config: DVIConfig) -> Tensor:
     """``E_q[log p(y_i | f_i)]`` ``(n,)`` for Gaussian outputs with moments ``outputs``, by ``config.likelihood``."""
-    y = _as_data(y, outputs.mean)
+    y = as_data(y, outputs.mean)
     if config.likelihood == "heteroscedastic":
         return heteroscedastic_expected_log_likelihood(outputs, y)
     if config.likelihood == "homoscedastic":
@@ -289,7 +289,7 @@ def expected_log_likelihood(outputs: GaussianMoments, y: Tensor, params: DVIPara
 
 def dvi_elbo_terms(params: DVIParams, x: Tensor, y: Tensor, config: DVIConfig) -> ELBOTerms:
     """The expected log-likelihood of each datum ``(n,)`` and the KL (scalar), without sampling."""
-    check_dvi_data(config, _host(x), _host(y))
+    check_dvi_data(config, host_values(x), host_values(y))
     outputs = mlp_moments(params, x, config)
     return ELBOTerms(expected_log_likelihood(outputs, y, params, config), dvi_kl(params, config))
 

@@ -20,8 +20,8 @@ import torch
 
 from adapters.dvi import DVIConfig, check_dvi_data, minibatch_scale
 from adapters.validation import check_positive_int
-from pyro_ext.infer.dvi.core import DVIParams, _as_data, check_params, dvi_kl, expected_log_likelihood
-from pyro_ext.infer.dvi.moments import GaussianMoments, _host
+from pyro_ext.infer.dvi.core import DVIParams, as_data, check_params, dvi_kl, expected_log_likelihood
+from pyro_ext.infer.dvi.moments import GaussianMoments, host_values
 
 __all__ = ["mcvi_elbo", "mcvi_expected_log_likelihood", "output_log_likelihood", "sample_outputs"]
 
@@ -38,7 +38,7 @@ def sample_outputs(
     """
     num_samples = check_positive_int("num_samples", num_samples)
     first = params.layers[0].weight_mean
-    h = _as_data(x, first).expand(num_samples, -1, -1)
+    h = as_data(x, first).expand(num_samples, -1, -1)
     for i, layer in enumerate(params.layers):
         mean = h @ layer.weight_mean + layer.bias_mean
         var = (h * h) @ layer.weight_var + layer.bias_var
@@ -57,7 +57,7 @@ def output_log_likelihood(outputs: Tensor, params: DVIParams, y: Tensor, config:
     """
     batch = outputs.shape[:-1]
     flat = outputs.reshape(-1, outputs.shape[-1])
-    targets = _as_data(y, flat)
+    targets = as_data(y, flat)
     if len(batch) == 2:  # the same targets for each of the S draws
         targets = targets.expand(batch[0], *targets.shape).reshape(-1, *targets.shape[1:])
     point = GaussianMoments(flat, torch.zeros_like(flat))
@@ -77,7 +77,7 @@ def mcvi_expected_log_likelihood(
     (:func:`output_log_likelihood`) over ``num_samples`` draws of :func:`sample_outputs`.  Unbiased; its variance
     shrinks as ``1 / num_samples``."""
     check_params(params, config)
-    check_dvi_data(config, _host(x), _host(y))
+    check_dvi_data(config, host_values(x), host_values(y))
     outputs = sample_outputs(params, x, config, num_samples, generator=generator)
     return output_log_likelihood(outputs, params, y, config).mean(0)
 

@@ -61,7 +61,7 @@ _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 _Z_CLIP = 50.0
 
 
-def _host(value: Any) -> Any:
+def host_values(value: Any) -> Any:
     """A tensor's values as a numpy array (detached, on the CPU) for the shared host-side checks of
     :mod:`adapters.dvi`; anything else unchanged."""
     if isinstance(value, torch.Tensor):
@@ -69,9 +69,9 @@ def _host(value: Any) -> Any:
     return value
 
 
-def _check_positive(name: str, value: Any) -> None:
+def check_positive_tensor(name: str, value: Any) -> None:
     """``adapters.dvi.check_positive_values`` on a tensor (variances must be > 0, not NaN)."""
-    check_positive_values(name, _host(value))
+    check_positive_values(name, host_values(value))
 
 
 class GaussianMoments(NamedTuple):
@@ -110,8 +110,8 @@ def _check_weights(weight_mean, weight_var, bias_mean, bias_var, d_in: int | Non
             raise ValueError(
                 f"{name} must have shape ({m_shape[1]},) (d_out of weight_mean), got {tuple(np.shape(value))}"
             )
-    _check_positive("weight_var", weight_var)
-    _check_positive("bias_var", bias_var)
+    check_positive_tensor("weight_var", weight_var)
+    check_positive_tensor("bias_var", bias_var)
     if d_in is not None and d_in != m_shape[0]:
         raise ValueError(
             f"weight_mean must have {d_in} rows (the layer input's width), got shape {m_shape}: the sizes of "
@@ -119,7 +119,7 @@ def _check_weights(weight_mean, weight_var, bias_mean, bias_var, d_in: int | Non
         )
 
 
-def _tensors(*values: Any) -> list[Tensor]:
+def float_tensors(*values: Any) -> list[Tensor]:
     """Tensors of one floating dtype (the inputs' promoted float type; numpy arrays keep float64)."""
     tensors = [v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for v in values]
     dtype = tensors[0].dtype
@@ -143,7 +143,7 @@ def linear_certain_moments(
         raise ValueError(
             f"x must have shape (n, {np.shape(weight_mean)[0]}) (weight_mean's rows), got {tuple(np.shape(x))}"
         )
-    x, weight_mean, weight_var, bias_mean, bias_var = _tensors(x, weight_mean, weight_var, bias_mean, bias_var)
+    x, weight_mean, weight_var, bias_mean, bias_var = float_tensors(x, weight_mean, weight_var, bias_mean, bias_var)
     mean = x @ weight_mean + bias_mean
     var = (x * x) @ weight_var + bias_var
     return GaussianMoments(mean, torch.diag_embed(var) if full else var)
@@ -169,7 +169,7 @@ def linear_moments(
     full = inputs.is_full if full is None else bool(full)
     var_h = inputs.variance
     weight_mean, weight_var, bias_mean, bias_var = (
-        t.to(mean_h.dtype) for t in _tensors(weight_mean, weight_var, bias_mean, bias_var)
+        t.to(mean_h.dtype) for t in float_tensors(weight_mean, weight_var, bias_mean, bias_var)
     )
     mean = mean_h @ weight_mean + bias_mean
     own = (var_h + mean_h * mean_h) @ weight_var + bias_var
@@ -188,8 +188,8 @@ def relu_mean_var(mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
     ``var`` must be > 0 (floored at the dtype's smallest normal number, so ``var -> 0`` gives ``relu(mean)``
     and 0).  Returns ``(E[relu(a)], Var(relu(a)))``, each with the broadcast shape.
     """
-    _check_positive("var", var)
-    mean, var = _tensors(mean, var)
+    check_positive_tensor("var", var)
+    mean, var = float_tensors(mean, var)
     sigma = torch.sqrt(torch.clamp(var, min=torch.finfo(var.dtype).tiny))
     z = mean / sigma
     cdf, cdf_neg, pdf = torch.special.ndtr(z), torch.special.ndtr(-z), standard_normal_pdf(z)
@@ -206,7 +206,7 @@ def relu_correlation_term(z1: Tensor, z2: Tensor, rho: Tensor) -> Tensor:
     ``r`` and ``t`` use their series ``r = 1 + rho^2 / 6``, ``t = rho / 3 + 11 rho^3 / 90``; the closed forms
     are evaluated at a safe ``rho`` there so that gradients stay finite.  Broadcasts its arguments.
     """
-    z1, z2, rho = _tensors(z1, z2, rho)
+    z1, z2, rho = float_tensors(z1, z2, rho)
     rho = torch.clamp(rho, -1.0 + 1e-6, 1.0 - 1e-6)
     small = rho.abs() < torch.finfo(rho.dtype).eps ** (1.0 / 6.0)
     safe_rho = torch.where(small, torch.full_like(rho, 0.5), rho)

@@ -45,7 +45,7 @@ from adapters.validation import check_choice, check_positive_int
 from pyro_ext.infer.dvi.core import (
     DVIParams,
     LayerParams,
-    _as_data,
+    as_data,
     convert_params,
     dvi_elbo,
     dvi_predict,
@@ -54,7 +54,7 @@ from pyro_ext.infer.dvi.core import (
     params_as_dict,
 )
 from pyro_ext.infer.dvi.mcvi import mcvi_elbo, output_log_likelihood
-from pyro_ext.infer.dvi.moments import GaussianMoments, _host
+from pyro_ext.infer.dvi.moments import GaussianMoments, host_values
 from pyro_ext.infer.dvi.priors import empirical_bayes_prior_variance
 
 __all__ = ["DVIMLP", "DVI_ELBO", "MCVI_ELBO"]
@@ -191,7 +191,7 @@ class DVIMLP(PyroModule):
     def outputs_at(self, weights: dict[str, Tensor], x: Tensor) -> Tensor:
         """The network's outputs ``(S, n, d_L)`` at inputs ``x`` ``(n, d_0)`` for ``S`` weight draws
         (:meth:`sample_weights`)."""
-        h = _as_data(x, weights[self._site(0, "weight")])
+        h = as_data(x, weights[self._site(0, "weight")])
         for i in range(self.config.num_layers):
             h = h @ weights[self._site(i, "weight")] + weights[self._site(i, "bias")][:, None, :]
             if i < self.config.num_layers - 1:
@@ -203,7 +203,7 @@ class DVIMLP(PyroModule):
         """Monte Carlo draws of ``y`` at ``x`` ``(n, d_0)``: whole weight matrices from q (shared by all data of a
         draw, :meth:`sample_weights`), then the likelihood's noise.  Returns ``(num_samples, n, D)`` (regression)
         or integer labels ``(num_samples, n)`` (categorical): a check of :meth:`predict`'s closed forms."""
-        check_dvi_data(self.config, _host(x))
+        check_dvi_data(self.config, host_values(x))
         outputs = self.outputs_at(self.sample_weights(num_samples, generator=generator), x)
         with torch.no_grad():
             return self._sample_likelihood(outputs, self.get_params().log_noise_variance, generator)
@@ -238,7 +238,7 @@ class DVIMLP(PyroModule):
         ``num_chains`` chains of independent draws (``adapters.dvi.dvi_inference_data``, shared with NumPyro).
         ``az.plot_ppc``, ``az.loo`` and ``az.compare`` apply.
         """
-        check_dvi_data(self.config, _host(x), _host(y))
+        check_dvi_data(self.config, host_values(x), host_values(y))
         weights = self.sample_weights(num_samples, generator=generator)
         with torch.no_grad():
             params = self.get_params()
@@ -246,10 +246,10 @@ class DVIMLP(PyroModule):
             predictive = self._sample_likelihood(outputs, params.log_noise_variance, generator)
             log_likelihood = output_log_likelihood(outputs, params, y, self.config)
         return dvi_inference_data(
-            {k: _host(v) for k, v in weights.items()},
-            _host(predictive),
-            _host(log_likelihood),
-            _host(y),
+            {k: host_values(v) for k, v in weights.items()},
+            host_values(predictive),
+            host_values(log_likelihood),
+            host_values(y),
             f"{self.name}.y",
             num_chains,
         )
@@ -276,9 +276,9 @@ class DVIMLP(PyroModule):
         ``num_data`` points for a minibatch).  Sites ``"<name>.layers.<i>.weight"``/``bias`` (and
         ``..._prior_variance``), ``"<name>.y"``.  Returns the network outputs ``(n, d_L)``."""
         config = self.config
-        check_dvi_data(config, _host(x), _host(y))
+        check_dvi_data(config, host_values(x), host_values(y))
         ref = self.layers[0].weight_mean
-        h = _as_data(x, ref)
+        h = as_data(x, ref)
         for i, (d_in, d_out) in enumerate(zip(config.sizes[:-1], config.sizes[1:], strict=True)):
             tensors = []
             for part, shape in (("weight", (d_in, d_out)), ("bias", (d_out,))):
@@ -298,7 +298,7 @@ class DVIMLP(PyroModule):
                 h = torch.relu(h)
         noise = self.log_noise_variance if config.likelihood == "homoscedastic" else None
         likelihood = self._likelihood(h, noise)
-        targets = _as_data(y, ref)
+        targets = as_data(y, ref)
         if targets is not None and config.likelihood != "categorical" and targets.dim() == 1:
             targets = targets[:, None]
         n = h.shape[0]
@@ -315,7 +315,7 @@ class DVIMLP(PyroModule):
         ``prior="empirical_bayes"`` each tensor's prior variance at its empirical-Bayes optimum (K2) (a point mass).
         :class:`DVI_ELBO` never draws from it; ``Predictive(net.model, guide=net.guide, ...)`` does."""
         del y, num_data
-        check_dvi_data(self.config, _host(x))
+        check_dvi_data(self.config, host_values(x))
         params = self.get_params()
         for i, layer in enumerate(params.layers):
             for part, mean, log_std in (

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pyro_ext.infer.dvi.moments import _check_positive, _tensors
+from pyro_ext.infer.dvi.moments import check_positive_tensor, float_tensors
 
 __all__ = ["empirical_bayes_kl", "empirical_bayes_prior_variance", "gaussian_kl"]
 
@@ -28,8 +28,8 @@ Tensor = torch.Tensor
 def _check_pair(mean, var) -> tuple[Tensor, Tensor]:
     if tuple(np.shape(mean)) != tuple(np.shape(var)):
         raise ValueError(f"var must have mean's shape {tuple(np.shape(mean))}, got {tuple(np.shape(var))}")
-    _check_positive("var", var)
-    mean, var = _tensors(mean, var)
+    check_positive_tensor("var", var)
+    mean, var = float_tensors(mean, var)
     return mean, var
 
 
@@ -39,7 +39,7 @@ def gaussian_kl(mean: Tensor, var: Tensor, prior_var: Tensor | float) -> Tensor:
     ``mean``, ``var``: any shape, the same; ``prior_var`` > 0, scalar or broadcastable to ``mean``.
     """
     mean, var = _check_pair(mean, var)
-    _check_positive("prior_var", prior_var)
+    check_positive_tensor("prior_var", prior_var)
     ratio = var / prior_var
     return 0.5 * torch.sum(ratio + mean * mean / prior_var - 1.0 - torch.log(ratio))
 
