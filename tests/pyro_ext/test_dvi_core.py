@@ -264,6 +264,8 @@ def test_params_convert_from_dicts_and_objects_and_back():
         convert_params(mapping, config)  # site prefix "dvi", keys are "net.*"
     with pytest.raises(ValueError, match=r"params.layers\[0\].weight_mean must have shape \(2, 3\)"):
         convert_params(init_params(DVIConfig((3, 3, 1), likelihood="homoscedastic")), config)
+    with pytest.raises(ValueError, match=r"value: layers\[1\].bias_log_std must be finite"):
+        convert_params({**mapping, "net.layers.1.bias_log_std": np.array([np.nan])}, config, name="net")
     with pytest.raises(TypeError, match="value must be a DVIParams"):
         convert_params([1.0, 2.0], config)
 

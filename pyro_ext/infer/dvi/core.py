@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from adapters.dvi import DVIConfig, check_dvi_data, minibatch_scale
-from adapters.validation import check_positive
+from adapters.validation import check_finite_array, check_positive
 from pyro_ext.infer.dvi.likelihoods import (
     categorical_expected_log_likelihood,
     categorical_predictive_probabilities,
@@ -178,7 +178,7 @@ def convert_params(
     ``bias_log_std``) and ``log_noise_variance``, such as NumPyro's ``DVIParams`` (JAX or numpy arrays) or this
     module's; or a mapping keyed by the site names ``"<name>.layers.<i>.<field>"`` and
     ``"<name>.log_noise_variance"`` (NumPyro's ``svi.get_params(state)``, or :func:`params_as_dict`).
-    ``dtype``: default torch's default dtype.  Shapes are checked against ``config``.
+    ``dtype``: default torch's default dtype.  Shapes are checked against ``config``, and every value must be finite.
     """
     _check_config(config)
     dtype = torch.get_default_dtype() if dtype is None else dtype
@@ -215,6 +215,11 @@ def convert_params(
         )
     params = DVIParams(layers, noise)
     check_params(params, config)
+    for i, layer in enumerate(params.layers):
+        for field, array in zip(fields, layer, strict=True):
+            check_finite_array(f"value: layers[{i}].{field}", host_values(array))
+    if noise is not None:
+        check_finite_array("value: log_noise_variance", host_values(noise))
     return params
 
 
