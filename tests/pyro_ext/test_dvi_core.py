@@ -33,7 +33,7 @@ from pyro_ext.infer.dvi.likelihoods import (
     heteroscedastic_expected_log_likelihood,
     homoscedastic_expected_log_likelihood,
 )
-from pyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, sample_outputs
+from pyro_ext.infer.dvi.mcvi import log_predictive_density, mcvi_elbo, mcvi_expected_log_likelihood, sample_outputs
 from pyro_ext.infer.dvi.moments import GaussianMoments
 from pyro_ext.infer.dvi.priors import empirical_bayes_kl, empirical_bayes_prior_variance, gaussian_kl
 
@@ -245,6 +245,29 @@ def test_sample_outputs_are_local_reparameterisation_draws():
     assert_within_mc(draws.var(0), var, var * math.sqrt(2 / 1e5), "Var[a]")
     corr = np.corrcoef(draws[:, 0, 0], draws[:, 1, 0])[0, 1]
     assert abs(corr) < Z_MAX / math.sqrt(1e5)
+
+
+def test_log_predictive_density_is_the_exact_gaussian_predictive_without_hidden_layers(monkeypatch):
+    """No hidden layer, homoscedastic: y ~ N(x M + m, x^2 V + v + e^s) exactly, so the Monte Carlo log predictive
+    density (2e4 draws, in chunks of 3000) matches that log density within Z_MAX delta-method errors (sd of
+    p(y | f) / (sqrt(S) mean))."""
+    import pyro_ext.infer.dvi.mcvi as mcvi
+
+    config = DVIConfig((3, 1), likelihood="homoscedastic", prior="gaussian")
+    params = random_params(config, 8)._replace(log_noise_variance=t([-1.0]))
+    rng = np.random.default_rng(9)
+    x, y = t(rng.normal(size=(6, 3))), t(rng.normal(size=(6, 1)))
+    num = 20_000
+    monkeypatch.setattr(mcvi, "_CHUNK_ACTIVATIONS", 3000 * 6 * 3)  # seven chunks, the last one short
+    estimate = log_predictive_density(params, x, y, config, num, generator=torch.Generator().manual_seed(10))
+    mean, var = (v[:, 0].numpy() for v in dvi_predict(params, x, config))
+    exact = stats.norm.logpdf(y[:, 0].numpy(), mean, np.sqrt(var))
+    f = sample_outputs(params, x, config, num, generator=torch.Generator().manual_seed(11))[..., 0].numpy()
+    density = stats.norm.pdf(y[:, 0].numpy(), f, math.exp(-0.5))
+    error = density.std(0) / (math.sqrt(num) * density.mean(0))
+    assert np.all(np.abs(estimate.numpy() - exact) < Z_MAX * error), (estimate.numpy() - exact, error)
+    with pytest.raises(ValueError, match="num_samples must be a positive integer"):
+        log_predictive_density(params, x, y, config, 0)
 
 
 def test_params_convert_from_dicts_and_objects_and_back():

@@ -23,6 +23,7 @@ from pyro_ext.infer.dvi import (
     dvi_elbo,
     dvi_elbo_terms,
     empirical_bayes_prior_variance,
+    log_predictive_density,
     mcvi_elbo,
 )
 
@@ -130,6 +131,10 @@ def test_closed_form_predictive_matches_sample_predictive():
     squares = (draws - draws.mean(0)) ** 2
     z_var = np.abs(squares.mean(0) - var) / (squares.std(0) / math.sqrt(num))
     assert z_mean.max() < Z_MAX and z_var.max() < Z_MAX, (z_mean, z_var)
+    y = torch.tensor([0.4, -0.2])
+    density = net.log_predictive_density(x, y, 500, generator=torch.Generator().manual_seed(3))
+    same = log_predictive_density(net.get_params(), x, y, net.config, 500, generator=torch.Generator().manual_seed(3))
+    assert density.shape == (2,) and torch.equal(density, same)
     labels = DVIMLP((2, 3), likelihood="categorical", name="classes").sample_predictive(x, 7)
     assert labels.shape == (7, 2) and labels.dtype == torch.int64 and int(labels.max()) < 3
 

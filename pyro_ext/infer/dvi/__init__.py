@@ -35,7 +35,13 @@ from pyro_ext.infer.dvi.likelihoods import (
     homoscedastic_expected_log_likelihood,
     regression_predictive,
 )
-from pyro_ext.infer.dvi.mcvi import mcvi_elbo, mcvi_expected_log_likelihood, output_log_likelihood, sample_outputs
+from pyro_ext.infer.dvi.mcvi import (
+    log_predictive_density,
+    mcvi_elbo,
+    mcvi_expected_log_likelihood,
+    output_log_likelihood,
+    sample_outputs,
+)
 from pyro_ext.infer.dvi.moments import (
     GaussianMoments,
     linear_certain_moments,
@@ -76,6 +82,7 @@ __all__ = [
     "init_params",
     "linear_certain_moments",
     "linear_moments",
+    "log_predictive_density",
     "mcvi_elbo",
     "mcvi_expected_log_likelihood",
     "minibatch_scale",

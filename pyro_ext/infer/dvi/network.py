@@ -53,7 +53,7 @@ from pyro_ext.infer.dvi.core import (
     mlp_moments,
     params_as_dict,
 )
-from pyro_ext.infer.dvi.mcvi import mcvi_elbo, output_log_likelihood
+from pyro_ext.infer.dvi.mcvi import log_predictive_density, mcvi_elbo, output_log_likelihood
 from pyro_ext.infer.dvi.moments import GaussianMoments, host_values
 from pyro_ext.infer.dvi.priors import empirical_bayes_prior_variance
 
@@ -219,6 +219,14 @@ class DVIMLP(PyroModule):
             return torch.multinomial(probs, 1, generator=generator).reshape(outputs.shape[:-1])
         noise = torch.randn(likelihood.loc.shape, dtype=outputs.dtype, device=outputs.device, generator=generator)
         return likelihood.loc + likelihood.scale * noise
+
+    @pyro_method
+    def log_predictive_density(
+        self, x: Tensor, y: Tensor, num_samples: int = 1000, *, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Each point's log predictive density ``(n,)``, the UCI protocol's test log-likelihood (Monte Carlo,
+        :func:`~pyro_ext.infer.dvi.mcvi.log_predictive_density`; its mean is the per-point score)."""
+        return log_predictive_density(self.get_params(), x, y, self.config, num_samples, generator=generator)
 
     @pyro_method
     def to_arviz(
