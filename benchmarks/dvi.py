@@ -18,9 +18,10 @@ heteroscedastic methods: one yardstick) is recorded against the training wall ti
 excluded).  ``steps_to_converge``: the first checkpoint within 1% of the final ELBO.  ``mcvi_over_dvi_seconds``:
 the wall time MCVI needs to first reach the worse of the two final ELBOs (less 1%), over DVI's time.
 
-``python -m benchmarks dvi`` runs everything (about an hour on one core); ``--datasets``/``--splits`` select,
-and a run of the same day resumes: its finished rows are kept and skipped (``--import FILE`` adds another
-file's rows).  Needs the UCI files (``../shared/uci`` or ``$PPL_EXT_UCI``); the toy needs nothing.
+``python -m benchmarks dvi`` runs everything; ``--datasets``/``--splits`` select, and a run of the same day
+resumes: its finished rows are kept and skipped (``--import FILE`` adds another file's rows).  A method trains on
+all splits of a data set at once (``jax.vmap``; they share their shapes), so the unit of work (and of resuming)
+is a data set and a method.  Needs the UCI files (``../shared/uci`` or ``$PPL_EXT_UCI``); the toy needs nothing.
 """
 
 from __future__ import annotations
@@ -72,6 +73,11 @@ def splits_of(dataset: str) -> int:
     return TOY_SEEDS if dataset == "toy" else uci.num_splits(dataset)
 
 
+def num_selected(dataset: str, limit: int | None) -> int:
+    """The first ``limit`` splits of ``dataset`` (all when ``limit`` is None)."""
+    return min(splits_of(dataset), limit or splits_of(dataset))
+
+
 @functools.cache
 def programs(method: str, sizes: tuple, num_data: int, batch: int, learning_rate: float, eval_every: int, draws: int):
     """The jitted pieces of one method's runs, compiled once and reused by every split of a data set (the data are
@@ -117,60 +123,73 @@ def programs(method: str, sizes: tuple, num_data: int, batch: int, learning_rate
     return (
         config,
         optimizer,
-        jax.jit(chunk),
-        jax.jit(lambda params, x, y: dvi_elbo(params, x, y, yardstick)),
-        jax.jit(test),
+        jax.jit(jax.vmap(chunk)),
+        jax.jit(jax.vmap(lambda params, x, y: dvi_elbo(params, x, y, yardstick))),
+        jax.jit(jax.vmap(test)),
     )
 
 
-def train(data: uci.UCISplit, method: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one method on one split; returns the row (metrics, trace of the yardstick ELBO)."""
+def train(splits: list[uci.UCISplit], method: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Train one method on every given split of a data set at once (``jax.vmap`` over the splits, which share
+    their shapes); one row per split (metrics, trace of the yardstick ELBO).
+
+    Wall times are the vmapped batch's divided by the number of splits: a split's amortised share, measured the
+    same way for every method.
+    """
     import jax
     import jax.numpy as jnp
 
     from numpyro_ext.infer.dvi.core import init_params
 
-    x, y = jnp.asarray(data.x_train, jnp.float32), jnp.asarray(data.y_train, jnp.float32)
-    n = x.shape[0]
+    def stack(field: str) -> Any:
+        return jnp.asarray(np.stack([getattr(split, field) for split in splits]), jnp.float32)
+
+    x, y, x_test, y_test = stack("x_train"), stack("y_train"), stack("x_test"), stack("y_test")
+    num_splits, n = x.shape[:2]
     heteroscedastic = METHODS[method]["likelihood"] == "heteroscedastic"
-    sizes = (x.shape[1], data.hidden_units, 2 if heteroscedastic else 1)
+    sizes = (x.shape[2], splits[0].hidden_units, 2 if heteroscedastic else 1)
     batch = min(n, args.batch_size)
     config, optimizer, chunk, evaluate, test = programs(
         method, sizes, n, batch, args.learning_rate, args.eval_every, args.test_samples
     )
-    key = jax.random.PRNGKey(args.seed * 7919 + data.split)
-    init_key, train_key, test_key = jax.random.split(key, 3)
-    params = init_params(init_key, config)
-    carry = (params, optimizer.init(params), train_key)
+    keys = jnp.stack([jax.random.split(jax.random.PRNGKey(args.seed * 7919 + s.split), 3) for s in splits])
+    params = jax.vmap(lambda key: init_params(key, config))(keys[:, 0])
+    carry = (params, jax.vmap(optimizer.init)(params), keys[:, 1])
     jax.block_until_ready(chunk(carry, x, y))  # compiles (once per data set and method) before the clock starts
-    trace, wall = [(0, 0.0, float(evaluate(params, x, y)))], 0.0
-    for done in range(args.eval_every, args.steps + 1, args.eval_every):
+    elbos, walls, wall = [np.asarray(evaluate(params, x, y))], [0.0], 0.0
+    for _ in range(args.eval_every, args.steps + 1, args.eval_every):
         start = time.perf_counter()
         carry = jax.block_until_ready(chunk(carry, x, y))
-        wall += time.perf_counter() - start
-        elbo = float(evaluate(carry[0], x, y))
-        trace.append((done, wall, elbo))
-        if not math.isfinite(elbo):
-            break
-    ll, rmse = test(carry[0], test_key, jnp.asarray(data.x_test, jnp.float32), jnp.asarray(data.y_test, jnp.float32))
-    final = trace[-1][2]
-    converged = next((s for s, _, e in trace if abs(e - final) <= 0.01 * abs(final)), None)
-    return {
-        "dataset": data.name,
-        "split": data.split,
-        "method": method,
-        "status": "ok" if math.isfinite(final) else "diverged",
-        "test_ll": float(ll) + data.log_likelihood_offset,
-        "test_rmse": float(rmse) * data.rmse_scale,
-        "final_elbo": final,
-        "train_wall_s": wall,
-        "steps": trace[-1][0],
-        "steps_to_converge": converged,
-        "seconds_to_converge": next((w for s, w, _ in trace if s == converged), None),
-        "trace": trace,
-        "batch_size": batch,
-        "num_train": n,
-    }
+        wall += (time.perf_counter() - start) / num_splits
+        elbos.append(np.asarray(evaluate(carry[0], x, y)))
+        walls.append(wall)
+    ll, rmse = (np.asarray(v) for v in test(carry[0], keys[:, 2], x_test, y_test))
+    steps = list(range(0, args.steps + 1, args.eval_every))
+    rows = []
+    for k, split in enumerate(splits):
+        trace = [(step, w, float(e[k])) for step, w, e in zip(steps, walls, elbos, strict=True)]
+        final = trace[-1][2]
+        converged = next((st for st, _, e in trace if abs(e - final) <= 0.01 * abs(final)), None)
+        rows.append(
+            {
+                "dataset": split.name,
+                "split": split.split,
+                "method": method,
+                "status": "ok" if math.isfinite(final) and math.isfinite(ll[k]) else "diverged",
+                "test_ll": float(ll[k]) + split.log_likelihood_offset,
+                "test_rmse": float(rmse[k]) * split.rmse_scale,
+                "final_elbo": final,
+                "train_wall_s": wall,
+                "steps": trace[-1][0],
+                "steps_to_converge": converged,
+                "seconds_to_converge": next((w for st, w, _ in trace if st == converged), None),
+                "trace": trace,
+                "batch_size": batch,
+                "num_train": n,
+                "vmapped_splits": num_splits,
+            }
+        )
+    return rows
 
 
 def time_to(trace: list, target: float) -> float | None:
@@ -283,22 +302,19 @@ def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
         if key not in done:
             done.add(key)
             out.data["runs"].append(row)
-    # split outermost: a run cut short still covers every set and method for the first splits
-    grid = [
-        (d, s, m)
-        for s in range(max(splits_of(d) for d in datasets))
-        for d in datasets
-        if s < min(splits_of(d), args.splits or splits_of(d))
-        for m in methods
-    ]
-    todo = [g for g in grid if g not in done]
-    print(f"{len(grid) - len(todo)} of {len(grid)} runs already in {out.path}")
+    # one unit of work: a method on all (selected) splits of a data set, vmapped
+    grid = [(d, m) for d in datasets for m in methods]
+    todo = [(d, m) for d, m in grid if any((d, s, m) not in done for s in range(num_selected(d, args.splits)))]
+    print(f"{len(grid) - len(todo)} of {len(grid)} (data set, method) units already in {out.path}")
     from tqdm.auto import tqdm
 
     try:
-        for dataset, split, method in tqdm(todo, desc="dvi", unit="run"):
-            row = train(load(dataset, split), method, args)
-            out.add({**row, "settings": settings})
+        for dataset, method in tqdm(todo, desc="dvi", unit="unit"):
+            splits = [
+                load(dataset, s) for s in range(num_selected(dataset, args.splits)) if (dataset, s, method) not in done
+            ]
+            for row in train(splits, method, args):
+                out.add({**row, "settings": settings})
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(out.data['runs'])} finished rows kept in {out.path}")
         raise

@@ -28,7 +28,7 @@ import numpyro.distributions as dist
 from numpyro.infer.elbo import ELBO
 from numpyro.primitives import mutable
 
-from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data
+from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data, minibatch_scale
 from adapters.validation import check_choice, check_positive_int
 from numpyro_ext.infer.dvi.core import (
     DVIParams,
@@ -89,17 +89,26 @@ class DVIMLP:
     def apply(self, params: DVIParams, x: Array) -> GaussianMoments:
         """Output moments at inputs ``x`` ``(n, d_0)``: mean ``(n, d_L)``, covariance ``(n, d_L, d_L)`` (full) or
         variances ``(n, d_L)`` (diag)."""
-        return mlp_moments(params, x, self.config)
+        self._check(params, x)
+        return _jitted_moments(params, jnp.asarray(x), self.config)
 
     def predict(self, params: DVIParams, x: Array) -> tuple[Array, Array]:
         """Closed-form predictive mean and variance (:func:`~numpyro_ext.infer.dvi.core.dvi_predict`)."""
-        return dvi_predict(params, x, self.config)
+        self._check(params, x)
+        return _jitted_predict(params, jnp.asarray(x), self.config)
+
+    def _check(self, params: DVIParams, x: Array, y: Array | None = None) -> None:
+        # the checks read concrete values (NaN targets, shapes): run them before the compiled function
+        check_params(params, self.config)
+        check_dvi_data(self.config, x, y)
 
     def elbo(
         self, params: DVIParams, x: Array, y: Array, *, num_data: int | None = None, kl_weight: float | Array = 1.0
     ) -> Array:
         """The deterministic ELBO (:func:`~numpyro_ext.infer.dvi.core.dvi_elbo`)."""
-        return dvi_elbo(params, x, y, self.config, num_data=num_data, kl_weight=kl_weight)
+        self._check(params, x, y)
+        minibatch_scale(jnp.shape(x)[0], num_data, kl_weight)
+        return _jitted_elbo(params, jnp.asarray(x), jnp.asarray(y), self.config, num_data=num_data, kl_weight=kl_weight)
 
     def sample_weights(self, rng_key: Array, params: DVIParams, num_samples: int) -> dict[str, Array]:
         """Joint draws of every weight tensor from q, named as the model's sample sites:
@@ -277,6 +286,11 @@ class DVIMLP:
         if params.log_noise_variance is not None:
             flat.append(params.log_noise_variance)
         return flat
+
+
+_jitted_moments = jax.jit(mlp_moments, static_argnums=2)
+_jitted_predict = jax.jit(dvi_predict, static_argnums=2)
+_jitted_elbo = jax.jit(dvi_elbo, static_argnums=3, static_argnames="num_data")
 
 
 class DVI_ELBO(ELBO):
