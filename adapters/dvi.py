@@ -251,7 +251,8 @@ def dvi_inference_data(
         predictive = predictive[..., 0]
     return from_samples(
         {name: chains(value) for name, value in weights.items()},
-        log_likelihood={observed_name: chains(log_likelihood)},
+        # float64: ArviZ's Pareto smoothing of float32 log-likelihoods can return NaN
+        log_likelihood={observed_name: chains(log_likelihood).astype(np.float64)},
         observed_data={observed_name: observed},
         posterior_predictive={observed_name: chains(predictive)},
     )

@@ -163,3 +163,23 @@ def test_arviz_export_holds_the_weights_and_the_posterior_predictive():
     az.plot_ppc(idata, num_pp_samples=20)
     with pytest.raises(ValueError, match="multiple of num_chains"):
         net.to_arviz(jax.random.PRNGKey(5), params, x, y, num_samples=10, num_chains=4)
+
+
+def test_predictive_with_the_guide_draws_the_closed_form_predictive():
+    """Predictive(net.model, guide=net.guide): weights from q (EB prior variances at s*), y from the likelihood;
+    one hidden layer, homoscedastic, so predict()'s mean and variance are exact (Z_MAX MC errors, 4000 draws)."""
+    from numpyro.infer import Predictive
+
+    net = DVIMLP((2, 5, 1), likelihood="homoscedastic")
+    x, y = jnp.array([[0.3, -0.8], [1.0, 0.5]]), jnp.zeros(2)
+    svi = SVI(net.model, net.guide, optax.adam(1e-2), DVI_ELBO())
+    param_map = svi.get_params(svi.init(jax.random.PRNGKey(1), x, y))
+    param_map["dvi.log_noise_variance"] = jnp.array([-1.0])
+    num = 4000
+    predictive = Predictive(net.model, guide=net.guide, params=param_map, num_samples=num, return_sites=["dvi.y"])
+    draws = predictive(jax.random.PRNGKey(2), x)
+    samples = np.asarray(draws["dvi.y"])[..., 0]
+    mean, var = net.predict(net.params_from(param_map), x)
+    z_mean = np.abs(samples.mean(0) - mean[:, 0]) / np.sqrt(var[:, 0] / num)
+    assert z_mean.max() < Z_MAX, z_mean
+    np.testing.assert_allclose(samples.var(0), var[:, 0], rtol=Z_MAX * math.sqrt(2.0 / num))

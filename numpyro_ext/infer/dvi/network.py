@@ -41,6 +41,7 @@ from numpyro_ext.infer.dvi.core import (
 )
 from numpyro_ext.infer.dvi.mcvi import log_predictive_density, mcvi_elbo, output_log_likelihood
 from numpyro_ext.infer.dvi.moments import GaussianMoments
+from numpyro_ext.infer.dvi.priors import empirical_bayes_prior_variance
 
 __all__ = ["DVIMLP", "DVI_ELBO", "MCVI_ELBO"]
 
@@ -224,7 +225,9 @@ class DVIMLP:
 
     def guide(self, x: Array, y: Array | None = None, num_data: int | None = None) -> None:
         """q: the variational parameters as ``param`` sites (initialised by :meth:`init` with NumPyro's PRNG key),
-        and the step counter of the KL warm-up.  Samples nothing: :class:`DVI_ELBO` needs no draws."""
+        the step counter of the KL warm-up, and the weights drawn from q (for ``prior="empirical_bayes"`` each
+        tensor's prior variance as a point mass at its optimum (K2)).  :class:`DVI_ELBO` never draws from it;
+        ``Predictive(net.model, guide=net.guide, params=...)`` does."""
         del y, num_data
         check_dvi_data(self.config, x)
         drawn: list[list[Array]] = []
@@ -238,9 +241,20 @@ class DVIMLP:
 
             return value
 
-        for index, name in enumerate(self.param_names()):
-            numpyro.param(name, initial(index))
+        values = {name: numpyro.param(name, initial(index)) for index, name in enumerate(self.param_names())}
         mutable(self.step_name, jnp.zeros((), jnp.int32))
+        for i, layer in enumerate(self.params_from(values).layers):
+            for part, mean, log_std in (
+                ("weight", layer.weight_mean, layer.weight_log_std),
+                ("bias", layer.bias_mean, layer.bias_log_std),
+            ):
+                site = f"{self.name}.layers.{i}.{part}"
+                if self.config.prior == "empirical_bayes":
+                    variance = empirical_bayes_prior_variance(
+                        mean, jnp.exp(2.0 * log_std), self.config.eb_alpha, self.config.eb_beta(i)
+                    )
+                    numpyro.sample(f"{site}_prior_variance", dist.Delta(variance))
+                numpyro.sample(site, dist.Normal(mean, jnp.exp(log_std)).to_event(jnp.ndim(mean)))
 
     def model(self, x: Array, y: Array | None = None, num_data: int | None = None) -> Array:
         """The Bayesian MLP: weights from the prior (``N(0, prior_variance)``, or per tensor ``N(0, s)`` with
