@@ -6,7 +6,7 @@ mean and covariance, :class:`GaussianMoments`: ``mean`` ``(n, d)`` and ``cov`` `
 ``W_ij ~ N(M_ij, V_ij)`` ``(d_in, d_out)``, bias ``b_j ~ N(m_j, v_j)`` ``(d_out,)``, independent of each
 other and of the layer input ``h``; a layer computes ``a = h W + b``.
 
-Linear layer (exact for any input distribution with these two moments; paper Sec. 3, "linear layers"):
+Linear layer (exact for any input distribution with these two moments; paper Sec. 3, "linear layers")::
 
     (L1)  E[a_j]         = sum_i E[h_i] M_ij + m_j
     (L2)  Cov(a_j, a_l)  = sum_ik M_ij Cov(h_i, h_k) M_kl + delta_jl (sum_i E[h_i^2] V_ij + v_j),
@@ -17,7 +17,7 @@ Linear layer (exact for any input distribution with these two moments; paper Sec
 keeps only the diagonal of (L2): ``Var(a_j) = sum_i Var(h_i) M_ij^2 + sum_i E[h_i^2] V_ij + v_j``.
 
 ReLU of a Gaussian ``a ~ N(mu, Sigma)``, ``sigma_j^2 = Sigma_jj``, ``z_j = mu_j / sigma_j``, ``phi`` and
-``Phi`` the standard normal density ``exp(-z^2 / 2) / sqrt(2 pi)`` and distribution function:
+``Phi`` the standard normal density ``exp(-z^2 / 2) / sqrt(2 pi)`` and distribution function::
 
     (R1)  E[relu(a_j)]   = mu_j Phi(z_j) + sigma_j phi(z_j)                    (exact)
     (R2)  Var(relu(a_j)) = sigma^2 Phi + mu^2 Phi (1 - Phi) + mu sigma phi (1 - 2 Phi) - sigma^2 phi^2   (exact)
@@ -26,14 +26,14 @@ ReLU of a Gaussian ``a ~ N(mu, Sigma)``, ``sigma_j^2 = Sigma_jj``, ``z_j = mu_j 
 so that no ``z^2`` appears (finite for ``sigma -> 0``).  Off the diagonal (paper Sec. 3 and Appendix A),
 with ``rho = Sigma_jl / (sigma_j sigma_l)`` and unit-variance ``u = a / sigma``, Price's theorem gives
 ``d Cov(relu(u_j), relu(u_l)) / d rho = P(u_j > 0, u_l > 0)`` and ``d P / d rho = phi_2(z_j, z_l; rho)``, the
-bivariate normal density at ``(z_j, z_l)``; integrating twice from ``rho = 0`` (where the covariance is 0),
+bivariate normal density at ``(z_j, z_l)``; integrating twice from ``rho = 0`` (where the covariance is 0)::
 
     (R3)  Cov(relu(a_j), relu(a_l))
               = sigma_j sigma_l [rho Phi(z_j) Phi(z_l) + int_0^rho (rho - s) phi_2(z_j, z_l; s) ds].
 
 The integral has no elementary closed form.  The paper replaces it by ``rho Q``, a Gaussian in ``(z_j, z_l)``
 that matches the integral and its second-order Taylor expansion in ``z`` at ``z = 0`` (its value and the
-``z^2`` and ``z_j z_l`` coefficients are elementary integrals in ``s``):
+``z^2`` and ``z_j z_l`` coefficients are elementary integrals in ``s``)::
 
     (R4)  Cov(relu(a_j), relu(a_l)) ~= Sigma_jl [Phi(z_j) Phi(z_l) + Q(z_j, z_l, rho)],
           Q = A / (2 pi) exp(-r (z_j^2 + z_l^2) / 2 + t z_j z_l),

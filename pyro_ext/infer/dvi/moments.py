@@ -7,7 +7,7 @@ variances ``(n, d)`` (dDVI, ``"diag"``).  Weights are mean-field Gaussian: ``W_i
 ``(d_in, d_out)``, bias ``b_j ~ N(m_j, v_j)`` ``(d_out,)``, independent of each other and of the layer input
 ``h``; a layer computes ``a = h W + b``.
 
-Linear layer (exact for any input distribution with these two moments; paper Sec. 3):
+Linear layer (exact for any input distribution with these two moments; paper Sec. 3)::
 
     (L1)  E[a_j]         = sum_i E[h_i] M_ij + m_j
     (L2)  Cov(a_j, a_l)  = sum_ik M_ij Cov(h_i, h_k) M_kl + delta_jl (sum_i E[h_i^2] V_ij + v_j),
@@ -17,7 +17,7 @@ from ``E[W_ij W_kl] = M_ij M_kl + delta_ik delta_jl V_ij``.  Certain inputs ``x`
 
 ReLU of ``a ~ N(mu, Sigma)``, ``sigma_j^2 = Sigma_jj``, ``z_j = mu_j / sigma_j``, ``phi(z) = exp(-z^2 / 2) /
 sqrt(2 pi)`` (note ``sqrt(2 pi)``, not the ``sqrt(2) pi`` of some public ports) and ``Phi`` its distribution
-function:
+function::
 
     (R1)  E[relu(a_j)]   = mu_j Phi(z_j) + sigma_j phi(z_j)                                    (exact)
     (R2)  Var(relu(a_j)) = sigma^2 (Phi - phi^2) + mu^2 Phi (1 - Phi) + mu sigma phi (1 - 2 Phi)   (exact)
