@@ -261,6 +261,41 @@ def goals(summary: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def write_csv(summary: list[dict[str, Any]], path: Path) -> None:
+    """One line per data set: test log-likelihood (mean +- s.e.) of each method, the MC-dropout reference, RMSE of
+    DVI and MCVI, and MCVI's wall time to DVI's ELBO over DVI's -- the table of docs/dvi.rst."""
+    cell = {(r["dataset"], r["method"]): r for r in summary}
+
+    def ll(dataset: str, method: str) -> str:
+        r = cell.get((dataset, method))
+        return "" if r is None else f"{r['test_ll']:.2f} ± {r['test_ll_se']:.2f}"
+
+    def rmse(dataset: str, method: str) -> str:
+        r = cell.get((dataset, method))
+        return "" if r is None else f"{r['test_rmse']:.3g} ± {r['test_rmse_se']:.2g}"
+
+    lines = [
+        "data set,splits,DVI,dDVI,MCVI,DVI homoscedastic,MC dropout (published),RMSE DVI,RMSE MCVI,"
+        "MCVI / DVI seconds to the same ELBO"
+    ]
+    for dataset in DATASETS:
+        if (dataset, "dvi") not in cell:
+            continue
+        ratio = cell[dataset, "dvi"].get("mcvi_over_dvi_seconds")
+        dropout = uci.MC_DROPOUT_TEST_LL.get(dataset)
+        fields = [
+            dataset,
+            str(cell[dataset, "dvi"]["splits"]),
+            *(f'"{ll(dataset, m)}"' for m in ("dvi", "ddvi", "mcvi", "dvi-homo")),
+            "" if dropout is None else f"{dropout:.2f}",
+            f'"{rmse(dataset, "dvi")}"',
+            f'"{rmse(dataset, "mcvi")}"',
+            "" if ratio is None else f"{ratio:.2f}",
+        ]
+        lines.append(",".join(fields))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
 def _previous_rows(paths: list[Path]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for path in paths:
@@ -283,6 +318,8 @@ def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
     parser.add_argument("--test-samples", type=int, default=200, help="output draws per test predictive density")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE")
+    parser.add_argument("--tag", default=None, help="write dvi-<tag>-<date>.json (e.g. other settings)")
+    parser.add_argument("--csv", default=None, metavar="FILE", help="also write the summary table (docs/dvi.rst's)")
     args = parser.parse_args(argv)
     datasets = [d for d in args.datasets.split(",") if d]
     methods = [m for m in args.methods.split(",") if m]
@@ -293,9 +330,10 @@ def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
         raise SystemExit("--steps must be >= --eval-every >= 1 and --test-samples >= 1")
     names = ("steps", "eval_every", "learning_rate", "batch_size", "test_samples", "seed")
     settings = {k: getattr(args, k) for k in names}
-    today = (Path(out_dir) if out_dir is not None else RESULTS_DIR) / f"dvi-{_dt.date.today().isoformat()}.json"
+    stem = "dvi" if not args.tag else f"dvi-{args.tag}"
+    today = (Path(out_dir) if out_dir is not None else RESULTS_DIR) / f"{stem}-{_dt.date.today().isoformat()}.json"
     previous = [r for r in _previous_rows([today, *map(Path, args.imports)]) if r.get("settings") == settings]
-    out = ResultFile("dvi", {"datasets": datasets, "methods": methods, **settings}, out_dir)
+    out = ResultFile("dvi", {"datasets": datasets, "methods": methods, **settings}, out_dir, tag=args.tag)
     done = set()
     for row in previous:
         key = (row["dataset"], row["split"], row["method"])
@@ -324,5 +362,7 @@ def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
                "train_wall_s", "steps_to_converge", "mcvi_over_dvi_seconds"]  # fmt: skip
     print(table(summary, columns))
     print(json.dumps(out.data["summary"]["goals"], indent=1))
+    if args.csv:
+        write_csv(summary, Path(args.csv))
     print(f"\nwritten: {out.path}")
     return out.data

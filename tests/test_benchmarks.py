@@ -246,3 +246,33 @@ def test_mi_bounds_study_writes_rows_whose_bounds_point_the_right_way(tmp_path, 
         assert lo["sandwich_width"] == pytest.approx(up["value"] - lo["value"], abs=1e-9)
     with pytest.raises(SystemExit, match="known"):
         mi_bounds.main(["--estimators", "no-such"], out_dir=tmp_path)
+
+
+def test_dvi_study_rows_summary_and_resume(tmp_path, capsys):
+    """The dvi study on two toy seeds: per-split rows are consistent with their traces, the summary is their mean,
+    a second run of the same settings trains nothing, and the CSV has the summary's numbers."""
+    from benchmarks import dvi
+
+    argv = ["--datasets", "toy", "--splits", "2", "--steps", "200", "--eval-every", "100", "--methods", "dvi,mcvi"]
+    data = dvi.main([*argv, "--csv", str(tmp_path / "dvi.csv")], out_dir=tmp_path)
+    rows = data["runs"]
+    assert {(r["split"], r["method"]) for r in rows} == {(s, m) for s in (0, 1) for m in ("dvi", "mcvi")}
+    for r in rows:
+        assert r["status"] == "ok" and r["vmapped_splits"] == 2 and r["steps"] == 200
+        assert [step for step, _, _ in r["trace"]] == [0, 100, 200]
+        assert r["final_elbo"] == r["trace"][-1][2] and r["trace"][-1][2] > r["trace"][0][2]  # training helps
+        # the toy's normalisation: original-scale log-likelihood = normalised one - log(y_std)
+        assert r["test_ll"] < 3.0 and 0.0 < r["test_rmse"] < 1.0
+    summary = {s["method"]: s for s in data["summary"]["by_dataset"]}
+    dvi_ll = [r["test_ll"] for r in rows if r["method"] == "dvi"]
+    assert summary["dvi"]["test_ll"] == pytest.approx(np.mean(dvi_ll))
+    assert summary["dvi"]["test_ll_se"] == pytest.approx(np.std(dvi_ll, ddof=1) / np.sqrt(2))
+    assert "mcvi_over_dvi_seconds" in summary["dvi"]
+    csv = (tmp_path / "dvi.csv").read_text().splitlines()
+    assert csv[1].startswith("toy,2,") and f"{summary['dvi']['test_ll']:.2f}" in csv[1]
+    capsys.readouterr()
+    again = dvi.main(argv, out_dir=tmp_path)
+    assert "2 of 2 (data set, method) units already in" in capsys.readouterr().out  # reused, not retrained
+    assert [r["final_elbo"] for r in again["runs"]] == [r["final_elbo"] for r in rows]
+    with pytest.raises(SystemExit, match="unknown"):
+        dvi.main(["--datasets", "mnist"], out_dir=tmp_path)
