@@ -1,6 +1,5 @@
 """NumPyro's NUTS on every NumPyro port matches the posteriordb reference draws."""
 
-import numpy as np
 import pytest
 
 from adapters import metrics, posteriordb
@@ -53,5 +52,8 @@ def test_centred_eight_schools_bias_is_caught(posterior_db):
     assert not score.passed
     worst = score.worst("q05").name
     assert worst in ("log(tau)", "tau"), str(score)
-    log_tau = next(p for p in score.parameters if p.name == "log(tau)")
-    assert log_tau.q05 > 0.4 and np.isfinite(log_tau.z_mean)
+    # every criterion that fails, fails on tau: its ESS always (the chains stick in the neck), its moments and
+    # quantiles on some seeds; no other parameter is blamed
+    failing = [c for c in score.criteria if not c.passed]
+    assert any(c.name == "min_ess" for c in failing), str(score)
+    assert all(c.worst in ("log(tau)", "tau") for c in failing), str(score)
