@@ -248,6 +248,7 @@ def test_mi_bounds_study_writes_rows_whose_bounds_point_the_right_way(tmp_path, 
         mi_bounds.main(["--estimators", "no-such"], out_dir=tmp_path)
 
 
+@pytest.mark.slow  # test budget: 40 s of compilation; DVI's estimators are tested in tests/*/test_dvi_*.py
 def test_dvi_study_rows_summary_and_resume(tmp_path, capsys):
     """The dvi study on two toy seeds: per-split rows are consistent with their traces, the summary is their mean,
     a second run of the same settings trains nothing, and the CSV has the summary's numbers."""

@@ -170,6 +170,7 @@ def test_affine_encoder_at_n_1e4_beats_fvi_with_memory_independent_of_n():
     assert log_p - elbo_f < 0.01 * abs(log_p)  # the goal: A-VI reaches F-VI's ELBO to 1% of |ELBO|
 
 
+@pytest.mark.slow  # test budget: the default run keeps the exact-posterior and exact-ELBO checks
 def test_global_latent_gets_a_free_gaussian_and_posterior_summaries_fit():
     n, steps = 500, 1000
     x = linear_data(0, n)
@@ -230,7 +231,9 @@ def linear_pair(weight, bias):
     return (lambda key, input_shape: (weight, bias)), (lambda p, x: x @ p[0] + p[1])
 
 
-@pytest.mark.parametrize("subsample_size", [None, 7], ids=["full", "subsampled"])
+@pytest.mark.parametrize(
+    "subsample_size", [None, pytest.param(7, marks=pytest.mark.slow)], ids=["full", "subsampled"]
+)  # test budget: windows stay checked on the full plate, subsampling in the default affine-encoder fit
 def test_window_feeds_each_datum_its_edge_padded_neighbours(subsample_size):
     n, k = 20, 2
     x = jnp.asarray(np.random.default_rng(0).standard_normal((n, 2)))
@@ -263,6 +266,7 @@ def multi_model(x):
         numpyro.sample("x", dist.Normal(mean, s), obs=x)
 
 
+@pytest.mark.slow  # test budget
 def test_encoder_output_is_split_per_site_and_placed_on_the_plate_axis():
     n = 6
     x = jnp.linspace(-1.0, 1.0, n)
