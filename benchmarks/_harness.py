@@ -48,6 +48,11 @@ class ResultFile:
         self.data["runs"].append(row)
         self._write()
 
+    def extend(self, rows: list[dict[str, Any]]) -> None:
+        """Add finished rows at once (e.g. an earlier run's, kept on resuming), written before any new work."""
+        self.data["runs"].extend(rows)
+        self._write()
+
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         self.data["complete"] = True
         if summary is not None:

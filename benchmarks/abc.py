@@ -389,7 +389,7 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     }
     current = [r for r in previous if r.get("code") == versions.get(r["method"])]
     stale = [r for r in previous if r.get("code") != versions.get(r["method"])]
-    out.data["runs"].extend(current)
+    out.extend(current)
     if stale:
         out.data["stale_runs"] = stale
         print(f"{len(stale)} earlier rows ran an older version of their method's code: kept under stale_runs, rerun")
