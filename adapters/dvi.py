@@ -205,7 +205,49 @@ def minibatch_scale(batch_size: int, num_data: int | None, kl_weight: Any = 1.0)
     return 1.0 if num_data is None else num_data / batch_size
 
 
+#: The fields of one layer's variational parameters, in both backends' ``LayerParams`` order.
+LAYER_FIELDS = ("weight_mean", "weight_log_std", "bias_mean", "bias_log_std")
+
+
+def check_param_shapes(layers: Any, log_noise_variance: Any, config: DVIConfig) -> None:
+    """Raise a ``ValueError`` naming ``params`` when the layers' shapes (arrays or tensors, fields
+    :data:`LAYER_FIELDS`) or the homoscedastic log noise variance do not fit ``config``."""
+    if len(layers) != config.num_layers:
+        raise ValueError(f"params has {len(layers)} layers but sizes={config.sizes!r} has {config.num_layers}")
+    for i, (layer, d_in, d_out) in enumerate(zip(layers, config.sizes[:-1], config.sizes[1:], strict=True)):
+        expected = ((d_in, d_out), (d_in, d_out), (d_out,), (d_out,))
+        for field, shape, value in zip(LAYER_FIELDS, expected, layer, strict=True):
+            if tuple(np.shape(value)) != shape:
+                raise ValueError(
+                    f"params.layers[{i}].{field} must have shape {shape} for sizes={config.sizes!r}, "
+                    f"got {tuple(np.shape(value))}"
+                )
+    if config.likelihood == "homoscedastic":
+        got = None if log_noise_variance is None else tuple(np.shape(log_noise_variance))
+        if got != (config.num_targets,):
+            raise ValueError(
+                f"params.log_noise_variance must have shape ({config.num_targets},) for "
+                f"likelihood='homoscedastic', got {got}"
+            )
+
+
+def elbo_data(loss_name: str, args: tuple, kwargs: dict, how: str) -> tuple[Any, Any]:
+    """``x`` and ``y`` from a DVI model/guide's arguments ``(x, y, num_data=None)``, positional or by keyword;
+    ``how`` names the backend's SVI calls in the error when they are missing."""
+    values = dict(zip(("x", "y"), args, strict=False))
+    values.update({k: v for k, v in kwargs.items() if k in ("x", "y")})
+    if "x" not in values or values.get("y") is None:
+        raise ValueError(
+            f"{loss_name} needs the data: call {how} with (x, y) (and num_data= for a minibatch), "
+            f"got arguments {tuple(type(a).__name__ for a in args)} and keywords {sorted(kwargs)}"
+        )
+    return values["x"], values["y"]
+
+
 __all__ = [
+    "LAYER_FIELDS",
+    "check_param_shapes",
+    "elbo_data",
     "COVARIANCES",
     "DEFAULT_EB_ALPHA",
     "DVIConfig",

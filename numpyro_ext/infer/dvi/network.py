@@ -28,7 +28,14 @@ import numpyro.distributions as dist
 from numpyro.infer.elbo import ELBO
 from numpyro.primitives import mutable
 
-from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data, minibatch_scale
+from adapters.dvi import (
+    DEFAULT_EB_ALPHA,
+    DVIConfig,
+    check_dvi_data,
+    dvi_inference_data,
+    elbo_data,
+    minibatch_scale,
+)
 from adapters.validation import check_choice, check_positive_int
 from numpyro_ext.infer.dvi.core import (
     DVIParams,
@@ -343,7 +350,7 @@ class DVI_ELBO(ELBO):
 
     def _loss(self, rng_key, param_map, guide, args, kwargs) -> tuple[Array, DVIMLP]:
         network = self._network(guide)
-        x, y = _data(args, kwargs)
+        x, y = elbo_data(type(self).__name__, args, kwargs, "SVI.init/update/run")
         step = param_map.get(network.step_name)
         weight = self.kl_weight(step) if step is not None else 1.0
         params = network.params_from(param_map)
@@ -376,14 +383,3 @@ class MCVI_ELBO(DVI_ELBO):
     def objective(self, rng_key: Array, network: DVIMLP, params: DVIParams, x: Array, y: Array, **kwargs: Any) -> Array:
         """An unbiased estimate of :meth:`DVIMLP.elbo` from ``num_particles`` local-reparameterisation draws."""
         return mcvi_elbo(rng_key, params, x, y, network.config, num_samples=self.num_particles, **kwargs)
-
-
-def _data(args: tuple, kwargs: dict) -> tuple[Any, Any]:
-    """``x`` and ``y`` from the model/guide arguments ``(x, y, num_data=None)``, positional or by keyword."""
-    values = dict(zip(("x", "y"), args, strict=False))
-    values.update({k: v for k, v in kwargs.items() if k in ("x", "y")})
-    if "x" not in values or values.get("y") is None:
-        raise ValueError(
-            "DVI_ELBO needs the data: call SVI.init/update/run with (x, y) (and num_data= for a minibatch)"
-        )
-    return values["x"], values["y"]

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from adapters.dvi import DVIConfig, check_dvi_data, minibatch_scale
+from adapters.dvi import DVIConfig, check_dvi_data, check_param_shapes, minibatch_scale
 from adapters.validation import check_finite_array, check_positive
 from pyro_ext.infer.dvi.likelihoods import (
     categorical_expected_log_likelihood,
@@ -144,24 +144,7 @@ def check_params(params: DVIParams, config: DVIConfig) -> None:
     """Raise a ``ValueError`` naming ``params`` when its layers' shapes do not match ``config.sizes``."""
     if not isinstance(params, DVIParams):
         raise TypeError(f"params must be a DVIParams (from init_params or convert_params), got {type(params).__name__}")
-    if len(params.layers) != config.num_layers:
-        raise ValueError(f"params has {len(params.layers)} layers but sizes={config.sizes!r} has {config.num_layers}")
-    for i, (layer, d_in, d_out) in enumerate(zip(params.layers, config.sizes[:-1], config.sizes[1:], strict=True)):
-        expected = ((d_in, d_out), (d_in, d_out), (d_out,), (d_out,))
-        for field, shape, value in zip(LayerParams._fields, expected, layer, strict=True):
-            if tuple(np.shape(value)) != shape:
-                raise ValueError(
-                    f"params.layers[{i}].{field} must have shape {shape} for sizes={config.sizes!r}, "
-                    f"got {tuple(np.shape(value))}"
-                )
-    if config.likelihood == "homoscedastic":
-        noise = params.log_noise_variance
-        if noise is None or tuple(np.shape(noise)) != (config.num_targets,):
-            got = None if noise is None else tuple(np.shape(noise))
-            raise ValueError(
-                f"params.log_noise_variance must have shape ({config.num_targets},) for "
-                f"likelihood='homoscedastic', got {got}"
-            )
+    check_param_shapes(params.layers, params.log_noise_variance, config)
 
 
 def convert_params(

@@ -40,7 +40,7 @@ from pyro.infer.enum import get_importance_trace
 from pyro.nn import PyroModule, PyroParam, pyro_method
 from torch import nn
 
-from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data
+from adapters.dvi import DEFAULT_EB_ALPHA, DVIConfig, check_dvi_data, dvi_inference_data, elbo_data
 from adapters.validation import check_choice, check_positive_int
 from pyro_ext.infer.dvi.core import (
     DVIParams,
@@ -382,14 +382,14 @@ class DVI_ELBO(ELBO):
         """The negative ELBO at the current step's KL weight, as a tensor to differentiate (does not advance the
         warm-up: for a hand-written torch training loop, add 1 to :attr:`num_steps` per step)."""
         network = self._network(guide)
-        x, y = _data(type(self).__name__, args, kwargs)
+        x, y = elbo_data(type(self).__name__, args, kwargs, "SVI.step/evaluate_loss")
         weight = self.kl_weight(self.num_steps)
         return -self.objective(network, x, y, num_data=kwargs.get("num_data"), kl_weight=weight)
 
     def loss(self, model: Any, guide: Any, *args: Any, **kwargs: Any) -> float:
         """The full negative ELBO (KL weight 1), a float (what ``SVI.evaluate_loss`` reports)."""
         network = self._network(guide)
-        x, y = _data(type(self).__name__, args, kwargs)
+        x, y = elbo_data(type(self).__name__, args, kwargs, "SVI.step/evaluate_loss")
         with torch.no_grad():
             return -float(self.objective(network, x, y, num_data=kwargs.get("num_data"), kl_weight=1.0))
 
@@ -416,15 +416,3 @@ class MCVI_ELBO(DVI_ELBO):
     def objective(self, network: DVIMLP, x: Tensor, y: Tensor, **kwargs: Any) -> Tensor:
         """An unbiased estimate of :meth:`DVIMLP.elbo` from ``num_particles`` local-reparameterisation draws."""
         return mcvi_elbo(network.get_params(), x, y, network.config, num_samples=self.num_particles, **kwargs)
-
-
-def _data(loss_name: str, args: tuple, kwargs: dict) -> tuple[Any, Any]:
-    """``x`` and ``y`` from the model/guide arguments ``(x, y, num_data=None)``, positional or by keyword."""
-    values = dict(zip(("x", "y"), args, strict=False))
-    values.update({k: v for k, v in kwargs.items() if k in ("x", "y")})
-    if "x" not in values or values.get("y") is None:
-        raise ValueError(
-            f"{loss_name} needs the data: call SVI.step/evaluate_loss with (x, y) (and num_data= for a minibatch), "
-            f"got arguments {tuple(type(a).__name__ for a in args)} and keywords {sorted(kwargs)}"
-        )
-    return values["x"], values["y"]
