@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from adapters.validation import check_non_negative, check_positive
 
 #: How ``inputs`` can name what the encoder reads (the guides' docstrings explain each).
@@ -234,3 +236,113 @@ def check_callable_inputs(shape: tuple[int, ...], full_size: int, plate: str) ->
         f"inputs: the callable returned an array of shape {tuple(shape)}; its leading axis must run over all "
         f"{full_size} elements of plate {plate!r} (the guide indexes it with the plate's subsample)"
     )
+
+
+# ----------------------------------------------------------------------------- the amortization gap
+
+
+@dataclass
+class GapFit:
+    """One fitted guide of an amortization-gap study (Margossian & Blei, Sec. 3).
+
+    ``name``: ``"F-VI"`` or ``"A-VI hidden=(64,) window=0"``; ``hidden``/``window``: the encoder's (``None``
+    for F-VI).  ``elbo``, ``elbo_se``: the full-data ELBO and its Monte Carlo standard error (global draws).
+    ``per_datum_elbo``: ``(n,)``, datum ``i``'s expected ``log p(x_i, z_i | beta) - log q(z_i)`` (Eq. (1) of
+    :mod:`numpyro_ext.infer.amortized.local_elbo`); ``elbo = global term + sum_i per_datum_elbo``.
+    ``num_guide_params``: numbers in the guide's parameters (A-VI's does not grow with ``n``).
+    ``wall_s``: training seconds (compilation included); ``losses``: ``(num_steps,)`` training losses.
+    ``posterior``: draws ``{site: (draws, *site shape)}`` (numpy) from the fitted guide, for ArviZ.
+    ``params``: the fitted guide's parameters (numpy), e.g. for ``guide.median(params, ...)``.
+    """
+
+    name: str
+    hidden: tuple[int, ...] | None
+    window: int | None
+    elbo: float
+    elbo_se: float
+    per_datum_elbo: np.ndarray
+    num_guide_params: int
+    wall_s: float
+    losses: np.ndarray
+    posterior: dict[str, np.ndarray]
+    params: Any = None
+
+
+@dataclass
+class AmortizationGap:
+    """F-VI and A-VI fitted to the same model and data: the amortization gap and its trend with the encoder.
+
+    The gap of an A-VI fit is ``ELBO(F-VI) - ELBO(A-VI)``: positive when the encoder cannot represent the
+    F-VI optimum (too narrow, or no ideal inference function of ``x_i`` alone, Margossian & Blei Sec. 4),
+    about zero when it can.  Both ELBOs are Monte Carlo estimates: ``gap_se`` is their joint standard error.
+    """
+
+    fvi: GapFit
+    avi: list[GapFit]
+    num_data: int
+
+    def gap(self, fit: GapFit) -> float:
+        """``ELBO(F-VI) - ELBO(fit)`` in nats."""
+        return self.fvi.elbo - fit.elbo
+
+    def gap_se(self, fit: GapFit) -> float:
+        """The Monte Carlo standard error of :meth:`gap`."""
+        return math.hypot(self.fvi.elbo_se, fit.elbo_se)
+
+    def per_datum_gap(self, fit: GapFit) -> np.ndarray:
+        """``(n,)``: datum by datum, F-VI's expected local ELBO term minus ``fit``'s (where the gap sits)."""
+        return self.fvi.per_datum_elbo - fit.per_datum_elbo
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per fit (F-VI first): ELBO, gap, gap per datum, relative gap, parameters, seconds."""
+        out = []
+        for fit in (self.fvi, *self.avi):
+            gap = self.gap(fit)
+            out.append(
+                {
+                    "guide": fit.name,
+                    "elbo": fit.elbo,
+                    "elbo_se": fit.elbo_se,
+                    "gap": gap,
+                    "gap_se": self.gap_se(fit) if fit is not self.fvi else 0.0,
+                    "gap_per_datum": gap / self.num_data,
+                    "relative_gap": gap / abs(self.fvi.elbo),
+                    "num_guide_params": fit.num_guide_params,
+                    "wall_s": fit.wall_s,
+                }
+            )
+        return out
+
+    def table(self) -> str:
+        """The rows as a plain-text table (gaps in nats; per datum; relative to ``|ELBO(F-VI)|``)."""
+        head = f"{'guide':<32} {'ELBO':>12} {'gap':>16} {'gap/datum':>10} {'gap/|ELBO|':>10} {'params':>9} {'s':>7}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows():
+            gap = f"{r['gap']:.2f} ± {r['gap_se']:.2f}"
+            lines.append(
+                f"{r['guide']:<32} {r['elbo']:>12.2f} {gap:>16} {r['gap_per_datum']:>10.4f} "
+                f"{r['relative_gap']:>10.2%} {r['num_guide_params']:>9d} {r['wall_s']:>7.1f}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_arviz(self) -> dict[str, Any]:
+        """``{guide name: arviz.InferenceData}`` of each fit's posterior draws (one chain), with the ELBO, its
+        standard error and the gap in the posterior group's attributes (``az.summary``, ``az.plot_forest``)."""
+        from adapters.inference_data import from_samples
+
+        out = {}
+        for fit in (self.fvi, *self.avi):
+            idata = from_samples({k: v[None] for k, v in fit.posterior.items()})
+            idata.posterior.attrs.update(
+                {"guide": fit.name, "elbo": fit.elbo, "elbo_se": fit.elbo_se, "amortization_gap": self.gap(fit)}
+            )
+            out[fit.name] = idata
+        return out
+
+
+def gap_fit_name(hidden: tuple[int, ...] | None, window: int | None) -> str:
+    """``"F-VI"`` or ``"A-VI hidden=(64,) window=0"``."""
+    return "F-VI" if hidden is None else f"A-VI hidden={tuple(hidden)} window={window}"

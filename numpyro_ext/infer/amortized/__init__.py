@@ -2,12 +2,29 @@
 
 :class:`AutoAmortizedNormal` (:mod:`.guide`) is an autoguide whose local latents, those inside one plate,
 get a Normal predicted by an encoder from each datum (or a window of neighbours); :mod:`.encoders` holds the
-default MLP (a pure init/apply pair) and the adapter over user encoders.  The configuration and its
+default MLP (a pure init/apply pair) and the adapter over user encoders; :mod:`.local_elbo` the per-datum
+ELBO terms and the per-datum importance-weighted (Rényi) bound :class:`LocalRenyiELBO`; :mod:`.gap` the
+amortization-gap study :func:`amortization_gap` (F-VI against A-VI on one model).  The configuration and its
 checks are backend-free, :mod:`adapters.amortized`.
 """
 
 from adapters.amortized import AmortizedConfig, EncoderLayout
 from numpyro_ext.infer.amortized.encoders import Encoder, as_encoder, mlp_encoder
+from numpyro_ext.infer.amortized.gap import PerDatumELBO, amortization_gap, per_datum_elbo
 from numpyro_ext.infer.amortized.guide import AutoAmortizedNormal
+from numpyro_ext.infer.amortized.local_elbo import LocalRenyiELBO, PerDatumTerms, per_datum_log_weights
 
-__all__ = ["AmortizedConfig", "AutoAmortizedNormal", "Encoder", "EncoderLayout", "as_encoder", "mlp_encoder"]
+__all__ = [
+    "AmortizedConfig",
+    "AutoAmortizedNormal",
+    "Encoder",
+    "EncoderLayout",
+    "LocalRenyiELBO",
+    "PerDatumELBO",
+    "PerDatumTerms",
+    "amortization_gap",
+    "as_encoder",
+    "mlp_encoder",
+    "per_datum_elbo",
+    "per_datum_log_weights",
+]
