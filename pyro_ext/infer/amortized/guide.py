@@ -152,6 +152,15 @@ class AutoAmortizedNormal(AutoGuide):
                 "plate (its subsample size when the plate is subsampled), e.g. dist.Normal(0.0, 1.0) inside the "
                 "plate rather than dist.Normal(torch.zeros(n), 1.0)"
             ) from err
+        try:
+            self._setup_amortized(args, kwargs)
+        except Exception:
+            self.prototype_trace = None  # a failed set-up is redone (and fails the same way) at the next call
+            raise
+
+    def _setup_amortized(self, args: tuple, kwargs: dict) -> None:
+        """Split the latents into locals and globals, check them, read the inputs once, build the encoder."""
+        cfg = self.config
         self._setup_args = (args, kwargs)
         full_trace = self._trace_model(args, kwargs, None)
         frames = {f.name: f for s in full_trace.nodes.values() if s["type"] == "sample" for f in s["cond_indep_stack"]}
