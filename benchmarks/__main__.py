@@ -5,6 +5,7 @@ import sys
 from benchmarks import (
     abc,
     abc_scaling,
+    amortized_vi,
     drhmc,
     drhmc_funnel,
     dvi,
@@ -20,6 +21,7 @@ from benchmarks import (
 STUDIES = {
     "abc": abc.main,
     "abc-scaling": abc_scaling.main,
+    "amortized-vi": amortized_vi.main,
     "drhmc": drhmc.main,
     "drhmc-funnel": drhmc_funnel.main,
     "dvi": dvi.main,

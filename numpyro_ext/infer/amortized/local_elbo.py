@@ -138,7 +138,9 @@ def per_datum_log_weights(
     :param params: the guide's (and model's) parameters, e.g. ``svi.get_params(state)``.
     :param args, kwargs: the model's and guide's arguments.
     :param indices: the data to visit, ``(m,)``: the plate's subsample is set to them (a subsampled plate; the
-        model must index its data by the plate's indices).  ``None``: the plate draws its own subsample.
+        model must index its data by the plate's indices).  ``None``: the plate draws its own subsample.  Pass
+        them sorted: NumPyro takes an index set as long as the plate for the whole plate in its natural order
+        (``AutoNormal`` then pairs its parameters with the wrong data).
     :param fixed_globals: the global latents' values (:func:`global_values`); ``None``: drawn from the guide.
     :returns: :class:`PerDatumTerms`; ``local`` is ``(num_local_particles, m)``.
     """
