@@ -26,7 +26,7 @@ from numpyro.infer.autoguide import AutoNormal
 from adapters.amortized import AmortizationGap, GapFit, check_hidden, gap_fit_name
 from adapters.validation import check_non_negative, check_positive_int
 from numpyro_ext.infer.amortized.guide import AutoAmortizedNormal
-from numpyro_ext.infer.amortized.local_elbo import _traces, global_values, per_datum_log_weights
+from numpyro_ext.infer.amortized.local_elbo import global_values, per_datum_log_weights, run_guide_and_model
 
 
 class PerDatumELBO(NamedTuple):
@@ -39,7 +39,7 @@ class PerDatumELBO(NamedTuple):
 
 def _plate_sizes(model, guide, params, args, kwargs, plate) -> tuple[int, int]:
     """The plate's full size and the size of one visit (its subsample size, or the full size)."""
-    _, guide_trace = _traces(model, guide, params, args, kwargs, jax.random.PRNGKey(0), {})
+    _, guide_trace = run_guide_and_model(model, guide, params, args, kwargs, jax.random.PRNGKey(0), {})
     if plate not in guide_trace:
         raise ValueError(f"plate: the guide has no plate named {plate!r}")
     full, _ = guide_trace[plate]["args"]
@@ -79,7 +79,7 @@ def per_datum_elbo(
         def one(key: jax.Array) -> tuple[dict[str, jax.Array], jax.Array]:
             indices = jnp.arange(chunk) if subsampled else None
             draw_key, term_key = jax.random.split(key)
-            _, guide_trace = _traces(
+            _, guide_trace = run_guide_and_model(
                 model, guide, params, args, kwargs, draw_key, {} if indices is None else {plate: indices}
             )
             fixed = global_values(guide_trace, plate)

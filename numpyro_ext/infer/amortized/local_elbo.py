@@ -68,7 +68,17 @@ def _per_datum(log_prob: jax.Array, dim: int, size: int) -> jax.Array:
     return jnp.broadcast_to(jnp.sum(jnp.reshape(per, (per.shape[0], -1)), axis=1), (size,))
 
 
-def _traces(model, guide, params, args, kwargs, rng_key, fixed) -> tuple[dict, dict]:
+def run_guide_and_model(
+    model: Callable[..., Any],
+    guide: Callable[..., Any],
+    params: dict[str, Any],
+    args: tuple,
+    kwargs: dict,
+    rng_key: jax.Array,
+    fixed: dict[str, Any],
+) -> tuple[dict, dict]:
+    """``(model trace, guide trace)``: the guide run with ``params`` and the sites in ``fixed`` set (latent values,
+    or a plate's indices), the model replayed against it."""
     guide_key, model_key = jax.random.split(rng_key)
     seeded_guide = handlers.substitute(handlers.seed(guide, guide_key), data={**params, **fixed})
     guide_trace = handlers.trace(seeded_guide).get_trace(*args, **kwargs)
@@ -147,14 +157,14 @@ def per_datum_log_weights(
     fixed: dict[str, Any] = {} if indices is None else {plate: jnp.asarray(indices)}
     first_key, local_key = jax.random.split(rng_key)
     if fixed_globals is None:
-        model_trace, guide_trace = _traces(model, guide, params, args, kwargs, first_key, fixed)
+        model_trace, guide_trace = run_guide_and_model(model, guide, params, args, kwargs, first_key, fixed)
         _check_traces(model_trace, guide_trace, plate)
         fixed_globals = global_values(guide_trace, plate)
         fixed = {**fixed, plate: guide_trace[plate]["value"]}
     fixed = {**fixed, **fixed_globals}
 
     def one_local_draw(key: jax.Array) -> tuple[jax.Array, ...]:
-        model_trace, guide_trace = _traces(model, guide, params, args, kwargs, key, fixed)
+        model_trace, guide_trace = run_guide_and_model(model, guide, params, args, kwargs, key, fixed)
         _check_traces(model_trace, guide_trace, plate)
         return _terms(model_trace, guide_trace, plate)
 
