@@ -101,16 +101,13 @@ def per_datum_elbo(
         return jax.vmap(one)(keys, globals_)
 
     global_key, local_key = jax.random.split(rng_key)
-    with warnings.catch_warnings():
-        # a chunk need not have the model's subsample_size: NumPyro warns, harmlessly
-        warnings.filterwarnings("ignore", message="subsample_size does not match")
-        globals_, global_terms = draw_globals(jax.random.split(global_key, num_particles))
-        locals_ = np.zeros((num_particles, full))
-        for c, start in enumerate(range(0, full, chunk)):
-            indices = np.minimum(np.arange(start, start + chunk), full - 1)  # the last chunk repeats its end
-            keys = jax.random.split(jax.random.fold_in(local_key, c), num_particles)
-            values = np.asarray(chunk_terms(keys, globals_, jnp.asarray(indices)), dtype=np.float64)
-            locals_[:, start : start + chunk] = values[:, : min(chunk, full - start)]
+    globals_, global_terms = draw_globals(jax.random.split(global_key, num_particles))
+    locals_ = np.zeros((num_particles, full))
+    for c, start in enumerate(range(0, full, chunk)):
+        indices = np.minimum(np.arange(start, start + chunk), full - 1)  # the last chunk repeats its end
+        keys = jax.random.split(jax.random.fold_in(local_key, c), num_particles)
+        values = np.asarray(chunk_terms(keys, globals_, jnp.asarray(indices)), dtype=np.float64)
+        locals_[:, start : start + chunk] = values[:, : min(chunk, full - start)]
     elbos = np.asarray(global_terms, dtype=np.float64) + locals_.sum(axis=1)
     return PerDatumELBO(float(elbos.mean()), float(elbos.std(ddof=1) / math.sqrt(num_particles)), locals_.mean(0))
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -81,9 +82,12 @@ def run_guide_and_model(
     or a plate's indices), the model replayed against it."""
     guide_key, model_key = jax.random.split(rng_key)
     seeded_guide = handlers.substitute(handlers.seed(guide, guide_key), data={**params, **fixed})
-    guide_trace = handlers.trace(seeded_guide).get_trace(*args, **kwargs)
-    seeded_model = handlers.substitute(handlers.replay(handlers.seed(model, model_key), guide_trace), data=params)
-    return handlers.trace(seeded_model).get_trace(*args, **kwargs), guide_trace
+    with warnings.catch_warnings():
+        # fixed indices need not have the plate's subsample_size (a chunk, an evaluation set): NumPyro warns, harmlessly
+        warnings.filterwarnings("ignore", message="subsample_size does not match")
+        guide_trace = handlers.trace(seeded_guide).get_trace(*args, **kwargs)
+        seeded_model = handlers.substitute(handlers.replay(handlers.seed(model, model_key), guide_trace), data=params)
+        return handlers.trace(seeded_model).get_trace(*args, **kwargs), guide_trace
 
 
 def _check_traces(model_trace: dict, guide_trace: dict, plate: str) -> None:
