@@ -139,6 +139,8 @@ def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = N
     tau_group = numpyro.sample("tau_group", dist.HalfNormal(TAU_PRIOR_SCALE))
     tau_ind = numpyro.sample("tau_ind", dist.HalfNormal(TAU_PRIOR_SCALE))
     sigma = numpyro.sample("sigma", dist.HalfNormal(SIGMA_PRIOR_SCALE))
+    # values conditioned on may be Python floats: the scales broadcast against (groups|data, ..., 4) below
+    tau_group, tau_ind, sigma = jnp.asarray(tau_group), jnp.asarray(tau_ind), jnp.asarray(sigma)
     with numpyro.plate("groups", num_groups):
         log_theta_group = numpyro.sample(
             "log_theta_group", dist.Normal(log_theta_pop[..., None, :], tau_group[..., None, None]).to_event(1)

@@ -17,7 +17,6 @@ from typing import Any
 import pyro
 import pyro.distributions as dist
 import torch
-from pyro.infer import Predictive
 from torchdiffeq import odeint
 
 from adapters.hierarchical_ode import (
@@ -120,6 +119,9 @@ def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = N
     tau_group = pyro.sample("tau_group", dist.HalfNormal(torch.tensor(TAU_PRIOR_SCALE, dtype=dtype)))
     tau_ind = pyro.sample("tau_ind", dist.HalfNormal(torch.tensor(TAU_PRIOR_SCALE, dtype=dtype)))
     sigma = pyro.sample("sigma", dist.HalfNormal(torch.tensor(SIGMA_PRIOR_SCALE, dtype=dtype)))
+    # values conditioned on may be Python floats: the scales broadcast against (groups|data, ..., 4) below
+    log_theta_pop = torch.as_tensor(log_theta_pop, dtype=dtype)
+    tau_group, tau_ind, sigma = (torch.as_tensor(v, dtype=dtype) for v in (tau_group, tau_ind, sigma))
     with pyro.plate("groups", num_groups, dim=-1):
         log_theta_group = pyro.sample(
             "log_theta_group", dist.Normal(log_theta_pop.unsqueeze(-2), tau_group[..., None, None]).to_event(1)
@@ -162,20 +164,26 @@ def predict_unseen_group(
     Per draw: the population-level latents from the fitted ``guide`` (any Pyro guide of
     :func:`hierarchical_ode_model`, called as ``guide(*guide_args, **guide_kwargs)``; an ``AutoNormal`` needs
     no arguments once fitted), a new group ``log_theta_group ~ N(log_theta_pop, tau_group^2 I)``, its
-    individuals ``log_theta ~ N(log_theta_group, tau_ind^2 I)``, their trajectories and observations.  Draws
-    use Pyro's global RNG (``pyro.set_rng_seed``).  Returns ``{"log_theta_group": (S, 1, 4), "log_theta": (S, M,
-    4), "trajectory": (S, M, T, 2), "obs": (S, M, T, 2)}``, ``S = num_samples``, ``M = num_individuals``.
+    individuals ``log_theta ~ N(log_theta_group, tau_ind^2 I)``, their trajectories and observations
+    ``obs ~ LogNormal(log trajectory, sigma)``: the model's own lines for one new group, written batched over
+    the draws so that all ``S * M`` individuals take one solve.  Draws use Pyro's global RNG
+    (``pyro.set_rng_seed``).  Returns ``{"log_theta_group": (S, 1, 4), "log_theta": (S, M, 4), "trajectory":
+    (S, M, T, 2), "obs": (S, M, T, 2)}``, ``S = num_samples``, ``M = num_individuals``.
     """
     num_individuals = check_positive_int("num_individuals", num_individuals)
     num_samples = check_positive_int("num_samples", num_samples)
     guide_kwargs = {} if guide_kwargs is None else guide_kwargs
+    dtype = torch.get_default_dtype()
+    times = torch.as_tensor(times, dtype=dtype)
+    check_model_args(tuple(times.shape), (num_individuals,), 1, None, times=times.numpy())
     with torch.no_grad():
         draws = [guide(*guide_args, **guide_kwargs) for _ in range(num_samples)]
-        samples = {k: torch.stack([d[k].detach() for d in draws]) for k in GLOBAL_SITES if k != "log_theta_group"}
-        group = torch.zeros(num_individuals, dtype=torch.long)
-        predictive = Predictive(
-            hierarchical_ode_model,
-            posterior_samples=samples,
-            return_sites=["log_theta_group", "log_theta", "trajectory", "obs"],
+        pop, tau_group, tau_ind, sigma = (
+            torch.stack([torch.as_tensor(d[k], dtype=dtype) for d in draws]) for k in GLOBAL_SITES[:4]
         )
-        return predictive(times, group, 1)
+        log_theta_group = dist.Normal(pop, tau_group[:, None]).sample()[:, None, :]  # (S, 1, 4)
+        log_theta = dist.Normal(log_theta_group.expand(-1, num_individuals, -1), tau_ind[:, None, None]).sample()
+        x, ok = solve(times, log_theta)  # (S, M, T, 2)
+        loc = torch.where(ok[..., None, None], x.clamp_min(POSITIVE_FLOOR), torch.ones_like(x)).log()
+        obs = dist.LogNormal(loc, sigma[:, None, None, None]).sample()
+    return {"log_theta_group": log_theta_group, "log_theta": log_theta, "trajectory": x, "obs": obs}
