@@ -43,8 +43,8 @@ import torch
 from pyro import poutine
 from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO
-from pyro.poutine.util import site_is_subsample
 from pyro.infer.util import torch_item
+from pyro.poutine.util import site_is_subsample
 from pyro.util import warn_if_nan
 
 from adapters.validation import check_positive_int
