@@ -10,8 +10,8 @@ forms.  The NumPyro twin's tests (tests/numpyro_ext/test_amortized_gap.py) check
 * AR(1) hidden Markov model (``z_t = rho z_{t-1} + N(0, s^2)``, ``x_t ~ N(z_t, r^2)``): Gaussian, so the F-VI
   (mean-field) optimum and the ELBO of any mean-field Gaussian are closed-form, and so is the best affine
   encoder reading a window of ``2 k + 1`` observations; the gap is positive at ``k = 0`` (no ideal inference
-  function of ``x_t`` alone, Margossian & Blei Sec. 4) and a window shrinks it (closed form, ``N_HMM = 500``:
-  see :func:`test_hmm_gap_is_positive_and_a_window_closes_it_as_the_closed_form_says`).
+  function of ``x_t`` alone, Margossian & Blei Sec. 4) and a window shrinks it (closed form for the data
+  below, ``N_HMM = 500``: 181.0 nats at k = 0, 5.43 at k = 3).
 """
 
 import math
@@ -381,6 +381,7 @@ def test_hmm_gap_is_positive_and_a_window_closes_it_as_the_closed_form_says():
     print({"optimum": optimum, "gap0": gap0, "gap3": gap3, **{k: optimum - v for k, v in exact.items()}})
     print(result)
     # no affine window-0 encoder beats the closed-form bound; the trained ones come near their optima
+    # (TRAINING_SLACK_* nats: the calibration run stopped at F-VI 0.89, A-VI 0.14 and 0.28 from them)
     assert exact[avi0.name] <= optimum - gap0 + 1e-6 * abs(optimum)
     assert exact[fvi.name] > optimum - TRAINING_SLACK_FVI
     assert exact[avi0.name] > optimum - gap0 - TRAINING_SLACK_AVI
