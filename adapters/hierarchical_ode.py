@@ -268,6 +268,7 @@ def plot_trajectories(
     Returns the array of the ``M`` axes used.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     times = np.asarray(times)
     draws = np.asarray(predicted_draws)
@@ -306,6 +307,7 @@ def plot_trajectories(
                 ax.plot(times, np.asarray(observed)[i, :, s], "o", color=color, markersize=2.5)
         if log_scale:
             ax.set_yscale("log")
+            ax.yaxis.set_minor_formatter(NullFormatter())  # labelled minor ticks crowd a short log axis
         if titles is not None and i < len(titles):
             ax.set_title(titles[i], fontsize="small")
     axes[0].legend(fontsize="x-small")
