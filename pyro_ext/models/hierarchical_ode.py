@@ -150,6 +150,55 @@ def encoder_inputs(times: Any, group: Any, num_groups: int, obs: Any = None) -> 
     return torch.cat([log_obs, one_hot], dim=1)
 
 
+def _global_draws(
+    guide: Any, num_samples: int, guide_args: tuple, guide_kwargs: dict | None
+) -> dict[str, torch.Tensor]:
+    """``num_samples`` draws of the global latents from the fitted guide, stacked: ``{site: (S, *shape)}``."""
+    dtype = torch.get_default_dtype()
+    with torch.no_grad():
+        draws = [guide(*guide_args, **({} if guide_kwargs is None else guide_kwargs)) for _ in range(num_samples)]
+        return {k: torch.stack([torch.as_tensor(d[k], dtype=dtype) for d in draws]) for k in GLOBAL_SITES}
+
+
+def _observe(log_theta: torch.Tensor, times: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Trajectories (S, M, T, 2) for ``log_theta`` (S, M, 4) in one solve, and observations around them (the
+    model's last lines, batched over draws)."""
+    x, ok = solve(times, log_theta)
+    loc = torch.where(ok[..., None, None], x.clamp_min(POSITIVE_FLOOR), torch.ones_like(x)).log()
+    return x, dist.LogNormal(loc, sigma[:, None, None, None]).sample()
+
+
+def predict_individuals(
+    guide: Any,
+    times: Any,
+    group: Any,
+    num_groups: int,
+    obs: Any,
+    *,
+    num_samples: int = 200,
+    guide_args: tuple = (),
+    guide_kwargs: dict | None = None,
+) -> dict[str, torch.Tensor]:
+    """Posterior predictions for individuals with data ``obs`` (N, T, 2) in known groups ``group`` (N,): the
+    training individuals or new ones, whose posterior the fitted encoder gives without refitting.
+
+    ``guide``: a fitted :class:`~pyro_ext.infer.amortized.AutoAmortizedNormal` with ``inputs=encoder_inputs``;
+    its global draws come from ``guide(*guide_args, **guide_kwargs)`` (the training data's arguments), each
+    individual's ``log_theta`` from the encoder's Normal for its data (mean-field: independent of the global
+    draw).  Draws use Pyro's global RNG.  Returns ``{"log_theta": (S, N, 4), "trajectory": (S, N, T, 2), "obs":
+    (S, N, T, 2)}``, ``S = num_samples``.
+    """
+    num_samples = check_positive_int("num_samples", num_samples)
+    num_groups = _check_args(times, group, num_groups, obs)
+    times = torch.as_tensor(times, dtype=torch.get_default_dtype())
+    samples = _global_draws(guide, num_samples, guide_args, guide_kwargs)
+    with torch.no_grad():
+        loc, scale = guide.encode(encoder_inputs(times, group, num_groups, obs))["log_theta"]
+        log_theta = dist.Normal(loc, scale).sample((num_samples,))
+        x, y = _observe(log_theta, times, samples["sigma"])
+    return {"log_theta": log_theta, "trajectory": x, "obs": y}
+
+
 def predict_unseen_group(
     guide: Any,
     times: Any,
@@ -162,28 +211,22 @@ def predict_unseen_group(
     """Predictions for ``num_individuals`` individuals of a group the fit never saw, from no data of theirs.
 
     Per draw: the population-level latents from the fitted ``guide`` (any Pyro guide of
-    :func:`hierarchical_ode_model`, called as ``guide(*guide_args, **guide_kwargs)``; an ``AutoNormal`` needs
-    no arguments once fitted), a new group ``log_theta_group ~ N(log_theta_pop, tau_group^2 I)``, its
-    individuals ``log_theta ~ N(log_theta_group, tau_ind^2 I)``, their trajectories and observations
-    ``obs ~ LogNormal(log trajectory, sigma)``: the model's own lines for one new group, written batched over
-    the draws so that all ``S * M`` individuals take one solve.  Draws use Pyro's global RNG
-    (``pyro.set_rng_seed``).  Returns ``{"log_theta_group": (S, 1, 4), "log_theta": (S, M, 4), "trajectory":
-    (S, M, T, 2), "obs": (S, M, T, 2)}``, ``S = num_samples``, ``M = num_individuals``.
+    :func:`hierarchical_ode_model`, called as ``guide(*guide_args, **guide_kwargs)``: an ``AutoNormal`` needs
+    no arguments once fitted, an amortized guide the training data's), a new group ``log_theta_group ~
+    N(log_theta_pop, tau_group^2 I)``, its individuals ``log_theta ~ N(log_theta_group, tau_ind^2 I)``, their
+    trajectories and observations ``obs ~ LogNormal(log trajectory, sigma)``: the model's own lines for one new
+    group, batched over the draws so that all ``S * M`` individuals take one solve.  Draws use Pyro's global
+    RNG (``pyro.set_rng_seed``).  Returns ``{"log_theta_group": (S, 1, 4), "log_theta": (S, M, 4),
+    "trajectory": (S, M, T, 2), "obs": (S, M, T, 2)}``, ``S = num_samples``, ``M = num_individuals``.
     """
     num_individuals = check_positive_int("num_individuals", num_individuals)
     num_samples = check_positive_int("num_samples", num_samples)
-    guide_kwargs = {} if guide_kwargs is None else guide_kwargs
-    dtype = torch.get_default_dtype()
-    times = torch.as_tensor(times, dtype=dtype)
+    times = torch.as_tensor(times, dtype=torch.get_default_dtype())
     check_model_args(tuple(times.shape), (num_individuals,), 1, None, times=times.numpy())
+    samples = _global_draws(guide, num_samples, guide_args, guide_kwargs)
     with torch.no_grad():
-        draws = [guide(*guide_args, **guide_kwargs) for _ in range(num_samples)]
-        pop, tau_group, tau_ind, sigma = (
-            torch.stack([torch.as_tensor(d[k], dtype=dtype) for d in draws]) for k in GLOBAL_SITES[:4]
-        )
+        pop, tau_group, tau_ind = samples["log_theta_pop"], samples["tau_group"], samples["tau_ind"]
         log_theta_group = dist.Normal(pop, tau_group[:, None]).sample()[:, None, :]  # (S, 1, 4)
         log_theta = dist.Normal(log_theta_group.expand(-1, num_individuals, -1), tau_ind[:, None, None]).sample()
-        x, ok = solve(times, log_theta)  # (S, M, T, 2)
-        loc = torch.where(ok[..., None, None], x.clamp_min(POSITIVE_FLOOR), torch.ones_like(x)).log()
-        obs = dist.LogNormal(loc, sigma[:, None, None, None]).sample()
-    return {"log_theta_group": log_theta_group, "log_theta": log_theta, "trajectory": x, "obs": obs}
+        x, y = _observe(log_theta, times, samples["sigma"])
+    return {"log_theta_group": log_theta_group, "log_theta": log_theta, "trajectory": x, "obs": y}
