@@ -5,7 +5,7 @@ Inference for Hierarchical and Nonlinear Dynamical Systems" (VI-HDS, ICML 2019, 
 many individuals (wells of a plate reader there), each with its own observed time series, grouped by a
 condition (their "device"), with ODE parameters drawn from group-level distributions that are themselves drawn
 from the population.  The ODE here is a small gene circuit with negative autoregulation: a protein that represses
-its own transcription (a Hill function with coefficient 2),
+its own transcription (a Hill function with coefficient 2)::
 
     dm/dt = alpha / (1 + (p / K)^2) - gamma_m m,      m(0) = 0   (mRNA),
     dp/dt = m - gamma_p p,                              p(0) = 0   (protein),
@@ -15,7 +15,7 @@ parameters ``theta = (alpha, K, gamma_m, gamma_p)`` are the maximal transcriptio
 and the two decay rates.  mRNA first rises towards ``alpha / gamma_m``, then falls as the protein accumulates
 past ``K``: an overshoot that a linear model cannot make.  Both species are observed at ``T`` times ``t > 0``.
 
-The model (both backends; ``g(i)`` is individual ``i``'s group, ``x_i(t)`` the ODE solution at ``theta_i``):
+The model (both backends; ``g(i)`` is individual ``i``'s group, ``x_i(t)`` the ODE solution at ``theta_i``)::
 
     log theta_pop        ~ N(PRIOR_LOC, PRIOR_SCALE^2)                  (4,)       population
     tau_group, tau_ind   ~ HalfNormal(TAU_PRIOR_SCALE)                   scalars    spreads of the two levels
