@@ -137,6 +137,10 @@ def test_bad_local_bound_arguments_name_the_argument():
     guide, params = shifted_guide(x)
     with pytest.raises(ValueError, match="plate: the guide has no plate named 'rows'"):
         LocalRenyiELBO(plate="rows").loss(jax.random.PRNGKey(0), params, linear_model, guide, x)
+    (weight, bias) = params["auto_data_encoder"][0]
+    diverged = {"auto_data_encoder": [(weight * jnp.nan, bias)]}
+    with pytest.raises(ValueError, match="params: 'auto_data_encoder' holds non-finite values"):
+        per_datum_elbo(linear_model, guide, diverged, x)
 
 
 # ------------------------------------------------------------------------------- the AR(1) hidden Markov model

@@ -69,6 +69,12 @@ def per_datum_elbo(
     if num_particles < 2:
         raise ValueError(f"num_particles must be at least 2 (a standard error needs two draws), got {num_particles}")
     rng_key = jax.random.PRNGKey(0) if rng_key is None else rng_key
+    for name, value in params.items():
+        if not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree_util.tree_leaves(value)):
+            raise ValueError(
+                f"params: {name!r} holds non-finite values (the fit diverged); skip non-finite steps with "
+                "optax.apply_if_finite or lower the learning rate"
+            )
     full, visit = _plate_sizes(model, guide, params, args, kwargs, plate)
     subsampled = visit != full
     chunk = check_positive_int("batch_size", batch_size) if batch_size is not None else visit
