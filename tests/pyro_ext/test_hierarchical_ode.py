@@ -9,8 +9,8 @@
   same identity applied to the two solvers' difference (1e-8): nothing but the ODE solvers differs.
 * The model's observation distribution standardises the generator's data to N(0, 1) (KS p > 1e-3, moments
   within 4 standard errors); unseen-group predictions at a point-mass posterior draw from the hierarchy.
-* Slow: F-VI (Pyro's AutoNormal; the Pyro amortized guide was not in the library when this was written) recovers
-  the true group parameters within 4 posterior sds.
+* Slow: Pyro's AutoAmortizedNormal with the conditional encoder recovers the true population and group
+  parameters within 4 q-sds and its 90% bands cover held-out individuals' data at about the nominal rate.
 """
 
 import math
@@ -35,6 +35,7 @@ from adapters.hierarchical_ode import (  # noqa: E402
 from pyro_ext.models.hierarchical_ode import (  # noqa: E402
     encoder_inputs,
     hierarchical_ode_model,
+    predict_individuals,
     predict_unseen_group,
     solve,
 )
@@ -152,12 +153,38 @@ def test_predict_unseen_group_draws_from_the_hierarchy():
     values = true_values(SMALL, data)
     s, m = 200, 6
     pyro.set_rng_seed(0)
-    out = predict_unseen_group(lambda: values, torch.tensor(data.times), m, num_samples=s)
+    out = predict_unseen_group(lambda: values, torch.tensor(data.times), m, num_samples=s)  # point-mass globals
     assert out["log_theta_group"].shape == (s, 1, 4) and out["log_theta"].shape == (s, m, 4)
     assert out["trajectory"].shape == out["obs"].shape == (s, m, 24, 2)
     group = out["log_theta_group"][:, 0].numpy()
     check_standard_normal(((group - values["log_theta_pop"].numpy()) / SMALL.tau_group).ravel())
     check_standard_normal(((out["log_theta"].numpy() - group[:, None]) / SMALL.tau_ind).ravel())
+    noise = out["obs"].log().numpy() - out["trajectory"].log().numpy()
+    check_standard_normal((noise / SMALL.sigma).ravel())
+
+
+class _PointMassGuide:
+    """A stand-in for a fitted amortized guide: globals at the truth, the encoder's Normal at ``log_theta``."""
+
+    def __init__(self, values, scale):
+        self.values, self.scale = values, scale
+
+    def __call__(self, *args, **kwargs):
+        return self.values
+
+    def encode(self, features):
+        loc = self.values["log_theta"]
+        return {"log_theta": (loc, torch.full_like(loc, self.scale))}
+
+
+def test_predict_individuals_draws_around_the_encoded_posterior():
+    data = simulate_dataset(SMALL, seed=3)
+    values = true_values(SMALL, data)
+    pyro.set_rng_seed(0)
+    out = predict_individuals(_PointMassGuide(values, 0.05), torch.tensor(data.times), torch.tensor(data.group), 2,
+                              torch.tensor(data.obs), num_samples=200)  # fmt: skip
+    assert out["log_theta"].shape == (200, 6, 4) and out["obs"].shape == out["trajectory"].shape == (200, 6, 24, 2)
+    check_standard_normal(((out["log_theta"].numpy() - data.log_theta) / 0.05).ravel())
     noise = out["obs"].log().numpy() - out["trajectory"].log().numpy()
     check_standard_normal((noise / SMALL.sigma).ravel())
 
@@ -181,4 +208,60 @@ def test_bad_model_arguments_raise_clear_errors(change, match):
     with pytest.raises(exc, match=match):
         hierarchical_ode_model(**kwargs)
     with pytest.raises(ValueError, match="num_individuals must be a positive integer"):
-        predict_unseen_group(lambda: None, torch.tensor(data.times), 0)
+        predict_unseen_group(lambda: {}, torch.tensor(data.times), 0)
+
+
+@pytest.mark.slow
+def test_amortized_fit_recovers_truth():
+    """Pyro's AutoAmortizedNormal with the conditional encoder (4 groups x 8 individuals, 2000 ClippedAdam steps,
+    step size decaying 1e-2 -> 1e-3; 4 held-out individuals per group).
+
+    Measured (seed 0, float64; 6 min on the shared 2-core machine): q's locations within 1.8 q-sds of the true
+    population log-parameters, 2.4 of the group ones, 2.9 of the spreads and noise (log scale; tau_ind the
+    furthest, as in NumPyro); 90% predictive bands cover 0.909 of the held-out individuals' observations.
+    """
+    from pyro.infer import SVI, Trace_ELBO
+    from pyro.infer.autoguide.initialization import init_to_median
+
+    from pyro_ext.infer.amortized import AutoAmortizedNormal
+
+    config = HierarchicalODEConfig(individuals_per_group=12)
+    data = simulate_dataset(config, seed=0)
+    train = np.arange(config.num_individuals) % 12 < 8
+    times = torch.tensor(data.times)
+    args = (times, torch.tensor(data.group[train]), config.num_groups)
+    obs = torch.tensor(data.obs[train])
+
+    steps = 2000
+    pyro.set_rng_seed(0)
+    pyro.clear_param_store()
+    guide = AutoAmortizedNormal(hierarchical_ode_model, plate="data", inputs=encoder_inputs, init_loc_fn=init_to_median)
+    optim = pyro.optim.ClippedAdam({"lr": 1e-2, "lrd": 0.1 ** (1 / steps), "clip_norm": 100.0})
+    svi = SVI(hierarchical_ode_model, guide, optim, Trace_ELBO())
+    for _ in range(steps):
+        svi.step(*args, obs=obs)
+
+    truth = {
+        "log_theta_pop": np.asarray(config.log_theta_pop),
+        "log_theta_group": data.log_theta_group,
+        "tau_group": math.log(config.tau_group),
+        "tau_ind": math.log(config.tau_ind),
+        "sigma": math.log(config.sigma),
+    }
+    z = {}
+    for name, value in truth.items():
+        loc = getattr(guide.locs, name).detach().numpy()
+        scale = getattr(guide.scales, name).detach().numpy()
+        z[name] = (loc - value) / scale
+    print({k: np.round(v, 2) for k, v in z.items()})
+    for k, v in z.items():
+        assert np.max(np.abs(v)) < 4, k
+
+    pyro.set_rng_seed(1)
+    held = predict_individuals(guide, times, torch.tensor(data.group[~train]), config.num_groups,
+                               torch.tensor(data.obs[~train]), num_samples=1000, guide_args=args,
+                               guide_kwargs={"obs": obs})  # fmt: skip
+    lo, hi = np.quantile(held["obs"].numpy(), [0.05, 0.95], axis=0)
+    cover = float(np.mean((data.obs[~train] >= lo) & (data.obs[~train] <= hi)))
+    print("coverage held-out", cover)
+    assert 0.8 < cover < 0.97
