@@ -115,7 +115,9 @@ def _check_args(times: Any, group: Any, num_groups: Any, obs: Any) -> int:
     )
 
 
-def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = None) -> None:
+def hierarchical_ode_model(
+    times: Any, group: Any, num_groups: int, obs: Any = None, subsample_size: int | None = None
+) -> None:
     """Population -> groups -> individuals, each individual's series from the ODE (module docstring of
     :mod:`adapters.hierarchical_ode` for the equations and priors).
 
@@ -123,6 +125,8 @@ def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = N
     :param group: each individual's group index (N,), integers in ``[0, num_groups)``.
     :param num_groups: ``G``, a Python int (it sizes the plate "groups").
     :param obs: the observations (N, T, 2) (mRNA, protein), > 0; ``None`` draws them.
+    :param subsample_size: ``None`` (every individual each call) or ``b``: the plate ``"data"`` visits ``b`` random
+        individuals, scaled by ``N / b`` (minibatch SVI; an amortized guide keeps memory independent of ``N``).
 
     Sites: ``log_theta_pop`` (4,), ``tau_group``, ``tau_ind``, ``sigma`` (scalars); plate ``"groups"``:
     ``log_theta_group`` (G, 4); plate ``"data"`` (individuals): ``log_theta`` (N, 4), the deterministic
@@ -145,21 +149,25 @@ def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = N
         log_theta_group = numpyro.sample(
             "log_theta_group", dist.Normal(log_theta_pop[..., None, :], tau_group[..., None, None]).to_event(1)
         )
-    with numpyro.plate("data", group.shape[0]):
+    with numpyro.plate("data", group.shape[0], subsample_size=subsample_size) as idx:
         log_theta = numpyro.sample(
-            "log_theta", dist.Normal(log_theta_group[..., group, :], tau_ind[..., None, None]).to_event(1)
+            "log_theta", dist.Normal(log_theta_group[..., group[idx], :], tau_ind[..., None, None]).to_event(1)
         )
         x, ok = solve(times, log_theta)
         numpyro.deterministic("trajectory", x)
         numpyro.factor("ode_failed", jnp.where(ok, 0.0, -jnp.inf))
         x = jnp.where(ok[..., None, None], jnp.maximum(x, POSITIVE_FLOOR), 1.0)
+        obs = None if obs is None else jnp.asarray(obs)[idx]
         numpyro.sample("obs", dist.LogNormal(jnp.log(x), sigma[..., None, None, None]).to_event(2), obs=obs)
 
 
-def encoder_inputs(times: Any, group: Any, num_groups: int, obs: Any = None) -> jax.Array:
+def encoder_inputs(
+    times: Any, group: Any, num_groups: int, obs: Any = None, subsample_size: int | None = None
+) -> jax.Array:
     """The conditional encoder's inputs (N, T * 2 + G): each individual's log observations, flattened, then its
     group as a one-hot vector (VI-HDS Sec. 3.1).  Pass as ``AutoAmortizedNormal(..., inputs=encoder_inputs)``;
-    it takes the model's arguments.  ``obs`` is required: the encoder reads the data."""
+    it takes the model's arguments.  ``obs`` is required: the encoder reads the data.  ``subsample_size`` is
+    the model's argument, unused here: the guide indexes the full array with the plate's subsample."""
     if obs is None:
         raise ValueError("obs: the encoder reads each individual's observed series, so obs (N, T, 2) must be given")
     num_groups = check_num_groups(num_groups)

@@ -96,7 +96,9 @@ def _check_args(times: Any, group: Any, num_groups: Any, obs: Any) -> int:
     )
 
 
-def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = None) -> None:
+def hierarchical_ode_model(
+    times: Any, group: Any, num_groups: int, obs: Any = None, subsample_size: int | None = None
+) -> None:
     """Population -> groups -> individuals, each individual's series from the ODE; the Pyro twin of
     :func:`numpyro_ext.models.hierarchical_ode.hierarchical_ode_model` (same arguments, sites and shapes).
 
@@ -104,6 +106,8 @@ def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = N
     :param group: each individual's group index (N,), integers in ``[0, num_groups)``.
     :param num_groups: ``G``, a Python int (it sizes the plate "groups").
     :param obs: the observations (N, T, 2) (mRNA, protein), > 0; ``None`` draws them.
+    :param subsample_size: ``None`` (every individual each call) or ``b``: the plate ``"data"`` visits ``b`` random
+        individuals, scaled by ``N / b`` (minibatch SVI; an amortized guide keeps memory independent of ``N``).
 
     Sites: ``log_theta_pop`` (4,), ``tau_group``, ``tau_ind``, ``sigma``; plate ``"groups"``:
     ``log_theta_group`` (G, 4); plate ``"data"``: ``log_theta`` (N, 4), deterministic ``trajectory`` (N, T, 2)
@@ -126,21 +130,25 @@ def hierarchical_ode_model(times: Any, group: Any, num_groups: int, obs: Any = N
         log_theta_group = pyro.sample(
             "log_theta_group", dist.Normal(log_theta_pop.unsqueeze(-2), tau_group[..., None, None]).to_event(1)
         )
-    with pyro.plate("data", group.shape[0], dim=-1):
+    with pyro.plate("data", group.shape[0], subsample_size=subsample_size, dim=-1) as idx:
         log_theta = pyro.sample(
-            "log_theta", dist.Normal(log_theta_group[..., group, :], tau_ind[..., None, None]).to_event(1)
+            "log_theta", dist.Normal(log_theta_group[..., group[idx], :], tau_ind[..., None, None]).to_event(1)
         )
         x, ok = solve(times, log_theta)
         pyro.deterministic("trajectory", x, event_dim=2)
         pyro.factor("ode_failed", torch.where(ok, 0.0, -torch.inf).to(dtype))
         x = torch.where(ok[..., None, None], x.clamp_min(POSITIVE_FLOOR), torch.ones_like(x))
-        obs = None if obs is None else torch.as_tensor(obs, dtype=dtype)
+        obs = None if obs is None else torch.as_tensor(obs, dtype=dtype)[idx]
         pyro.sample("obs", dist.LogNormal(x.log(), sigma[..., None, None, None]).to_event(2), obs=obs)
 
 
-def encoder_inputs(times: Any, group: Any, num_groups: int, obs: Any = None) -> torch.Tensor:
+def encoder_inputs(
+    times: Any, group: Any, num_groups: int, obs: Any = None, subsample_size: int | None = None
+) -> torch.Tensor:
     """The conditional encoder's inputs (N, T * 2 + G): each individual's log observations, flattened, then its
-    group one-hot (VI-HDS Sec. 3.1); it takes the model's arguments, for an amortized guide's ``inputs=``."""
+    group one-hot (VI-HDS Sec. 3.1); it takes the model's arguments, for an amortized guide's ``inputs=``.
+    ``subsample_size`` is the model's argument, unused here: the guide indexes the full array with the plate's
+    subsample."""
     if obs is None:
         raise ValueError("obs: the encoder reads each individual's observed series, so obs (N, T, 2) must be given")
     num_groups = check_num_groups(num_groups)

@@ -104,6 +104,25 @@ def test_log_density_equals_hand_computed():
     assert abs(shift) < 0.05  # the solver's error is small on the scale of the density, too
 
 
+def test_subsampled_plate_scales_the_visited_individuals():
+    data = simulate_dataset(SMALL, seed=3)
+    values = true_values(SMALL, data)
+    args = (jnp.asarray(data.times), jnp.asarray(data.group), SMALL.num_groups)
+    params = {k: jnp.asarray(v) for k, v in values.items()}
+    _, trace = log_density(hierarchical_ode_model, args, {"obs": jnp.asarray(data.obs)}, params)
+    x = np.asarray(trace["trajectory"]["value"])
+    group_loc = values["log_theta_group"][data.group]
+    per_individual = stats.norm.logpdf(values["log_theta"], group_loc, values["tau_ind"]).sum(1)
+    per_individual += stats.lognorm.logpdf(data.obs, s=values["sigma"], scale=x).sum((1, 2))
+    global_part = hand_log_density(values, data, x) - per_individual.sum()
+    visited = np.array([4, 1])
+    model = handlers.substitute(hierarchical_ode_model, data={"data": jnp.asarray(visited)})
+    kwargs = {"obs": jnp.asarray(data.obs), "subsample_size": 2}
+    lp, _ = log_density(model, args, kwargs, {**params, "log_theta": params["log_theta"][visited]})
+    n = SMALL.num_individuals
+    assert float(lp) == pytest.approx(global_part + n / 2 * per_individual[visited].sum(), abs=1e-8)
+
+
 def test_generator_has_the_models_distribution():
     # observation level: residuals under the model's own observation distribution at the true parameters
     z = []
