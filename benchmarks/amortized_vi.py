@@ -8,7 +8,11 @@ Problems (each a NumPyro model with a subsampled plate ``"data"`` whose latents 
 * ``nonlinear``: ``z_i ~ N(0, 5^2)``, ``x_i ~ N(theta + z_i sin z_i + z_i, exp(cos z_i)^2)`` (M&B's nonlinear
   example): the posterior of ``z_i`` is multimodal in places, so a Gaussian family has an approximation gap;
 * ``bnn-latent``: a Bayesian decoder, ``z_i ~ N(0, I_2)``, ``x_i ~ N(f_W(z_i), 0.3^2 I_8)`` with ``f_W`` a
-  2-16-8 tanh network whose weights ``W ~ N(0, 1)`` are global latents (a BNN whose inputs are latent).
+  2-16-8 tanh network whose weights ``W ~ N(0, 1)`` are global latents (a BNN whose inputs are latent);
+* ``ode``: the hierarchical ODE model of :mod:`numpyro_ext.models.hierarchical_ode` (VI-HDS style: population,
+  10 groups, ``n`` individuals each with a 24-point two-species series), data drawn from the model at the true
+  population values; A-VI's encoder is conditional (series and group one-hot), both guides start at the prior
+  median (``init_to_median``).
 
 For each problem, ``n`` and method, the same Adam (``--learning-rate``), subsample size (``--batch-size``) and
 steps; every ``--eval-every`` steps the full-data ELBO is estimated on a fixed random evaluation set of
@@ -39,7 +43,8 @@ import numpy as np
 
 from benchmarks._harness import RESULTS_DIR, ResultFile, table
 
-PROBLEMS = ("linear", "nonlinear", "bnn-latent")
+PROBLEMS = ("linear", "nonlinear", "bnn-latent", "ode")
+ODE_GROUPS = 10
 METHODS = ("fvi", "avi")
 SIZES = (1_000, 10_000, 100_000)
 TAU, SIGMA, THETA = 1.155, 2.43, 0.7
@@ -98,6 +103,44 @@ def _models():
     return {"linear": linear, "nonlinear": nonlinear, "bnn-latent": bnn_latent}, data
 
 
+def problem_setup(problem: str, n: int, args: argparse.Namespace) -> tuple[tuple, Any, Any, dict[str, Any]]:
+    """``(arrays, build_args, model, guide_options)``: the data as a tuple of arrays (jit arguments),
+    ``build_args(arrays)`` -> the model's positional arguments (Python ints closed over), the model, and the
+    guides' extra options (the ODE's conditional encoder inputs and median initialisation)."""
+    import jax.numpy as jnp
+
+    batch = min(args.batch_size, n)
+    if problem != "ode":
+        models, make_data = _models()
+        return (make_data(problem, n, args.seed),), lambda arrays: (arrays[0], batch), models[problem], {}
+    from numpyro import handlers
+    from numpyro.infer.initialization import init_to_median
+
+    from adapters.hierarchical_ode import HierarchicalODEConfig
+    from numpyro_ext.models.hierarchical_ode import encoder_inputs, hierarchical_ode_model
+
+    config = HierarchicalODEConfig(num_groups=ODE_GROUPS, individuals_per_group=max(1, n // ODE_GROUPS))
+    times, group = jnp.asarray(config.times), jnp.asarray(config.group)
+    truth = {
+        "log_theta_pop": jnp.asarray(config.log_theta_pop),
+        "tau_group": config.tau_group,
+        "tau_ind": config.tau_ind,
+        "sigma": config.sigma,
+    }
+    # the data: the model's own draw at the true population-level values (diffrax, vmapped: fast at 1e5)
+    generator = handlers.seed(handlers.condition(hierarchical_ode_model, data=truth), rng_seed=args.seed)
+    obs = handlers.trace(generator).get_trace(times, group, ODE_GROUPS)["obs"]["value"]
+    if not bool(jnp.all(jnp.isfinite(obs))):
+        raise RuntimeError("ode: the generator produced non-finite observations")
+    options = {"init_loc_fn": init_to_median, "inputs": encoder_inputs}
+    return (
+        (times, group, obs),
+        lambda arrays: (arrays[0], arrays[1], ODE_GROUPS, arrays[2], batch),
+        hierarchical_ode_model,
+        options,
+    )
+
+
 def run_one(problem: str, n: int, method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Train one method on one problem at one ``n``; the row holds the ELBO trace and the final numbers."""
     import jax
@@ -108,49 +151,52 @@ def run_one(problem: str, n: int, method: str, args: argparse.Namespace) -> dict
 
     from numpyro_ext.infer.amortized import AutoAmortizedNormal, per_datum_elbo, per_datum_log_weights
 
-    models, make_data = _models()
-    model = models[problem]
-    x = make_data(problem, n, args.seed)
-    batch = min(args.batch_size, n)
+    arrays, build_args, model, guide_options = problem_setup(problem, n, args)
     if method == "fvi":
-        guide = AutoNormal(model)
+        guide = AutoNormal(model, **{k: v for k, v in guide_options.items() if k == "init_loc_fn"})
     else:
-        guide = AutoAmortizedNormal(model, hidden=tuple(args.hidden))
+        guide = AutoAmortizedNormal(model, hidden=tuple(args.hidden), **guide_options)
     # a step with a non-finite loss or gradient is skipped (the nonlinear problem's A-VI hit one at n = 1e3)
     optimizer = optax.apply_if_finite(optax.adam(args.learning_rate), max_consecutive_errors=100)
     svi = SVI(model, guide, optimizer, Trace_ELBO())
-    state = svi.init(jax.random.PRNGKey(args.seed + 1), x, batch)
+    state = svi.init(jax.random.PRNGKey(args.seed + 1), *build_args(arrays))
 
-    def chunk(state, x):
-        return jax.lax.scan(lambda s, _: svi.update(s, x, batch), state, None, length=args.eval_every)
+    def chunk(state, arrays):
+        model_args = build_args(arrays)
+        return jax.lax.scan(lambda s, _: svi.update(s, *model_args), state, None, length=args.eval_every)
 
     eval_size = min(args.eval_size, n)
     # sorted: NumPyro reads an index set of all n data as the whole plate in its natural order
     eval_indices = jnp.asarray(np.sort(np.random.default_rng(args.seed + 2).choice(n, eval_size, replace=False)))
 
-    def estimate(params, key, x):
+    def estimate(params, key, arrays):
+        model_args = build_args(arrays)
+
         def one(key):
-            terms = per_datum_log_weights(model, guide, params, (x, batch), {}, key, "data", 1, indices=eval_indices)
+            terms = per_datum_log_weights(model, guide, params, model_args, {}, key, "data", 1, indices=eval_indices)
             return terms.global_term + n / eval_size * jnp.sum(terms.local[0])
 
         return jnp.mean(jax.vmap(one)(jax.random.split(key, args.eval_draws)))
 
-    chunk = jax.jit(chunk).lower(state, x).compile()
-    estimate = jax.jit(estimate).lower(svi.get_params(state), jax.random.PRNGKey(0), x).compile()
+    chunk = jax.jit(chunk).lower(state, arrays).compile()
+    estimate = jax.jit(estimate).lower(svi.get_params(state), jax.random.PRNGKey(0), arrays).compile()
     trace, wall, eval_key = [], 0.0, jax.random.PRNGKey(args.seed + 3)
     for step in range(args.eval_every, args.steps + 1, args.eval_every):
         start = time.perf_counter()
-        state, losses = chunk(state, x)
+        state, losses = chunk(state, arrays)
         jax.block_until_ready(state)
         wall += time.perf_counter() - start
         eval_key, key = jax.random.split(eval_key)
-        elbo = float(estimate(svi.get_params(state), key, x))
+        elbo = float(estimate(svi.get_params(state), key, arrays))
         trace.append({"step": step, "wall_s": wall, "elbo": elbo, "loss": float(jnp.mean(losses))})
     params = svi.get_params(state)
-    skipped = int(state.optim_state[1].total_notfinite)
+    finite_states = jax.tree_util.tree_leaves(
+        state.optim_state, is_leaf=lambda node: isinstance(node, optax.ApplyIfFiniteState)
+    )
+    skipped = sum(int(s.total_notfinite) for s in finite_states if isinstance(s, optax.ApplyIfFiniteState))
     final = per_datum_elbo(
-        model, guide, params, x, batch, num_particles=args.final_draws, rng_key=jax.random.PRNGKey(args.seed + 4),
-        batch_size=max(batch, 4096),
+        model, guide, params, *build_args(arrays), num_particles=args.final_draws,
+        rng_key=jax.random.PRNGKey(args.seed + 4), batch_size=max(min(args.batch_size, n), 4096),
     )  # fmt: skip
     num_params = int(sum(np.size(leaf) for leaf in jax.tree_util.tree_leaves(params)))
     return {
