@@ -277,3 +277,31 @@ def test_dvi_study_rows_summary_and_resume(tmp_path, capsys):
     assert [r["final_elbo"] for r in again["runs"]] == [r["final_elbo"] for r in rows]
     with pytest.raises(SystemExit, match="unknown"):
         dvi.main(["--datasets", "mnist"], out_dir=tmp_path)
+
+
+@pytest.mark.slow  # test budget: compilation; the estimators are tested in tests/*/test_amortized_*.py
+def test_amortized_vi_study_rows_summary_and_resume(tmp_path, capsys):
+    """The amortized-vi study on the linear problem at n = 300: rows hold traces and the final full-data ELBO, the
+    summary's gap and time ratio come from them, A-VI's guide is the affine encoder's 6 numbers whatever n, and
+    a rerun of the same settings trains nothing."""
+    from benchmarks import amortized_vi
+
+    argv = ["--problems", "linear", "--sizes", "300", "--steps", "400", "--eval-every", "200", "--hidden", ""]
+    data = amortized_vi.main([*argv, "--final-draws", "8", "--eval-draws", "2"], out_dir=tmp_path)
+    rows = {r["method"]: r for r in data["runs"]}
+    assert set(rows) == {"fvi", "avi"}
+    for r in rows.values():
+        assert [c["step"] for c in r["trace"]] == [200, 400] and r["skipped_steps"] == 0
+        assert r["trace"][0]["wall_s"] < r["trace"][1]["wall_s"] == pytest.approx(r["train_wall_s"])
+        # the exact log evidence of the linear problem bounds every ELBO from above (-log p(x) ~ 2.45 n)
+        assert -2.8 * 300 < r["elbo"] < -2.2 * 300
+    assert rows["fvi"]["guide_params"] == 2 * 300 and rows["avi"]["guide_params"] == 2 * 1 + 2
+    (summary,) = data["summary"]["by_problem"]
+    assert summary["gap"] == pytest.approx(rows["fvi"]["elbo"] - rows["avi"]["elbo"])
+    assert summary["relative_gap"] == pytest.approx(summary["gap"] / abs(rows["fvi"]["elbo"]))
+    capsys.readouterr()
+    again = amortized_vi.main([*argv, "--final-draws", "8", "--eval-draws", "2"], out_dir=tmp_path)
+    assert "2 runs already in" in capsys.readouterr().out
+    assert [r["elbo"] for r in again["runs"]] == [r["elbo"] for r in data["runs"]]
+    with pytest.raises(SystemExit, match="unknown"):
+        amortized_vi.main(["--problems", "mnist"], out_dir=tmp_path)
