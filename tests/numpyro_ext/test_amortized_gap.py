@@ -30,11 +30,24 @@ from adapters.amortized import softplus_inverse  # noqa: E402
 from numpyro_ext.infer.amortized import AutoAmortizedNormal  # noqa: E402
 from numpyro_ext.infer.amortized.gap import amortization_gap, per_datum_elbo  # noqa: E402
 from numpyro_ext.infer.amortized.local_elbo import LocalRenyiELBO, per_datum_log_weights  # noqa: E402
-
-TAU, SIGMA, THETA = 1.155, 2.43, 0.7
-V = TAU**2 + SIGMA**2
-SLOPE, SD = TAU / V, SIGMA / math.sqrt(V)
-SHIFT, WIDEN = 0.3, 1.5  # the hand-set guide: q_i = N(exact mean + SHIFT, (WIDEN SD)^2)
+from tests.amortized_checks import (  # noqa: E402
+    NOISE,
+    RHO,
+    SD,
+    SHIFT,
+    SIGMA,
+    SLOPE,
+    STATIONARY,
+    STEP,
+    TAU,
+    THETA,
+    WIDEN,
+    best_window_loc_gap,
+    chi2_ratio,
+    hmm_data,
+    hmm_elbo,
+    linear_terms,
+)
 
 
 def linear_model(x, subsample_size=None):
@@ -56,35 +69,6 @@ def shifted_guide(x, subsample_size=None):
     weight = jnp.array([[SLOPE, 0.0]])
     bias = jnp.array([-SLOPE * THETA + SHIFT, softplus_inverse(WIDEN * SD) - softplus_inverse(0.1)])
     return guide, {"auto_data_encoder": [(weight, bias)]}
-
-
-def linear_terms(x):
-    """Per datum: the closed-form ELBO term of the hand-set q_i, the variance of its one-draw estimate, and
-    log p(x_i).  With z = m + s eps, l(eps) = a + b eps + c eps^2, so Var = b^2 + 2 c^2."""
-    x = np.asarray(x, dtype=np.float64)
-    m, s = SLOPE * (x - THETA) + SHIFT, WIDEN * SD
-    resid = x - THETA - TAU * m
-    elbo = (
-        -0.5 * math.log(2 * math.pi * SIGMA**2)
-        - (resid**2 + TAU**2 * s**2) / (2 * SIGMA**2)
-        - 0.5 * math.log(2 * math.pi)
-        - (m**2 + s**2) / 2
-        + 0.5 * math.log(2 * math.pi * math.e * s**2)
-    )
-    b = TAU * s * resid / SIGMA**2 - m * s
-    c = -(TAU**2 * s**2) / (2 * SIGMA**2) - s**2 / 2 + 0.5
-    log_evidence = -0.5 * np.log(2 * math.pi * V) - (x - THETA) ** 2 / (2 * V)
-    return elbo, b**2 + 2 * c**2, log_evidence
-
-
-def chi2_ratio():
-    """E_q[w^2] / E_q[w]^2 = int p(z | x)^2 / q(z) dz for the hand-set q (the same for every datum: p and q
-    differ by the same shift and widening), by quadrature on a fine grid."""
-    z = np.linspace(-12.0, 12.0, 200_001)
-    post = np.exp(-(z**2) / (2 * SD**2)) / math.sqrt(2 * math.pi * SD**2)
-    q_scale = WIDEN * SD
-    q = np.exp(-((z - SHIFT) ** 2) / (2 * q_scale**2)) / math.sqrt(2 * math.pi * q_scale**2)
-    return float(np.sum(post**2 / q) * (z[1] - z[0]))
 
 
 def test_per_datum_terms_are_the_closed_form_elbo_terms_in_chunks():
@@ -145,9 +129,8 @@ def test_bad_local_bound_arguments_name_the_argument():
 
 # ------------------------------------------------------------------------------- the AR(1) hidden Markov model
 
-RHO, STEP, NOISE, N_HMM = 0.9, 0.5, 1.0, 1000
+N_HMM = 1000
 STEPS, TRAINING_SLACK_FVI, TRAINING_SLACK_AVI = 2000, 5.0, 1.0
-STATIONARY = STEP / math.sqrt(1 - RHO**2)
 
 
 def hmm_model(x):
@@ -158,48 +141,6 @@ def hmm_model(x):
         numpyro.sample("x", dist.Normal(z, NOISE), obs=x)
     markov = norm.logpdf(z[1:], RHO * z[:-1], STEP) - norm.logpdf(z[1:], 0.0, STATIONARY)
     numpyro.factor("markov", jnp.sum(markov))
-
-
-def hmm_data(seed):
-    rng = np.random.default_rng(seed)
-    z = np.zeros(N_HMM)
-    z[0] = STATIONARY * rng.standard_normal()
-    for t in range(1, N_HMM):
-        z[t] = RHO * z[t - 1] + STEP * rng.standard_normal()
-    return z + NOISE * rng.standard_normal(N_HMM)
-
-
-def hmm_precision():
-    n = N_HMM
-    prior = np.zeros((n, n))
-    diag = np.full(n, (1 + RHO**2) / STEP**2)
-    diag[0] = diag[-1] = 1 / STEP**2
-    prior[np.arange(n), np.arange(n)] = diag
-    prior[np.arange(n - 1), np.arange(1, n)] = prior[np.arange(1, n), np.arange(n - 1)] = -RHO / STEP**2
-    return prior, prior + np.eye(n) / NOISE**2
-
-
-def hmm_elbo(x, loc, scale):
-    """The exact ELBO of the mean-field Gaussian q_t = N(loc_t, scale_t^2)."""
-    prior, _ = hmm_precision()
-    n, var = N_HMM, scale**2
-    log_det_prior = -2 * math.log(STATIONARY) - 2 * (n - 1) * math.log(STEP)
-    expected_prior = -0.5 * (loc @ prior @ loc + np.sum(np.diag(prior) * var)) + 0.5 * log_det_prior
-    expected_prior -= 0.5 * n * math.log(2 * math.pi)
-    expected_lik = np.sum(-0.5 * ((x - loc) ** 2 + var) / NOISE**2 - 0.5 * math.log(2 * math.pi * NOISE**2))
-    return expected_prior + expected_lik + np.sum(0.5 * np.log(2 * math.pi * math.e * var))
-
-
-def best_window_loc_gap(x, window):
-    """0.5 (m - mu)' Lambda (m - mu) for the best affine m = F a of window features: the part of the gap no
-    affine window-k encoder can close, whatever its scales."""
-    _, precision = hmm_precision()
-    mean = np.linalg.solve(precision, x / NOISE**2)
-    rows = np.clip(np.arange(N_HMM)[:, None] + np.arange(-window, window + 1)[None], 0, N_HMM - 1)
-    features = np.concatenate([x[rows], np.ones((N_HMM, 1))], axis=1)
-    coef = np.linalg.solve(features.T @ precision @ features, features.T @ precision @ mean)
-    diff = features @ coef - mean
-    return 0.5 * diff @ precision @ diff, mean, 1 / np.sqrt(np.diag(precision))
 
 
 def _fitted_moments(fit, x):
@@ -213,7 +154,7 @@ def _fitted_moments(fit, x):
 
 
 def test_hmm_gap_is_positive_and_a_window_closes_it_as_the_closed_form_says():
-    x = hmm_data(0)
+    x = hmm_data(0, N_HMM)
     gap0, mean, sd = best_window_loc_gap(x, 0)
     gap3, _, _ = best_window_loc_gap(x, 3)
     optimum = hmm_elbo(x, mean, sd)  # the F-VI (mean-field) optimum
