@@ -234,7 +234,8 @@ def check_callable_inputs(shape: tuple[int, ...], full_size: int, plate: str) ->
         return
     raise ValueError(
         f"inputs: the callable returned an array of shape {tuple(shape)}; its leading axis must run over all "
-        f"{full_size} elements of plate {plate!r} (the guide indexes it with the plate's subsample)"
+        f"{full_size} elements of plate {plate!r} (the guide indexes it with the plate's subsample). For new "
+        "data, build their encoder inputs yourself and call guide.encode(...) on them"
     )
 
 
@@ -290,7 +291,10 @@ class AmortizationGap:
         return math.hypot(self.fvi.elbo_se, fit.elbo_se)
 
     def per_datum_gap(self, fit: GapFit) -> np.ndarray:
-        """``(n,)``: datum by datum, F-VI's expected local ELBO term minus ``fit``'s (where the gap sits)."""
+        """``(n,)``: datum by datum, F-VI's expected local ELBO term minus ``fit``'s (where the gap sits).
+
+        Its sum differs from :meth:`gap` by the difference of the global latents' terms (``log p(beta) - log
+        q(beta)`` and any site outside the plate), which belong to no datum."""
         return self.fvi.per_datum_elbo - fit.per_datum_elbo
 
     def rows(self) -> list[dict[str, Any]]:
@@ -314,7 +318,10 @@ class AmortizationGap:
         return out
 
     def table(self) -> str:
-        """The rows as a plain-text table (gaps in nats; per datum; relative to ``|ELBO(F-VI)|``)."""
+        """The rows as a plain-text table (gaps in nats; per datum; relative to ``|ELBO(F-VI)|``), with a note
+        when an A-VI fit beats F-VI by more than 4 standard errors: the gap is defined at both optima, so F-VI
+        has not converged (the usual case with a subsampled plate and few steps: each free Gaussian moves only
+        when its datum is drawn)."""
         head = f"{'guide':<32} {'ELBO':>12} {'gap':>16} {'gap/datum':>10} {'gap/|ELBO|':>10} {'params':>9} {'s':>7}"
         lines = [head, "-" * len(head)]
         for r in self.rows():
@@ -322,6 +329,11 @@ class AmortizationGap:
             lines.append(
                 f"{r['guide']:<32} {r['elbo']:>12.2f} {gap:>16} {r['gap_per_datum']:>10.4f} "
                 f"{r['relative_gap']:>10.2%} {r['num_guide_params']:>9d} {r['wall_s']:>7.1f}"
+            )
+        if any(self.gap(fit) < -4 * self.gap_se(fit) for fit in self.avi):
+            lines.append(
+                "note: a negative gap means F-VI has not reached its optimum (train longer); the amortization gap "
+                "is the difference of the two optima"
             )
         return "\n".join(lines)
 

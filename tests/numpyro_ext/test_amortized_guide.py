@@ -351,6 +351,10 @@ def _local_outside_model(x):
         numpyro.sample("x", dist.Normal(z, 1.0), obs=x)
 
 
+def _subsampled_linear_model(x):
+    linear_model(x, subsample_size=2)
+
+
 def _bad_width_encoder():
     return linear_pair(jnp.ones((1, 3)), jnp.zeros(3))
 
@@ -376,8 +380,10 @@ def _bad_input_encoder():
         (linear_model, {"inputs": "y"}, None, r"inputs: the model has no observed sample site 'y' inside plate"),
         (linear_model, {"inputs": lambda x: x[:5]}, None, r"inputs: the callable returned an array of shape \(5,\)"),
         (linear_model, {}, np.r_[np.ones(9), np.nan], r"inputs must be finite, got 1 non-finite entries"),
+        # subsampled: every datum is checked at set-up, not only the first subsample (a NaN later would hide)
+        (_subsampled_linear_model, {}, np.r_[np.ones(9), np.nan], r"non-finite entries \(first at index \(9, 0\)"),
     ],
-    ids=["plate", "batch", "outside", "no-local", "width", "input-size", "site", "callable", "nan"],
+    ids=["plate", "batch", "outside", "no-local", "width", "input-size", "site", "callable", "nan", "nan-subsampled"],
 )
 @pytest.mark.filterwarnings("ignore:.*Out-of-support values")  # NumPyro's, on the NaN datum, before the error
 def test_bad_input_names_the_argument(model, kwargs, data, match):

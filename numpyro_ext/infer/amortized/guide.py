@@ -204,7 +204,9 @@ class AutoAmortizedNormal(AutoGuide):
         indices = trace[cfg.plate]["value"]
         features = self._features(args, kwargs, indices)
         if not isinstance(features, jax.core.Tracer):
-            check_finite_array("inputs", features, hint=" (the encoder's inputs: the data it reads per datum)")
+            # every datum once, now: inside SVI's jitted steps a NaN in a later subsample could not be named
+            every = self._features(args, kwargs, jnp.arange(self._full_size)) if self._subsampled else features
+            check_finite_array("inputs", every, hint=" (the encoder's inputs: the data it reads per datum)")
         self._example = jnp.zeros((1, features.shape[1]), features.dtype)
         self.encoder = as_encoder(self._encoder_arg, output_size=self.layout.output_size, hidden=cfg.hidden)
         self._check_encoder(features)

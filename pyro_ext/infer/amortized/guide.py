@@ -437,7 +437,8 @@ class AutoAmortizedNormal(AutoGuide):
 
         ``{"{prefix}_{plate}_encoder": [(W (d_in, d_out), b), ...], "{s}_{prefix}_loc": ..., "{s}_{prefix}_scale":
         ...}`` for each global ``s``: pass it as ``params`` to the NumPyro guide's ``median``, ``encode``,
-        ``Predictive`` (default MLP only; a ``TypeError`` naming ``encoder`` otherwise).
+        ``Predictive`` (default MLP only; a ``TypeError`` naming ``encoder`` otherwise).  The NumPyro guide must be
+        set up first (``svi.init`` or one call of it under ``handlers.seed``): its layout comes from the model.
         """
         enc, loc, scale = self._numpyro_names(prefix)
         params: dict[str, Any] = {enc: self.encoder.numpyro_params()}
