@@ -223,7 +223,7 @@ def time_to(trace: list[dict[str, Any]], target: float) -> float:
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (problem, n): both methods' ELBOs, the relative gap, memory and the time ratio."""
-    by = {(r["problem"], r["n"], r["method"]): r for r in rows}
+    by = {(r["problem"], r["n"], r["method"]): r for r in rows if r.get("status", "ok") == "ok"}
     out = []
     for problem, n in sorted({(r["problem"], r["n"]) for r in rows}, key=lambda k: (PROBLEMS.index(k[0]), k[1])):
         fvi, avi = by.get((problem, n, "fvi")), by.get((problem, n, "avi"))
@@ -304,7 +304,11 @@ def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
 
     try:
         for problem, n, method in tqdm(todo, desc="amortized-vi", unit="run"):
-            out.add({**run_one(problem, n, method, args), "settings": settings})
+            try:
+                row = {**run_one(problem, n, method, args), "status": "ok"}
+            except (ValueError, FloatingPointError) as err:  # a fit that collapsed: recorded, the grid goes on
+                row = {"problem": problem, "n": n, "method": method, "status": "failed", "error": str(err)[:300]}
+            out.add({**row, "settings": settings})
     except KeyboardInterrupt:
         print(f"\ninterrupted: {len(out.data['runs'])} finished rows kept in {out.path}")
         raise
@@ -314,5 +318,8 @@ def main(argv: list[str] | None = None, out_dir: Any = None) -> dict[str, Any]:
                "fvi_s_per_step", "avi_s_per_step", "fvi_over_avi_seconds"]  # fmt: skip
     print(table(summary, columns))
     print(json.dumps(out.data["summary"]["goals"], indent=1, default=str))
+    for r in out.data["runs"]:
+        if r.get("status", "ok") != "ok":
+            print(f"failed: {r['problem']} n={r['n']} {r['method']}: {r['error']}")
     print(f"\nwritten: {out.path}")
     return out.data

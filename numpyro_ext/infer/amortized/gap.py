@@ -39,7 +39,15 @@ class PerDatumELBO(NamedTuple):
 
 def _plate_sizes(model, guide, params, args, kwargs, plate) -> tuple[int, int]:
     """The plate's full size and the size of one visit (its subsample size, or the full size)."""
-    _, guide_trace = run_guide_and_model(model, guide, params, args, kwargs, jax.random.PRNGKey(0), {})
+    try:
+        _, guide_trace = run_guide_and_model(model, guide, params, args, kwargs, jax.random.PRNGKey(0), {})
+    except ValueError as err:
+        if "got invalid" not in str(err):
+            raise
+        raise ValueError(
+            f"params: the guide's distributions are invalid at these parameters ({err}); e.g. a scale that "
+            "underflowed to 0: the fit collapsed (lower the learning rate, or clip gradients)"
+        ) from err
     if plate not in guide_trace:
         raise ValueError(f"plate: the guide has no plate named {plate!r}")
     full, _ = guide_trace[plate]["args"]
