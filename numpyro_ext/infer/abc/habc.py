@@ -43,8 +43,9 @@ refresh (none when ``seed_refresh = 0``); initialisation adds one gradient and, 
 ``init_params``, ``num_pilot_draws * S`` simulations scoring prior draws for a start
 (:func:`numpyro_ext.infer.abc.avabc.pilot_values`).  Non-finite simulations are left out of the
 synthetic likelihood and counted (``num_nonfinite``); a gradient with no finite estimate falls back
-to the prior's gradient (counted in ``num_failed_gradients``); a step that leaves the finite reals
-is undone and its momentum redrawn (``diverging``).
+to the prior's gradient (counted in ``num_failed_gradients``: a chain started where every
+simulation fails drifts out by the prior); a step that leaves the finite reals, or goes from a
+finite log density to none, is undone and its momentum redrawn (``diverging``).
 """
 
 from __future__ import annotations
@@ -113,8 +114,8 @@ def sghmc_step(
     ``grad_fn(position, key)``) is :func:`~numpyro_ext.infer.hmc_util.leapfrog_involution` with one
     step; the friction and its noise are the exact Ornstein-Uhlenbeck solution over ``step_size``,
     ``r <- a r + sqrt(1 - a^2) M^{1/2} xi``, ``a = exp(-friction * step_size)``.  A step whose position
-    or momentum is not finite is undone: the state keeps its position and gets a fresh ``N(0, M)``
-    momentum.
+    or momentum is not finite, or whose log density is not finite where the start's was, is undone:
+    the state keeps its position and gets a fresh ``N(0, M)`` momentum (``diverging``).
 
     Args:
         rng_key: PRNG key of the gradient's randomness and of the friction noise.
@@ -149,7 +150,10 @@ def sghmc_step(
     decay = jnp.exp(-friction * step_size)
     # -end.momentum: leapfrog_involution flips the momentum for a Metropolis test; SGHMC keeps going
     momentum = decay * -end.momentum + jnp.sqrt(1.0 - decay**2) * noise
-    ok = jnp.all(jnp.isfinite(end.position)) & jnp.all(jnp.isfinite(momentum))
+    # a step into zero density (from a point that had some) is undone like one that leaves the reals: without
+    # a Metropolis test nothing else would keep the chain out of a region where every simulation fails
+    enters_zero = jnp.isfinite(state.logdensity) & ~jnp.isfinite(logdensity)
+    ok = jnp.all(jnp.isfinite(end.position)) & jnp.all(jnp.isfinite(momentum)) & ~enters_zero
     new = SGHMCState(
         jnp.where(ok, end.position, state.position),
         jnp.where(ok, momentum, noise),

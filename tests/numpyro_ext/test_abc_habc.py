@@ -1,0 +1,356 @@
+"""Hamiltonian ABC (NumPyro) against exact answers.
+
+* SPSA under common random numbers (:func:`numpyro_ext.infer.abc.spsa.spsa_grad`): at fixed seeds
+  the log synthetic likelihood is a smooth function of ``theta``, so its autodiff gradient ``g`` is
+  exact, and for Rademacher directions component ``i`` of the estimate is
+  ``g_i + (1/R) sum_r sum_{j != i} g_j Delta_rj Delta_ri + O(c^2)``: mean ``g_i``, variance
+  ``sum_{j != i} g_j^2 / R``.  Both are checked over 1000 perturbation draws
+  with ``R = 1`` and ``R = 4``.
+* The SGHMC step (:func:`sghmc_step`) on a standard normal: with exact gradients the position's
+  variance is 1 up to the leapfrog's ``O(step_size^2)``; with gradient noise of variance ``V`` it is
+  heated to ``1 + step_size V / (2 C)`` (the momentum gains ``step_size^2 V`` a step and the friction
+  removes a fraction ``2 C step_size`` of its excess).
+* HABC on a Gaussian-mean problem (D = 2, prior N(0, 4 I), statistic the mean of n = 10 draws of
+  N(theta, Sigma): the synthetic likelihood is the exact likelihood in law) and on the
+  exponential-gamma toy (prior Gamma(0.1, 0.1), mean of 500 exponentials drawn as one
+  Gamma(500, 500 rate) variate, the same law; exact posterior Gamma(500.1, 5043.47)).
+
+Tolerances of the chains: ``4 sd / sqrt(ESS)`` for a mean (ESS of the draws, NumPyro's estimator over
+the chains) and ``4 / sqrt(2 ESS_2)`` for the relative error of an sd (``ESS_2`` of the squared
+deviations; ``Var(s^2) / sigma^4 = 2 / ESS`` for Gaussian draws), plus a bias allowance stated in
+each test: the synthetic likelihood's ``S`` (between the ``(S - 1) / (S - d - 2)``-sharpened
+posterior of fast seed refreshes and the seed mixture of slow ones) and SGHMC's heating.
+"""
+
+from __future__ import annotations
+
+import arviz as az
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro.distributions as dist
+import pytest
+from numpyro.diagnostics import effective_sample_size
+from numpyro.infer import MCMC
+
+from numpyro_ext.infer.abc.habc import HABC, SGHMCState, sghmc_step
+from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
+from numpyro_ext.infer.abc.spsa import spsa_grad
+
+# ---- problems ---------------------------------------------------------------------------
+SIGMA = np.array([[1.0, 0.5], [0.5, 2.0]])
+CHOL = np.linalg.cholesky(SIGMA)
+N_MEAN = 10
+Y_GAUSS = np.array([0.8, -1.1])
+PRIOR_SD = 2.0
+
+Y_OBS = 10.086749290513298
+EXACT_MEAN, EXACT_SD = 500.1 / 5043.47, np.sqrt(500.1) / 5043.47
+
+
+def gaussian_mean_simulator(theta, key):
+    """The mean of n = 10 draws of N(theta, Sigma)."""
+    return jnp.mean(theta + jax.random.normal(key, (N_MEAN, 2)) @ CHOL.T, axis=0)
+
+
+def gaussian_problem(simulator=gaussian_mean_simulator) -> LikelihoodFreeProblem:
+    return LikelihoodFreeProblem(dist.Normal(jnp.zeros(2), PRIOR_SD).to_event(1), simulator, Y_GAUSS)
+
+
+def gaussian_posterior() -> tuple[np.ndarray, np.ndarray]:
+    """Exact posterior mean (2,) and covariance (2, 2) of the Gaussian-mean problem."""
+    likelihood_precision = N_MEAN * np.linalg.inv(SIGMA)
+    cov = np.linalg.inv(np.eye(2) / PRIOR_SD**2 + likelihood_precision)
+    return cov @ likelihood_precision @ Y_GAUSS, cov
+
+
+def gamma_mean_simulator(lam, key):
+    """The mean of 500 Exponential(lam) draws, drawn as Gamma(500, 500 lam) (same law)."""
+    return jax.random.gamma(key, 500.0) / 500.0 / lam
+
+
+def curved_simulator(theta, key):
+    """A differentiable, non-linear simulator of 3 statistics (log SL is not quadratic in theta)."""
+    e = jax.random.normal(key, (4,))
+    return jnp.stack(
+        [
+            theta[0] + 0.3 * theta[1] ** 2 + 0.5 * e[0],
+            jnp.exp(0.2 * theta[1]) * (1.0 + 0.3 * e[1]) + 0.2 * theta[2] * e[3],
+            jnp.sin(theta[2]) + 0.5 * theta[0] * theta[1] + 0.4 * e[2],
+        ]
+    )
+
+
+def check_chain(draws: np.ndarray, mean: np.ndarray, sd: np.ndarray, sd_bias: float) -> dict:
+    """``draws`` ``(chains, n, D)`` against the exact ``mean`` and ``sd`` ``(D,)`` (the module's tolerances)."""
+    ess = effective_sample_size(draws)
+    ess_sq = effective_sample_size((draws - mean) ** 2)
+    got_mean, got_sd = draws.reshape(-1, draws.shape[-1]).mean(0), draws.reshape(-1, draws.shape[-1]).std(0)
+    mean_error = np.abs(got_mean - mean) / sd  # in posterior sds
+    sd_error = np.abs(got_sd / sd - 1.0)
+    numbers = {"mean": got_mean, "sd": got_sd, "ess": ess, "ess_sq": ess_sq, "z_mean": mean_error * np.sqrt(ess)}
+    assert np.all(mean_error < 4.0 / np.sqrt(ess)), numbers
+    assert np.all(sd_error < 4.0 / np.sqrt(2.0 * ess_sq) + sd_bias), numbers
+    return numbers
+
+
+# ---- SPSA under common random numbers -------------------------------------------------
+def test_spsa_gradient_matches_autodiff_at_fixed_seeds():
+    problem = LikelihoodFreeProblem(dist.Normal(jnp.zeros(3), 1.0).to_event(1), curved_simulator, [0.7, 1.2, 0.1])
+    kernel = HABC(problem, num_simulations=20)
+    seeds = jax.random.split(jax.random.PRNGKey(3), 20)
+    u0 = jnp.array([0.3, -0.5, 0.8])
+    log_sl = kernel.log_synthetic_likelihood
+    value, exact = jax.value_and_grad(lambda u: log_sl(u, seeds)[0])(u0)
+    exact = np.asarray(exact)
+    num_draws = 1000
+    keys = jax.random.split(jax.random.PRNGKey(4), num_draws)
+    standard_errors = {}
+    for repeats in (1, 4):
+        estimate = jax.jit(jax.vmap(lambda k, r=repeats: spsa_grad(log_sl, u0, seeds, k, r, 1e-4, has_aux=True)))(keys)
+        grads = np.asarray(estimate.grad)  # (num_draws, 3)
+        mean, var = grads.mean(0), grads.var(0, ddof=1)
+        # unbiased: the mean over the draws within 4 standard errors of autodiff
+        assert np.all(np.abs(mean - exact) < 4.0 * np.sqrt(var / num_draws)), (repeats, mean, exact)
+        # the variance is sum_{j != i} g_j^2 / R (sampling error of a variance: sqrt(2 / n), 4 of them)
+        expected = (np.sum(exact**2) - exact**2) / repeats
+        assert np.all(np.abs(var / expected - 1.0) < 4.0 * np.sqrt(2.0 / num_draws)), (repeats, var, expected)
+        standard_errors[repeats] = np.sqrt(var)
+        # the log SL from the perturbed evaluations is exact to O(c^2); simulations counted: none non-finite
+        assert np.allclose(np.asarray(estimate.value), float(value), rtol=0, atol=1e-6)
+        assert np.all(np.asarray(estimate.num_finite_pairs) == repeats) and np.all(np.asarray(estimate.aux) == 0)
+    # standard error ~ 1 / sqrt(R): halved from R = 1 to R = 4 (within the variance checks' 4 sigma)
+    assert np.all(np.abs(standard_errors[1] / standard_errors[4] / 2.0 - 1.0) < 4.0 * np.sqrt(1.0 / num_draws))
+
+
+def test_spsa_in_one_dimension_is_the_central_difference():
+    def f(theta, keys):
+        return jnp.sum(jnp.sin(3.0 * theta) * keys)
+
+    keys = jnp.array([1.0, 2.0])
+    estimate = spsa_grad(f, jnp.array([0.4]), keys, jax.random.PRNGKey(0), 3, 1e-3)
+    central = (f(jnp.array([0.401]), keys) - f(jnp.array([0.399]), keys)) / 2e-3
+    assert np.allclose(np.asarray(estimate.grad), float(central), rtol=1e-12)
+    assert int(estimate.num_finite_pairs) == 3
+
+
+# ---- the SGHMC step -----------------------------------------------------------------------
+@pytest.mark.parametrize("noise_var", [0.0, 1.0])
+def test_sghmc_step_on_a_standard_normal(noise_var):
+    step_size, friction, num_chains, num_steps = 0.1, 0.5, 16, 4000
+
+    def grad_fn(x, key):
+        noise = jnp.sqrt(noise_var) * jax.random.normal(key, x.shape)
+        return -0.5 * x @ x, -x + noise, jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+
+    def run(key):
+        x0 = jnp.zeros(2)
+        state = SGHMCState(x0, jnp.zeros(2), jnp.zeros(()), -x0)
+
+        def body(state, k):
+            state, info = sghmc_step(k, state, grad_fn, jnp.ones(2), step_size, friction)
+            return state, (state.position, info.diverging)
+
+        return jax.lax.scan(body, state, jax.random.split(key, num_steps))[1]
+
+    positions, diverging = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(0), num_chains))
+    draws = np.asarray(positions)[:, 500:]  # (chains, draws, 2)
+    assert not np.any(np.asarray(diverging))
+    heated = 1.0 + step_size * noise_var / (2.0 * friction)
+    # the mean 0, the sd sqrt(heated); bias allowance: the leapfrog's O(step_size^2) plus the heating
+    # formula's own O(step_size^2) (step_size^2 = 0.01 in variance, 0.005 in sd)
+    check_chain(draws, np.zeros(2), np.full(2, np.sqrt(heated)), sd_bias=0.01)
+    if noise_var:  # the heating is seen: 5% in variance, outside the sampling error
+        assert draws.reshape(-1, 2).var(0).mean() > 1.025
+
+
+def test_sghmc_step_undoes_a_step_that_leaves_the_reals():
+    def grad_fn(x, key):
+        return jnp.zeros(()), jnp.full_like(x, jnp.inf), jnp.ones((), jnp.int32), jnp.ones((), bool)
+
+    state = SGHMCState(jnp.array([0.5, -1.0]), jnp.array([2.0, 0.0]), jnp.zeros(()), jnp.array([0.1, 0.1]))
+    new, info = sghmc_step(jax.random.PRNGKey(0), state, grad_fn, jnp.ones(2), 0.1, 1.0)
+    assert bool(info.diverging) and int(info.num_nonfinite) == 1 and bool(info.failed)
+    assert np.array_equal(np.asarray(new.position), np.asarray(state.position))
+    assert np.all(np.isfinite(np.asarray(new.momentum))) and not np.array_equal(new.momentum, state.momentum)
+
+    # a step from a finite log density to -inf (every simulation failed there) is undone too
+    def no_simulation(x, key):
+        return -jnp.inf, -x, jnp.full((), 20, jnp.int32), jnp.ones((), bool)
+
+    new, info = sghmc_step(jax.random.PRNGKey(1), state, no_simulation, jnp.ones(2), 0.1, 1.0)
+    assert bool(info.diverging) and np.array_equal(np.asarray(new.position), np.asarray(state.position))
+    assert float(new.logdensity) == 0.0
+
+
+# ---- HABC in NumPyro's MCMC -------------------------------------------------------------
+def test_habc_gaussian_mean_autodiff_counts_and_arviz():
+    mean, cov = gaussian_posterior()
+    sd = np.sqrt(np.diag(cov))
+    kernel = HABC(
+        gaussian_problem(),
+        step_size=0.2,
+        num_steps=5,
+        friction=1.0,
+        num_simulations=50,
+        seed_refresh=0.2,
+        gradient="autodiff",
+        inverse_mass_matrix=sd**2,
+    )
+    mcmc = MCMC(kernel, num_warmup=50, num_samples=500, num_chains=2, chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])
+    # bias allowance: S = 50, d = 2 sharpens by up to sqrt(49 / 46) (3.2% of the sd)
+    check_chain(draws, mean, sd, sd_bias=0.035)
+    counts = kernel.check_counts(mcmc.last_state)
+    # per chain: pilot 100 x 50, the initial gradient, 550 iterations of (5 + 1) gradients of S = 50
+    assert counts == {
+        "num_simulations": 2 * (100 * 50 + 50 + 550 * 6 * 50),
+        "num_nonfinite": 0,
+        "num_failed_gradients": 0,
+    }
+    assert kernel.simulations_per_iteration == 300
+    idata = az.from_numpyro(mcmc)
+    assert idata.posterior["theta"].shape == (2, 500, 2)
+    lp = idata.sample_stats["lp"].values
+    assert lp.shape == (2, 500) and np.all(np.isfinite(lp))
+    assert not idata.sample_stats["diverging"].values.any()
+
+
+def nan_seed_simulator(theta, key):
+    """The Gaussian-mean simulator, NaN for about 20% of the keys (whatever theta)."""
+    x = gaussian_mean_simulator(theta, key)
+    return jnp.where(jax.random.uniform(jax.random.fold_in(key, 7)) < 0.2, jnp.nan, x)
+
+
+def test_nan_simulations_are_counted_and_the_chain_continues():
+    problem = gaussian_problem(nan_seed_simulator)
+    kernel = HABC(problem, step_size=0.2, num_steps=3, num_simulations=20, num_spsa_repeats=2, seed_refresh=0.0)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=200, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1), init_params=jnp.array([0.5, -0.5]))
+    state = mcmc.last_state
+    # the seeds never change (seed_refresh = 0): every evaluation meets the same NaN seeds, on both sides of
+    # every SPSA pair; evaluations: the initial one and 3 per iteration
+    nan_seeds = int(
+        np.sum(~np.isfinite(np.asarray(jax.vmap(lambda k: nan_seed_simulator(jnp.zeros(2), k))(state.seeds)))[:, 0])
+    )
+    assert 0 < nan_seeds < 20
+    assert int(state.num_nonfinite) == nan_seeds * 2 * 2 * (1 + 3 * 200)
+    assert int(state.num_simulations) == 2 * 2 * 20 * (1 + 3 * 200) and int(state.num_failed_gradients) == 0
+    draws = np.asarray(mcmc.get_samples()["theta"])
+    assert np.all(np.isfinite(draws)) and np.std(draws[100:], axis=0).min() > 0.05  # it moves
+    with pytest.warns(Warning, match="non-finite"):
+        kernel.check_counts(state)
+
+
+def test_no_finite_simulations_fall_back_to_the_prior_gradient():
+    def simulator(theta, key):  # NaN beyond theta_0 = 2.5: the synthetic likelihood is -inf there
+        x = gaussian_mean_simulator(theta, key)
+        return jnp.where(theta[0] > 2.5, jnp.nan, x)
+
+    kernel = HABC(gaussian_problem(simulator), step_size=0.2, num_steps=5, num_simulations=20, seed_refresh=0.5)
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=60, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(2), init_params=jnp.array([6.0, 0.0]))
+    state = mcmc.last_state
+    assert int(state.num_failed_gradients) > 0 and int(state.num_nonfinite) > 0
+    draws = np.asarray(mcmc.get_samples()["theta"])
+    # the prior's pull brought it out, and a step back into the region is undone (diverging)
+    out = np.flatnonzero(draws[:, 0] < 2.5)[0]
+    assert np.all(np.isfinite(draws)) and np.all(draws[out:, 0] < 2.5)
+
+
+# ---- bad input --------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def problem():
+    return gaussian_problem()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"step_size": 0.0}, "step_size"),
+        ({"step_size": float("nan")}, "step_size"),
+        ({"num_steps": 0}, "num_steps"),
+        ({"num_steps": 2.5}, "num_steps"),
+        ({"friction": -1.0}, "friction"),
+        ({"num_simulations": 2}, "num_simulations"),
+        ({"num_spsa_repeats": 0}, "num_spsa_repeats"),
+        ({"spsa_scale": 0.0}, "spsa_scale"),
+        ({"seed_refresh": 1.5}, "seed_refresh"),
+        ({"gradient": "finite"}, "gradient"),
+        ({"epsilon": -0.1}, "epsilon"),
+        ({"inverse_mass_matrix": [1.0, 2.0, 3.0]}, "inverse_mass_matrix"),
+        ({"inverse_mass_matrix": [1.0, -2.0]}, "inverse_mass_matrix"),
+        ({"inverse_mass_matrix": [[1.0, 2.0], [2.0, 1.0]]}, "inverse_mass_matrix"),
+        ({"num_pilot_draws": -1}, "num_pilot_draws"),
+    ],
+)
+def test_bad_arguments_name_the_argument(problem, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HABC(problem, **kwargs)
+
+
+def test_bad_problem_init_params_and_gradient(problem):
+    with pytest.raises(TypeError, match="problem"):
+        HABC(lambda: None)
+    with pytest.raises(TypeError, match="inverse_mass_matrix"):
+        HABC(problem, inverse_mass_matrix="identity")
+    rounding = LikelihoodFreeProblem(
+        dist.Normal(jnp.zeros(2), 1.0).to_event(1), lambda t, k: jnp.round(gaussian_mean_simulator(t, k)), Y_GAUSS
+    )
+    with pytest.raises(ValueError, match="gradient: 'autodiff'"):
+        HABC(rounding, gradient="autodiff")
+    kernel = HABC(problem, num_simulations=10)
+    for init, error in (([1.0, 2.0, 3.0], ValueError), ([jnp.nan, 0.0], ValueError)):
+        with pytest.raises(error, match="init_params"):
+            MCMC(kernel, num_warmup=0, num_samples=2, progress_bar=False).run(jax.random.PRNGKey(0), init_params=init)
+
+
+# ---- slow: the posteriors -----------------------------------------------------------------
+@pytest.mark.slow
+def test_habc_spsa_gaussian_mean_reaches_the_exact_posterior():
+    mean, cov = gaussian_posterior()
+    sd = np.sqrt(np.diag(cov))
+    kernel = HABC(
+        gaussian_problem(),
+        step_size=0.1,
+        num_steps=10,
+        friction=1.0,
+        num_simulations=100,
+        num_spsa_repeats=4,
+        spsa_scale=0.01,
+        seed_refresh=0.2,
+        inverse_mass_matrix=sd**2,
+    )
+    mcmc = MCMC(kernel, num_warmup=200, num_samples=2000, num_chains=4, chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(0))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])
+    # bias allowance 2% of the sd: S = 100, d = 2 sharpens by up to sqrt(99 / 96) (1.5%); SPSA's gradient
+    # noise (V ~ 1 / R = 0.25 whitened) heats the variance by ~ step_size V / (2 C) = 1.25% (0.6% in sd).
+    # (step_size 0.2 with R = 2 heated the sd by 4%.)
+    numbers = check_chain(draws, mean, sd, sd_bias=0.02)
+    print("HABC spsa gaussian", numbers, "exact", mean, sd)
+
+
+@pytest.mark.slow
+def test_habc_spsa_exponential_gamma_toy_reaches_the_exact_posterior():
+    problem = LikelihoodFreeProblem(dist.Gamma(0.1, 0.1), gamma_mean_simulator, Y_OBS)
+    kernel = HABC(
+        problem,
+        step_size=0.2,
+        num_steps=5,
+        friction=1.0,
+        num_simulations=100,
+        num_spsa_repeats=1,  # one dimension: SPSA is the central difference, no gradient noise
+        spsa_scale=0.01,
+        seed_refresh=0.2,
+        inverse_mass_matrix=[0.045**2],  # about the posterior variance of log(rate)
+    )
+    mcmc = MCMC(kernel, num_warmup=200, num_samples=2000, num_chains=4, chain_method="vectorized", progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])[..., None]
+    # bias allowance 1.5% of the sd: S = 100, d = 1 sharpens by up to sqrt(99 / 97) (1%); the statistic
+    # is Gaussian to 1 / sqrt(500) (the S = inf synthetic-likelihood posterior is the exact one to 0.5%)
+    numbers = check_chain(draws, np.array([EXACT_MEAN]), np.array([EXACT_SD]), sd_bias=0.015)
+    print("HABC spsa toy", numbers, "exact", EXACT_MEAN, EXACT_SD)
+    assert kernel.check_counts(mcmc.last_state)["num_nonfinite"] == 0
