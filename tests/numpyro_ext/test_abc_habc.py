@@ -4,8 +4,8 @@
   the log synthetic likelihood is a smooth function of ``theta``, so its autodiff gradient ``g`` is
   exact, and for Rademacher directions component ``i`` of the estimate is
   ``g_i + (1/R) sum_r sum_{j != i} g_j Delta_rj Delta_ri + O(c^2)``: mean ``g_i``, variance
-  ``sum_{j != i} g_j^2 / R``.  Both are checked over 1000 perturbation draws
-  with ``R = 1`` and ``R = 4``.
+  ``sum_{j != i} g_j^2 / R``.  Both are checked over 4000 perturbation draws
+  with ``R = 1`` and 1000 with ``R = 4``.
 * The SGHMC step (:func:`sghmc_step`) on a standard normal: with exact gradients the position's
   variance is 1 up to the leapfrog's ``O(step_size^2)``; with gradient noise of variance ``V`` it is
   heated to ``1 + step_size V / (2 C)`` (the momentum gains ``step_size^2 V`` a step and the friction
@@ -103,24 +103,34 @@ def test_spsa_gradient_matches_autodiff_at_fixed_seeds():
     log_sl = kernel.log_synthetic_likelihood
     value, exact = jax.value_and_grad(lambda u: log_sl(u, seeds)[0])(u0)
     exact = np.asarray(exact)
-    num_draws = 1000
+    num_draws = 4000
     keys = jax.random.split(jax.random.PRNGKey(4), num_draws)
+    estimate = jax.jit(jax.vmap(lambda k: spsa_grad(log_sl, u0, seeds, k, 1, 1e-4, has_aux=True)))(keys)
+    # the log SL from the perturbed evaluations is exact to O(c^2); no simulation was non-finite
+    assert np.allclose(np.asarray(estimate.value), float(value), rtol=0, atol=1e-6)
+    assert np.all(np.asarray(estimate.num_finite_pairs) == 1) and np.all(np.asarray(estimate.aux) == 0)
+    single = np.asarray(estimate.grad)  # (4000, 3) estimates with R = 1
+    # R = 4 is the mean of 4 independent R = 1 estimates (one compiled function for both)
+    grads_by_repeats = {1: single, 4: single.reshape(-1, 4, 3).mean(1)}
     standard_errors = {}
-    for repeats in (1, 4):
-        estimate = jax.jit(jax.vmap(lambda k, r=repeats: spsa_grad(log_sl, u0, seeds, k, r, 1e-4, has_aux=True)))(keys)
-        grads = np.asarray(estimate.grad)  # (num_draws, 3)
+    for repeats, grads in grads_by_repeats.items():
+        n = len(grads)
         mean, var = grads.mean(0), grads.var(0, ddof=1)
         # unbiased: the mean over the draws within 4 standard errors of autodiff
-        assert np.all(np.abs(mean - exact) < 4.0 * np.sqrt(var / num_draws)), (repeats, mean, exact)
+        assert np.all(np.abs(mean - exact) < 4.0 * np.sqrt(var / n)), (repeats, mean, exact)
         # the variance is sum_{j != i} g_j^2 / R (sampling error of a variance: sqrt(2 / n), 4 of them)
         expected = (np.sum(exact**2) - exact**2) / repeats
-        assert np.all(np.abs(var / expected - 1.0) < 4.0 * np.sqrt(2.0 / num_draws)), (repeats, var, expected)
+        assert np.all(np.abs(var / expected - 1.0) < 4.0 * np.sqrt(2.0 / n)), (repeats, var, expected)
         standard_errors[repeats] = np.sqrt(var)
-        # the log SL from the perturbed evaluations is exact to O(c^2); simulations counted: none non-finite
-        assert np.allclose(np.asarray(estimate.value), float(value), rtol=0, atol=1e-6)
-        assert np.all(np.asarray(estimate.num_finite_pairs) == repeats) and np.all(np.asarray(estimate.aux) == 0)
-    # standard error ~ 1 / sqrt(R): halved from R = 1 to R = 4 (within the variance checks' 4 sigma)
-    assert np.all(np.abs(standard_errors[1] / standard_errors[4] / 2.0 - 1.0) < 4.0 * np.sqrt(1.0 / num_draws))
+    # standard error ~ 1 / sqrt(R): halved from R = 1 to R = 4 (within the R = 4 variance check's 4 sigma)
+    assert np.all(np.abs(standard_errors[1] / standard_errors[4] / 2.0 - 1.0) < 4.0 * np.sqrt(1.0 / 1000))
+    # R > 1 inside spsa_grad is that mean: 4 directions from one key, averaged
+    four = spsa_grad(log_sl, u0, seeds, keys[0], 4, 1e-4, has_aux=True)
+    deltas = np.asarray(jax.random.rademacher(keys[0], (4, 3), dtype=u0.dtype))
+    at = jax.jit(jax.vmap(lambda u: log_sl(u, seeds)[0]))
+    slopes = (np.asarray(at(u0 + 1e-4 * deltas)) - np.asarray(at(u0 - 1e-4 * deltas))) / 2e-4
+    assert np.allclose(np.asarray(four.grad), np.mean(slopes[:, None] * deltas, axis=0))
+    assert int(four.num_finite_pairs) == 4
 
 
 def test_spsa_in_one_dimension_is_the_central_difference():
@@ -135,15 +145,14 @@ def test_spsa_in_one_dimension_is_the_central_difference():
 
 
 # ---- the SGHMC step -----------------------------------------------------------------------
-@pytest.mark.parametrize("noise_var", [0.0, 1.0])
-def test_sghmc_step_on_a_standard_normal(noise_var):
+def test_sghmc_step_on_a_standard_normal():
     step_size, friction, num_chains, num_steps = 0.1, 0.5, 16, 4000
 
-    def grad_fn(x, key):
-        noise = jnp.sqrt(noise_var) * jax.random.normal(key, x.shape)
-        return -0.5 * x @ x, -x + noise, jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+    def run(key, noise_var):
+        def grad_fn(x, k):
+            noise = jnp.sqrt(noise_var) * jax.random.normal(k, x.shape)
+            return -0.5 * x @ x, -x + noise, jnp.zeros((), jnp.int32), jnp.zeros((), bool)
 
-    def run(key):
         x0 = jnp.zeros(2)
         state = SGHMCState(x0, jnp.zeros(2), jnp.zeros(()), -x0)
 
@@ -153,15 +162,19 @@ def test_sghmc_step_on_a_standard_normal(noise_var):
 
         return jax.lax.scan(body, state, jax.random.split(key, num_steps))[1]
 
-    positions, diverging = jax.jit(jax.vmap(run))(jax.random.split(jax.random.PRNGKey(0), num_chains))
-    draws = np.asarray(positions)[:, 500:]  # (chains, draws, 2)
+    keys = jax.random.split(jax.random.PRNGKey(0), num_chains)
+    # one compiled run for both gradient noises (noise variance 0 and 1)
+    run_all = jax.jit(jax.vmap(jax.vmap(run, in_axes=(0, None)), in_axes=(None, 0)))
+    positions, diverging = run_all(keys, jnp.array([0.0, 1.0]))
     assert not np.any(np.asarray(diverging))
-    heated = 1.0 + step_size * noise_var / (2.0 * friction)
-    # the mean 0, the sd sqrt(heated); bias allowance: the leapfrog's O(step_size^2) plus the heating
-    # formula's own O(step_size^2) (step_size^2 = 0.01 in variance, 0.005 in sd)
-    check_chain(draws, np.zeros(2), np.full(2, np.sqrt(heated)), sd_bias=0.01)
-    if noise_var:  # the heating is seen: 5% in variance, outside the sampling error
-        assert draws.reshape(-1, 2).var(0).mean() > 1.025
+    for index, noise_var in enumerate((0.0, 1.0)):
+        draws = np.asarray(positions[index])[:, 500:]  # (chains, draws, 2)
+        heated = 1.0 + step_size * noise_var / (2.0 * friction)
+        # the mean 0, the sd sqrt(heated); bias allowance: the leapfrog's O(step_size^2) plus the heating
+        # formula's own O(step_size^2) (step_size^2 = 0.01 in variance, 0.005 in sd)
+        check_chain(draws, np.zeros(2), np.full(2, np.sqrt(heated)), sd_bias=0.01)
+        if noise_var:  # the heating is seen: 5% in variance, outside the sampling error
+            assert draws.reshape(-1, 2).var(0).mean() > 1.025
 
 
 def test_sghmc_step_undoes_a_step_that_leaves_the_reals():
@@ -184,79 +197,73 @@ def test_sghmc_step_undoes_a_step_that_leaves_the_reals():
 
 
 # ---- HABC in NumPyro's MCMC -------------------------------------------------------------
-def test_habc_gaussian_mean_autodiff_counts_and_arviz():
-    mean, cov = gaussian_posterior()
-    sd = np.sqrt(np.diag(cov))
-    kernel = HABC(
-        gaussian_problem(),
-        step_size=0.2,
-        num_steps=5,
-        friction=1.0,
-        num_simulations=50,
-        seed_refresh=0.2,
-        gradient="autodiff",
-        inverse_mass_matrix=sd**2,
-    )
-    mcmc = MCMC(kernel, num_warmup=50, num_samples=500, num_chains=2, chain_method="vectorized", progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(0))
-    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])
-    # bias allowance: S = 50, d = 2 sharpens by up to sqrt(49 / 46) (3.2% of the sd)
-    check_chain(draws, mean, sd, sd_bias=0.035)
-    counts = kernel.check_counts(mcmc.last_state)
-    # per chain: pilot 100 x 50, the initial gradient, 550 iterations of (5 + 1) gradients of S = 50
-    assert counts == {
-        "num_simulations": 2 * (100 * 50 + 50 + 550 * 6 * 50),
-        "num_nonfinite": 0,
-        "num_failed_gradients": 0,
-    }
-    assert kernel.simulations_per_iteration == 300
-    idata = az.from_numpyro(mcmc)
-    assert idata.posterior["theta"].shape == (2, 500, 2)
-    lp = idata.sample_stats["lp"].values
-    assert lp.shape == (2, 500) and np.all(np.isfinite(lp))
-    assert not idata.sample_stats["diverging"].values.any()
-
-
 def nan_seed_simulator(theta, key):
     """The Gaussian-mean simulator, NaN for about 20% of the keys (whatever theta)."""
     x = gaussian_mean_simulator(theta, key)
     return jnp.where(jax.random.uniform(jax.random.fold_in(key, 7)) < 0.2, jnp.nan, x)
 
 
-def test_nan_simulations_are_counted_and_the_chain_continues():
-    problem = gaussian_problem(nan_seed_simulator)
-    kernel = HABC(problem, step_size=0.2, num_steps=3, num_simulations=20, num_spsa_repeats=2, seed_refresh=0.0)
-    mcmc = MCMC(kernel, num_warmup=0, num_samples=200, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(1), init_params=jnp.array([0.5, -0.5]))
-    state = mcmc.last_state
-    # the seeds never change (seed_refresh = 0): every evaluation meets the same NaN seeds, on both sides of
-    # every SPSA pair; evaluations: the initial one and 3 per iteration
-    nan_seeds = int(
-        np.sum(~np.isfinite(np.asarray(jax.vmap(lambda k: nan_seed_simulator(jnp.zeros(2), k))(state.seeds)))[:, 0])
+def count_nan_seeds(seeds: np.ndarray) -> np.ndarray:
+    """How many of the persistent seeds ``(..., S, 2)`` give NaN simulations (whatever theta)."""
+    stats = jax.vmap(lambda k: nan_seed_simulator(jnp.zeros(2), k))(jnp.asarray(seeds).reshape(-1, 2))
+    return np.sum(~np.isfinite(np.asarray(stats[:, 0])).reshape(seeds.shape[:-1]), axis=-1)
+
+
+def test_habc_spsa_with_nan_simulations_counts_posterior_and_arviz():
+    # 20% of the seeds give NaN simulations: they are left out of the synthetic likelihood, counted, and the
+    # chain still samples the Gaussian-mean posterior
+    mean, cov = gaussian_posterior()
+    sd = np.sqrt(np.diag(cov))
+    num_sims, repeats, num_steps = 50, 2, 5
+    kernel = HABC(
+        gaussian_problem(nan_seed_simulator),
+        step_size=0.15,
+        num_steps=num_steps,
+        num_simulations=num_sims,
+        num_spsa_repeats=repeats,
+        seed_refresh=0.2,
+        inverse_mass_matrix=sd**2,
     )
-    assert 0 < nan_seeds < 20
-    assert int(state.num_nonfinite) == nan_seeds * 2 * 2 * (1 + 3 * 200)
-    assert int(state.num_simulations) == 2 * 2 * 20 * (1 + 3 * 200) and int(state.num_failed_gradients) == 0
-    draws = np.asarray(mcmc.get_samples()["theta"])
-    assert np.all(np.isfinite(draws)) and np.std(draws[100:], axis=0).min() > 0.05  # it moves
+    mcmc = MCMC(kernel, num_warmup=0, num_samples=600, num_chains=2, chain_method="vectorized", progress_bar=False)
+    # initialised here, at the posterior mean, to know the initial seeds: MCMC starts from post_warmup_state
+    start = kernel.init(jax.random.split(jax.random.PRNGKey(0), 2), 0, np.stack([mean, mean]), (), {})
+    mcmc.post_warmup_state = start
+    mcmc.run(start.rng_key, extra_fields=("seeds",))
+    draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])[:, 100:]
+    # bias allowance 8% of the sd: about 40 finite simulations of d = 2 sharpen by up to sqrt(39 / 36) (4%);
+    # SPSA's gradient noise (R = 2) heats by about step_size V / (4 C) = 2% in sd (4% seen at step_size 0.2)
+    check_chain(draws, mean, sd, sd_bias=0.08)
+    # exact counts: an iteration evaluates (5 + 1) SPSA gradients of 2 R S simulations with its seeds (the
+    # collected ones), and every NaN seed is NaN on both sides of every pair; the initial gradient is one more
+    state = mcmc.last_state
+    per_iteration_nan = count_nan_seeds(np.asarray(mcmc.get_extra_fields(group_by_chain=True)["seeds"]))  # (2, 600)
+    initial_nan = count_nan_seeds(np.asarray(start.seeds))  # (2,)
+    assert np.array_equal(np.asarray(start.num_nonfinite), initial_nan * 2 * repeats)
+    expected = (initial_nan + per_iteration_nan.sum(1) * (num_steps + 1)) * 2 * repeats
+    assert np.array_equal(np.asarray(state.num_nonfinite), expected)
+    fraction = per_iteration_nan.mean() / num_sims
+    assert 0.1 < fraction < 0.3, fraction  # about 20% of the seeds (200 fresh ones a chain over the run)
+    assert np.all(np.asarray(state.num_simulations) == 2 * repeats * num_sims * (1 + 600 * (num_steps + 1)))
+    assert kernel.simulations_per_iteration == 2 * repeats * num_sims * (num_steps + 1)
+    assert int(np.sum(np.asarray(state.num_failed_gradients))) == 0
     with pytest.warns(Warning, match="non-finite"):
         kernel.check_counts(state)
+    idata = az.from_numpyro(mcmc)
+    assert idata.posterior["theta"].shape == (2, 600, 2)
+    lp = idata.sample_stats["lp"].values
+    assert lp.shape == (2, 600) and np.all(np.isfinite(lp))
 
 
 def test_no_finite_simulations_fall_back_to_the_prior_gradient():
     def simulator(theta, key):  # NaN beyond theta_0 = 2.5: the synthetic likelihood is -inf there
-        x = gaussian_mean_simulator(theta, key)
-        return jnp.where(theta[0] > 2.5, jnp.nan, x)
+        return jnp.where(theta[0] > 2.5, jnp.nan, gaussian_mean_simulator(theta, key))
 
-    kernel = HABC(gaussian_problem(simulator), step_size=0.2, num_steps=5, num_simulations=20, seed_refresh=0.5)
-    mcmc = MCMC(kernel, num_warmup=0, num_samples=60, progress_bar=False)
-    mcmc.run(jax.random.PRNGKey(2), init_params=jnp.array([6.0, 0.0]))
-    state = mcmc.last_state
-    assert int(state.num_failed_gradients) > 0 and int(state.num_nonfinite) > 0
-    draws = np.asarray(mcmc.get_samples()["theta"])
-    # the prior's pull brought it out, and a step back into the region is undone (diverging)
-    out = np.flatnonzero(draws[:, 0] < 2.5)[0]
-    assert np.all(np.isfinite(draws)) and np.all(draws[out:, 0] < 2.5)
+    kernel = HABC(gaussian_problem(simulator), num_simulations=20, num_spsa_repeats=3)
+    seeds = jax.random.split(jax.random.PRNGKey(0), 20)
+    u = jnp.array([6.0, 1.0])
+    logdensity, grad, num_nonfinite, failed = jax.jit(kernel.evaluate)(u, seeds, jax.random.PRNGKey(1))
+    assert float(logdensity) == -np.inf and bool(failed) and int(num_nonfinite) == 2 * 3 * 20
+    assert np.allclose(np.asarray(grad), -np.asarray(u) / PRIOR_SD**2)  # the prior's gradient alone
 
 
 # ---- bad input --------------------------------------------------------------------------
@@ -308,7 +315,8 @@ def test_bad_problem_init_params_and_gradient(problem):
 
 # ---- slow: the posteriors -----------------------------------------------------------------
 @pytest.mark.slow
-def test_habc_spsa_gaussian_mean_reaches_the_exact_posterior():
+@pytest.mark.parametrize("gradient", ["spsa", "autodiff"])
+def test_habc_gaussian_mean_reaches_the_exact_posterior(gradient):
     mean, cov = gaussian_posterior()
     sd = np.sqrt(np.diag(cov))
     kernel = HABC(
@@ -320,6 +328,7 @@ def test_habc_spsa_gaussian_mean_reaches_the_exact_posterior():
         num_spsa_repeats=4,
         spsa_scale=0.01,
         seed_refresh=0.2,
+        gradient=gradient,
         inverse_mass_matrix=sd**2,
     )
     mcmc = MCMC(kernel, num_warmup=200, num_samples=2000, num_chains=4, chain_method="vectorized", progress_bar=False)
@@ -329,7 +338,7 @@ def test_habc_spsa_gaussian_mean_reaches_the_exact_posterior():
     # noise (V ~ 1 / R = 0.25 whitened) heats the variance by ~ step_size V / (2 C) = 1.25% (0.6% in sd).
     # (step_size 0.2 with R = 2 heated the sd by 4%.)
     numbers = check_chain(draws, mean, sd, sd_bias=0.02)
-    print("HABC spsa gaussian", numbers, "exact", mean, sd)
+    print("HABC", gradient, "gaussian", numbers, "exact", mean, sd)
 
 
 @pytest.mark.slow

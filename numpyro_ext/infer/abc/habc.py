@@ -353,10 +353,12 @@ class HABC(MCMCKernel):
         self._vectorized = batched
         keys = rng_key if batched else rng_key[None]
         starts = self._check_init_params(init_params, keys.shape[0], batched)
-        states = [self._init_one(key, None if starts is None else starts[c]) for c, key in enumerate(keys)]
-        if not batched:
-            return states[0]
-        return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+        # all chains in one compiled call (the pilot's scoring included)
+        if starts is None:
+            states = jax.jit(jax.vmap(lambda key: self._init_one(key, None)))(keys)
+        else:
+            states = jax.jit(jax.vmap(self._init_one))(keys, starts)
+        return states if batched else jax.tree_util.tree_map(lambda leaf: leaf[0], states)
 
     def _check_init_params(self, init_params: Any, num_chains: int, batched: bool) -> Array | None:
         if init_params is None:
@@ -388,7 +390,7 @@ class HABC(MCMCKernel):
             u = self.problem.unconstrain(theta)
             num_simulations += self.num_pilot_draws * self.num_simulations
         seeds = jax.random.split(seed_key, self.num_simulations)
-        logdensity, grad, num_nonfinite, failed = jax.jit(self.evaluate)(u, seeds, grad_key)
+        logdensity, grad, num_nonfinite, failed = self.evaluate(u, seeds, grad_key)
         integer = jnp.asarray(0).dtype
         return HABCState(
             i=jnp.zeros((), jnp.int32),
