@@ -6,13 +6,13 @@ seeds ``omega`` (:func:`numpyro_ext.infer.abc.synthetic_log_likelihood`), on the
 flat vector ``u`` ``(D,)`` (the prior's density there includes its Jacobian).  Its gradient is
 
 * ``gradient="spsa"``: Spall's simultaneous perturbation with ``R`` Rademacher directions and scale
-  ``c`` (:func:`numpyro_ext.infer.abc.spsa.spsa_grad`; the paper's Sec. 3.2), ``2 R S`` simulations,
-  the same seeds on both sides of every difference (common random numbers, Sec. 3.3);
+  ``c`` (:func:`numpyro_ext.infer.abc.spsa.spsa_grad`), ``2 R S`` simulations, the same seeds on both
+  sides of every difference (common random numbers);
 * ``gradient="autodiff"``: reverse-mode through a simulator that is differentiable in ``theta``
   with its key fixed, ``S`` simulations;
 
 plus the prior's gradient by autodiff.  The chain moves by stochastic-gradient HMC with friction
-(Chen, Fox & Guestrin, ICML 2014, Eq. 9; the paper's Alg. 2 without the thermostat),
+(Chen, Fox & Guestrin, ICML 2014, Eq. 9; HABC's thermostat variant is not built here),
 
     du = M^-1 r dt,    dr = grad log pi(u) dt - C r dt + N(0, 2 C M dt),
 
@@ -22,12 +22,12 @@ which leaves ``pi(u) N(r; 0, M)`` invariant for any noise-free gradient; the fri
 leapfrog step of ``step_size`` (:func:`numpyro_ext.infer.hmc_util.leapfrog_involution`, its final
 flip undone) and then the friction and noise solved exactly, ``r <- a r + sqrt(1 - a^2) M^{1/2} xi``
 with ``a = exp(-C step_size)`` (an Ornstein-Uhlenbeck step, so momenta stay ``N(0, M)`` without the
-``1 - C step_size > 0`` limit of Euler's friction).  There is no Metropolis test (the paper's HABC
-has none): the invariant distribution is ``pi``'s up to ``O(step_size^2)`` discretisation error
-plus a heating of about ``step_size V / (2 C)`` in whitened units from a gradient noise of
-variance ``V``; Chen et al.'s noise estimate ``B_hat`` is taken as zero.
+``1 - C step_size > 0`` limit of Euler's friction).  There is no Metropolis test (HABC's
+stochastic-gradient samplers have none): the invariant distribution is ``pi``'s up to
+``O(step_size^2)`` discretisation error plus a heating of about ``step_size V / (2 C)`` in whitened
+units from a gradient noise of variance ``V``; Chen et al.'s noise estimate ``B_hat`` is taken as zero.
 
-Persistent seeds (Sec. 3.4, the pseudo-marginal idea): the ``S`` simulation keys are part of the
+Persistent seeds (the paper's pseudo-marginal idea): the ``S`` simulation keys are part of the
 chain's state.  Every iteration replaces ``round(seed_refresh * S)`` of them (at least one when
 ``seed_refresh > 0``), chosen at random, and then runs ``num_steps`` SGHMC steps with the seeds
 fixed, so the gradients along a trajectory all see the same smooth ``log p_SL(y | ., omega)``.

@@ -2,7 +2,7 @@
 
 Spall, "Multivariate stochastic approximation using a simultaneous perturbation gradient
 approximation" (IEEE TAC 37(3), 1992), as used by Hamiltonian ABC (Meeds, Leenders & Welling, UAI
-2015, arXiv:1503.01916, Sec. 3.2): with ``R`` Rademacher directions ``Delta_r`` ``(D,)`` (entries
+2015, arXiv:1503.01916): with ``R`` Rademacher directions ``Delta_r`` ``(D,)`` (entries
 ``+-1``, so ``1 / Delta_ri = Delta_ri``) and a scale ``c > 0``,
 
     g_hat = (1/R) sum_r [f(theta + c Delta_r) - f(theta - c Delta_r)] / (2c) * Delta_r.
