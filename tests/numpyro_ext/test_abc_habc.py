@@ -331,9 +331,12 @@ def test_habc_gaussian_mean_reaches_the_exact_posterior(gradient):
         gradient=gradient,
         inverse_mass_matrix=sd**2,
     )
-    mcmc = MCMC(kernel, num_warmup=200, num_samples=2000, num_chains=4, chain_method="vectorized", progress_bar=False)
+    # autodiff runs its chains one after the other (the kernel's unbatched path), SPSA side by side
+    chain_method = "sequential" if gradient == "autodiff" else "vectorized"
+    mcmc = MCMC(kernel, num_warmup=200, num_samples=2000, num_chains=4, chain_method=chain_method, progress_bar=False)
     mcmc.run(jax.random.PRNGKey(0))
     draws = np.asarray(mcmc.get_samples(group_by_chain=True)["theta"])
+    assert draws.shape == (4, 2000, 2)
     # bias allowance 2% of the sd: S = 100, d = 2 sharpens by up to sqrt(99 / 96) (1.5%); SPSA's gradient
     # noise (V ~ 1 / R = 0.25 whitened) heats the variance by ~ step_size V / (2 C) = 1.25% (0.6% in sd).
     # (step_size 0.2 with R = 2 heated the sd by 4%.)
