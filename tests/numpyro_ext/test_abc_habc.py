@@ -209,6 +209,7 @@ def count_nan_seeds(seeds: np.ndarray) -> np.ndarray:
     return np.sum(~np.isfinite(np.asarray(stats[:, 0])).reshape(seeds.shape[:-1]), axis=-1)
 
 
+@pytest.mark.slow  # test budget: a compiled chain; the SPSA gradient and the SGHMC step are tested by default
 def test_habc_spsa_with_nan_simulations_counts_posterior_and_arviz():
     # 20% of the seeds give NaN simulations: they are left out of the synthetic likelihood, counted, and the
     # chain still samples the Gaussian-mean posterior

@@ -84,6 +84,7 @@ def test_per_datum_terms_are_the_closed_form_elbo_terms_in_chunks():
     assert result.elbo_se == pytest.approx(total_sd, rel=0.25)  # 256 draws: the sd's own error is ~4.4%
 
 
+@pytest.mark.slow  # test budget; Pyro's twin (tests/pyro_ext/test_amortized_gap.py) runs by default
 def test_local_bound_is_the_elbo_at_k1_and_approaches_log_evidence_as_the_iwae_bias_predicts():
     n, reps = 400, 64
     x = linear_data(1, n)
@@ -153,6 +154,7 @@ def _fitted_moments(fit, x):
     return np.asarray(loc, np.float64), np.asarray(scale, np.float64)
 
 
+@pytest.mark.slow  # test budget: three fits; the exact-answer checks of the guide and the ELBO terms run by default
 def test_hmm_gap_is_positive_and_a_window_closes_it_as_the_closed_form_says():
     x = hmm_data(0, N_HMM)
     gap0, mean, sd = best_window_loc_gap(x, 0)

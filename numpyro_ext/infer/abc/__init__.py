@@ -2,6 +2,7 @@
 the methods built on them.  See docs/abc.rst."""
 
 from numpyro_ext.infer.abc.avabc import AVABC, synthetic_likelihood_model
+from numpyro_ext.infer.abc.habc import HABC
 from numpyro_ext.infer.abc.likelihoods import (
     gaussian_kernel_log_likelihood,
     one_sided_log_likelihood,
@@ -11,15 +12,18 @@ from numpyro_ext.infer.abc.omc import OMC
 from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
 from numpyro_ext.infer.abc.rejection import RejectionABC
 from numpyro_ext.infer.abc.smc_abc import SMCABC
+from numpyro_ext.infer.abc.spsa import spsa_grad
 
 __all__ = [
     "AVABC",
+    "HABC",
     "LikelihoodFreeProblem",
     "OMC",
     "RejectionABC",
     "SMCABC",
     "gaussian_kernel_log_likelihood",
     "one_sided_log_likelihood",
+    "spsa_grad",
     "synthetic_likelihood_model",
     "synthetic_log_likelihood",
 ]
