@@ -38,10 +38,9 @@ from numpyro.infer.autoguide import AutoNormal  # noqa: E402
 
 from adapters.amortized import softplus_inverse  # noqa: E402
 from numpyro_ext.infer.amortized import AutoAmortizedNormal, as_encoder  # noqa: E402
+from tests.amortized_checks import SD, SIGMA, SLOPE, TAU, THETA, V  # noqa: E402
 
-TAU, SIGMA, THETA, PRIOR_SD = 1.155, 2.43, 0.7, 3.0
-V = TAU**2 + SIGMA**2
-SLOPE, SD = TAU / V, SIGMA / math.sqrt(V)  # the exact posterior: mean SLOPE (x - theta), scale SD
+PRIOR_SD = 3.0
 Z_MAX = 4.5
 
 
