@@ -108,9 +108,16 @@ def test_same_seed_same_draws():
     np.testing.assert_array_equal(first.get_samples()["x"], second.get_samples()["x"])
 
 
-@pytest.mark.slow  # ~1-2 min: 10-D funnel, 4 x 20000 draws
+@pytest.mark.slow  # ~1-2 min: 10-D funnel, 4 x 100000 draws
 def test_funnel_v_marginal_against_exact_draws():
-    mcmc = run(DRGHMC(test_problems.funnel), num_warmup=1000, num_samples=20000)
+    """The 10-D funnel's v against exact draws: mean, variance, five quantiles, two-sample KS.
+
+    The unit metric is kept (``adapt_mass_matrix=False``): with NumPyro's diagonal adaptation the NUTS
+    warmup ends at step sizes 0.05-0.3 depending on the chain, and at one leapfrog step per iteration
+    the small-step chains explore v so slowly (ESS(v) 20-60 in 4 x 20000 draws) that the neck's share
+    is not reached in a test's time; with the unit metric the step sizes agree (0.6-0.8).
+    """
+    mcmc = run(DRGHMC(test_problems.funnel, adapt_mass_matrix=False), num_warmup=1000, num_samples=100000)
     v = np.asarray(mcmc.get_samples(group_by_chain=True)["v"])
     exact = test_problems.exact_draws("funnel", 10, num_draws=20000, seed=3)["v"][0]
     assert_mean(v, 0.0, 3.0, "v")
