@@ -1,7 +1,8 @@
 """Simultaneous-perturbation (SPSA) gradients of a log likelihood under common random numbers (torch).
 
-The torch twin of :mod:`numpyro_ext.infer.abc.spsa` (same names, arguments and result; torch's
-``generator`` takes the place of JAX's ``perturbation_key``).  Spall, "Multivariate stochastic
+The torch twin of :mod:`numpyro_ext.infer.abc.spsa` (same names, argument order and result; a
+``torch.Generator``, ``perturbation_generator``, takes the place of JAX's ``perturbation_key``, and
+``log_sl`` is batched over points, see below).  Spall, "Multivariate stochastic
 approximation using a simultaneous perturbation gradient approximation" (IEEE TAC 37(3), 1992), as
 used by Hamiltonian ABC (Meeds, Leenders & Welling, UAI 2015, arXiv:1503.01916): with ``R``
 Rademacher directions ``Delta_r`` ``(D,)`` (entries ``+-1``, so ``1 / Delta_ri = Delta_ri``) and a
