@@ -101,11 +101,22 @@ def test_gaussian_of_varied_scales_other_settings(settings):
     assert_gaussian_marginals(np.asarray(mcmc.get_samples(group_by_chain=True)["x"]), SCALES, str(settings))
 
 
-@pytest.mark.slow  # ~20 s: two compilations of the same short run
-def test_same_seed_same_draws():
+@pytest.mark.slow  # ~40 s: three compilations of the same short run
+def test_same_seed_same_draws_and_unbatched_chains():
     first = run(DRGHMC(varied_gaussian), num_warmup=100, num_samples=200, num_chains=2, seed=5)
     second = run(DRGHMC(varied_gaussian), num_warmup=100, num_samples=200, num_chains=2, seed=5)
     np.testing.assert_array_equal(first.get_samples()["x"], second.get_samples()["x"])
+    sequential = MCMC(
+        DRGHMC(varied_gaussian),
+        num_warmup=100,
+        num_samples=200,
+        num_chains=2,
+        chain_method="sequential",
+        progress_bar=False,
+    )
+    sequential.run(jax.random.PRNGKey(5))  # the kernel's unbatched path
+    assert sequential.get_samples(group_by_chain=True)["x"].shape == (2, 200, 4)
+    assert set(np.unique(np.asarray(sequential.get_extra_fields()["stage"]))) <= {-1, 0, 1, 2}
 
 
 @pytest.mark.slow  # ~1-2 min: 10-D funnel, 4 x 100000 draws
@@ -447,6 +458,41 @@ def test_nan_region_is_rejected_and_counted():
     assert_mean(x, exact.mean(), exact.std(), "x")
     assert_ks(x, exact.cdf, "x")
     assert int(np.asarray(mcmc.get_extra_fields()["diverging"]).sum()) > 0
+
+
+def test_infinite_and_nan_densities_are_rejected_from_exact_draws():
+    """N(0, 1) on (-1.5, 1.5) written as +inf above and NaN below: both are zero density, never accepted.
+
+    Exact draws in, five transitions at a step size that often leaves the support, exact draws out; the
+    failed tries are counted as divergences (when every tried stage failed).
+    """
+
+    def logdensity(x):
+        inside = -0.5 * jnp.sum(x**2)
+        return jnp.where(x[0] > 1.5, jnp.inf, jnp.where(x[0] < -1.5, jnp.nan, inside))
+
+    n = 20000
+    exact = stats.truncnorm(-1.5, 1.5)
+    start = exact.rvs(size=(n, 1), random_state=np.random.default_rng(0))
+    step = build_kernel(max_proposals=2, damping=0.5)
+
+    def chain(x, key):
+        init_key, key = jax.random.split(key)
+
+        def one(state, key):
+            state, info = step(key, state, logdensity, 1.5, jnp.ones(1))
+            return state, info.is_divergent
+
+        state, divergent = jax.lax.scan(one, init(x, logdensity, init_key), jax.random.split(key, 5))
+        return state.position[0], divergent.sum()
+
+    x, divergent = map(
+        np.asarray, jax.jit(jax.vmap(chain))(jnp.asarray(start), jax.random.split(jax.random.PRNGKey(1), n))
+    )
+    assert np.isfinite(x).all() and np.abs(x).max() < 1.5
+    assert stats.kstest(x, exact.cdf).pvalue > 1e-3
+    assert abs(x.var() - exact.var()) / (exact.var() * np.sqrt((exact.moment(4) / exact.var() ** 2 - 1) / n)) < 4
+    assert divergent.sum() > 0.05 * n
 
 
 @pytest.mark.parametrize(
