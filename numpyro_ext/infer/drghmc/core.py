@@ -57,12 +57,20 @@ gil2rok/drghmc (commit 9ec33ac).
   config, not derived from the warmup; ``drghmc_refresh.yaml`` sets ``damping = 1.0``).
 * **Gradients** are counted by wrapping the model's ``log_density_gradient`` (``grad_counter``),
   so ghost trajectories count.
+* **NaN / errors**: the reference (gil2rok ``src/samplers/drghmc.py``) treats an exception while
+  evaluating a proposal or ghost as a rejection (``accept_logp = -inf``) and counts it
+  (``diagnostics["num_nans"]``); here a non-finite log density, gradient, position or momentum is a
+  zero-density point (rejected) and a transition whose last tried stage failed is ``is_divergent``.
 
 This module uses the same conventions as :mod:`numpyro_ext.infer.hmc_util` (momentum
 ``r ~ N(0, M)``, kinetic energy ``r^T M^{-1} r / 2``, velocity ``M^{-1} r``); the refresh keeps
-``N(0, M)`` invariant: ``r <- sqrt(1 - damping) r + sqrt(damping) xi``, ``xi ~ N(0, M)``.  (The
-reference code's diagonal ``metric`` multiplies the gradient in its leapfrog and the momentum in its
-kinetic energy; with ``metric = M^{-1}`` and the momentum rescaled that is the same dynamics.)
+``N(0, M)`` invariant: ``r <- sqrt(1 - damping) r + sqrt(damping) xi``, ``xi ~ N(0, M)``.  The
+reference's diagonal ``metric_diag`` is used differently: its leapfrog scales the *gradient*
+(``rho + eps/2 * metric * grad``, ``theta + eps * rho``), its kinetic energy is
+``rho^T diag(metric) rho / 2``, and its refresh keeps ``N(0, I)``; these agree only for the unit
+metric (the experiment driver ``src/utils/configure_bk_samplers.py`` leaves ``metric_diag``
+commented out; ``scripts/run_drghmc.py`` passes NUTS's).  Only the unit-metric behaviour is taken
+from it here.
 
 Why it is exact: the refresh is an autoregressive move that leaves ``N(0, M)``, hence the joint
 ``pi(x) N(r; 0, M)``, invariant; the delayed-rejection step is reversible with respect to the joint
