@@ -90,6 +90,9 @@ def test_gaussian_of_varied_scales():
     assert set(np.unique(stage)) == {-1, 0, 1, 2}, "all stages (and full rejections) occur at 2x the NUTS step"
     step_size = sample_stats["step_size"].values  # fixed while sampling
     assert np.all(step_size == step_size[:, :1])
+    ess = [float(az.ess(x[..., i])) for i in range(len(SCALES))]
+    grads = sample_stats["num_grad_evals"].values.mean()
+    print(f"varied scales: ESS {np.round(ess)}, {grads:.2f} gradients/iteration, step sizes {step_size[:, 0]}")
 
 
 @pytest.mark.slow  # ~40 s: two more settings of the varied-scale Gaussian, longer chains
@@ -117,6 +120,16 @@ def test_same_seed_same_draws_and_unbatched_chains():
     sequential.run(jax.random.PRNGKey(5))  # the kernel's unbatched path
     assert sequential.get_samples(group_by_chain=True)["x"].shape == (2, 200, 4)
     assert set(np.unique(np.asarray(sequential.get_extra_fields()["stage"]))) <= {-1, 0, 1, 2}
+
+
+@pytest.mark.slow  # ~20 s: one more compilation
+def test_numpyro_target():
+    from adapters import Target
+
+    mcmc = run(DRGHMC(Target.from_numpyro(varied_gaussian)), num_warmup=300, num_samples=1000, num_chains=2)
+    x = np.asarray(mcmc.get_samples(group_by_chain=True)["x"])
+    assert x.shape == (2, 1000, 4)
+    assert_mean(x[..., 3], 0.0, 10.0, "x[3]")
 
 
 @pytest.mark.slow  # ~1-2 min: 10-D funnel, 4 x 100000 draws
