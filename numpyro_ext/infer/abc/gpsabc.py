@@ -356,7 +356,8 @@ def surrogate_log_likelihood(f: Array, noise: Array, observed: Array, epsilon: f
 
 def decision_error(log_alpha: Array, log_u: Array) -> tuple[Array, Array, Array]:
     """The MH decision from ``M`` draws of ``log alpha`` ``(M,)`` and ``log u_mh``: ``(accept, tau,
-    error)`` with ``tau`` the median of ``alpha``, ``accept = u_mh <= tau`` and the error the
+    error)`` with ``tau`` the median of ``alpha`` (of ``log alpha``, exponentiated: for an even ``M``
+    the geometric mean of the middle two), ``accept = u_mh <= tau`` and the error the
     fraction of draws on the other side of ``u_mh`` (the conditional decision error ``E(u_mh)``)."""
     log_tau = jnp.median(log_alpha)
     accept = log_u <= log_tau
@@ -384,8 +385,9 @@ class GPSABCState(NamedTuple):
 class GPSABCInfo(NamedTuple):
     """One step: ``proposal`` ``(D,)``, ``log_u`` (the uniform of the MH test), ``accepted``,
     ``acceptance_probability`` (``tau``, the median of the ``alpha`` draws), ``decision_error``
-    (``E(u_mh)`` when the step decided), ``num_rounds`` (acquisition rounds run) and ``capped``
-    (still above ``xi`` after ``max_acquisitions`` rounds)."""
+    (``E(u_mh)`` when the step decided), ``num_rounds`` (acquisition rounds run), ``capped``
+    (still above ``xi`` after ``max_acquisitions`` rounds) and ``failed`` (a simulation at ``u'``
+    was not finite: ``u'`` is rejected)."""
 
     proposal: Array
     log_u: Array
@@ -394,6 +396,7 @@ class GPSABCInfo(NamedTuple):
     decision_error: Array
     num_rounds: Array
     capped: Array
+    failed: Array
 
 
 class StepConfig(NamedTuple):
@@ -430,7 +433,9 @@ def gpsabc_step(
 
     Proposes ``u' = u + proposal_scale * z``, draws ``u_mh``, and while the decision error of
     :func:`decision_error` on ``M`` surrogate draws exceeds ``xi`` (at most ``max_acquisitions``
-    rounds) runs ``delta_s`` simulations at ``u`` or ``u'`` and re-conditions the GPs.  The buffer
+    rounds) runs ``delta_s`` simulations at ``u`` or ``u'`` and re-conditions the GPs; a non-finite
+    simulation at ``u'`` ends the step with ``u'`` rejected (non-finite ones are counted, never used
+    by the surrogate).  The buffer
     must have 2 free slots (the step opens at most one for ``u`` and one for ``u'``).
     """
     problem = config.problem
@@ -451,14 +456,15 @@ def gpsabc_step(
         return accept, tau, error, jnp.argmax(spread).astype(jnp.int32)
 
     def cond(carry):
-        rounds, error = carry[3], carry[9]
-        return (error > config.xi) & (rounds < config.max_acquisitions)
+        rounds, error, failed = carry[3], carry[9], carry[11]
+        return (error > config.xi) & (rounds < config.max_acquisitions) & ~failed
 
     def body(carry):
-        data, surrogate, rows, rounds, num_sim, num_nan, key, _, _, _, where = carry
+        data, surrogate, rows, rounds, num_sim, num_nan, key, _, _, _, where, failed = carry
         key, key_choice, key_sim, key_eval = jax.random.split(key, 4)
         if config.acquisition == "random":
             where = jax.random.bernoulli(key_choice).astype(jnp.int32)
+        where_sim = where
         at = points[where]
         stats = jax.vmap(problem.simulate, in_axes=(None, 0))(at, jax.random.split(key_sim, config.delta_s))
         row = jnp.where(rows[where] >= 0, rows[where], data.count).astype(jnp.int32)
@@ -466,16 +472,19 @@ def gpsabc_step(
         rows = rows.at[where].set(row)
         surrogate = condition_surrogate(surrogate.params, surrogate.standardizer, data)
         accept, tau, error, where = evaluate(data, surrogate, key_eval)
-        num_nan = num_nan + jnp.sum(~finite_rows(stats), dtype=jnp.int32)
+        nonfinite = jnp.sum(~finite_rows(stats), dtype=jnp.int32)
+        # a non-finite simulation at u' rejects it, as rejection ABC and SMC-ABC reject such a draw
+        failed = failed | ((where_sim == 1) & (nonfinite > 0))
         num_sim = num_sim + jnp.int32(config.delta_s)
-        return data, surrogate, rows, rounds + 1, num_sim, num_nan, key, accept, tau, error, where
+        return data, surrogate, rows, rounds + 1, num_sim, num_nan + nonfinite, key, accept, tau, error, where, failed
 
     key_loop, key_eval = jax.random.split(key_loop)
     accept, tau, error, where = evaluate(state.data, state.surrogate, key_eval)
     rows = jnp.stack([state.row, jnp.int32(-1)]).astype(jnp.int32)
     carry = (state.data, state.surrogate, rows, jnp.int32(0), state.num_simulations, state.num_nan, key_loop)
-    carry = jax.lax.while_loop(cond, body, carry + (accept, tau, error, where))
-    data, surrogate, rows, rounds, num_sim, num_nan, _, accept, tau, error, _ = carry
+    carry = jax.lax.while_loop(cond, body, carry + (accept, tau, error, where, jnp.zeros((), bool)))
+    data, surrogate, rows, rounds, num_sim, num_nan, _, accept, tau, error, _, failed = carry
+    accept = accept & ~failed
     new_state = GPSABCState(
         jnp.where(accept, proposal, position),
         jnp.where(accept, proposal_log_prior, state.log_prior),
@@ -485,7 +494,7 @@ def gpsabc_step(
         num_sim,
         num_nan,
     )
-    info = GPSABCInfo(proposal, log_u, accept, tau, error, rounds, error > config.xi)
+    info = GPSABCInfo(proposal, log_u, accept, tau, error, rounds, (error > config.xi) & ~failed, failed)
     return new_state, info
 
 
@@ -552,7 +561,7 @@ class GPSABC:
     draws (equal weights); ``num_simulations`` counts the pilot, the initial design and every
     acquisition.  ``info``: ``num_simulations_trace`` (cumulative simulations after each iteration,
     warmup included), ``decision_error``, ``acceptance_probability`` (``tau``), ``accepted``,
-    ``num_rounds`` and ``capped`` per iteration, ``log_u`` and ``proposals`` (unconstrained) per
+    ``num_rounds``, ``capped`` and ``failed`` per iteration, ``log_u`` and ``proposals`` (unconstrained) per
     iteration, ``chain`` (the unconstrained position before each iteration and after the last,
     ``(n + 1, D)``), ``acquisitions`` (rounds in all), ``num_capped``, ``refits`` (a list of
     ``{iteration, num_training, log_marginal_likelihood}``), the final ``gp_params`` and
@@ -701,8 +710,12 @@ class GPSABC:
         if not bool(jnp.isfinite(log_prior0)):
             raise ValueError(f"{self.algorithm}: the start has zero prior density (log prior {float(log_prior0)})")
         dtype = u0.dtype
-        # the start is the initial design's first slot when the design was simulated there (GPSABC.run)
-        row0 = jnp.int32(0 if bool(jnp.all(data.u[0] == u0)) and int(data.n[0]) > 0 else -1)
+        # the start's slot in the training set, if it has simulations there (GPSABC.run: the design's first)
+        count = int(data.count)
+        same = np.flatnonzero(
+            np.all(np.asarray(data.u[:count]) == np.asarray(u0), axis=1) & np.asarray(data.mask[:count])
+        )
+        row0 = jnp.int32(int(same[0]) if same.size else -1)
         state = GPSABCState(
             u0, log_prior0, row0, data, surrogate, jnp.asarray(num_sim, jnp.int32), jnp.asarray(num_nan, jnp.int32)
         )
@@ -750,6 +763,7 @@ class GPSABC:
             "accepted": np.asarray(info.accepted),
             "num_rounds": np.asarray(info.num_rounds),
             "capped": np.asarray(info.capped),
+            "failed": np.asarray(info.failed),
             "log_u": np.asarray(info.log_u),
             "proposals": np.asarray(info.proposal),
             "chain": chain,
