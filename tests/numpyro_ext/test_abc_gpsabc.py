@@ -33,7 +33,7 @@ from numpyro.diagnostics import effective_sample_size
 
 from adapters.diagnostics import ReliabilityWarning
 from numpyro_ext.infer.abc import GPSABC, LikelihoodFreeProblem, synthetic_log_likelihood
-from numpyro_ext.infer.abc import gpsabc as core
+from numpyro_ext.infer.abc.gpsabc import core
 
 Y_OBS = 10.086749290513298
 EXACT_MEAN, EXACT_SD = 500.1 / 5043.47, np.sqrt(500.1) / 5043.47

@@ -49,9 +49,9 @@ from numpyro_ext.infer.abc.gpsabc import (
     StepConfig,
     Surrogate,
     SurrogateData,
-    _capacity_for,
     add_design,
     add_simulations,
+    capacity_for,
     empty_data,
     grow,
     predict,
@@ -147,7 +147,7 @@ class POPE(GPSABC):
         key_u, key_sim = jax.random.split(key_design)
         u = problem.sample_prior(key_u, n0)
         stats = problem.simulate_many(u, jax.random.split(key_sim, n0))
-        capacity = _capacity_for(n0 + self.num_bo_iterations + 2)
+        capacity = capacity_for(n0 + self.num_bo_iterations + 2)
         data = add_design(empty_data(capacity, problem.dim, problem.stat_dim, u.dtype), u, stats)
         num_nan = int(jnp.sum(~data.mask[:n0]))
         surrogate, _ = self._fit(None, data)
@@ -178,5 +178,5 @@ class POPE(GPSABC):
             "num_bo_simulations": num_bo,
             "direction": self.direction,
         }
-        data = grow(data, _capacity_for(int(data.count) + 2 * n0))
+        data = grow(data, capacity_for(int(data.count) + 2 * n0))
         return self._chain(key_chain, u0, data, num_bo, num_nan, num_samples, num_warmup, extra)
