@@ -203,10 +203,11 @@ def _disagreement_rate(result, problem, num_checked: int, seed: int):
     return wrong / num_checked
 
 
-@pytest.mark.parametrize("xi", [0.1])
-def test_decision_error_bound_is_honoured(xi):
+@pytest.mark.parametrize("acquisition", ["variance", "random"])
+def test_decision_error_bound_is_honoured(acquisition):
+    xi = 0.1
     problem = gaussian_problem()
-    result = GPSABC(problem, xi=xi, proposal_scale=1.0, num_initial_simulations=10).run(
+    result = GPSABC(problem, xi=xi, proposal_scale=1.0, num_initial_simulations=10, acquisition=acquisition).run(
         jax.random.PRNGKey(3), num_samples=300, num_warmup=0
     )
     n = 150
