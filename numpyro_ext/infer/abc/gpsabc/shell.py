@@ -101,7 +101,7 @@ class GPSABC:
     iteration, ``chain`` (the unconstrained position before each iteration and after the last,
     ``(n + 1, D)``), ``acquisitions`` (rounds in all), ``num_capped``, ``refits`` (a list of
     ``{iteration, num_training, log_marginal_likelihood}``), the final ``gp_params`` and
-    ``standardizer``, the training set (``training_u``, ``training_stats``, ``training_mask``),
+    ``standardizer``, the training set by location (``training_u``, ``training_mean``, ``training_n``),
     ``acceptance_rate`` (post-warmup) and ``compilations`` (capacities the step was compiled for).
     """
 
