@@ -27,10 +27,12 @@ def nuts_score(name, seed=0, **kernel_kwargs):
 @pytest.mark.parametrize(
     "name",
     [
-        "arK-arK",
+        # 30-50 s each on 2 cores: slow; their ports' log densities equal Stan's in CI
+        # (tests/adapters/test_target.py, test_ports_regression.py)
+        pytest.param("arK-arK", marks=pytest.mark.slow),
         "eight_schools-eight_schools_noncentered",
-        "garch-garch11",
-        "kidiq-kidscore_momiq",
+        pytest.param("garch-garch11", marks=pytest.mark.slow),
+        pytest.param("kidiq-kidscore_momiq", marks=pytest.mark.slow),
         "sblrc-blr",
         pytest.param("sblri-blr", marks=pytest.mark.slow),  # sblrc-blr runs the same model by default
     ],

@@ -1,8 +1,7 @@
 """NumPyro's NUTS on the regression, ARMA(1, 1) and mixture ports matches the posteriordb reference draws.
 
-Each run takes 5-40 s (4 chains on 2 CPU cores); to keep CI within its budget one posterior per
-family runs by default (arma, mesquite, nes, the Gaussian mixture; kidiq runs in test_ports_nuts.py)
-and the rest are ``slow``: every port's log density is checked against Stan's semantics in
+Each run takes 5-50 s (4 chains on 2 CPU cores); to keep CI within its budget two posteriors run
+by default (arma, mesquite) and the rest are ``slow``: every port's log density is checked against Stan's semantics in
 tests/adapters/test_ports_regression.py anyway.
 
 arma11 starts its chains with ``init_to_uniform(radius=0.5)`` (unconstrained values in
@@ -45,10 +44,12 @@ from tests.numpyro_ext.test_ports_nuts import nuts_score  # noqa: E402
         ),
         pytest.param("mesquite-logmesquite_logvas", {}, id="mesquite-logmesquite_logvas"),
         pytest.param("mesquite-mesquite", {}, id="mesquite-mesquite", marks=pytest.mark.slow),
-        pytest.param("nes1996-nes", {}, id="nes1996-nes"),
+        pytest.param("nes1996-nes", {}, id="nes1996-nes", marks=pytest.mark.slow),
         pytest.param("nes2000-nes", {}, id="nes2000-nes", marks=pytest.mark.slow),
         pytest.param("kilpisjarvi_mod-kilpisjarvi", {}, id="kilpisjarvi_mod-kilpisjarvi", marks=pytest.mark.slow),
-        pytest.param("low_dim_gauss_mix-low_dim_gauss_mix", {}, id="low_dim_gauss_mix-low_dim_gauss_mix"),
+        pytest.param(
+            "low_dim_gauss_mix-low_dim_gauss_mix", {}, id="low_dim_gauss_mix-low_dim_gauss_mix", marks=pytest.mark.slow
+        ),
     ],
 )
 def test_nuts_on_port_matches_reference(name, kernel_kwargs, posterior_db):
