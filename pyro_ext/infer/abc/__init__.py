@@ -2,6 +2,7 @@
 the methods built on them (the twins of :mod:`numpyro_ext.infer.abc`).  See docs/abc.rst."""
 
 from pyro_ext.infer.abc.avabc import AVABC, synthetic_likelihood_model
+from pyro_ext.infer.abc.gpsabc import GPSABC
 from pyro_ext.infer.abc.habc import HABC
 from pyro_ext.infer.abc.likelihoods import (
     gaussian_kernel_log_likelihood,
@@ -9,6 +10,7 @@ from pyro_ext.infer.abc.likelihoods import (
     synthetic_log_likelihood,
 )
 from pyro_ext.infer.abc.omc import OMC
+from pyro_ext.infer.abc.pope import POPE
 from pyro_ext.infer.abc.problem import LikelihoodFreeProblem
 from pyro_ext.infer.abc.rejection import RejectionABC
 from pyro_ext.infer.abc.smc_abc import SMCABC
@@ -16,9 +18,11 @@ from pyro_ext.infer.abc.spsa import spsa_grad
 
 __all__ = [
     "AVABC",
+    "GPSABC",
     "HABC",
     "LikelihoodFreeProblem",
     "OMC",
+    "POPE",
     "RejectionABC",
     "SMCABC",
     "gaussian_kernel_log_likelihood",
