@@ -311,7 +311,7 @@ def log_marginal_likelihood(params: GPParams, data: SurrogateData, standardizer:
     _, _, n, sumsq = _training(data, standardizer)
     model = _model(params, data, standardizer)
     model.train()
-    with exact_settings():
+    with torch.no_grad(), exact_settings():
         return _log_marginal(model, n, sumsq)
 
 
