@@ -176,27 +176,34 @@ def fit_standardizer(data: SurrogateData) -> Standardizer:
     return Standardizer(u_loc, u_scale, s_loc, s_scale)
 
 
-def _clamped_exp(raw: Tensor, low: float, high: float) -> Tensor:
+def _clamped_exp(raw: Tensor, low: float, high: float, power: float) -> Tensor:
     # the NumPyro twin's bounds: exp of the clipped log (zero gradient outside, as jnp.clip)
-    return torch.exp(torch.clamp(raw, low, high))
+    return torch.exp(power * torch.clamp(raw, low, high))
 
 
-def _constraint(low: float, high: float) -> gpytorch.constraints.Positive:
-    """``value = exp(clip(raw, low, high))``, so ``raw`` is the log of the value (bounds on the log)."""
+def _inverse(value: Tensor, power: float) -> Tensor:
+    return torch.log(value) / power
+
+
+def _constraint(bounds: tuple[float, float], power: float = 1.0) -> gpytorch.constraints.Positive:
+    """``value = exp(power * clip(raw, *bounds))``: the raw parameter is the NumPyro twin's log
+    parameter (``log l``; ``log a`` for ``a^2``, ``log sigma`` for ``sigma^2`` with ``power = 2``), so
+    that Adam, which is not invariant to a rescaling of its parameters, takes the same steps."""
     return gpytorch.constraints.Positive(
-        transform=functools.partial(_clamped_exp, low=low, high=high), inv_transform=torch.log
+        transform=functools.partial(_clamped_exp, low=bounds[0], high=bounds[1], power=power),
+        inv_transform=functools.partial(_inverse, power=power),
     )
 
 
 class GroupedNoise(Noise):
     """Homoscedastic noise ``sigma_j^2`` per statistic seen through location means: the noise variance of
     location ``i`` is ``sigma_j^2 / n_i + jitter`` (``counts`` ``(n,)``, the simulations there).
-    ``noise`` is ``sigma^2`` ``(d, 1)``; its raw parameter is ``log sigma^2``, bounded."""
+    ``noise`` is ``sigma^2`` ``(d, 1)``; its raw parameter is ``log sigma``, bounded."""
 
     def __init__(self, counts: Tensor, batch_shape: torch.Size):
         super().__init__()
         self.register_parameter("raw_noise", torch.nn.Parameter(torch.zeros(*batch_shape, 1, dtype=counts.dtype)))
-        self.register_constraint("raw_noise", _constraint(2 * LOG_NOISE_BOUNDS[0], 2 * LOG_NOISE_BOUNDS[1]))
+        self.register_constraint("raw_noise", _constraint(LOG_NOISE_BOUNDS, 2.0))
         self.register_buffer("counts", counts)
 
     @property
@@ -210,7 +217,9 @@ class GroupedNoise(Noise):
 class StatisticsGP(gpytorch.models.ExactGP):
     """One exact GP per statistic, batched (``batch_shape = (d,)``): constant mean,
     ``ScaleKernel(RBFKernel(ard_num_dims=D))`` (``a_j^2 exp(-|(x - x') / l_j|^2 / 2)``) and the
-    :class:`GroupedNoise` likelihood; inputs ``x`` ``(n, D)`` shared, targets ``y`` ``(d, n)``."""
+    :class:`GroupedNoise` likelihood; inputs ``x`` ``(n, D)`` shared, targets ``y`` ``(d, n)``.
+    The raw parameters are :class:`GPParams`' fields (``raw_constant`` the mean, ``raw_outputscale``
+    ``log a``, ``raw_lengthscale`` ``log l``, ``raw_noise`` ``log sigma``), bounded as there."""
 
     def __init__(self, x: Tensor, y: Tensor, counts: Tensor):
         batch = torch.Size([y.shape[0]])
@@ -218,11 +227,10 @@ class StatisticsGP(gpytorch.models.ExactGP):
         super().__init__(x, y, likelihood)
         self.mean_module = gpytorch.means.ConstantMean(batch_shape=batch)
         base = gpytorch.kernels.RBFKernel(
-            ard_num_dims=x.shape[-1], batch_shape=batch, lengthscale_constraint=_constraint(*LOG_LENGTHSCALE_BOUNDS)
+            ard_num_dims=x.shape[-1], batch_shape=batch, lengthscale_constraint=_constraint(LOG_LENGTHSCALE_BOUNDS)
         )
-        bounds = (2 * LOG_AMPLITUDE_BOUNDS[0], 2 * LOG_AMPLITUDE_BOUNDS[1])
         self.covar_module = gpytorch.kernels.ScaleKernel(
-            base, batch_shape=batch, outputscale_constraint=_constraint(*bounds)
+            base, batch_shape=batch, outputscale_constraint=_constraint(LOG_AMPLITUDE_BOUNDS, 2.0)
         )
         self.to(x.dtype)
 
@@ -230,12 +238,12 @@ class StatisticsGP(gpytorch.models.ExactGP):
         return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
 
     def load(self, params: GPParams) -> StatisticsGP:
-        """Set the raw parameters from ``params`` (the raw parameters are the logs the bounds act on)."""
+        """Set the raw parameters from ``params``."""
         with torch.no_grad():
             self.mean_module.raw_constant.copy_(params.mean)
-            self.covar_module.raw_outputscale.copy_(2.0 * params.log_amplitude)
+            self.covar_module.raw_outputscale.copy_(params.log_amplitude)
             self.covar_module.base_kernel.raw_lengthscale.copy_(params.log_lengthscale[:, None, :])
-            self.likelihood.noise_covar.raw_noise.copy_(2.0 * params.log_noise[:, None])
+            self.likelihood.noise_covar.raw_noise.copy_(params.log_noise[:, None])
         return self
 
     def params(self) -> GPParams:
@@ -243,9 +251,8 @@ class StatisticsGP(gpytorch.models.ExactGP):
         with torch.no_grad():
             return GPParams(
                 self.mean_module.raw_constant.detach().clone(),
-                0.5 * torch.clamp(self.covar_module.raw_outputscale.detach(), *(2 * b for b in LOG_AMPLITUDE_BOUNDS)),
-                0.5
-                * torch.clamp(self.likelihood.noise_covar.raw_noise.detach()[:, 0], *(2 * b for b in LOG_NOISE_BOUNDS)),
+                torch.clamp(self.covar_module.raw_outputscale.detach(), *LOG_AMPLITUDE_BOUNDS),
+                torch.clamp(self.likelihood.noise_covar.raw_noise.detach()[:, 0], *LOG_NOISE_BOUNDS),
                 torch.clamp(self.covar_module.base_kernel.raw_lengthscale.detach()[:, 0, :], *LOG_LENGTHSCALE_BOUNDS),
             )
 
