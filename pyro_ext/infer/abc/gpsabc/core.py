@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import gpytorch
 import torch
-from gpytorch.likelihoods.gaussian_likelihood import _GaussianLikelihoodBase
+from gpytorch.likelihoods import _GaussianLikelihoodBase  # exported (__all__): the base for a custom noise model
 from gpytorch.likelihoods.noise_models import Noise
 from linear_operator.operators import DiagLinearOperator
 from linear_operator.utils.cholesky import psd_safe_cholesky
