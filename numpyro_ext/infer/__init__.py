@@ -1,9 +1,10 @@
 """NumPyro-native inference objects of ``ppl-ext``."""
 
+from numpyro_ext.infer.drghmc import DRGHMC
 from numpyro_ext.infer.drhmc import DRHMC
 from numpyro_ext.infer.twisted_smc import TwistedSMC
 
-__all__ = ["DRHMC", "TwistedSMC"]
+__all__ = ["DRGHMC", "DRHMC", "TwistedSMC"]
 
 from numpyro_ext.infer.ais import AIS, AISResult  # noqa: E402
 from numpyro_ext.infer.ais_mi import ais_mi_lower, ais_mi_upper, iwae_mi_lower, iwae_mi_upper  # noqa: E402

@@ -1,9 +1,12 @@
 """HMC building blocks in JAX: momentum, kinetic energy, the leapfrog involution, the Metropolis test.
 
 Written once and used by every NumPyro-side algorithm that moves with Hamiltonian dynamics
-(:mod:`numpyro_ext.infer.drhmc`, :mod:`numpyro_ext.infer.ais`, the MINE-AIS negatives of
-:mod:`numpyro_ext.infer.mi_bounds`); NumPyro's own :mod:`numpyro.infer.hmc_util` is the model.
-The torch twin is :mod:`pyro_ext.infer.hmc_util`.
+(:mod:`numpyro_ext.infer.drhmc`, :mod:`numpyro_ext.infer.drghmc`, :mod:`numpyro_ext.infer.ais`, the
+MINE-AIS negatives of :mod:`numpyro_ext.infer.mi_bounds`); NumPyro's own :mod:`numpyro.infer.hmc_util`
+is the model.  The torch twin is :mod:`pyro_ext.infer.hmc_util`.  The last section holds what the
+MCMC kernels share around their cores: NumPyro's warmup adaptation, a NUTS transition (the warmup
+of the DR kernels) and the switch between warmup and sampling transitions; these import NumPyro
+when called.  The kernels' common shell is :class:`numpyro_ext.infer.model_util.WarmupKernel`.
 
 Notation (Neal 2011, "MCMC using Hamiltonian dynamics"): position ``x``, momentum ``r ~ N(0, M)``,
 ``inverse_mass_matrix = M^{-1}`` either ``(d,)`` (diagonal) or ``(d, d)`` (dense), velocity
@@ -17,6 +20,7 @@ side by side (``kinetic_energy`` then returns ``(...)``).  All functions are pur
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -25,17 +29,28 @@ import jax.numpy as jnp
 
 __all__ = [
     "IntegratorState",
+    "KernelTransition",
     "MetropolisInfo",
+    "adapt_in_warmup",
+    "check_inverse_mass_matrix",
+    "core_transition",
     "finite_or_neg_inf",
     "fixed_length_steps",
     "hmc_proposal",
+    "is_batched_key",
     "is_divergent",
     "kinetic_energy",
     "leapfrog_involution",
+    "mean_accept_prob",
     "metropolis_test",
     "momentum_from_noise",
+    "nuts_transition",
+    "nuts_warmup_adapter",
+    "partial_refresh",
     "sample_momentum",
+    "start_adaptation",
     "velocity",
+    "warmup_or_sample",
 ]
 
 Array = jax.Array
@@ -92,6 +107,18 @@ def sample_momentum(rng_key: Array, inverse_mass_matrix: Array, like: Array) -> 
     """Momentum ``~ N(0, M)`` with the shape and dtype of ``like`` (one ``jax.random.normal`` call)."""
     noise = jax.random.normal(rng_key, like.shape, like.dtype)
     return momentum_from_noise(noise, inverse_mass_matrix)
+
+
+def partial_refresh(noise: Array, momentum: Array, inverse_mass_matrix: Array, damping: Array | float) -> Array:
+    """Generalized HMC's partial momentum refresh ``sqrt(1 - damping) r + sqrt(damping) xi``, ``xi ~ N(0, M)``
+    (Horowitz 1991).
+
+    ``xi`` is made from standard-normal ``noise`` (the shape of ``momentum``, ``(d,)`` or ``(..., d)``) by
+    :func:`momentum_from_noise`.  ``damping = 1`` is HMC's full refresh; ``N(0, M)`` is invariant for every
+    ``damping`` in ``[0, 1]`` (the covariance stays ``(1 - damping) M + damping M``).
+    """
+    fresh = momentum_from_noise(noise, inverse_mass_matrix)
+    return jnp.sqrt(1.0 - damping) * momentum + jnp.sqrt(damping) * fresh
 
 
 def leapfrog_involution(
@@ -214,3 +241,231 @@ def hmc_proposal(
     log_joint_end = end.logdensity - kinetic_energy(inverse_mass_matrix, end.momentum)
     log_joint_end = jnp.where(jnp.all(jnp.isfinite(end.position), axis=-1), log_joint_end, -jnp.inf)
     return end, metropolis_test(log_uniform, log_joint_start, log_joint_end, max_delta_energy)
+
+
+# ---------------------------------------------------------------------------------------
+# The MCMC kernels' warmup: NumPyro's adaptation, NUTS transitions, the warmup/sampling switch
+# ---------------------------------------------------------------------------------------
+def is_batched_key(rng_key: Array) -> bool:
+    """Whether ``rng_key`` is a batch of keys (``MCMC(..., chain_method="vectorized")`` passes one per chain)."""
+    return jnp.ndim(rng_key) > (0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1)
+
+
+def check_inverse_mass_matrix(algorithm: str, inverse_mass_matrix: Array | None, dim: int) -> None:
+    """An initial inverse mass matrix fits the unconstrained dimension ``d = dim`` (known at ``init``)."""
+    if inverse_mass_matrix is None:
+        return
+    shape, d = jnp.shape(inverse_mass_matrix), dim
+    if shape not in ((d,), (d, d)):
+        raise ValueError(
+            f"{algorithm}: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
+            f"dimensions), got shape {shape}"
+        )
+
+
+def nuts_warmup_adapter(
+    potential_fn: Callable[[Array], Array],
+    num_warmup: int,
+    adapt_step_size: bool,
+    adapt_mass_matrix: bool,
+    dense_mass: bool,
+    target_accept_prob: float,
+) -> tuple[Callable, Callable]:
+    """NumPyro's ``warmup_adapter`` (dual averaging of the step size, Welford windows of the inverse
+    mass matrix, Stan's schedule) for a flat ``potential_fn``: ``(init, update)``.
+
+    Its step-size search (Hoffman & Gelman 2014, Algorithm 4) draws momenta with :func:`sample_momentum`.
+    """
+    from numpyro.infer.hmc_util import euclidean_kinetic_energy, find_reasonable_step_size, warmup_adapter
+
+    def momentum_generator(position, inverse_mass_matrix, key):
+        return sample_momentum(key, inverse_mass_matrix, position)
+
+    def reasonable_step_size(step_size, inverse_mass_matrix, z_info, key):
+        return find_reasonable_step_size(
+            potential_fn, euclidean_kinetic_energy, momentum_generator, step_size, inverse_mass_matrix, z_info, key
+        )
+
+    return warmup_adapter(
+        num_warmup,
+        find_reasonable_step_size=reasonable_step_size,
+        adapt_step_size=adapt_step_size,
+        adapt_mass_matrix=adapt_mass_matrix,
+        dense_mass=dense_mass,
+        target_accept_prob=target_accept_prob,
+    )
+
+
+def start_adaptation(
+    adapter_init: Callable,
+    potential_fn: Callable[[Array], Array],
+    position: Array,
+    rng_key: Array,
+    step_size: float,
+    inverse_mass_matrix: Array | None,
+    dim: int,
+) -> tuple[Array, Array, object]:
+    """``(potential energy, its gradient, adaptation state)`` at a chain's start ``position`` ``(d,)``,
+    with :func:`nuts_warmup_adapter`'s ``init`` (the step-size search runs from ``rng_key``)."""
+    from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
+
+    potential_energy, potential_grad = jax.value_and_grad(potential_fn)(position)
+    adapt_state = adapter_init(
+        NumPyroIntegratorState(position, None, potential_energy, potential_grad),
+        rng_key,
+        step_size,
+        inverse_mass_matrix=inverse_mass_matrix,
+        mass_matrix_size=dim,
+    )
+    return potential_energy, potential_grad, adapt_state
+
+
+class KernelTransition(NamedTuple):
+    """One transition of an MCMC kernel, in the potential's terms (scalars; positions ``(d,)``).
+
+    ``adapt_accept_prob`` is what step-size adaptation is fed (a DR kernel's first stage),
+    ``accept_prob`` what is reported; ``num_steps`` the chain's own leapfrog steps, ``num_grad_evals``
+    every gradient; ``stage`` the accepted stage (-1 if none, or a NUTS transition); ``momentum`` the
+    kept momentum of a kernel that keeps one (``None`` otherwise).
+    """
+
+    position: Array
+    potential_energy: Array
+    potential_grad: Array
+    energy: Array
+    adapt_accept_prob: Array
+    accept_prob: Array
+    diverging: Array
+    num_steps: Array
+    num_grad_evals: Array
+    stage: Array
+    momentum: Array | None = None
+
+
+def core_transition(new_state: NamedTuple, info: NamedTuple, momentum: Array | None = None) -> KernelTransition:
+    """A delayed-rejection core's ``(state, info)`` (:func:`numpyro_ext.infer.drhmc.build_kernel`'s and
+    :func:`numpyro_ext.infer.drghmc.build_kernel`'s: log density and gradient, acceptance, stage, counts)
+    in the potential's terms; step-size adaptation is fed the first stage's acceptance probability."""
+    return KernelTransition(
+        position=new_state.position,
+        potential_energy=-new_state.logdensity,
+        potential_grad=-new_state.logdensity_grad,
+        energy=info.energy,
+        adapt_accept_prob=info.first_acceptance_rate,
+        accept_prob=info.acceptance_rate,
+        diverging=info.is_divergent,
+        num_steps=info.num_integration_steps,
+        num_grad_evals=info.num_grad_evals,
+        stage=info.stage,
+        momentum=momentum,
+    )
+
+
+def nuts_transition(
+    potential_fn: Callable[[Array], Array],
+    rng_key: Array,
+    position: Array,
+    potential_energy: Array,
+    potential_grad: Array,
+    step_size: Array,
+    inverse_mass_matrix: Array,
+    max_delta_energy: float,
+    max_tree_depth: int,
+    momentum: Array | None = None,
+) -> KernelTransition:
+    """One NUTS transition (NumPyro's ``build_tree``, multinomial, Hoffman & Gelman 2014 / Betancourt 2017)
+    from ``position`` with a fresh momentum, as a :class:`KernelTransition` (``momentum`` passed through).
+
+    ``accept_prob`` is the tree's mean acceptance probability, which warmup adapts to; every leapfrog
+    step is one gradient.
+    """
+    from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
+    from numpyro.infer.hmc_util import build_tree, euclidean_kinetic_energy, velocity_verlet
+
+    momentum_key, tree_key = jax.random.split(rng_key)
+    fresh = sample_momentum(momentum_key, inverse_mass_matrix, position)
+    _, vv_update = velocity_verlet(potential_fn, euclidean_kinetic_energy)
+    start = NumPyroIntegratorState(position, fresh, potential_energy, potential_grad)
+    tree = build_tree(
+        vv_update,
+        euclidean_kinetic_energy,
+        start,
+        inverse_mass_matrix,
+        step_size,
+        tree_key,
+        max_delta_energy=max_delta_energy,
+        max_tree_depth=max_tree_depth,
+    )
+    accept_prob = tree.sum_accept_probs / tree.num_proposals
+    num_steps = jnp.asarray(tree.num_proposals, jnp.int32)
+    return KernelTransition(
+        position=tree.z_proposal,
+        potential_energy=tree.z_proposal_pe,
+        potential_grad=tree.z_proposal_grad,
+        energy=tree.z_proposal_energy,
+        adapt_accept_prob=accept_prob,
+        accept_prob=accept_prob,
+        diverging=tree.diverging,
+        num_steps=num_steps,
+        num_grad_evals=num_steps,
+        stage=jnp.array(-1, jnp.int32),
+        momentum=momentum,
+    )
+
+
+def adapt_in_warmup(
+    adapter_update: Callable, iteration: Array, num_warmup: int, new: KernelTransition, adapt_state: object
+) -> object:
+    """:func:`nuts_warmup_adapter`'s ``update`` after transition ``iteration`` (from 0) while it is a warmup
+    one, fed ``new.adapt_accept_prob`` and the new point; the adaptation state unchanged afterwards."""
+    from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
+
+    z_info = NumPyroIntegratorState(new.position, None, new.potential_energy, new.potential_grad)
+    return jax.lax.cond(
+        iteration < num_warmup,
+        lambda s: adapter_update(iteration, new.adapt_accept_prob, z_info, s),
+        lambda s: s,
+        adapt_state,
+    )
+
+
+def mean_accept_prob(iteration: Array, num_warmup: int, mean: Array, accept_prob: Array) -> Array:
+    """The running mean of ``accept_prob`` after transition ``iteration``, restarted when sampling starts
+    (as NumPyro's HMC reports it)."""
+    n = jnp.where(iteration < num_warmup, iteration, iteration - num_warmup) + 1
+    return mean + (accept_prob - mean) / n
+
+
+def warmup_or_sample(
+    sample_one: Callable,
+    state: NamedTuple,
+    model_args: tuple,
+    model_kwargs: dict,
+    vectorized: bool,
+    num_warmup: int,
+    nuts_warmup: bool = True,
+) -> NamedTuple:
+    """A kernel's ``sample``: ``sample_one(state, model_args, model_kwargs, nuts_warmup=...)`` on one chain's
+    state (``vmap``-ed over a vectorized batch), with ``nuts_warmup=True`` for the first ``num_warmup``
+    iterations (``state.i`` counts them) when ``nuts_warmup``, ``False`` otherwise.
+
+    The NUTS-or-kernel choice is made on the unbatched iteration counter (all chains share it): a
+    predicate batched by ``vmap`` would turn the ``cond`` into a select that runs both branches
+    (a NUTS tree at every sampling iteration).
+    """
+
+    def transition(state, nuts_warmup):
+        one = functools.partial(sample_one, nuts_warmup=nuts_warmup)
+        if vectorized:  # chain_method="vectorized": init got a batch of keys
+            return jax.vmap(one, in_axes=(0, None, None))(state, model_args, model_kwargs)
+        return one(state, model_args, model_kwargs)
+
+    if not (nuts_warmup and num_warmup > 0):
+        return transition(state, nuts_warmup=False)
+    iteration = state.i[0] if vectorized else state.i
+    return jax.lax.cond(
+        iteration < num_warmup,
+        lambda s: transition(s, nuts_warmup=True),
+        lambda s: transition(s, nuts_warmup=False),
+        state,
+    )

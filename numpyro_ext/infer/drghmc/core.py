@@ -94,7 +94,7 @@ from numpyro_ext.infer.hmc_util import (
     IntegratorState,
     kinetic_energy,
     leapfrog_involution,
-    momentum_from_noise,
+    partial_refresh,
     sample_momentum,
 )
 
@@ -103,7 +103,7 @@ __all__ = [
     "DRGHMCState",
     "build_kernel",
     "init",
-    "partial_refresh",
+    "partial_refresh",  # re-exported from numpyro_ext.infer.hmc_util, where it lives
     "stage_step",
 ]
 
@@ -156,17 +156,6 @@ def init(
     return DRGHMCState(position, momentum, logdensity, logdensity_grad)
 
 
-def partial_refresh(noise: Array, momentum: Array, inverse_mass_matrix: Array, damping: Array | float) -> Array:
-    """GHMC's partial momentum refresh ``sqrt(1 - damping) r + sqrt(damping) xi``, ``xi ~ N(0, M)``.
-
-    ``xi`` is made from standard-normal ``noise`` by :func:`~numpyro_ext.infer.hmc_util.momentum_from_noise`.
-    ``damping = 1`` is HMC's full refresh; ``N(0, M)`` is invariant for every ``damping`` in ``[0, 1]``
-    (the covariance stays ``(1 - damping) M + damping M``).
-    """
-    fresh = momentum_from_noise(noise, inverse_mass_matrix)
-    return jnp.sqrt(1.0 - damping) * momentum + jnp.sqrt(damping) * fresh
-
-
 def stage_step(
     step_size: Array | float, num_steps: Array | int, stage: int, reduction_factor: float, constant_trajectory: bool
 ) -> tuple[Array, Array]:
@@ -193,12 +182,12 @@ def build_kernel(
     """DR-G-HMC's transition, BlackJAX style.
 
     Returns ``step(rng_key, state, logdensity_fn, step_size, inverse_mass_matrix, num_steps=1,
-    damping=None) -> (state, info)``: (1) partially refresh the momentum (:func:`partial_refresh`;
-    ``damping`` overrides the kernel's for this call, e.g. ``1.0`` for a full refresh); (2) try up
-    to ``max_proposals`` stages from the same point, stage ``k`` being :func:`stage_step`'s leapfrog
-    trajectory followed by a momentum flip, accepted by
-    :func:`numpyro_ext.infer.drhmc.delayed_rejection` (ghost proposals and probabilistic retry
-    included); (3) negate the momentum.  ``inverse_mass_matrix`` is ``(d,)`` or ``(d, d)``.
+    damping=None) -> (state, info)``: (1) partially refresh the momentum
+    (:func:`~numpyro_ext.infer.hmc_util.partial_refresh`; ``damping`` overrides the kernel's for this
+    call, e.g. ``1.0`` for a full refresh); (2) try up to ``max_proposals`` stages from the same
+    point, stage ``k`` being :func:`stage_step`'s leapfrog trajectory followed by a momentum flip,
+    accepted by :func:`numpyro_ext.infer.drhmc.delayed_rejection` (ghost proposals and probabilistic
+    retry included); (3) negate the momentum.  ``inverse_mass_matrix`` is ``(d,)`` or ``(d, d)``.
 
     With ``max_proposals=1`` this is Horowitz's generalized HMC; with ``damping=1`` and
     ``constant_trajectory=True`` it is DR-HMC (the final flip is then immaterial).

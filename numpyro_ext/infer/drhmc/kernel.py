@@ -7,33 +7,26 @@ mass-matrix warmup and, when no trajectory length is given, a NUTS warmup that p
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
-from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
-from numpyro.infer.hmc_util import (
-    build_adaptation_schedule,
-    build_tree,
-    euclidean_kinetic_energy,
-    find_reasonable_step_size,
-    velocity_verlet,
-    warmup_adapter,
-)
+from numpyro.infer.hmc_util import build_adaptation_schedule
 from numpyro.infer.initialization import init_to_uniform
-from numpyro.infer.mcmc import MCMCKernel
-from numpyro.infer.util import initialize_model
 
-from adapters.configs import DRHMCConfig, check_initial_values, check_kernel_functions, check_model_or_potential
-from adapters.validation import check_numeric
+from adapters.configs import DRHMCConfig
 from numpyro_ext.infer.drhmc.core import DRHMCState, build_kernel
-from numpyro_ext.infer.hmc_util import fixed_length_steps, sample_momentum
-from numpyro_ext.infer.model_util import check_continuous_latents, trace_model
+from numpyro_ext.infer.hmc_util import (
+    adapt_in_warmup,
+    core_transition,
+    fixed_length_steps,
+    nuts_transition,
+    start_adaptation,
+)
+from numpyro_ext.infer.model_util import WarmupKernel
 
 __all__ = ["DRHMC", "DRHMCKernelState"]
 
@@ -68,20 +61,7 @@ class DRHMCKernelState(NamedTuple):
     rng_key: Array
 
 
-class _Transition(NamedTuple):
-    position: Array
-    potential_energy: Array
-    potential_grad: Array
-    energy: Array
-    adapt_accept_prob: Array
-    accept_prob: Array
-    diverging: Array
-    num_steps: Array
-    num_grad_evals: Array
-    stage: Array
-
-
-class DRHMC(MCMCKernel):
+class DRHMC(WarmupKernel):
     """Delayed-rejection HMC (Modi, Barnett & Carpenter 2023) for :class:`numpyro.infer.MCMC`.
 
     Each iteration draws one momentum and tries up to ``max_proposals`` leapfrog
@@ -135,8 +115,6 @@ class DRHMC(MCMCKernel):
     ``potential_energy`` (``lp``, negated) and ``adapt_state.step_size`` (``step_size``).
     """
 
-    sample_field = "z"
-
     def __init__(
         self,
         model: Callable | None = None,
@@ -158,12 +136,8 @@ class DRHMC(MCMCKernel):
         trajectory_scale: float | None = None,
         jitter_trajectory: bool = False,
     ):
-        from adapters.target import Target
 
-        check_model_or_potential("DRHMC", model, potential_fn)
-        check_kernel_functions("DRHMC", model, potential_fn, init_strategy)
-        if inverse_mass_matrix is not None:
-            check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
+        super().__init__("DRHMC", model, potential_fn, init_strategy, inverse_mass_matrix)
         self.config = DRHMCConfig(
             step_size=step_size,
             trajectory_length=trajectory_length,
@@ -180,143 +154,42 @@ class DRHMC(MCMCKernel):
             trajectory_scale=trajectory_scale,
             jitter_trajectory=jitter_trajectory,
         )
-        self._target = self._target_args = None
-        if isinstance(model, Target):
-            if model.backend == "numpyro":
-                self._target_args = (model.model_args, model.model_kwargs)
-                model = model.model
-            else:
-                self._target, model = model, None
-        self._model = model
-        self._potential_fn_input = potential_fn
-        self._inverse_mass_matrix = inverse_mass_matrix
-        self._init_strategy = init_strategy
         cfg = self.config
         self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
-        self._potential_fn_gen = None
-        self._postprocess_fn = None
-        self._unravel = None
 
-    # ---- MCMCKernel interface ---------------------------------------------------------
-    @property
-    def model(self):
-        return self._model
+    # ---- WarmupKernel hooks ----------------------------------------------------------
+    def adaptation_settings(self) -> tuple[bool, bool, bool, float]:
+        cfg = self.config
+        return cfg.adapt_step_size, cfg.adapt_mass_matrix, cfg.dense_mass, cfg.target_accept_prob
 
     @property
-    def default_fields(self) -> tuple[str, ...]:
-        return (
-            "z",
-            "diverging",
-            "accept_prob",
-            "stage",
-            "num_steps",
-            "num_grad_evals",
-            "energy",
-            "potential_energy",
-            "adapt_state.step_size",
-        )
-
-    def get_diagnostics_str(self, state: DRHMCKernelState) -> str:
-        return f"{int(state.num_grad_evals)} grads/it, acc. prob={float(state.mean_accept_prob):.2f}"
-
-    def postprocess_fn(self, model_args, model_kwargs):
-        if self._target is not None:
-            return self._target_postprocess
-        if self._postprocess_fn is None:
-            return lambda z: z
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        return self._postprocess_fn(*model_args, **model_kwargs)
+    def nuts_warmup(self) -> bool:
+        """Whether warmup runs NUTS (to choose the trajectory length)."""
+        return self.config.choose_length
 
     def init(self, rng_key, num_warmup, init_params, model_args, model_kwargs):
-        self._num_warmup = int(num_warmup)
-        batched = jnp.ndim(rng_key) > (0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1)
-        self._vectorized = batched
-        rng_key, init_key = jax.vmap(jax.random.split, out_axes=1)(rng_key) if batched else jax.random.split(rng_key)
-        init_params = self._init_params(init_key, init_params, model_args, model_kwargs, batched)
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        prototype = jax.tree.map(lambda a: a[0], init_params) if batched else init_params
-        flat, self._unravel = ravel_pytree(prototype)
-        potential_fn = self._make_potential_fn(model_args, model_kwargs)
-        self._dim = flat.shape[0]
-        self._check_inverse_mass_matrix()
-        self._length_window_start = self._length_window(self._num_warmup)
-        wa_init, self._wa_update = self._warmup_adapter(potential_fn)
+        self._length_window_start = self._length_window(int(num_warmup))
+        return super().init(rng_key, num_warmup, init_params, model_args, model_kwargs)
 
-        def init_one(z, key):
-            key, wa_key = jax.random.split(key)
-            position = ravel_pytree(z)[0]
-            potential_energy, potential_grad = jax.value_and_grad(potential_fn)(position)
-            adapt_state = wa_init(
-                NumPyroIntegratorState(position, None, potential_energy, potential_grad),
-                wa_key,
-                self.config.step_size,
-                inverse_mass_matrix=self._inverse_mass_matrix,
-                mass_matrix_size=self._dim,
-            )
-            trajectory_length = (
-                self.config.trajectory_length if self.config.trajectory_length is not None else 2 * math.pi
-            )
-            zero = jnp.zeros((), position.dtype)
-            zero_int = jnp.zeros((), jnp.int32)
-            return DRHMCKernelState(
-                i=zero_int,
-                z=z,
-                z_grad=self._unravel(potential_grad),
-                potential_energy=potential_energy,
-                energy=potential_energy,
-                num_steps=zero_int,
-                accept_prob=zero,
-                mean_accept_prob=zero,
-                diverging=jnp.array(False),
-                stage=jnp.array(-1, jnp.int32),
-                num_grad_evals=zero_int,
-                trajectory_length=jnp.asarray(trajectory_length, position.dtype),
-                length_sum=zero,
-                length_count=zero,
-                adapt_state=adapt_state,
-                rng_key=key,
-            )
-
-        return jax.vmap(init_one)(init_params, rng_key) if batched else init_one(init_params, rng_key)
-
-    def sample(self, state: DRHMCKernelState, model_args, model_kwargs) -> DRHMCKernelState:
-        def transition(state, nuts_warmup):
-            sample_one = functools.partial(self._sample_one, nuts_warmup=nuts_warmup)
-            if self._vectorized:  # chain_method="vectorized": init got a batch of keys
-                return jax.vmap(sample_one, in_axes=(0, None, None))(state, model_args, model_kwargs)
-            return sample_one(state, model_args, model_kwargs)
-
-        if not (self.config.choose_length and self._num_warmup > 0):
-            return transition(state, nuts_warmup=False)
-        # The NUTS-or-DR choice is made on the unbatched iteration counter (all chains share
-        # it): a predicate batched by vmap would turn the cond into a select that builds a
-        # NUTS tree at every sampling iteration.
-        iteration = state.i[0] if self._vectorized else state.i
-        return jax.lax.cond(
-            iteration < self._num_warmup,
-            lambda s: transition(s, nuts_warmup=True),
-            lambda s: transition(s, nuts_warmup=False),
-            state,
+    def _init_one(self, z, key, potential_fn, wa_init):
+        cfg = self.config
+        key, wa_key = jax.random.split(key)
+        position = ravel_pytree(z)[0]
+        potential_energy, potential_grad, adapt_state = start_adaptation(
+            wa_init, potential_fn, position, wa_key, cfg.step_size, self._inverse_mass_matrix, self._dim
+        )
+        trajectory_length = cfg.trajectory_length if cfg.trajectory_length is not None else 2 * math.pi
+        return DRHMCKernelState(
+            trajectory_length=jnp.asarray(trajectory_length, position.dtype),
+            length_sum=jnp.zeros((), position.dtype),
+            length_count=jnp.zeros((), position.dtype),
+            **self.initial_fields(z, potential_energy, potential_grad, adapt_state, key),
         )
 
     def _sample_one(self, state: DRHMCKernelState, model_args, model_kwargs, nuts_warmup: bool) -> DRHMCKernelState:
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        potential_fn = self._make_potential_fn(model_args, model_kwargs)
-        rng_key, transition_key = jax.random.split(state.rng_key)
-        step_size = state.adapt_state.step_size
-        inverse_mass_matrix = state.adapt_state.inverse_mass_matrix
-        position = ravel_pytree(state.z)[0]
-        potential_grad = ravel_pytree(state.z_grad)[0]
-        args = (
-            transition_key,
-            position,
-            state.potential_energy,
-            potential_grad,
-            step_size,
-            inverse_mass_matrix,
-        )
+        potential_fn, rng_key, args = self.transition_inputs(state, model_args, model_kwargs)
         if nuts_warmup:
-            new = self._nuts_transition(potential_fn, *args)
+            new = nuts_transition(potential_fn, *args, self.config.max_delta_energy, self.config.max_tree_depth)
         else:
             new = self._dr_transition(potential_fn, *args, state.trajectory_length)
 
@@ -324,15 +197,10 @@ class DRHMC(MCMCKernel):
         length_sum, length_count = state.length_sum, state.length_count
         if self._num_warmup > 0:
             in_warmup = state.i < self._num_warmup
-            z_info = NumPyroIntegratorState(new.position, None, new.potential_energy, new.potential_grad)
-            adapt_state = jax.lax.cond(
-                in_warmup,
-                lambda s: self._wa_update(state.i, new.adapt_accept_prob, z_info, s),
-                lambda s: s,
-                adapt_state,
-            )
+            adapt_state = adapt_in_warmup(self._wa_update, state.i, self._num_warmup, new, adapt_state)
             if self.config.choose_length:
                 counted = in_warmup & (state.i >= self._length_window_start)
+                step_size = args[4]  # the adapted step size the transition integrated with
                 length_sum = length_sum + jnp.where(counted, new.num_steps * step_size, 0.0)
                 length_count = length_count + counted
                 trajectory_length = jnp.where(
@@ -340,26 +208,11 @@ class DRHMC(MCMCKernel):
                     self.config.length_scale * length_sum / jnp.maximum(length_count, 1.0),
                     trajectory_length,
                 )
-        # the running mean restarts when sampling starts, as in NumPyro's HMC
-        n = jnp.where(state.i < self._num_warmup, state.i, state.i - self._num_warmup) + 1
-        mean_accept_prob = state.mean_accept_prob + (new.accept_prob - state.mean_accept_prob) / n
         return DRHMCKernelState(
-            i=state.i + 1,
-            z=self._unravel(new.position),
-            z_grad=self._unravel(new.potential_grad),
-            potential_energy=new.potential_energy,
-            energy=new.energy,
-            num_steps=new.num_steps,
-            accept_prob=new.accept_prob,
-            mean_accept_prob=mean_accept_prob,
-            diverging=new.diverging,
-            stage=new.stage,
-            num_grad_evals=new.num_grad_evals,
             trajectory_length=trajectory_length,
             length_sum=length_sum,
             length_count=length_count,
-            adapt_state=adapt_state,
-            rng_key=rng_key,
+            **self.next_fields(state, new, adapt_state, rng_key),
         )
 
     # ---- transitions ----------------------------------------------------------------
@@ -395,50 +248,7 @@ class DRHMC(MCMCKernel):
         new_state, info = self._dr_step(
             key, state, lambda x: -potential_fn(x), step_size, inverse_mass_matrix, num_steps
         )
-        return _Transition(
-            position=new_state.position,
-            potential_energy=-new_state.logdensity,
-            potential_grad=-new_state.logdensity_grad,
-            energy=info.energy,
-            adapt_accept_prob=info.first_acceptance_rate,
-            accept_prob=info.acceptance_rate,
-            diverging=info.is_divergent,
-            num_steps=info.num_integration_steps,
-            num_grad_evals=info.num_grad_evals,
-            stage=info.stage,
-        )
-
-    def _nuts_transition(
-        self, potential_fn, key, position, potential_energy, potential_grad, step_size, inverse_mass_matrix
-    ):
-        momentum_key, tree_key = jax.random.split(key)
-        momentum = sample_momentum(momentum_key, inverse_mass_matrix, position)
-        _, vv_update = velocity_verlet(potential_fn, euclidean_kinetic_energy)
-        start = NumPyroIntegratorState(position, momentum, potential_energy, potential_grad)
-        tree = build_tree(
-            vv_update,
-            euclidean_kinetic_energy,
-            start,
-            inverse_mass_matrix,
-            step_size,
-            tree_key,
-            max_delta_energy=self.config.max_delta_energy,
-            max_tree_depth=self.config.max_tree_depth,
-        )
-        accept_prob = tree.sum_accept_probs / tree.num_proposals
-        num_steps = jnp.asarray(tree.num_proposals, jnp.int32)
-        return _Transition(
-            position=tree.z_proposal,
-            potential_energy=tree.z_proposal_pe,
-            potential_grad=tree.z_proposal_grad,
-            energy=tree.z_proposal_energy,
-            adapt_accept_prob=accept_prob,
-            accept_prob=accept_prob,
-            diverging=tree.diverging,
-            num_steps=num_steps,
-            num_grad_evals=num_steps,
-            stage=jnp.array(-1, jnp.int32),
-        )
+        return core_transition(new_state, info)
 
     # ---- set-up helpers -------------------------------------------------------------
     @staticmethod
@@ -446,90 +256,3 @@ class DRHMC(MCMCKernel):
         """First warmup iteration whose NUTS lengths set the trajectory length."""
         schedule = build_adaptation_schedule(num_warmup)
         return int(schedule[-2][0]) if len(schedule) >= 2 else 0
-
-    def _warmup_adapter(self, potential_fn):
-        def momentum_generator(position, inverse_mass_matrix, key):
-            return sample_momentum(key, inverse_mass_matrix, position)
-
-        def reasonable_step_size(step_size, inverse_mass_matrix, z_info, key):
-            return find_reasonable_step_size(
-                potential_fn, euclidean_kinetic_energy, momentum_generator, step_size, inverse_mass_matrix, z_info, key
-            )
-
-        return warmup_adapter(
-            self._num_warmup,
-            find_reasonable_step_size=reasonable_step_size,
-            adapt_step_size=self.config.adapt_step_size,
-            adapt_mass_matrix=self.config.adapt_mass_matrix,
-            dense_mass=self.config.dense_mass,
-            target_accept_prob=self.config.target_accept_prob,
-        )
-
-    def _check_inverse_mass_matrix(self) -> None:
-        """The initial inverse mass matrix fits the unconstrained dimension ``d`` (known at ``init``)."""
-        if self._inverse_mass_matrix is None:
-            return
-        shape, d = jnp.shape(self._inverse_mass_matrix), self._dim
-        if shape not in ((d,), (d, d)):
-            raise ValueError(
-                f"DRHMC: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
-                f"dimensions), got shape {shape}"
-            )
-
-    def _bound_args(self, model_args, model_kwargs):
-        if self._target_args is not None:
-            if model_args or model_kwargs:
-                raise ValueError("DRHMC: the Target binds the model's arguments; call MCMC.run(rng_key) without them")
-            return self._target_args
-        return model_args, model_kwargs
-
-    def _make_potential_fn(self, model_args, model_kwargs):
-        if self._target is not None:
-            logdensity = self._target.as_jax()
-            return lambda x: -logdensity(x)
-        if self._potential_fn_gen is not None:
-            unravel = self._unravel
-            potential = self._potential_fn_gen(*model_args, **model_kwargs)
-            return lambda x: potential(unravel(x))
-        unravel = self._unravel
-        return lambda x: self._potential_fn_input(unravel(x))
-
-    def _init_params(self, key, init_params, model_args, model_kwargs, batched):
-        if init_params is not None:
-            check_initial_values("init_params", init_params)
-        if self._target is not None:
-            if init_params is not None:
-                return init_params
-            draw_seed = lambda k: jax.random.randint(k, (), 0, 2**31 - 1)  # noqa: E731
-            seeds = jax.vmap(draw_seed)(key) if batched else draw_seed(key)
-            dtype = jnp.result_type(float)
-            if batched:
-                return jnp.stack([jnp.asarray(self._target.initial_position(int(s)), dtype) for s in seeds])
-            return jnp.asarray(self._target.initial_position(int(seeds)), dtype)
-        if self._model is None:
-            if init_params is None:
-                raise ValueError("DRHMC: with `potential_fn`, pass `init_params` to MCMC.run (one value per chain)")
-            return init_params
-        model_args, model_kwargs = self._bound_args(model_args, model_kwargs)
-        check_continuous_latents(trace_model(self._model, model_args, model_kwargs, self._init_strategy), "DRHMC")
-        info = initialize_model(
-            key,
-            self._model,
-            init_strategy=self._init_strategy,
-            dynamic_args=True,
-            model_args=model_args,
-            model_kwargs=model_kwargs,
-        )
-        self._potential_fn_gen = info.potential_fn
-        self._postprocess_fn = info.postprocess_fn
-        return info.param_info.z if init_params is None else init_params
-
-    def _target_postprocess(self, x):
-        target = self._target
-        example = target.constrain(np.zeros(target.dim))
-        shapes = {k: jax.ShapeDtypeStruct(x.shape[:-1] + np.shape(v), x.dtype) for k, v in example.items()}
-
-        def constrain(x):
-            return {k: np.asarray(v, dtype=x.dtype) for k, v in target.constrain(np.asarray(x)).items()}
-
-        return jax.pure_callback(constrain, shapes, x, vmap_method="expand_dims")
