@@ -1,7 +1,7 @@
 """HMC building blocks in torch: momentum, kinetic energy, velocity Verlet, the Metropolis test.
 
-Shared by every Pyro algorithm that integrates Hamiltonian dynamics (DR-HMC, AIS, the MI
-bounds' MINE-AIS negatives); the JAX twin is :mod:`numpyro_ext.infer.hmc_util`.  Neal, "MCMC
+Shared by every Pyro algorithm that integrates Hamiltonian dynamics (DR-HMC, DR-G-HMC, AIS, the
+MI bounds' MINE-AIS negatives); the JAX twin is :mod:`numpyro_ext.infer.hmc_util`.  Neal, "MCMC
 using Hamiltonian dynamics", Handbook of MCMC, 2011, Sec. 5.2 and 5.3.
 
 With a position ``x``, a momentum ``r ~ N(0, M)`` and an inverse mass matrix ``M^{-1}`` (a
@@ -15,7 +15,8 @@ Shapes: one chain has ``(d,)`` positions and momenta; a batch of ``K`` independe
 ``(K, d)`` (or any leading axes ``(..., d)``), with per-chain values ``(...)``.  A step size is a
 float or a tensor that broadcasts against the momenta (``(K, 1)`` for one per chain).
 
-Randomness: :func:`sample_momentum` draws one ``randn`` of the momenta's shape and
+Randomness: :func:`sample_momentum` draws one ``randn`` of the momenta's shape (:func:`momentum_from_noise`
+and :func:`partial_refresh` take the standard-normal noise instead) and
 :func:`metropolis_test` one ``rand`` of the per-chain shape, from ``generator`` (a
 ``torch.Generator``) or, when it is ``None``, from torch's global generator.
 """
@@ -31,11 +32,14 @@ import torch
 __all__ = [
     "IntegratorState",
     "MetropolisInfo",
+    "check_inverse_mass_matrix",
     "finite_or_neg_inf",
     "fixed_length_steps",
     "kinetic_energy",
     "leapfrog",
     "metropolis_test",
+    "momentum_from_noise",
+    "partial_refresh",
     "sample_momentum",
     "velocity",
 ]
@@ -90,14 +94,13 @@ def kinetic_energy(inverse_mass_matrix: Tensor | None, momentum: Tensor) -> Tens
     return 0.5 * (momentum * velocity(inverse_mass_matrix, momentum)).sum(-1)
 
 
-def sample_momentum(generator: torch.Generator | None, inverse_mass_matrix: Tensor | None, like: Tensor) -> Tensor:
-    """A momentum ``r ~ N(0, M)`` of ``like``'s shape, dtype and device, from one ``randn``.
+def momentum_from_noise(noise: Tensor, inverse_mass_matrix: Tensor | None) -> Tensor:
+    """A momentum ``r ~ N(0, M)`` from standard-normal ``noise`` ``(d,)`` or ``(..., d)``.
 
     ``M`` is the inverse of ``inverse_mass_matrix``: ``r = noise / sqrt(M^{-1})`` for a diagonal;
     for a dense ``M^{-1} = C C^T`` (Cholesky), ``r = C^{-T} noise``, whose covariance is
-    ``(C C^T)^{-1} = M``.
+    ``(C C^T)^{-1} = M``; ``None`` is the identity (``r = noise``).
     """
-    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
     if inverse_mass_matrix is None:
         return noise
     if inverse_mass_matrix.dim() == 1:
@@ -107,6 +110,40 @@ def sample_momentum(generator: torch.Generator | None, inverse_mass_matrix: Tens
         return torch.linalg.solve_triangular(cholesky.T, noise[:, None], upper=True)[:, 0]
     flat = noise.reshape(-1, noise.shape[-1])
     return torch.linalg.solve_triangular(cholesky.T, flat.T, upper=True).T.reshape(noise.shape)
+
+
+def sample_momentum(generator: torch.Generator | None, inverse_mass_matrix: Tensor | None, like: Tensor) -> Tensor:
+    """A momentum ``r ~ N(0, M)`` of ``like``'s shape, dtype and device, from one ``randn``
+    (:func:`momentum_from_noise`)."""
+    noise = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    return momentum_from_noise(noise, inverse_mass_matrix)
+
+
+def partial_refresh(
+    noise: Tensor, momentum: Tensor, inverse_mass_matrix: Tensor | None, damping: float | Tensor
+) -> Tensor:
+    """Generalized HMC's partial momentum refresh ``sqrt(1 - damping) r + sqrt(damping) xi``, ``xi ~ N(0, M)``
+    (Horowitz 1991); the twin of :func:`numpyro_ext.infer.hmc_util.partial_refresh`.
+
+    ``xi`` is made from standard-normal ``noise`` (the shape of ``momentum``, ``(d,)`` or ``(..., d)``) by
+    :func:`momentum_from_noise`.  ``damping = 1`` is HMC's full refresh; ``N(0, M)`` is invariant for every
+    ``damping`` in ``[0, 1]`` (the covariance stays ``(1 - damping) M + damping M``).
+    """
+    fresh = momentum_from_noise(noise, inverse_mass_matrix)
+    return math.sqrt(1.0 - damping) * momentum + math.sqrt(damping) * fresh
+
+
+def check_inverse_mass_matrix(algorithm: str, inverse_mass_matrix: Tensor | None, dim: int) -> None:
+    """An initial inverse mass matrix fits the unconstrained dimension ``d = dim`` (known at ``setup``);
+    the message is :func:`numpyro_ext.infer.hmc_util.check_inverse_mass_matrix`'s."""
+    if inverse_mass_matrix is None:
+        return
+    shape, d = tuple(inverse_mass_matrix.shape), dim
+    if shape not in ((d,), (d, d)):
+        raise ValueError(
+            f"{algorithm}: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
+            f"dimensions), got shape {shape}"
+        )
 
 
 def fixed_length_steps(step_size: float, trajectory_length: float, max_num_steps: int) -> tuple[float, int]:

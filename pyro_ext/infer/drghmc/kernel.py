@@ -1,0 +1,371 @@
+"""DR-G-HMC's Pyro kernel: a :class:`pyro.infer.mcmc.mcmc_kernel.MCMCKernel` around :mod:`pyro_ext.infer.drghmc.core`.
+
+The twin of :class:`numpyro_ext.infer.drghmc.DRGHMC` (same arguments, defaults, statistics and error
+messages).  Warmup follows the reference code's tuning recipe (Turok, Modi & Carpenter 2025): Pyro's
+own NUTS warmup (:class:`pyro_ext.infer.drhmc.warmup.NUTSWarmup`: dual averaging of the step size,
+Stan's windowed mass-matrix adaptation), after which the first-stage step size is
+``step_size_factor`` times the adapted NUTS step size and the metric is NUTS's.  Model plumbing is
+Pyro's public ``initialize_model``, as :class:`pyro_ext.infer.DRHMC` uses it.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import types
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pyro
+import torch
+from pyro.infer.autoguide.initialization import init_to_uniform
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+from pyro.infer.mcmc.util import initialize_model
+from pyro.ops.integrator import potential_grad
+
+from adapters.configs import check_flag, check_initial_values, check_kernel_functions, check_model_or_potential
+from adapters.validation import (
+    check_greater,
+    check_numeric,
+    check_positive,
+    check_positive_int,
+    check_probability,
+    check_unit_interval,
+)
+from pyro_ext.infer.drghmc.core import DRGHMCState, build_kernel
+from pyro_ext.infer.drhmc.kernel import check_continuous, target_model
+from pyro_ext.infer.drhmc.warmup import NUTSWarmup, is_numerical_failure
+from pyro_ext.infer.hmc_util import check_inverse_mass_matrix
+
+__all__ = ["DRGHMC"]
+
+
+class DRGHMC(MCMCKernel):
+    """Delayed-rejection generalized HMC (Turok, Modi & Carpenter 2025) for :class:`pyro.infer.MCMC`.
+
+    Each iteration partially refreshes a persistent momentum, takes ``num_steps`` (default one)
+    leapfrog steps and, when that proposal is rejected, retries from the same point with step sizes
+    ``eps / reduction_factor**k`` (delayed rejection with ghost proposals), then negates the
+    momentum (so an accepted move keeps its direction and a fully rejected one turns back).
+
+    Args:
+        model: a Pyro model or an :class:`adapters.Target`.  A Pyro Target runs natively (its bound
+            arguments included; call ``MCMC.run()`` without arguments); a Target of another backend is
+            sampled through ``Target.as_torch()`` as one unconstrained site ``"x"`` of length
+            ``target.dim`` (:meth:`constrain_samples` maps its draws with ``target.constrain``).
+        potential_fn: instead of ``model``, a potential energy (negative log density) of a dict of
+            unconstrained tensors; ``MCMC(..., initial_params=...)`` is then needed.
+        step_size: the start of the NUTS warmup's step-size adaptation.  After warmup the first-stage
+            step size is ``step_size_factor`` times the step size warmup ends with; with
+            ``warmup_steps=0`` it is ``step_size`` itself.
+        step_size_factor: the factor on NUTS's step size (2 in the reference code's recipe).
+        num_steps: leapfrog steps of the first stage (1 in the reference recipe).
+        max_proposals: number of stages ``K`` (1 is plain generalized HMC).
+        reduction_factor: ``c > 1``, the step-size ratio between stages.
+        damping: the partial refresh ``r <- sqrt(1 - damping) r + sqrt(damping) xi`` (in ``(0, 1]``;
+            1 is a full refresh; 0.08 in the reference recipe).
+        probabilistic: probabilistic delayed rejection: after stage ``k`` is rejected with
+            acceptance probability ``alpha_k``, try the next only with probability ``1 - alpha_k``.
+        constant_trajectory: later stages take ``num_steps * c**k`` steps (the first stage's
+            integration time) instead of ``num_steps`` steps.
+        adapt_step_size, target_accept_prob, adapt_mass_matrix, dense_mass: the NUTS warmup's
+            adaptation (Pyro's: dual averaging of the step size to the target, Stan's windows for the
+            inverse mass matrix).
+        inverse_mass_matrix: an initial inverse mass matrix, ``(d,)`` or ``(d, d)`` over the sites in
+            sorted order (the warmup's step-size search at set-up still uses Pyro's identity).
+        init_strategy: Pyro initialisation strategy for ``model``.
+        max_delta_energy: an energy error above this (or a non-finite density) marks a divergence of a
+            DR-G-HMC transition (the NUTS warmup keeps Pyro's own threshold, 1000).
+        max_tree_depth: tree-depth limit of the NUTS warmup.
+        jit_compile: Pyro's ``jit_compile`` of the potential energy.
+
+    The first sampling iteration refreshes the momentum fully (``N(0, M)`` of the adapted metric).
+
+    Per-iteration statistics, warmup included, are kept as :class:`pyro_ext.infer.DRHMC` keeps them:
+    :meth:`get_sample_stats` returns numpy arrays ``(warmup_steps + num_samples,)`` of ``accept_prob``
+    (NaN on NUTS iterations), ``diverging``, ``stage`` (-1 on NUTS iterations and full rejections),
+    ``num_steps``, ``num_grad_evals`` (ghosts included), ``energy`` (NaN on NUTS iterations),
+    ``potential_energy``, ``step_size`` (the first-stage step size while sampling) and ``warmup``;
+    ``diagnostics()`` adds Pyro's ``"divergences"`` and ``"acceptance rate"``, and
+    ``adapters.inference_data.from_mcmc`` puts the sampling-phase statistics into ArviZ's
+    ``sample_stats`` under the NumPyro kernel's names.
+    """
+
+    def __init__(
+        self,
+        model: Callable | None = None,
+        potential_fn: Callable | None = None,
+        step_size: float = 1.0,
+        step_size_factor: float = 2.0,
+        num_steps: int = 1,
+        max_proposals: int = 3,
+        reduction_factor: float = 4.0,
+        damping: float = 0.08,
+        probabilistic: bool = True,
+        constant_trajectory: bool = False,
+        adapt_step_size: bool = True,
+        target_accept_prob: float = 0.8,
+        adapt_mass_matrix: bool = True,
+        dense_mass: bool = False,
+        inverse_mass_matrix: Any = None,
+        init_strategy: Callable = init_to_uniform,
+        max_delta_energy: float = 1000.0,
+        max_tree_depth: int = 10,
+        jit_compile: bool = False,
+    ):
+        from adapters.target import Target
+
+        check_model_or_potential("DRGHMC", model, potential_fn)
+        check_kernel_functions("DRGHMC", model, potential_fn, init_strategy)
+        if inverse_mass_matrix is not None:
+            check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
+        self.initial_step_size = check_positive("step_size", step_size)
+        self.step_size_factor = check_positive("step_size_factor", step_size_factor)
+        self.num_steps = check_positive_int("num_steps", num_steps)
+        self.max_proposals = check_positive_int("max_proposals", max_proposals)
+        self.reduction_factor = check_greater(
+            "reduction_factor", reduction_factor, 1, "the step-size ratio between stages"
+        )
+        self.damping = check_unit_interval("damping", damping, include_zero=False, include_one=True)
+        self.target_accept_prob = check_probability("target_accept_prob", target_accept_prob)
+        for name, flag in [
+            ("probabilistic", probabilistic),
+            ("constant_trajectory", constant_trajectory),
+            ("adapt_step_size", adapt_step_size),
+            ("adapt_mass_matrix", adapt_mass_matrix),
+            ("dense_mass", dense_mass),
+        ]:
+            setattr(self, name, check_flag(name, flag))
+        self.max_delta_energy = check_positive("max_delta_energy", max_delta_energy)
+        self.max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
+        self._jit_compile = check_flag("jit_compile", jit_compile)
+
+        self._target = None
+        if isinstance(model, Target):
+            if model.backend == "pyro":
+                model = functools.partial(model.model, *model.model_args, **model.model_kwargs)
+            else:
+                self._target, model = model, target_model(model)
+        self.model = model
+        self.potential_fn = potential_fn
+        self.transforms = None
+        self._init_strategy = init_strategy
+        self._inverse_mass_matrix_input = inverse_mass_matrix
+        self.sample_stats: list[dict[str, Any]] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        """Per-chain state, cleared by ``cleanup`` (as Pyro's ``HMC``); the statistics stay."""
+        self._iteration = 0
+        self._warmup_steps = None
+        self._num_accepted = 0
+        self._running_accept_prob = 0.0
+        self._divergent_draws: list[int] = []
+        self._initial_params = None
+        self._state = None  # (z, potential energy, potential gradient) of the current draw
+        self._momentum = None  # the kept momentum, flat (d,)
+        self._nuts = None  # the NUTS warmup while it runs
+        self._step = None  # built in setup, so an un-set-up kernel pickles (spawned chains)
+        self._step_size = self.initial_step_size
+        self._layout = None  # (site names in flat order, inverse mass matrix (d,) or (d, d))
+
+    # ---- Pyro MCMCKernel interface -----------------------------------------------------
+    @property
+    def initial_params(self) -> dict[str, torch.Tensor] | None:
+        return self._initial_params
+
+    @initial_params.setter
+    def initial_params(self, params: dict[str, torch.Tensor] | None) -> None:
+        if params is not None:  # MCMC(..., initial_params=...) sets it: a string or an int tensor is named here
+            check_initial_values("initial_params", params)
+        self._initial_params = params
+
+    @property
+    def step_size(self) -> float:
+        """The current step size: the NUTS warmup's while it runs, then the first stage's."""
+        return self._nuts.step_size if self._nuts is not None else self._step_size
+
+    def setup(self, warmup_steps: int, *args, **kwargs) -> None:
+        self._warmup_steps = warmup_steps
+        self._iteration, self._num_accepted, self._running_accept_prob, self._divergent_draws = 0, 0, 0.0, []
+        self.sample_stats = []
+        if self.model is not None:
+            check_continuous("DRGHMC", self.model, self._init_strategy, args, kwargs)
+            params, self.potential_fn, self.transforms, _ = initialize_model(
+                self.model,
+                args,
+                kwargs,
+                transforms=self.transforms,
+                jit_compile=self._jit_compile,
+                init_strategy=self._init_strategy,
+                initial_params=self._initial_params,
+            )
+            self._initial_params = params
+        elif self._initial_params is None:
+            raise ValueError("DRGHMC: with `potential_fn`, pass `initial_params` to MCMC (one value per chain)")
+        self._step = build_kernel(
+            self.max_proposals,
+            self.reduction_factor,
+            self.damping,
+            self.probabilistic,
+            self.constant_trajectory,
+            self.max_delta_energy,
+        )
+        self._step_size = self.initial_step_size
+        z = {k: v.detach() for k, v in self._initial_params.items()}
+        if not z:  # no latent sites: nothing to adapt or move
+            self._state, self._layout = (z, self.potential_fn(z), {}), ((), None)
+            return
+        z_grads, potential_energy = potential_grad(self.potential_fn, z)
+        self._state = (z, potential_energy, z_grads)
+        sites = tuple(sorted(z))
+        dim = sum(z[name].numel() for name in sites)
+        options = {"dtype": potential_energy.dtype, "device": potential_energy.device}
+        imm = self._inverse_mass_matrix_input
+        imm = None if imm is None else torch.as_tensor(imm, **options)
+        check_inverse_mass_matrix("DRGHMC", imm, dim)
+        if imm is None:
+            imm = torch.eye(dim, **options) if self.dense_mass else torch.ones(dim, **options)
+        # the first sampling iteration refreshes fully, so the kept momentum starts at zero
+        self._momentum = torch.zeros(dim, **options)
+        self._layout = (sites, imm)
+        if warmup_steps > 0:
+            settings = types.SimpleNamespace(
+                step_size=self.initial_step_size,
+                adapt_step_size=self.adapt_step_size,
+                adapt_mass_matrix=self.adapt_mass_matrix,
+                target_accept_prob=self.target_accept_prob,
+                max_tree_depth=self.max_tree_depth,
+                dense_mass=self.dense_mass,
+            )
+            self._nuts = NUTSWarmup(self.potential_fn, self._initial_params, warmup_steps, settings)
+            if self._inverse_mass_matrix_input is not None:
+                self._nuts.nuts.mass_matrix_adapter.inverse_mass_matrix = {sites: imm}
+
+    def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self._layout[0]:  # no latent sites: nothing to move (as Pyro's HMC)
+            self._iteration += 1
+            return params
+        if self._nuts is not None:
+            return self._nuts_sample(params)
+        if self._state is None:
+            z = {k: v.detach() for k, v in params.items()}
+            z_grads, potential_energy = potential_grad(self.potential_fn, z)
+        else:
+            z, potential_energy, z_grads = self._state
+        sites, inverse_mass_matrix = self._layout
+        shapes = {name: z[name].shape for name in sites}
+        sizes = [math.prod(shapes[name]) for name in sites]
+
+        def unflatten(x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {name: part.reshape(shapes[name]) for name, part in zip(sites, torch.split(x, sizes), strict=True)}
+
+        def logdensity(x: torch.Tensor) -> torch.Tensor:
+            try:
+                return -self.potential_fn(unflatten(x))
+            except Exception as e:  # Pyro's numerical-failure exceptions count as NaN, as in its HMC
+                if is_numerical_failure(e):
+                    return x.new_tensor(math.nan)
+                raise
+
+        position = torch.cat([z[name].detach().reshape(-1) for name in sites])
+        grad = -torch.cat([z_grads[name].detach().reshape(-1) for name in sites])
+        logdensity_start = -float(potential_energy)
+        logdensity_start = logdensity_start if math.isfinite(logdensity_start) else -math.inf
+        state = DRGHMCState(position, self._momentum, logdensity_start, grad)
+        # the first sampling iteration refreshes fully: the kept momentum was not drawn for this metric
+        damping = 1.0 if self._iteration == self._warmup_steps else self.damping
+        with pyro.validation_enabled(False):  # NaN and out-of-support values are expected on diverging trajectories
+            new, info = self._step(state, logdensity, self._step_size, inverse_mass_matrix, self.num_steps, damping)
+        z_new, z_grads_new = unflatten(new.position), unflatten(-new.logdensity_grad)
+        potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
+        self._state, self._momentum = (z_new, potential_new, z_grads_new), new.momentum
+        self._record(
+            accept_prob=info.acceptance_rate,
+            diverging=info.is_divergent,
+            stage=info.stage,
+            num_steps=info.num_integration_steps,
+            num_grad_evals=info.num_grad_evals,
+            energy=info.energy,
+            potential_energy=-new.logdensity,
+            step_size=self._step_size,
+            warmup=False,
+        )
+        self._iteration += 1
+        n = self._iteration - self._warmup_steps
+        self._num_accepted += int(info.is_accepted)
+        if info.is_divergent:
+            self._divergent_draws.append(n - 1)
+        self._running_accept_prob += (info.acceptance_rate - self._running_accept_prob) / n
+        return dict(z_new)
+
+    def cleanup(self) -> None:
+        if self._nuts is not None:
+            self._nuts.cleanup()
+        self._reset()
+
+    def logging(self) -> dict[str, str]:
+        if self._nuts is not None:
+            out = self._nuts.logging()
+        else:
+            out = OrderedDict(
+                [("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{self._running_accept_prob:.3f}")]
+            )
+        if self.sample_stats:
+            out["grads/it"] = str(self.sample_stats[-1]["num_grad_evals"])
+        return out
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Pyro's ``divergences`` and ``acceptance rate``, plus ``sample_stats`` (see the class docstring)."""
+        num_draws = self._iteration - self._warmup_steps
+        return {
+            "divergences": self._divergent_draws,
+            "acceptance rate": self._num_accepted / num_draws if num_draws > 0 else math.nan,
+            "sample_stats": self.get_sample_stats(),
+        }
+
+    def get_sample_stats(self) -> dict[str, Any]:
+        """Per-iteration statistics of the chain run last, numpy arrays ``(num_iterations,)``, warmup included."""
+        import numpy as np
+
+        if not self.sample_stats:
+            return {}
+        return {key: np.asarray([row[key] for row in self.sample_stats]) for key in self.sample_stats[0]}
+
+    def constrain_samples(self, samples: Mapping[str, Any]) -> dict[str, Any]:
+        """Draws of ``mcmc.get_samples()`` as the model's constrained parameters: unchanged for a Pyro model or
+        a potential; for a Target of another backend, the site ``"x"`` ``(..., dim)`` through ``target.constrain``."""
+        if self._target is None:
+            return dict(samples)
+        x = samples["x"]
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        return self._target.constrain(x)
+
+    # ---- helpers --------------------------------------------------------------------------
+    def _nuts_sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One of Pyro's NUTS transitions (warmup); when warmup ends, take its tuning over (the recipe)."""
+        step = self._nuts.sample(params)
+        self._iteration += 1
+        if self._iteration == self._warmup_steps:
+            self._step_size = self.step_size_factor * self._nuts.step_size
+            ((sites, inverse_mass_matrix),) = self._nuts.inverse_mass_matrix.items()
+            self._layout = (tuple(sites), inverse_mass_matrix.detach())
+            self._nuts.cleanup()
+            self._nuts, self._state = None, None
+        self._record(
+            accept_prob=math.nan,
+            diverging=False,
+            stage=-1,
+            num_steps=step.num_steps,
+            num_grad_evals=step.num_steps,
+            energy=math.nan,
+            potential_energy=step.potential_energy,
+            step_size=step.step_size,
+            warmup=True,
+        )
+        return step.z
+
+    def _record(self, **row: Any) -> None:
+        types_ = dict(diverging=bool, stage=int, num_steps=int, num_grad_evals=int, warmup=bool)
+        self.sample_stats.append({key: types_.get(key, float)(value) for key, value in row.items()})
