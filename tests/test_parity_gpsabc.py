@@ -18,6 +18,7 @@ A case is skipped when a backend is not installed.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -54,6 +55,7 @@ def _rows(i: int) -> slice:
     return slice(int(REPEATS[:i].sum()), int(REPEATS[: i + 1].sum()))
 
 
+@functools.cache  # built once: eager JAX dispatches each update op by op
 def _jax_surrogate():
     data = jcore.empty_data(16, 2, 2, jnp.float64)
     for i in range(len(REPEATS)):
@@ -64,6 +66,7 @@ def _jax_surrogate():
     return data, standardizer, params
 
 
+@functools.cache
 def _torch_surrogate():
     data = tcore.empty_data(2, 2, F64)
     for i in range(len(REPEATS)):
