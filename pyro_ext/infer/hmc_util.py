@@ -19,22 +19,27 @@ Randomness: :func:`sample_momentum` draws one ``randn`` of the momenta's shape (
 and :func:`partial_refresh` take the standard-normal noise instead) and
 :func:`metropolis_test` one ``rand`` of the per-chain shape, from ``generator`` (a
 ``torch.Generator``) or, when it is ``None``, from torch's global generator.
+
+The last section is the Pyro MCMC kernels' common shell (:class:`RecordingKernel`, :func:`flatten_sites`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import torch
+from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
 __all__ = [
     "IntegratorState",
     "MetropolisInfo",
+    "RecordingKernel",
     "check_inverse_mass_matrix",
     "finite_or_neg_inf",
     "fixed_length_steps",
+    "flatten_sites",
     "kinetic_energy",
     "leapfrog",
     "metropolis_test",
@@ -208,3 +213,92 @@ def metropolis_test(
     accepted = log_u < log_accept
     divergent = ~accepted & ((log_accept == -math.inf) | (-delta > max_delta_energy))
     return MetropolisInfo(log_accept, accepted, divergent)
+
+
+# ---------------------------------------------------------------------------------------
+# The Pyro MCMC kernels' common shell
+# ---------------------------------------------------------------------------------------
+def flatten_sites(z: dict[str, Tensor], sites: tuple[str, ...]) -> tuple[Tensor, Callable[[Tensor], dict]]:
+    """``(x, unflatten)``: the sites' values raveled into one vector ``x`` ``(d,)`` in the order ``sites``
+    (Pyro's mass-matrix block order), and the map from such a vector back to ``{site: tensor}``."""
+    shapes = {name: z[name].shape for name in sites}
+    sizes = [math.prod(shapes[name]) for name in sites]
+
+    def unflatten(x: Tensor) -> dict[str, Tensor]:
+        return {name: part.reshape(shapes[name]) for name, part in zip(sites, torch.split(x, sizes), strict=True)}
+
+    return torch.cat([z[name].detach().reshape(-1) for name in sites]), unflatten
+
+
+class RecordingKernel(MCMCKernel):
+    """The shell the library's Pyro MCMC kernels share (:class:`pyro_ext.infer.DRGHMC`), under ``setup``/``sample``.
+
+    * ``initial_params``, checked when ``MCMC(..., initial_params=...)`` sets it;
+    * per-iteration statistics: :meth:`record` appends one row (``sample_stats``) and keeps Pyro's
+      counters (accepted draws, running acceptance probability, divergent draw indices) over the
+      sampling rows; :meth:`get_sample_stats` returns them as arrays, ``diagnostics()`` adds Pyro's
+      ``"divergences"`` and ``"acceptance rate"``;
+    * :meth:`constrain_samples` for a Target of another backend (``self._target``, or ``None``).
+
+    A subclass calls :meth:`start_chain` in ``setup``.
+    """
+
+    _target = None
+    _initial_params = None
+
+    def start_chain(self, warmup_steps: int) -> None:
+        """Clear the statistics and counters for a new chain of ``warmup_steps`` warmup iterations."""
+        self._warmup_steps = warmup_steps
+        self._num_draws = self._num_accepted = 0
+        self._running_accept_prob = 0.0
+        self._divergent_draws: list[int] = []
+        self.sample_stats: list[dict[str, Any]] = []
+
+    @property
+    def initial_params(self) -> dict[str, Tensor] | None:
+        return self._initial_params
+
+    @initial_params.setter
+    def initial_params(self, params: dict[str, Tensor] | None) -> None:
+        from adapters.configs import check_initial_values
+
+        if params is not None:  # MCMC(..., initial_params=...) sets it: a string or an int tensor is named here
+            check_initial_values("initial_params", params)
+        self._initial_params = params
+
+    def record(self, is_accepted: bool = False, **row: Any) -> None:
+        """Append one iteration's statistics; a sampling row (``warmup=False``) also counts in Pyro's diagnostics."""
+        kinds = dict(diverging=bool, stage=int, num_steps=int, num_grad_evals=int, warmup=bool)
+        self.sample_stats.append({key: kinds.get(key, float)(value) for key, value in row.items()})
+        if row["warmup"]:
+            return
+        self._num_draws += 1
+        self._num_accepted += int(is_accepted)
+        if row["diverging"]:
+            self._divergent_draws.append(self._num_draws - 1)
+        self._running_accept_prob += (row["accept_prob"] - self._running_accept_prob) / self._num_draws
+
+    def diagnostics(self) -> dict[str, Any]:
+        """Pyro's ``divergences`` and ``acceptance rate``, plus ``sample_stats`` (:meth:`get_sample_stats`)."""
+        return {
+            "divergences": self._divergent_draws,
+            "acceptance rate": self._num_accepted / self._num_draws if self._num_draws else math.nan,
+            "sample_stats": self.get_sample_stats(),
+        }
+
+    def get_sample_stats(self) -> dict[str, Any]:
+        """Per-iteration statistics of the chain run last, numpy arrays ``(num_iterations,)``, warmup included."""
+        import numpy as np
+
+        if not self.sample_stats:
+            return {}
+        return {key: np.asarray([row[key] for row in self.sample_stats]) for key in self.sample_stats[0]}
+
+    def constrain_samples(self, samples: Mapping[str, Any]) -> dict[str, Any]:
+        """Draws of ``mcmc.get_samples()`` as the model's constrained parameters: unchanged for a Pyro model or
+        a potential; for a Target of another backend, the site ``"x"`` ``(..., dim)`` through ``target.constrain``."""
+        if self._target is None:
+            return dict(samples)
+        x = samples["x"]
+        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
+        return self._target.constrain(x)

@@ -359,3 +359,33 @@ def test_step_size_is_the_factor_times_the_warmup_step_size():
 
     two, three = sampling_step_size(2.0), sampling_step_size(3.0)
     assert np.all(two == two[0]) and three[0] / two[0] == pytest.approx(1.5, rel=1e-12)
+
+
+def test_targets_pickling_and_the_model_route():
+    """A Pyro Target runs natively (named sites, Pyro's transforms); a Target of another backend through
+    ``as_torch`` (site ``"x"``, named again by ``constrain_samples``); an un-set-up kernel pickles."""
+    import pickle
+
+    import pyro.distributions as dist
+
+    from adapters import Target
+
+    def model():
+        pyro.sample("s", dist.LogNormal(0.0, 0.5))
+
+    from pyro_ext.models import test_problems
+
+    funnel_kernel = DRGHMC(test_problems.funnel, damping=0.3)
+    assert pickle.loads(pickle.dumps(funnel_kernel)).damping == 0.3
+
+    kernel = DRGHMC(Target.from_pyro(model))
+    s = run(kernel, warmup=30, samples=30).get_samples()["s"]
+    assert s.shape == (30,) and (s > 0).all()  # constrained by Pyro's transform
+
+    function_target = Target.from_logdensity(lambda x: -0.5 * float(x @ x), dim=2, grad=lambda x: -x)
+    kernel = DRGHMC(function_target, step_size=0.8, max_proposals=2)
+    samples = run(kernel, warmup=0, samples=30).get_samples()
+    assert samples["x"].shape == (30, 2)
+    named = kernel.constrain_samples(samples)
+    assert set(named) == {"x[1]", "x[2]"}
+    np.testing.assert_allclose(named["x[2]"], samples["x"].numpy()[:, 1])

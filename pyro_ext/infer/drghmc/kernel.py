@@ -14,17 +14,16 @@ import functools
 import math
 import types
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer.autoguide.initialization import init_to_uniform
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
-from adapters.configs import check_flag, check_initial_values, check_kernel_functions, check_model_or_potential
+from adapters.configs import check_flag, check_kernel_functions, check_model_or_potential
 from adapters.validation import (
     check_greater,
     check_numeric,
@@ -36,12 +35,12 @@ from adapters.validation import (
 from pyro_ext.infer.drghmc.core import DRGHMCState, build_kernel
 from pyro_ext.infer.drhmc.kernel import check_continuous, target_model
 from pyro_ext.infer.drhmc.warmup import NUTSWarmup, is_numerical_failure
-from pyro_ext.infer.hmc_util import check_inverse_mass_matrix
+from pyro_ext.infer.hmc_util import RecordingKernel, check_inverse_mass_matrix, flatten_sites
 
 __all__ = ["DRGHMC"]
 
 
-class DRGHMC(MCMCKernel):
+class DRGHMC(RecordingKernel):
     """Delayed-rejection generalized HMC (Turok, Modi & Carpenter 2025) for :class:`pyro.infer.MCMC`.
 
     Each iteration partially refreshes a persistent momentum, takes ``num_steps`` (default one)
@@ -152,16 +151,12 @@ class DRGHMC(MCMCKernel):
         self.transforms = None
         self._init_strategy = init_strategy
         self._inverse_mass_matrix_input = inverse_mass_matrix
-        self.sample_stats: list[dict[str, Any]] = []
+        self.start_chain(0)
         self._reset()
 
     def _reset(self) -> None:
         """Per-chain state, cleared by ``cleanup`` (as Pyro's ``HMC``); the statistics stay."""
         self._iteration = 0
-        self._warmup_steps = None
-        self._num_accepted = 0
-        self._running_accept_prob = 0.0
-        self._divergent_draws: list[int] = []
         self._initial_params = None
         self._state = None  # (z, potential energy, potential gradient) of the current draw
         self._momentum = None  # the kept momentum, flat (d,)
@@ -172,24 +167,13 @@ class DRGHMC(MCMCKernel):
 
     # ---- Pyro MCMCKernel interface -----------------------------------------------------
     @property
-    def initial_params(self) -> dict[str, torch.Tensor] | None:
-        return self._initial_params
-
-    @initial_params.setter
-    def initial_params(self, params: dict[str, torch.Tensor] | None) -> None:
-        if params is not None:  # MCMC(..., initial_params=...) sets it: a string or an int tensor is named here
-            check_initial_values("initial_params", params)
-        self._initial_params = params
-
-    @property
     def step_size(self) -> float:
         """The current step size: the NUTS warmup's while it runs, then the first stage's."""
         return self._nuts.step_size if self._nuts is not None else self._step_size
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
-        self._warmup_steps = warmup_steps
-        self._iteration, self._num_accepted, self._running_accept_prob, self._divergent_draws = 0, 0, 0.0, []
-        self.sample_stats = []
+        self.start_chain(warmup_steps)
+        self._iteration = 0
         if self.model is not None:
             check_continuous("DRGHMC", self.model, self._init_strategy, args, kwargs)
             params, self.potential_fn, self.transforms, _ = initialize_model(
@@ -255,11 +239,7 @@ class DRGHMC(MCMCKernel):
         else:
             z, potential_energy, z_grads = self._state
         sites, inverse_mass_matrix = self._layout
-        shapes = {name: z[name].shape for name in sites}
-        sizes = [math.prod(shapes[name]) for name in sites]
-
-        def unflatten(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {name: part.reshape(shapes[name]) for name, part in zip(sites, torch.split(x, sizes), strict=True)}
+        position, unflatten = flatten_sites(z, sites)
 
         def logdensity(x: torch.Tensor) -> torch.Tensor:
             try:
@@ -269,8 +249,7 @@ class DRGHMC(MCMCKernel):
                     return x.new_tensor(math.nan)
                 raise
 
-        position = torch.cat([z[name].detach().reshape(-1) for name in sites])
-        grad = -torch.cat([z_grads[name].detach().reshape(-1) for name in sites])
+        grad = -flatten_sites(z_grads, sites)[0]
         logdensity_start = -float(potential_energy)
         logdensity_start = logdensity_start if math.isfinite(logdensity_start) else -math.inf
         state = DRGHMCState(position, self._momentum, logdensity_start, grad)
@@ -281,7 +260,9 @@ class DRGHMC(MCMCKernel):
         z_new, z_grads_new = unflatten(new.position), unflatten(-new.logdensity_grad)
         potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
         self._state, self._momentum = (z_new, potential_new, z_grads_new), new.momentum
-        self._record(
+        self._iteration += 1
+        self.record(
+            is_accepted=info.is_accepted,
             accept_prob=info.acceptance_rate,
             diverging=info.is_divergent,
             stage=info.stage,
@@ -292,12 +273,6 @@ class DRGHMC(MCMCKernel):
             step_size=self._step_size,
             warmup=False,
         )
-        self._iteration += 1
-        n = self._iteration - self._warmup_steps
-        self._num_accepted += int(info.is_accepted)
-        if info.is_divergent:
-            self._divergent_draws.append(n - 1)
-        self._running_accept_prob += (info.acceptance_rate - self._running_accept_prob) / n
         return dict(z_new)
 
     def cleanup(self) -> None:
@@ -316,32 +291,6 @@ class DRGHMC(MCMCKernel):
             out["grads/it"] = str(self.sample_stats[-1]["num_grad_evals"])
         return out
 
-    def diagnostics(self) -> dict[str, Any]:
-        """Pyro's ``divergences`` and ``acceptance rate``, plus ``sample_stats`` (see the class docstring)."""
-        num_draws = self._iteration - self._warmup_steps
-        return {
-            "divergences": self._divergent_draws,
-            "acceptance rate": self._num_accepted / num_draws if num_draws > 0 else math.nan,
-            "sample_stats": self.get_sample_stats(),
-        }
-
-    def get_sample_stats(self) -> dict[str, Any]:
-        """Per-iteration statistics of the chain run last, numpy arrays ``(num_iterations,)``, warmup included."""
-        import numpy as np
-
-        if not self.sample_stats:
-            return {}
-        return {key: np.asarray([row[key] for row in self.sample_stats]) for key in self.sample_stats[0]}
-
-    def constrain_samples(self, samples: Mapping[str, Any]) -> dict[str, Any]:
-        """Draws of ``mcmc.get_samples()`` as the model's constrained parameters: unchanged for a Pyro model or
-        a potential; for a Target of another backend, the site ``"x"`` ``(..., dim)`` through ``target.constrain``."""
-        if self._target is None:
-            return dict(samples)
-        x = samples["x"]
-        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-        return self._target.constrain(x)
-
     # ---- helpers --------------------------------------------------------------------------
     def _nuts_sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One of Pyro's NUTS transitions (warmup); when warmup ends, take its tuning over (the recipe)."""
@@ -353,7 +302,7 @@ class DRGHMC(MCMCKernel):
             self._layout = (tuple(sites), inverse_mass_matrix.detach())
             self._nuts.cleanup()
             self._nuts, self._state = None, None
-        self._record(
+        self.record(
             accept_prob=math.nan,
             diverging=False,
             stage=-1,
@@ -365,7 +314,3 @@ class DRGHMC(MCMCKernel):
             warmup=True,
         )
         return step.z
-
-    def _record(self, **row: Any) -> None:
-        types_ = dict(diverging=bool, stage=int, num_steps=int, num_grad_evals=int, warmup=bool)
-        self.sample_stats.append({key: types_.get(key, float)(value) for key, value in row.items()})
