@@ -325,3 +325,26 @@ def nearest_draws(
         )
         index = index[finite[index]]
     return index, (float(distances[index[-1]]) if index.size else math.inf), messages
+
+
+def check_xi(xi: Any) -> float:
+    """``xi`` in ``(0, 0.5)``: a decision error of 0.5 is a coin flip, 0 would need an exact surrogate."""
+    ok = isinstance(xi, numbers.Real) and not isinstance(xi, bool) and math.isfinite(xi) and 0.0 < xi < 0.5
+    if not ok:
+        raise ValueError(
+            f"xi must be a number in (0, 0.5), the largest accepted probability of a wrong MH decision, got {xi!r}"
+        )
+    return float(xi)
+
+
+def check_proposal_scale(value: Any, dim: int) -> np.ndarray:
+    """A positive scale, or ``(D,)`` positive scales, of the Gaussian random walk on ``u``."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"proposal_scale: expected a number > 0 or {dim} numbers > 0, got {value!r}") from None
+    if isinstance(value, bool) or array.shape not in ((), (dim,)):
+        raise ValueError(f"proposal_scale: expected a number > 0 or an array of shape ({dim},), got {value!r}")
+    if not np.all(np.isfinite(array) & (array > 0)):
+        raise ValueError(f"proposal_scale: every entry must be a finite number > 0, got {value!r}")
+    return np.broadcast_to(array, (dim,)).copy()

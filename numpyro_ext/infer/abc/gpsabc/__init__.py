@@ -77,7 +77,7 @@ from numpyro_ext.infer.abc.gpsabc.core import (
     predict,
     surrogate_log_likelihood,
 )
-from numpyro_ext.infer.abc.gpsabc.shell import GPSABC, check_proposal_scale, check_xi
+from numpyro_ext.infer.abc.gpsabc.shell import GPSABC
 
 __all__ = [
     "GPParams",
@@ -91,8 +91,6 @@ __all__ = [
     "add_design",
     "add_simulations",
     "capacity_for",
-    "check_proposal_scale",
-    "check_xi",
     "condition_surrogate",
     "core",
     "decision_error",

@@ -80,7 +80,7 @@ from pyro_ext.infer.abc.gpsabc.core import (
     predict_marginal,
     surrogate_log_likelihood,
 )
-from pyro_ext.infer.abc.gpsabc.shell import GPSABC, check_proposal_scale, check_xi
+from pyro_ext.infer.abc.gpsabc.shell import GPSABC
 
 __all__ = [
     "GPParams",
@@ -95,8 +95,6 @@ __all__ = [
     "SurrogateData",
     "add_design",
     "add_simulations",
-    "check_proposal_scale",
-    "check_xi",
     "condition_surrogate",
     "core",
     "decision_error",

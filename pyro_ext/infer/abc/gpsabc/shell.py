@@ -6,14 +6,13 @@ See :mod:`pyro_ext.infer.abc.gpsabc` for the algorithm.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
-from adapters.abc import ABCResult, nan_simulation_message
+from adapters.abc import ABCResult, check_proposal_scale, check_xi, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
 from adapters.validation import check_choice, check_greater, check_non_negative, check_positive_int
 from pyro_ext.infer.abc.gpsabc import core
@@ -38,7 +37,7 @@ from pyro_ext.infer.abc.rejection import (
     simulate_in_batches,
 )
 
-__all__ = ["GPSABC", "check_proposal_scale", "check_xi"]
+__all__ = ["GPSABC"]
 
 Tensor = torch.Tensor
 
@@ -46,29 +45,6 @@ Tensor = torch.Tensor
 # ---------------------------------------------------------------------------------------
 # Shell
 # ---------------------------------------------------------------------------------------
-def check_xi(xi: Any) -> float:
-    """``xi`` in ``(0, 0.5)``: a decision error of 0.5 is a coin flip, 0 would need an exact surrogate."""
-    ok = isinstance(xi, numbers.Real) and not isinstance(xi, bool) and math.isfinite(xi) and 0.0 < xi < 0.5
-    if not ok:
-        raise ValueError(
-            f"xi must be a number in (0, 0.5), the largest accepted probability of a wrong MH decision, got {xi!r}"
-        )
-    return float(xi)
-
-
-def check_proposal_scale(value: Any, dim: int) -> np.ndarray:
-    """A positive scale, or ``(D,)`` positive scales, of the Gaussian random walk on ``u``."""
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise TypeError(f"proposal_scale: expected a number > 0 or {dim} numbers > 0, got {value!r}") from None
-    if isinstance(value, bool) or array.shape not in ((), (dim,)):
-        raise ValueError(f"proposal_scale: expected a number > 0 or an array of shape ({dim},), got {value!r}")
-    if not np.all(np.isfinite(array) & (array > 0)):
-        raise ValueError(f"proposal_scale: every entry must be a finite number > 0, got {value!r}")
-    return np.broadcast_to(array, (dim,)).copy()
-
-
 def _batch_of_one(value: Any, dtype: torch.dtype) -> Any:
     if isinstance(value, Mapping):
         return {k: torch.as_tensor(v, dtype=dtype)[None] for k, v in value.items()}
