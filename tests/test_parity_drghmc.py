@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.test_parity_drhmc import _error
+
 IMM = np.array([1.0, 0.5, 2.0])
 
 
@@ -57,7 +59,7 @@ def _pyro():
         dict(max_proposals=3, probabilistic=True, num_steps=1),
         pytest.param(
             dict(max_proposals=3, probabilistic=False, constant_trajectory=True, num_steps=2),
-            marks=pytest.mark.slow,  # ~10 s: one more compilation of the JAX step
+            marks=pytest.mark.slow,  # ~3 s: one more compilation of the JAX step (the default set keeps its budget)
         ),
     ],
     ids=["probabilistic", "constant-trajectory"],
@@ -139,12 +141,6 @@ def test_same_random_numbers_same_transitions(monkeypatch, settings):
 # ---------------------------------------------------------------------------------------
 # The same errors
 # ---------------------------------------------------------------------------------------
-def _error(make) -> BaseException:
-    with pytest.raises(Exception) as info:
-        make()
-    return info.value
-
-
 def _same_error(case) -> str:
     """Run ``case(backend)`` in both backends; assert the same exception type and message; return it."""
     numpyro_error, pyro_error = (_error(lambda backend=backend: case(backend())) for backend in (_numpyro, _pyro))

@@ -111,7 +111,7 @@ def test_gaussian_of_varied_scales():
     assert idata.sample_stats["stage"].shape == (1, 2000)
 
 
-@pytest.mark.slow  # ~1 min: the reference recipe (NUTS warmup) on the same Gaussian
+@pytest.mark.slow  # ~10-20 s: the reference recipe (NUTS warmup) on the same Gaussian
 def test_gaussian_of_varied_scales_after_nuts_warmup():
     kernel = DRGHMC(potential_fn=varied_potential)
     mcmc = run(kernel, warmup=300, samples=5000, initial_params={"x": torch.ones(4, dtype=torch.float64)})
@@ -121,7 +121,7 @@ def test_gaussian_of_varied_scales_after_nuts_warmup():
     assert {0, 1} <= set(np.unique(sampling_stats(kernel)["stage"]))
 
 
-@pytest.mark.slow  # ~1-2 min: a Pyro model through initialize_model, longer chains, two more settings
+@pytest.mark.slow  # 20-45 s each: a Pyro model through initialize_model and its NUTS warmup, 5000 draws
 @pytest.mark.parametrize(
     "settings", [{}, dict(probabilistic=False, max_proposals=2), dict(constant_trajectory=True, damping=0.5)]
 )
