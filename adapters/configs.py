@@ -11,7 +11,25 @@ from typing import Any
 
 import numpy as np
 
-from adapters.validation import check_greater, check_numeric, check_positive, check_positive_int, check_probability
+from adapters.validation import (
+    check_greater,
+    check_numeric,
+    check_positive,
+    check_positive_int,
+    check_probability,
+    check_unit_interval,
+)
+
+
+class ConfigAttributes:
+    """Mixin for a kernel that keeps its hyperparameters in ``self.config`` (a dataclass above): each field
+    also reads as an attribute of the kernel (``kernel.damping``), unless the kernel defines that name."""
+
+    def __getattr__(self, name: str) -> Any:
+        config = self.__dict__.get("config")  # absent while unpickling: no field to find yet
+        if config is not None and name in getattr(config, "__dataclass_fields__", {}):
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,47 @@ class DRHMCConfig:
     def choose_length(self) -> bool:
         """Whether warmup picks the trajectory length (neither it nor ``num_steps`` given)."""
         return self.trajectory_length is None and self.num_steps is None
+
+
+@dataclass(frozen=True)
+class DRGHMCConfig:
+    """DR-G-HMC's hyperparameters (Turok, Modi & Carpenter 2025); see ``numpyro_ext.infer.DRGHMC``.
+
+    The defaults are the reference code's tuning recipe: one leapfrog step of twice NUTS's adapted
+    step size (``step_size_factor``), ``damping = 0.08``.
+    """
+
+    step_size: float = 1.0
+    step_size_factor: float = 2.0
+    num_steps: int = 1
+    max_proposals: int = 3
+    reduction_factor: float = 4.0
+    damping: float = 0.08
+    probabilistic: bool = True
+    constant_trajectory: bool = False
+    adapt_step_size: bool = True
+    target_accept_prob: float = 0.8
+    adapt_mass_matrix: bool = True
+    dense_mass: bool = False
+    max_delta_energy: float = 1000.0
+    max_tree_depth: int = 10
+
+    def __post_init__(self) -> None:
+        def set_(name, value):
+            object.__setattr__(self, name, value)
+
+        set_("step_size", check_positive("step_size", self.step_size))
+        set_("step_size_factor", check_positive("step_size_factor", self.step_size_factor))
+        set_("num_steps", check_positive_int("num_steps", self.num_steps))
+        set_("max_proposals", check_positive_int("max_proposals", self.max_proposals))
+        ratio = check_greater("reduction_factor", self.reduction_factor, 1, "the step-size ratio between stages")
+        set_("reduction_factor", ratio)
+        set_("damping", check_unit_interval("damping", self.damping, include_zero=False, include_one=True))
+        set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
+        for flag in ("probabilistic", "constant_trajectory", "adapt_step_size", "adapt_mass_matrix", "dense_mass"):
+            check_flag(flag, getattr(self, flag))
+        set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
+        set_("max_tree_depth", check_positive_int("max_tree_depth", self.max_tree_depth))
 
 
 # DR-HMC options a sweep may set (``--set drhmc.trajectory_scale=0.5``) that stay out of the

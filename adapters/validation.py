@@ -218,6 +218,19 @@ def check_numeric(name: str, value: Any, expected: str = "an array of numbers") 
         raise TypeError(f"{name} must be {expected}, got {type(value).__name__} of dtype {np.asarray(value).dtype}")
 
 
+def check_inverse_mass_matrix(algorithm: str, inverse_mass_matrix: Any, dim: int) -> None:
+    """An initial inverse mass matrix (a numpy, JAX or torch array, or ``None``) fits the unconstrained
+    dimension ``d = dim`` (known when the kernel first sees the model): shape ``(d,)`` or ``(d, d)``."""
+    if inverse_mass_matrix is None:
+        return
+    shape, d = tuple(np.shape(inverse_mass_matrix)), dim
+    if shape not in ((d,), (d, d)):
+        raise ValueError(
+            f"{algorithm}: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
+            f"dimensions), got shape {shape}"
+        )
+
+
 def invalid_site_message(algorithm: str, site: str, problem: str, num_bad: int, num_total: int) -> str:
     """The error both backends give for a model whose sample site ``site`` breaks a constraint at its
     first draw: ``problem`` is e.g. ``"Normal distribution got invalid scale parameter"`` (NumPyro's

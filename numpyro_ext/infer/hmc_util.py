@@ -27,6 +27,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adapters.validation import check_inverse_mass_matrix  # re-exported: the kernels' shell checks at init
+
 __all__ = [
     "IntegratorState",
     "KernelTransition",
@@ -249,18 +251,6 @@ def hmc_proposal(
 def is_batched_key(rng_key: Array) -> bool:
     """Whether ``rng_key`` is a batch of keys (``MCMC(..., chain_method="vectorized")`` passes one per chain)."""
     return jnp.ndim(rng_key) > (0 if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else 1)
-
-
-def check_inverse_mass_matrix(algorithm: str, inverse_mass_matrix: Array | None, dim: int) -> None:
-    """An initial inverse mass matrix fits the unconstrained dimension ``d = dim`` (known at ``init``)."""
-    if inverse_mass_matrix is None:
-        return
-    shape, d = jnp.shape(inverse_mass_matrix), dim
-    if shape not in ((d,), (d, d)):
-        raise ValueError(
-            f"{algorithm}: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
-            f"dimensions), got shape {shape}"
-        )
 
 
 def nuts_warmup_adapter(

@@ -20,26 +20,35 @@ and :func:`partial_refresh` take the standard-normal noise instead) and
 :func:`metropolis_test` one ``rand`` of the per-chain shape, from ``generator`` (a
 ``torch.Generator``) or, when it is ``None``, from torch's global generator.
 
-The last section is the Pyro MCMC kernels' common shell (:class:`RecordingKernel`, :func:`flatten_sites`).
+The last section is the Pyro MCMC kernels' common shell (:class:`RecordingKernel`, on the model plumbing of
+:mod:`pyro_ext.infer.model_util`).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
+from pyro.infer.mcmc.util import initialize_model
+from pyro.ops.integrator import potential_grad
+
+from adapters.configs import check_flag, check_initial_values, check_kernel_functions, check_model_or_potential
+from adapters.validation import check_inverse_mass_matrix
+from pyro_ext.infer.model_util import check_continuous, flatten_sites, target_model
 
 __all__ = [
+    "FlatPoint",
     "IntegratorState",
     "MetropolisInfo",
     "RecordingKernel",
     "check_inverse_mass_matrix",
     "finite_or_neg_inf",
     "fixed_length_steps",
-    "flatten_sites",
     "kinetic_energy",
     "leapfrog",
     "metropolis_test",
@@ -138,19 +147,6 @@ def partial_refresh(
     return math.sqrt(1.0 - damping) * momentum + math.sqrt(damping) * fresh
 
 
-def check_inverse_mass_matrix(algorithm: str, inverse_mass_matrix: Tensor | None, dim: int) -> None:
-    """An initial inverse mass matrix fits the unconstrained dimension ``d = dim`` (known at ``setup``);
-    the message is :func:`numpyro_ext.infer.hmc_util.check_inverse_mass_matrix`'s."""
-    if inverse_mass_matrix is None:
-        return
-    shape, d = tuple(inverse_mass_matrix.shape), dim
-    if shape not in ((d,), (d, d)):
-        raise ValueError(
-            f"{algorithm}: inverse_mass_matrix must have shape ({d},) or ({d}, {d}) (the model's {d} unconstrained "
-            f"dimensions), got shape {shape}"
-        )
-
-
 def fixed_length_steps(step_size: float, trajectory_length: float, max_num_steps: int) -> tuple[float, int]:
     """``(step size, number of steps)`` of a leapfrog trajectory of length ``T`` (NumPyro's ``HMC`` rule).
 
@@ -216,43 +212,87 @@ def metropolis_test(
 
 
 # ---------------------------------------------------------------------------------------
-# The Pyro MCMC kernels' common shell
+# The Pyro MCMC kernels' common shell (the twin of numpyro_ext.infer.model_util.KernelModel)
 # ---------------------------------------------------------------------------------------
-def flatten_sites(z: dict[str, Tensor], sites: tuple[str, ...]) -> tuple[Tensor, Callable[[Tensor], dict]]:
-    """``(x, unflatten)``: the sites' values raveled into one vector ``x`` ``(d,)`` in the order ``sites``
-    (Pyro's mass-matrix block order), and the map from such a vector back to ``{site: tensor}``."""
-    shapes = {name: z[name].shape for name in sites}
-    sizes = [math.prod(shapes[name]) for name in sites]
+class FlatPoint(NamedTuple):
+    """The current draw on the flat ``R^d`` of a kernel's sites: ``position`` and ``grad`` ``(d,)`` of the log
+    density, ``logdensity`` (a float, ``-inf`` where not finite), ``logdensity_fn(x (d,)) -> ()`` (a
+    numerical failure of the potential is NaN) and ``unflatten`` (:func:`flatten_sites`)."""
 
-    def unflatten(x: Tensor) -> dict[str, Tensor]:
-        return {name: part.reshape(shapes[name]) for name, part in zip(sites, torch.split(x, sizes), strict=True)}
-
-    return torch.cat([z[name].detach().reshape(-1) for name in sites]), unflatten
+    position: Tensor
+    grad: Tensor
+    logdensity: float
+    logdensity_fn: Callable[[Tensor], Tensor]
+    unflatten: Callable[[Tensor], dict]
 
 
 class RecordingKernel(MCMCKernel):
-    """The shell the library's Pyro MCMC kernels share (:class:`pyro_ext.infer.DRGHMC`), under ``setup``/``sample``.
+    """The shell the library's Pyro MCMC kernels share (:class:`pyro_ext.infer.DRHMC`, :class:`pyro_ext.infer.DRGHMC`).
 
+    * the model: :meth:`set_model` (a Pyro model, a Target, or a ``potential_fn``), :meth:`start_chain`
+      in ``setup`` (Pyro's ``initialize_model``, discrete sites refused), :meth:`flat_point` and
+      :meth:`move_to` around a flat core's transition;
     * ``initial_params``, checked when ``MCMC(..., initial_params=...)`` sets it;
     * per-iteration statistics: :meth:`record` appends one row (``sample_stats``) and keeps Pyro's
-      counters (accepted draws, running acceptance probability, divergent draw indices) over the
-      sampling rows; :meth:`get_sample_stats` returns them as arrays, ``diagnostics()`` adds Pyro's
-      ``"divergences"`` and ``"acceptance rate"``;
+      counters (accepted draws, divergent draw indices) over the sampling rows and the running
+      acceptance probability of the current phase; :meth:`get_sample_stats` returns them as arrays,
+      ``diagnostics()`` adds Pyro's ``"divergences"`` and ``"acceptance rate"``;
+    * ``logging`` and ``cleanup``, with ``self._nuts`` the warmup's NUTS while it runs (else ``None``);
     * :meth:`constrain_samples` for a Target of another backend (``self._target``, or ``None``).
 
-    A subclass calls :meth:`start_chain` in ``setup``.
+    A subclass defines ``_reset`` (its per-chain state) and ``is_failure(exception)`` (the potential's
+    exceptions that count as a NaN density).
     """
 
     _target = None
     _initial_params = None
+    _nuts = None
 
-    def start_chain(self, warmup_steps: int) -> None:
-        """Clear the statistics and counters for a new chain of ``warmup_steps`` warmup iterations."""
-        self._warmup_steps = warmup_steps
-        self._num_draws = self._num_accepted = 0
+    def set_model(
+        self, algorithm: str, model: Any, potential_fn: Callable | None, init_strategy: Callable, jit_compile: bool
+    ) -> None:
+        """Check and keep the model (a Target of Pyro run natively, of another backend by :func:`target_model`)."""
+        from adapters.target import Target
+
+        check_model_or_potential(algorithm, model, potential_fn)
+        check_kernel_functions(algorithm, model, potential_fn, init_strategy)
+        self._jit_compile = check_flag("jit_compile", jit_compile)
+        self.algorithm, self._target = algorithm, None
+        if isinstance(model, Target):
+            if model.backend == "pyro":
+                model = functools.partial(model.model, *model.model_args, **model.model_kwargs)
+            else:
+                self._target, model = model, target_model(model)
+        self.model, self.potential_fn, self.transforms, self._init_strategy = model, potential_fn, None, init_strategy
+
+    def reset_statistics(self, warmup_steps: int = 0) -> None:
+        """Clear the statistics and counters for a chain of ``warmup_steps`` warmup iterations."""
+        self._warmup_steps, self._iteration = warmup_steps, 0
+        self._num_draws = self._num_accepted = self._num_averaged = 0
         self._running_accept_prob = 0.0
         self._divergent_draws: list[int] = []
         self.sample_stats: list[dict[str, Any]] = []
+
+    def start_chain(self, warmup_steps: int, args: tuple = (), kwargs: dict | None = None) -> dict[str, Tensor]:
+        """Clear the statistics for a chain of ``warmup_steps`` warmup iterations and, when the kernel has a
+        model, initialise it as Pyro's HMC does; return the initial unconstrained values (detached)."""
+        self.reset_statistics(warmup_steps)
+        if self.model is not None:
+            check_continuous(self.algorithm, self.model, self._init_strategy, args, kwargs or {})
+            self._initial_params, self.potential_fn, self.transforms, _ = initialize_model(
+                self.model,
+                args,
+                kwargs or {},
+                transforms=self.transforms,
+                jit_compile=self._jit_compile,
+                init_strategy=self._init_strategy,
+                initial_params=self._initial_params,
+            )
+        elif self._initial_params is None:
+            raise ValueError(
+                f"{self.algorithm}: with `potential_fn`, pass `initial_params` to MCMC (one value per chain)"
+            )
+        return {k: v.detach() for k, v in self._initial_params.items()}
 
     @property
     def initial_params(self) -> dict[str, Tensor] | None:
@@ -260,23 +300,98 @@ class RecordingKernel(MCMCKernel):
 
     @initial_params.setter
     def initial_params(self, params: dict[str, Tensor] | None) -> None:
-        from adapters.configs import check_initial_values
-
         if params is not None:  # MCMC(..., initial_params=...) sets it: a string or an int tensor is named here
             check_initial_values("initial_params", params)
         self._initial_params = params
+
+    @staticmethod
+    def is_failure(exception: Exception) -> bool:
+        """Whether an exception of the potential counts as a NaN density (none, unless a subclass says so)."""
+        return False
+
+    def flat_point(self, params: dict[str, Tensor], sites: tuple[str, ...]) -> FlatPoint:
+        """The current draw (``self._state``, or ``params`` after warmup's NUTS) flat in the order ``sites``."""
+        if self._state is None:
+            z = {k: v.detach() for k, v in params.items()}
+            z_grads, potential_energy = potential_grad(self.potential_fn, z)
+        else:
+            z, potential_energy, z_grads = self._state
+        position, unflatten = flatten_sites(z, sites)
+        potential_fn, is_failure = self.potential_fn, self.is_failure
+
+        def logdensity_fn(x: Tensor) -> Tensor:
+            try:
+                return -potential_fn(unflatten(x))
+            except Exception as e:  # Pyro's numerical-failure exceptions count as NaN, as in its HMC
+                if is_failure(e):
+                    return x.new_tensor(math.nan)
+                raise
+
+        logdensity = -float(potential_energy)
+        logdensity = logdensity if math.isfinite(logdensity) else -math.inf
+        return FlatPoint(position, -flatten_sites(z_grads, sites)[0], logdensity, logdensity_fn, unflatten)
+
+    def move_to(self, new: Any, point: FlatPoint) -> dict[str, Tensor]:
+        """Keep a core's new state (``position``, ``logdensity``, ``logdensity_grad``) as ``self._state``; its sites."""
+        z_new, z_grads_new = point.unflatten(new.position), point.unflatten(-new.logdensity_grad)
+        like = point.position
+        self._state = (z_new, torch.as_tensor(-new.logdensity, dtype=like.dtype, device=like.device), z_grads_new)
+        return z_new
+
+    def no_latent_sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
+        """An iteration of a model without latent sites: nothing to move; Pyro's HMC counts it accepted."""
+        self._iteration += 1
+        if self._iteration > self._warmup_steps:
+            self._num_draws += 1
+            self._num_accepted += 1
+            self._running_accept_prob = 1.0
+        return params
 
     def record(self, is_accepted: bool = False, **row: Any) -> None:
         """Append one iteration's statistics; a sampling row (``warmup=False``) also counts in Pyro's diagnostics."""
         kinds = dict(diverging=bool, stage=int, num_steps=int, num_grad_evals=int, warmup=bool)
         self.sample_stats.append({key: kinds.get(key, float)(value) for key, value in row.items()})
-        if row["warmup"]:
-            return
-        self._num_draws += 1
-        self._num_accepted += int(is_accepted)
-        if row["diverging"]:
-            self._divergent_draws.append(self._num_draws - 1)
-        self._running_accept_prob += (row["accept_prob"] - self._running_accept_prob) / self._num_draws
+        if not row["warmup"]:
+            self._num_draws += 1
+            self._num_accepted += int(is_accepted)
+            if row["diverging"]:
+                self._divergent_draws.append(self._num_draws - 1)
+            if self._num_draws == 1:  # the running mean restarts with the sampling phase
+                self._num_averaged = 0
+        if not math.isnan(row["accept_prob"]):  # NUTS warmup rows have none
+            self._num_averaged += 1
+            self._running_accept_prob += (row["accept_prob"] - self._running_accept_prob) / self._num_averaged
+
+    def record_nuts(self, step: Any) -> None:
+        """Append the row of one of warmup's NUTS transitions (``step``: ``num_steps``, ``step_size``,
+        ``potential_energy``); Pyro's NUTS reports no acceptance probability or energy (NaN)."""
+        self.record(
+            accept_prob=math.nan,
+            diverging=False,
+            stage=-1,
+            num_steps=step.num_steps,
+            num_grad_evals=step.num_steps,
+            energy=math.nan,
+            potential_energy=step.potential_energy,
+            step_size=step.step_size,
+            warmup=True,
+        )
+
+    def logging(self) -> dict[str, str]:
+        if self._nuts is not None:
+            out = self._nuts.logging()
+        else:
+            out = OrderedDict(
+                [("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{self._running_accept_prob:.3f}")]
+            )
+        if self.sample_stats:
+            out["grads/it"] = str(self.sample_stats[-1]["num_grad_evals"])
+        return out
+
+    def cleanup(self) -> None:
+        if self._nuts is not None:
+            self._nuts.cleanup()
+        self._reset()
 
     def diagnostics(self) -> dict[str, Any]:
         """Pyro's ``divergences`` and ``acceptance rate``, plus ``sample_stats`` (:meth:`get_sample_stats`)."""

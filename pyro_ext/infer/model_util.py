@@ -32,9 +32,12 @@ from adapters.validation import check_site_distribution
 __all__ = [
     "FlatModel",
     "JointModel",
+    "check_continuous",
     "check_continuous_latents",
     "flat_model",
+    "flatten_sites",
     "joint_model",
+    "target_model",
     "unvalidated",
     "validate_model",
     "vmap_log_density",
@@ -407,3 +410,61 @@ def joint_model(
             "p(z), so the latent sites must come first and not depend on x"
         )
     return JointModel(latent, observed, sample_joint, log_prior, log_likelihood)
+
+
+# ---------------------------------------------------------------------------------------
+# The model plumbing of the Pyro MCMC kernels (their shell: pyro_ext.infer.hmc_util.RecordingKernel)
+# ---------------------------------------------------------------------------------------
+class _FlatReal(pyro.distributions.ImproperUniform):
+    """The flat density on ``R^d`` of a Target's site ``"x"``; ``sample`` is ``U(-2, 2)^d``, only for
+    Pyro's initialisation strategies (which draw a value to learn the shape), never a posterior draw."""
+
+    def sample(self, sample_shape=()):
+        return torch.rand(torch.Size(sample_shape) + self.batch_shape + self.event_shape) * 4.0 - 2.0
+
+
+def target_model(target: Any) -> Callable[[], None]:
+    """A Pyro model of a Target of another backend: one unconstrained site ``"x"`` of length ``dim``."""
+    logdensity = target.as_torch()
+
+    def model() -> None:
+        x = pyro.sample("x", _FlatReal(pyro.distributions.constraints.real_vector, (), (target.dim,)))
+        pyro.factor("log_density", logdensity(x))
+
+    model.__name__ = target.name
+    return model
+
+
+def check_continuous(algorithm: str, model: Callable, init_strategy: Callable, args: tuple, kwargs: dict) -> None:
+    """Raise a ``ValueError`` naming ``model``'s discrete latent sites, if any (:func:`check_continuous_latents`).
+
+    The trace is initialised like Pyro's HMC does (``init_strategy``, discrete sites drawn), so
+    improper sites, which cannot be sampled, work; torch's random-number state is restored, so
+    the check leaves the chain's draws alone.
+    """
+    from pyro.infer.autoguide.initialization import InitMessenger
+
+    def init_fn(site):  # discrete sites get a draw, so they reach the trace and the message
+        if site["fn"].support.is_discrete:
+            return site["fn"].sample()
+        return init_strategy(site)
+
+    rng_state = pyro.util.get_rng_state()
+    try:
+        with pyro.poutine.block():
+            trace = pyro.poutine.trace(InitMessenger(init_fn)(model)).get_trace(*args, **kwargs)
+    finally:
+        pyro.util.set_rng_state(rng_state)
+    check_continuous_latents(trace, algorithm)
+
+
+def flatten_sites(z: dict[str, Tensor], sites: tuple[str, ...]) -> tuple[Tensor, Callable[[Tensor], dict]]:
+    """``(x, unflatten)``: the sites' values raveled into one vector ``x`` ``(d,)`` in the order ``sites``
+    (Pyro's mass-matrix block order), and the map from such a vector back to ``{site: tensor}``."""
+    shapes = {name: z[name].shape for name in sites}
+    sizes = [math.prod(shapes[name]) for name in sites]
+
+    def unflatten(x: Tensor) -> dict[str, Tensor]:
+        return {name: part.reshape(shapes[name]) for name, part in zip(sites, torch.split(x, sizes), strict=True)}
+
+    return torch.cat([z[name].detach().reshape(-1) for name in sites]), unflatten

@@ -16,14 +16,7 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from numpyro.infer.initialization import init_to_uniform
 
-from adapters.configs import check_flag
-from adapters.validation import (
-    check_greater,
-    check_positive,
-    check_positive_int,
-    check_probability,
-    check_unit_interval,
-)
+from adapters.configs import ConfigAttributes, DRGHMCConfig
 from numpyro_ext.infer.drghmc.core import DRGHMCState, build_kernel
 from numpyro_ext.infer.hmc_util import (
     adapt_in_warmup,
@@ -65,7 +58,7 @@ class DRGHMCKernelState(NamedTuple):
     rng_key: Array
 
 
-class DRGHMC(WarmupKernel):
+class DRGHMC(ConfigAttributes, WarmupKernel):
     """Delayed-rejection generalized HMC (Turok, Modi & Carpenter 2025) for :class:`numpyro.infer.MCMC`.
 
     Each iteration partially refreshes a persistent momentum, takes ``num_steps`` (default one)
@@ -99,6 +92,8 @@ class DRGHMC(WarmupKernel):
         max_tree_depth: tree-depth limit of the NUTS warmup.
 
     The first sampling iteration refreshes the momentum fully (``N(0, M)`` of the adapted metric).
+    The checked hyperparameters are ``kernel.config`` (:class:`adapters.configs.DRGHMCConfig`, shared by
+    both backends); each also reads as an attribute (``kernel.damping``).
 
     Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``): ``accept_prob``
     (ArviZ ``acceptance_rate``), ``diverging``, ``stage``, ``num_steps`` (``n_steps``; ArviZ adds
@@ -128,44 +123,41 @@ class DRGHMC(WarmupKernel):
         max_tree_depth: int = 10,
     ):
         super().__init__("DRGHMC", model, potential_fn, init_strategy, inverse_mass_matrix)
-        self.step_size = check_positive("step_size", step_size)
-        self.step_size_factor = check_positive("step_size_factor", step_size_factor)
-        self.num_steps = check_positive_int("num_steps", num_steps)
-        self.max_proposals = check_positive_int("max_proposals", max_proposals)
-        self.reduction_factor = check_greater(
-            "reduction_factor", reduction_factor, 1, "the step-size ratio between stages"
+        self.config = cfg = DRGHMCConfig(
+            step_size=step_size,
+            step_size_factor=step_size_factor,
+            num_steps=num_steps,
+            max_proposals=max_proposals,
+            reduction_factor=reduction_factor,
+            damping=damping,
+            probabilistic=probabilistic,
+            constant_trajectory=constant_trajectory,
+            adapt_step_size=adapt_step_size,
+            target_accept_prob=target_accept_prob,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            max_delta_energy=max_delta_energy,
+            max_tree_depth=max_tree_depth,
         )
-        self.damping = check_unit_interval("damping", damping, include_zero=False, include_one=True)
-        self.target_accept_prob = check_probability("target_accept_prob", target_accept_prob)
-        for name, flag in [
-            ("probabilistic", probabilistic),
-            ("constant_trajectory", constant_trajectory),
-            ("adapt_step_size", adapt_step_size),
-            ("adapt_mass_matrix", adapt_mass_matrix),
-            ("dense_mass", dense_mass),
-        ]:
-            setattr(self, name, check_flag(name, flag))
-        self.max_delta_energy = check_positive("max_delta_energy", max_delta_energy)
-        self.max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
-
         self._step = build_kernel(
-            self.max_proposals,
-            self.reduction_factor,
-            self.damping,
-            self.probabilistic,
-            self.constant_trajectory,
-            self.max_delta_energy,
+            cfg.max_proposals,
+            cfg.reduction_factor,
+            cfg.damping,
+            cfg.probabilistic,
+            cfg.constant_trajectory,
+            cfg.max_delta_energy,
         )
 
     # ---- WarmupKernel hooks ----------------------------------------------------------
     def adaptation_settings(self) -> tuple[bool, bool, bool, float]:
-        return self.adapt_step_size, self.adapt_mass_matrix, self.dense_mass, self.target_accept_prob
+        cfg = self.config
+        return cfg.adapt_step_size, cfg.adapt_mass_matrix, cfg.dense_mass, cfg.target_accept_prob
 
     def _init_one(self, z, key, potential_fn, wa_init):
         key, wa_key, momentum_key = jax.random.split(key, 3)
         position = ravel_pytree(z)[0]
         potential_energy, potential_grad, adapt_state = start_adaptation(
-            wa_init, potential_fn, position, wa_key, self.step_size, self._inverse_mass_matrix, self._dim
+            wa_init, potential_fn, position, wa_key, self.config.step_size, self._inverse_mass_matrix, self._dim
         )
         momentum = sample_momentum(momentum_key, adapt_state.inverse_mass_matrix, position)
         return DRGHMCKernelState(
@@ -176,10 +168,12 @@ class DRGHMC(WarmupKernel):
         potential_fn, rng_key, args = self.transition_inputs(state, model_args, model_kwargs)
         if nuts_warmup:
             # NUTS draws its own momentum; the persistent one is refreshed fully after warmup
-            new = nuts_transition(potential_fn, *args, self.max_delta_energy, self.max_tree_depth, momentum=state.r)
+            new = nuts_transition(
+                potential_fn, *args, self.config.max_delta_energy, self.config.max_tree_depth, momentum=state.r
+            )
         else:
             # the first sampling iteration refreshes fully: the kept momentum was drawn for warmup's metric
-            damping = jnp.where(state.i == self._num_warmup, 1.0, self.damping).astype(args[1].dtype)
+            damping = jnp.where(state.i == self._num_warmup, 1.0, self.config.damping).astype(args[1].dtype)
             new = self._drghmc_transition(potential_fn, *args, state.r, damping)
 
         adapt_state = state.adapt_state
@@ -187,7 +181,7 @@ class DRGHMC(WarmupKernel):
             adapt_state = adapt_in_warmup(self._wa_update, state.i, self._num_warmup, new, adapt_state)
             # the recipe: the first stage steps step_size_factor x the step size NUTS adapted
             last = state.i == self._num_warmup - 1
-            scale = jnp.where(last, self.step_size_factor, 1.0).astype(adapt_state.step_size.dtype)
+            scale = jnp.where(last, self.config.step_size_factor, 1.0).astype(adapt_state.step_size.dtype)
             adapt_state = adapt_state._replace(step_size=adapt_state.step_size * scale)
         return DRGHMCKernelState(r=new.momentum, **self.next_fields(state, new, adapt_state, rng_key))
 
@@ -197,6 +191,6 @@ class DRGHMC(WarmupKernel):
     ):
         state = DRGHMCState(position, r, -potential_energy, -potential_grad)
         new_state, info = self._step(
-            key, state, lambda x: -potential_fn(x), step_size, inverse_mass_matrix, self.num_steps, damping
+            key, state, lambda x: -potential_fn(x), step_size, inverse_mass_matrix, self.config.num_steps, damping
         )
         return core_transition(new_state, info, momentum=new_state.momentum)

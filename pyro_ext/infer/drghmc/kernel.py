@@ -10,37 +10,24 @@ Pyro's public ``initialize_model``, as :class:`pyro_ext.infer.DRHMC` uses it.
 
 from __future__ import annotations
 
-import functools
-import math
-import types
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import pyro
 import torch
 from pyro.infer.autoguide.initialization import init_to_uniform
-from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
-from adapters.configs import check_flag, check_kernel_functions, check_model_or_potential
-from adapters.validation import (
-    check_greater,
-    check_numeric,
-    check_positive,
-    check_positive_int,
-    check_probability,
-    check_unit_interval,
-)
+from adapters.configs import ConfigAttributes, DRGHMCConfig
+from adapters.validation import check_inverse_mass_matrix, check_numeric
 from pyro_ext.infer.drghmc.core import DRGHMCState, build_kernel
-from pyro_ext.infer.drhmc.kernel import check_continuous, target_model
 from pyro_ext.infer.drhmc.warmup import NUTSWarmup, is_numerical_failure
-from pyro_ext.infer.hmc_util import RecordingKernel, check_inverse_mass_matrix, flatten_sites
+from pyro_ext.infer.hmc_util import RecordingKernel
 
 __all__ = ["DRGHMC"]
 
 
-class DRGHMC(RecordingKernel):
+class DRGHMC(ConfigAttributes, RecordingKernel):
     """Delayed-rejection generalized HMC (Turok, Modi & Carpenter 2025) for :class:`pyro.infer.MCMC`.
 
     Each iteration partially refreshes a persistent momentum, takes ``num_steps`` (default one)
@@ -80,6 +67,8 @@ class DRGHMC(RecordingKernel):
         jit_compile: Pyro's ``jit_compile`` of the potential energy.
 
     The first sampling iteration refreshes the momentum fully (``N(0, M)`` of the adapted metric).
+    The checked hyperparameters are ``kernel.config`` (:class:`adapters.configs.DRGHMCConfig`, shared by
+    both backends); each also reads as an attribute (``kernel.damping``).
 
     Per-iteration statistics, warmup included, are kept as :class:`pyro_ext.infer.DRHMC` keeps them:
     :meth:`get_sample_stats` returns numpy arrays ``(warmup_steps + num_samples,)`` of ``accept_prob``
@@ -113,46 +102,30 @@ class DRGHMC(RecordingKernel):
         max_tree_depth: int = 10,
         jit_compile: bool = False,
     ):
-        from adapters.target import Target
-
-        check_model_or_potential("DRGHMC", model, potential_fn)
-        check_kernel_functions("DRGHMC", model, potential_fn, init_strategy)
+        self.set_model("DRGHMC", model, potential_fn, init_strategy, jit_compile)
         if inverse_mass_matrix is not None:
             check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
-        self.initial_step_size = check_positive("step_size", step_size)
-        self.step_size_factor = check_positive("step_size_factor", step_size_factor)
-        self.num_steps = check_positive_int("num_steps", num_steps)
-        self.max_proposals = check_positive_int("max_proposals", max_proposals)
-        self.reduction_factor = check_greater(
-            "reduction_factor", reduction_factor, 1, "the step-size ratio between stages"
+        self.config = DRGHMCConfig(
+            step_size=step_size,
+            step_size_factor=step_size_factor,
+            num_steps=num_steps,
+            max_proposals=max_proposals,
+            reduction_factor=reduction_factor,
+            damping=damping,
+            probabilistic=probabilistic,
+            constant_trajectory=constant_trajectory,
+            adapt_step_size=adapt_step_size,
+            target_accept_prob=target_accept_prob,
+            adapt_mass_matrix=adapt_mass_matrix,
+            dense_mass=dense_mass,
+            max_delta_energy=max_delta_energy,
+            max_tree_depth=max_tree_depth,
         )
-        self.damping = check_unit_interval("damping", damping, include_zero=False, include_one=True)
-        self.target_accept_prob = check_probability("target_accept_prob", target_accept_prob)
-        for name, flag in [
-            ("probabilistic", probabilistic),
-            ("constant_trajectory", constant_trajectory),
-            ("adapt_step_size", adapt_step_size),
-            ("adapt_mass_matrix", adapt_mass_matrix),
-            ("dense_mass", dense_mass),
-        ]:
-            setattr(self, name, check_flag(name, flag))
-        self.max_delta_energy = check_positive("max_delta_energy", max_delta_energy)
-        self.max_tree_depth = check_positive_int("max_tree_depth", max_tree_depth)
-        self._jit_compile = check_flag("jit_compile", jit_compile)
-
-        self._target = None
-        if isinstance(model, Target):
-            if model.backend == "pyro":
-                model = functools.partial(model.model, *model.model_args, **model.model_kwargs)
-            else:
-                self._target, model = model, target_model(model)
-        self.model = model
-        self.potential_fn = potential_fn
-        self.transforms = None
-        self._init_strategy = init_strategy
         self._inverse_mass_matrix_input = inverse_mass_matrix
-        self.start_chain(0)
+        self.reset_statistics()
         self._reset()
+
+    is_failure = staticmethod(is_numerical_failure)
 
     def _reset(self) -> None:
         """Per-chain state, cleared by ``cleanup`` (as Pyro's ``HMC``); the statistics stay."""
@@ -162,42 +135,32 @@ class DRGHMC(RecordingKernel):
         self._momentum = None  # the kept momentum, flat (d,)
         self._nuts = None  # the NUTS warmup while it runs
         self._step = None  # built in setup, so an un-set-up kernel pickles (spawned chains)
-        self._step_size = self.initial_step_size
+        self._step_size = self.config.step_size
         self._layout = None  # (site names in flat order, inverse mass matrix (d,) or (d, d))
 
     # ---- Pyro MCMCKernel interface -----------------------------------------------------
+    @property
+    def initial_step_size(self) -> float:
+        """The ``step_size`` given: the start of the warmup's adaptation (``config.step_size``)."""
+        return self.config.step_size
+
     @property
     def step_size(self) -> float:
         """The current step size: the NUTS warmup's while it runs, then the first stage's."""
         return self._nuts.step_size if self._nuts is not None else self._step_size
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
-        self.start_chain(warmup_steps)
-        self._iteration = 0
-        if self.model is not None:
-            check_continuous("DRGHMC", self.model, self._init_strategy, args, kwargs)
-            params, self.potential_fn, self.transforms, _ = initialize_model(
-                self.model,
-                args,
-                kwargs,
-                transforms=self.transforms,
-                jit_compile=self._jit_compile,
-                init_strategy=self._init_strategy,
-                initial_params=self._initial_params,
-            )
-            self._initial_params = params
-        elif self._initial_params is None:
-            raise ValueError("DRGHMC: with `potential_fn`, pass `initial_params` to MCMC (one value per chain)")
+        z = self.start_chain(warmup_steps, args, kwargs)
+        cfg = self.config
         self._step = build_kernel(
-            self.max_proposals,
-            self.reduction_factor,
-            self.damping,
-            self.probabilistic,
-            self.constant_trajectory,
-            self.max_delta_energy,
+            cfg.max_proposals,
+            cfg.reduction_factor,
+            cfg.damping,
+            cfg.probabilistic,
+            cfg.constant_trajectory,
+            cfg.max_delta_energy,
         )
-        self._step_size = self.initial_step_size
-        z = {k: v.detach() for k, v in self._initial_params.items()}
+        self._step_size = cfg.step_size
         if not z:  # no latent sites: nothing to adapt or move
             self._state, self._layout = (z, self.potential_fn(z), {}), ((), None)
             return
@@ -210,56 +173,30 @@ class DRGHMC(RecordingKernel):
         imm = None if imm is None else torch.as_tensor(imm, **options)
         check_inverse_mass_matrix("DRGHMC", imm, dim)
         if imm is None:
-            imm = torch.eye(dim, **options) if self.dense_mass else torch.ones(dim, **options)
+            imm = torch.eye(dim, **options) if cfg.dense_mass else torch.ones(dim, **options)
         # the first sampling iteration refreshes fully, so the kept momentum starts at zero
         self._momentum = torch.zeros(dim, **options)
         self._layout = (sites, imm)
-        if warmup_steps > 0:
-            settings = types.SimpleNamespace(
-                step_size=self.initial_step_size,
-                adapt_step_size=self.adapt_step_size,
-                adapt_mass_matrix=self.adapt_mass_matrix,
-                target_accept_prob=self.target_accept_prob,
-                max_tree_depth=self.max_tree_depth,
-                dense_mass=self.dense_mass,
-            )
-            self._nuts = NUTSWarmup(self.potential_fn, self._initial_params, warmup_steps, settings)
+        if warmup_steps > 0:  # the config names NUTSWarmup's settings (step_size: the adaptation's start)
+            self._nuts = NUTSWarmup(self.potential_fn, self._initial_params, warmup_steps, cfg)
             if self._inverse_mass_matrix_input is not None:
                 self._nuts.nuts.mass_matrix_adapter.inverse_mass_matrix = {sites: imm}
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self._layout[0]:  # no latent sites: nothing to move (as Pyro's HMC)
-            self._iteration += 1
-            return params
+        if not self._layout[0]:  # no latent sites: nothing to move
+            return self.no_latent_sample(params)
         if self._nuts is not None:
             return self._nuts_sample(params)
-        if self._state is None:
-            z = {k: v.detach() for k, v in params.items()}
-            z_grads, potential_energy = potential_grad(self.potential_fn, z)
-        else:
-            z, potential_energy, z_grads = self._state
         sites, inverse_mass_matrix = self._layout
-        position, unflatten = flatten_sites(z, sites)
-
-        def logdensity(x: torch.Tensor) -> torch.Tensor:
-            try:
-                return -self.potential_fn(unflatten(x))
-            except Exception as e:  # Pyro's numerical-failure exceptions count as NaN, as in its HMC
-                if is_numerical_failure(e):
-                    return x.new_tensor(math.nan)
-                raise
-
-        grad = -flatten_sites(z_grads, sites)[0]
-        logdensity_start = -float(potential_energy)
-        logdensity_start = logdensity_start if math.isfinite(logdensity_start) else -math.inf
-        state = DRGHMCState(position, self._momentum, logdensity_start, grad)
+        point = self.flat_point(params, sites)
+        state = DRGHMCState(point.position, self._momentum, point.logdensity, point.grad)
         # the first sampling iteration refreshes fully: the kept momentum was not drawn for this metric
-        damping = 1.0 if self._iteration == self._warmup_steps else self.damping
+        damping = 1.0 if self._iteration == self._warmup_steps else self.config.damping
+        num_steps = self.config.num_steps
         with pyro.validation_enabled(False):  # NaN and out-of-support values are expected on diverging trajectories
-            new, info = self._step(state, logdensity, self._step_size, inverse_mass_matrix, self.num_steps, damping)
-        z_new, z_grads_new = unflatten(new.position), unflatten(-new.logdensity_grad)
-        potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
-        self._state, self._momentum = (z_new, potential_new, z_grads_new), new.momentum
+            new, info = self._step(state, point.logdensity_fn, self._step_size, inverse_mass_matrix, num_steps, damping)
+        z_new = self.move_to(new, point)
+        self._momentum = new.momentum
         self._iteration += 1
         self.record(
             is_accepted=info.is_accepted,
@@ -275,42 +212,16 @@ class DRGHMC(RecordingKernel):
         )
         return dict(z_new)
 
-    def cleanup(self) -> None:
-        if self._nuts is not None:
-            self._nuts.cleanup()
-        self._reset()
-
-    def logging(self) -> dict[str, str]:
-        if self._nuts is not None:
-            out = self._nuts.logging()
-        else:
-            out = OrderedDict(
-                [("step size", f"{self.step_size:.2e}"), ("acc. prob", f"{self._running_accept_prob:.3f}")]
-            )
-        if self.sample_stats:
-            out["grads/it"] = str(self.sample_stats[-1]["num_grad_evals"])
-        return out
-
     # ---- helpers --------------------------------------------------------------------------
     def _nuts_sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One of Pyro's NUTS transitions (warmup); when warmup ends, take its tuning over (the recipe)."""
         step = self._nuts.sample(params)
         self._iteration += 1
         if self._iteration == self._warmup_steps:
-            self._step_size = self.step_size_factor * self._nuts.step_size
+            self._step_size = self.config.step_size_factor * self._nuts.step_size
             ((sites, inverse_mass_matrix),) = self._nuts.inverse_mass_matrix.items()
             self._layout = (tuple(sites), inverse_mass_matrix.detach())
             self._nuts.cleanup()
             self._nuts, self._state = None, None
-        self.record(
-            accept_prob=math.nan,
-            diverging=False,
-            stage=-1,
-            num_steps=step.num_steps,
-            num_grad_evals=step.num_steps,
-            energy=math.nan,
-            potential_energy=step.potential_energy,
-            step_size=step.step_size,
-            warmup=True,
-        )
+        self.record_nuts(step)
         return step.z

@@ -10,80 +10,26 @@ trajectory length, an internal :class:`pyro.infer.NUTS` driven through its publi
 
 from __future__ import annotations
 
-import functools
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable
 
 import pyro
 import torch
 from pyro.infer.autoguide.initialization import init_to_uniform
 from pyro.infer.mcmc.adaptation import WarmupAdapter
-from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
-from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
-from adapters.configs import (
-    DRHMCConfig,
-    check_flag,
-    check_initial_values,
-    check_kernel_functions,
-    check_model_or_potential,
-)
+from adapters.configs import DRHMCConfig
 from pyro_ext.infer.drhmc.core import DRHMCState, build_kernel
 from pyro_ext.infer.drhmc.warmup import NUTSWarmup, find_reasonable_step_size, is_numerical_failure
-from pyro_ext.infer.hmc_util import fixed_length_steps
-from pyro_ext.infer.model_util import check_continuous_latents
+from pyro_ext.infer.hmc_util import RecordingKernel, fixed_length_steps
+from pyro_ext.infer.model_util import check_continuous, target_model  # DR-HMC's public names since it had them
 
 __all__ = ["DRHMC", "check_continuous", "target_model"]
 
 
-class _FlatReal(pyro.distributions.ImproperUniform):
-    """The flat density on ``R^d`` of a Target's site ``"x"``; ``sample`` is ``U(-2, 2)^d``, only for
-    Pyro's initialisation strategies (which draw a value to learn the shape), never a posterior draw."""
-
-    def sample(self, sample_shape=()):
-        return torch.rand(torch.Size(sample_shape) + self.batch_shape + self.event_shape) * 4.0 - 2.0
-
-
-def target_model(target) -> Callable[[], None]:
-    """A Pyro model of a Target of another backend: one unconstrained site ``"x"`` of length ``dim``."""
-    logdensity = target.as_torch()
-
-    def model() -> None:
-        x = pyro.sample("x", _FlatReal(pyro.distributions.constraints.real_vector, (), (target.dim,)))
-        pyro.factor("log_density", logdensity(x))
-
-    model.__name__ = target.name
-    return model
-
-
-def check_continuous(algorithm: str, model: Callable, init_strategy: Callable, args: tuple, kwargs: dict) -> None:
-    """Raise a ``ValueError`` naming ``model``'s discrete latent sites, if any
-    (:func:`pyro_ext.infer.model_util.check_continuous_latents`).
-
-    The trace is initialised like Pyro's HMC does (``init_strategy``, discrete sites drawn), so
-    improper sites, which cannot be sampled, work; torch's random-number state is restored, so
-    the check leaves the chain's draws alone.
-    """
-    from pyro.infer.autoguide.initialization import InitMessenger
-
-    def init_fn(site):  # discrete sites get a draw, so they reach the trace and the message
-        if site["fn"].support.is_discrete:
-            return site["fn"].sample()
-        return init_strategy(site)
-
-    rng_state = pyro.util.get_rng_state()
-    try:
-        with pyro.poutine.block():
-            trace = pyro.poutine.trace(InitMessenger(init_fn)(model)).get_trace(*args, **kwargs)
-    finally:
-        pyro.util.set_rng_state(rng_state)
-    check_continuous_latents(trace, algorithm)
-
-
-class DRHMC(MCMCKernel):
+class DRHMC(RecordingKernel):
     r"""Delayed-rejection HMC (Modi, Barnett & Carpenter 2023) for :class:`pyro.infer.MCMC`.
 
     Each iteration draws one momentum and tries up to ``max_proposals`` leapfrog
@@ -186,11 +132,7 @@ class DRHMC(MCMCKernel):
         trajectory_scale: float | None = None,
         jitter_trajectory: bool = False,
     ):
-        from adapters.target import Target
-
-        check_model_or_potential("DRHMC", model, potential_fn)
-        check_kernel_functions("DRHMC", model, potential_fn, init_strategy)
-        check_flag("jit_compile", jit_compile)
+        self.set_model("DRHMC", model, potential_fn, init_strategy, jit_compile)
         self.config = cfg = DRHMCConfig(
             step_size=step_size,
             trajectory_length=trajectory_length,
@@ -207,17 +149,6 @@ class DRHMC(MCMCKernel):
             trajectory_scale=trajectory_scale,
             jitter_trajectory=jitter_trajectory,
         )
-        self._target = None
-        if isinstance(model, Target):
-            if model.backend == "pyro":
-                model = functools.partial(model.model, *model.model_args, **model.model_kwargs)
-            else:
-                self._target, model = model, target_model(model)
-        self.model = model
-        self.potential_fn = potential_fn
-        self.transforms = None
-        self._init_strategy = init_strategy
-        self._jit_compile = jit_compile
         self._warmup_adapter = WarmupAdapter(
             cfg.step_size,
             adapt_step_size=cfg.adapt_step_size,
@@ -226,33 +157,20 @@ class DRHMC(MCMCKernel):
             dense_mass=cfg.dense_mass,
         )
         self.trajectory_length = cfg.trajectory_length if cfg.trajectory_length is not None else 2 * math.pi
-        self.sample_stats: list[dict[str, Any]] = []
-        self._initial_params = None
+        self.reset_statistics()
         self._reset()
+
+    is_failure = staticmethod(is_numerical_failure)
 
     def _reset(self) -> None:
         """Per-chain state, cleared by ``cleanup`` (as Pyro's ``HMC``); statistics and tuning stay."""
         self._iteration = 0
-        self._warmup_steps = None
-        self._num_accepted = 0
-        self._running_accept_prob = 0.0
-        self._divergent_draws: list[int] = []
         self._initial_params = None
         self._state = None  # (z, potential energy, potential gradient) of the current draw
         self._nuts = None  # the NUTS warmup while it runs
         self._dr_step = None  # built in setup, so an un-set-up kernel pickles (spawned chains)
 
     # ---- Pyro MCMCKernel interface -----------------------------------------------------
-    @property
-    def initial_params(self) -> dict[str, torch.Tensor] | None:
-        return self._initial_params
-
-    @initial_params.setter
-    def initial_params(self, params: dict[str, torch.Tensor] | None) -> None:
-        if params is not None:  # MCMC(..., initial_params=...) sets it: a string or an int tensor is named here
-            check_initial_values("initial_params", params)
-        self._initial_params = params
-
     @property
     def step_size(self) -> float:
         """Current first-stage step size (the NUTS warmup's while it runs, else the adapter's)."""
@@ -274,27 +192,10 @@ class DRHMC(MCMCKernel):
         return self._warmup_adapter.adaptation_schedule
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
-        self._warmup_steps = warmup_steps
-        self._iteration, self._num_accepted, self._running_accept_prob, self._divergent_draws = 0, 0, 0.0, []
-        self.sample_stats = []
-        if self.model is not None:
-            check_continuous("DRHMC", self.model, self._init_strategy, args, kwargs)
-            params, self.potential_fn, self.transforms, _ = initialize_model(
-                self.model,
-                args,
-                kwargs,
-                transforms=self.transforms,
-                jit_compile=self._jit_compile,
-                init_strategy=self._init_strategy,
-                initial_params=self._initial_params,
-            )
-            self._initial_params = params
-        elif self._initial_params is None:
-            raise ValueError("DRHMC: with `potential_fn`, pass `initial_params` to MCMC (one value per chain)")
+        z = self.start_chain(warmup_steps, args, kwargs)
         cfg = self.config
         self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
         self.trajectory_length = cfg.trajectory_length if cfg.trajectory_length is not None else 2 * math.pi
-        z = {k: v.detach() for k, v in self._initial_params.items()}
         if not z:  # no latent sites: nothing to adapt or move
             self._state = (z, self.potential_fn(z), {})
             return
@@ -324,51 +225,21 @@ class DRHMC(MCMCKernel):
         self._length_count = 0
 
     def sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self._state is not None and len(self._state[0]) == 0:  # no latent sites: nothing to move (as Pyro's HMC)
-            self._iteration += 1
-            self._running_accept_prob = 1.0
-            if self._iteration > self._warmup_steps:
-                self._num_accepted += 1
-            return params
+        if self._state is not None and len(self._state[0]) == 0:  # no latent sites: nothing to move
+            return self.no_latent_sample(params)
         if self._nuts is not None:
             return self._nuts_sample(params)
-        if self._state is None:
-            z = {k: v.detach() for k, v in params.items()}
-            z_grads, potential_energy = potential_grad(self.potential_fn, z)
-        else:
-            z, potential_energy, z_grads = self._state
         sites, inverse_mass_matrix = self._flat_layout()
-        shapes = {name: z[name].shape for name in sites}
-        sizes = [math.prod(shapes[name]) for name in sites]
-
-        def unflatten(x: torch.Tensor) -> dict[str, torch.Tensor]:
-            return {name: part.reshape(shapes[name]) for name, part in zip(sites, torch.split(x, sizes), strict=True)}
-
-        potential_fn = self.potential_fn
-
-        def logdensity(x: torch.Tensor) -> torch.Tensor:
-            try:
-                return -potential_fn(unflatten(x))
-            except Exception as e:  # Pyro's numerical-failure exceptions count as NaN, as in its HMC
-                if is_numerical_failure(e):
-                    return x.new_tensor(math.nan)
-                raise
-
-        position = torch.cat([z[name].detach().reshape(-1) for name in sites])
-        grad = -torch.cat([z_grads[name].detach().reshape(-1) for name in sites])
-        logdensity_start = -float(potential_energy)
-        state = DRHMCState(position, logdensity_start if math.isfinite(logdensity_start) else -math.inf, grad)
+        point = self.flat_point(params, sites)
+        state = DRHMCState(point.position, point.logdensity, point.grad)
         step_size = float(self.step_size)  # the adapted eps, recorded; the integrator's may be smaller
         integrator_step_size, num_steps = self._iteration_steps()
         with pyro.validation_enabled(False):  # NaN and out-of-support values are expected on diverging trajectories
-            new, info = self._dr_step(state, logdensity, integrator_step_size, inverse_mass_matrix, num_steps)
-        z_new = unflatten(new.position)
-        z_grads_new = unflatten(-new.logdensity_grad)
-        potential_new = torch.as_tensor(-new.logdensity, dtype=position.dtype, device=position.device)
-        self._state = (z_new, potential_new, z_grads_new)
-
+            new, info = self._dr_step(state, point.logdensity_fn, integrator_step_size, inverse_mass_matrix, num_steps)
+        z_new = self.move_to(new, point)
         warmup = self._iteration < self._warmup_steps
-        self._record(
+        self.record(
+            is_accepted=info.is_accepted,
             accept_prob=info.acceptance_rate,
             diverging=info.is_divergent,
             stage=info.stage,
@@ -381,23 +252,11 @@ class DRHMC(MCMCKernel):
         )
         self._iteration += 1
         if warmup:
-            n = self._iteration
-            accept = torch.as_tensor(info.first_acceptance_rate, dtype=position.dtype)
+            accept = torch.as_tensor(info.first_acceptance_rate, dtype=point.position.dtype)
             # t counts from 0, as the adapter documents and NumPyro's warmup_adapter runs (Pyro's HMC passes
             # t + 1): every window then ends on the same iteration as NumPyro's, the last included
-            self._warmup_adapter.step(self._iteration - 1, z_new, accept, z_grads_new)
-        else:
-            n = self._iteration - self._warmup_steps
-            self._num_accepted += int(info.is_accepted)
-            if info.is_divergent:
-                self._divergent_draws.append(self._iteration - 1 - self._warmup_steps)
-        self._running_accept_prob += (info.acceptance_rate - self._running_accept_prob) / n
+            self._warmup_adapter.step(self._iteration - 1, z_new, accept, self._state[2])
         return dict(z_new)
-
-    def cleanup(self) -> None:
-        if self._nuts is not None:
-            self._nuts.cleanup()
-        self._reset()
 
     @property
     def num_steps(self) -> int:
@@ -422,50 +281,6 @@ class DRHMC(MCMCKernel):
             return self._first_stage_steps(1.0)
         return self._first_stage_steps(1.0 - torch.rand((), dtype=torch.float64).item())
 
-    def logging(self) -> dict[str, str]:
-        if self._nuts is not None:
-            out = self._nuts.logging()
-        else:
-            accept = f"{self._running_accept_prob:.3f}"
-            out = OrderedDict([("step size", f"{self.step_size:.2e}"), ("acc. prob", accept)])
-        if self.sample_stats:
-            out["grads/it"] = str(self.sample_stats[-1]["num_grad_evals"])
-        return out
-
-    def diagnostics(self) -> dict[str, Any]:
-        """Pyro's ``divergences`` and ``acceptance rate``, plus ``sample_stats`` (see the class docstring)."""
-        return {
-            "divergences": self._divergent_draws,
-            "acceptance rate": self._num_accepted / (self._iteration - self._warmup_steps),
-            "sample_stats": self.get_sample_stats(),
-        }
-
-    def get_sample_stats(self) -> dict[str, Any]:
-        """Per-iteration statistics of the chain run last, as numpy arrays ``(num_iterations,)``, warmup included.
-
-        Keys: ``accept_prob``, ``diverging``, ``stage``, ``num_steps``, ``num_grad_evals``,
-        ``energy``, ``potential_energy``, ``step_size``, ``warmup`` (see the class docstring).
-        """
-        import numpy as np
-
-        if not self.sample_stats:
-            return {}
-        return {key: np.asarray([row[key] for row in self.sample_stats]) for key in self.sample_stats[0]}
-
-    def constrain_samples(self, samples: Mapping[str, Any]) -> dict[str, Any]:
-        """Draws of ``mcmc.get_samples()`` as the model's constrained parameters.
-
-        For a Pyro model (Pyro's ``MCMC`` already constrained them) and a ``potential_fn``
-        this returns ``samples`` unchanged; for a Target of another backend it maps the
-        unconstrained site ``"x"`` of shape ``(..., dim)`` with ``target.constrain`` to a
-        dict of numpy arrays of shape ``(..., *site_shape)``.
-        """
-        if self._target is None:
-            return dict(samples)
-        x = samples["x"]
-        x = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else x
-        return self._target.constrain(x)
-
     # ---- helpers --------------------------------------------------------------------------
     def _nuts_sample(self, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """One of Pyro's NUTS transitions (warmup), recording its integration time."""
@@ -482,17 +297,7 @@ class DRHMC(MCMCKernel):
             self._warmup_adapter.mass_matrix_adapter.inverse_mass_matrix = dict(self._nuts.inverse_mass_matrix)
             self._nuts.cleanup()
             self._nuts, self._state = None, None
-        self._record(
-            accept_prob=math.nan,
-            diverging=False,
-            stage=-1,
-            num_steps=step.num_steps,
-            num_grad_evals=step.num_steps,
-            energy=math.nan,
-            potential_energy=step.potential_energy,
-            step_size=step.step_size,
-            warmup=True,
-        )
+        self.record_nuts(step)
         return step.z
 
     def _find_reasonable_step_size(self, z: dict[str, torch.Tensor]) -> float:
@@ -500,10 +305,6 @@ class DRHMC(MCMCKernel):
         return find_reasonable_step_size(
             self.potential_fn, self._warmup_adapter.mass_matrix_adapter, z, self.step_size, self._initial_params
         )
-
-    def _record(self, **row: Any) -> None:
-        types = dict(diverging=bool, stage=int, num_steps=int, num_grad_evals=int, warmup=bool)
-        self.sample_stats.append({key: types.get(key, float)(value) for key, value in row.items()})
 
     def _flat_layout(self) -> tuple[tuple[str, ...], torch.Tensor]:
         """Site order of the flat vector and its inverse mass matrix, ``(d,)`` or ``(d, d)``."""
