@@ -11,6 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # example_settings
 
 import adapters  # noqa: E402  (needs the repository root on sys.path)
 from adapters.metrics import DEFAULT_RULE  # noqa: E402
@@ -27,6 +28,7 @@ extensions = [
     "sphinx.ext.viewcode",
     "sphinx.ext.mathjax",
     "matplotlib.sphinxext.plot_directive",
+    "example_settings",  # smaller settings for the plot examples in the test build
 ]
 
 # the ``.. plot::`` examples run at build time (offline, on CPU) and embed their figures

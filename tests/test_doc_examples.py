@@ -10,7 +10,8 @@ What is collected (the rule, also stated in docs/getting_started.rst, "The examp
   language (``bash``, ``console``, ``text``, ...) are not executed.
 * Markdown (``README.md``): ```` ```python ```` fences (``py``, ``python3``); a fence without a
   language follows the no-language rule above.
-* ``.. plot::`` blocks run in the Sphinx build (tests/test_docs.py), not here.
+* ``.. plot::`` blocks run in the Sphinx build (tests/test_docs.py), not here; their settings markers
+  are applied there (docs/example_settings.py).
 * ``pycon`` blocks and ``>>>`` doctest blocks are not supported: write the example as a plain
   Python block (``test_no_unsupported_example_forms`` enforces it).
 
@@ -45,6 +46,7 @@ import os
 import random
 import re
 import shlex
+import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +55,9 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "docs"))
+from example_settings import apply_settings, parse_settings  # noqa: E402  (docs/example_settings.py)
+
 DOC_FILES = [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").rglob("*.rst") if "_build" not in p.parts)]
 
 PYTHON_LANGUAGES = {"python", "py", "python3"}
@@ -165,10 +170,16 @@ def parse_rst(path: Path) -> tuple[list[Block], list[str]]:
                 if language in UNSUPPORTED_LANGUAGES:
                     others.append(f"{block.id} ({language} block)")
                 blocks.append(block)
+            elif name == "plot":
+                # a plot's settings apply in the Sphinx build of tests/test_docs.py (docs/example_settings.py)
+                for line_number, text in pending:
+                    if not text.startswith("settings "):
+                        raise ValueError(f"{path}:{line_number}: a plot takes only 'settings' markers, got {text!r}")
+                    parse_settings(text.partition(" ")[2])
+                pending.clear()
+                others.append(f"{path.relative_to(ROOT).as_posix()}:{i + 1} (plot)")
             else:
                 _check_no_orphan(pending, path)
-                if name == "plot":
-                    others.append(f"{path.relative_to(ROOT).as_posix()}:{i + 1} (plot)")
             i = end
             continue
         stripped = line.strip()
@@ -234,40 +245,6 @@ SHELL_BLOCKS = [b for b in ALL_BLOCKS if b.language in {"bash", "console", "shel
 # --- running a block -------------------------------------------------------------------------
 
 
-def parse_settings(text: str) -> dict[str, object]:
-    """``"num_warmup=100, step_size=0.1"`` -> ``{"num_warmup": 100, "step_size": 0.1}``."""
-    call = ast.parse(f"f({text})", mode="eval").body
-    if call.args or any(kw.arg is None for kw in call.keywords):
-        raise ValueError(f"example settings must be name=literal pairs, got {text!r}")
-    return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}
-
-
-class _Settings(ast.NodeTransformer):
-    """Replace the values of the named keyword arguments and top-level assignments."""
-
-    def __init__(self, settings: dict[str, object]):
-        self.settings, self.used = settings, set()
-
-    def _value(self, name: str, old: ast.AST) -> ast.AST:
-        self.used.add(name)
-        new = ast.parse(repr(self.settings[name]), mode="eval").body
-        return ast.fix_missing_locations(ast.copy_location(new, old))
-
-    def visit_keyword(self, node: ast.keyword) -> ast.keyword:
-        self.generic_visit(node)
-        if node.arg in self.settings:
-            node.value = self._value(node.arg, node.value)
-        return node
-
-    def visit_Module(self, node: ast.Module) -> ast.Module:
-        self.generic_visit(node)
-        for stmt in node.body:
-            if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
-                if stmt.targets[0].id in self.settings:
-                    stmt.value = self._value(stmt.targets[0].id, stmt.value)
-        return node
-
-
 def compile_block(block: Block):
     """The block's code object, with its settings applied; line numbers are the file's."""
     source = "\n" * (block.code_line - 1) + block.code
@@ -275,12 +252,7 @@ def compile_block(block: Block):
     for marker in block.markers:
         kind, _, rest = marker.partition(" ")
         if kind == "settings":
-            settings = parse_settings(rest)
-            transformer = _Settings(settings)
-            tree = transformer.visit(tree)
-            unused = sorted(set(settings) - transformer.used)
-            if unused:
-                raise ValueError(f"{block.id}: example settings {unused} match no keyword argument or assignment")
+            tree = apply_settings(tree, rest, block.id)
     return compile(tree, str(block.path), "exec")
 
 
@@ -546,3 +518,14 @@ def test_requires_marker_skips_only_when_a_module_is_missing(tmp_path):
     with pytest.raises(pytest.skip.Exception, match="needs no_such_module_here, not installed"):
         runner._exec(state, absent)
     assert state.namespace["ran"] == 1
+
+
+def test_plot_settings_rewrite_the_plot_code_and_stale_ones_fail():
+    from example_settings import rewrite_plot_settings
+
+    page = ".. example: settings n=3\n\n.. plot::\n   :context: reset\n\n   n = 100\n   f(n, k=n)\n\nText.\n"
+    out = rewrite_plot_settings(page, "page.rst")
+    assert "   n = 3\n   f(n, k=n)\n" in out and out.endswith("\nText.\n") and ":context: reset" in out
+    assert "   n = 100\n   f(n, k=1)\n" in rewrite_plot_settings(page.replace("settings n=3", "settings k=1"), "p")
+    with pytest.raises(ValueError, match=r"page.rst:1: example settings \['m'\] match no"):
+        rewrite_plot_settings(page.replace("n=3", "m=3"), "page.rst")

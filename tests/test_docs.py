@@ -1,5 +1,6 @@
 """The Sphinx documentation builds with warnings as errors, API pages included."""
 
+import os
 import re
 import subprocess
 import sys
@@ -15,7 +16,9 @@ def test_docs_build_without_warnings(tmp_path):
     pytest.importorskip("sphinx", reason="sphinx is not installed (pip install -e '.[docs]')")
     out = tmp_path / "html"
     cmd = [sys.executable, "-m", "sphinx", "-W", "--keep-going", "-b", "html", str(DOCS), str(out)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    # the plot examples run with the settings of their ``.. example: settings`` markers (docs/example_settings.py)
+    env = {**os.environ, "PPL_EXT_DOCS_EXAMPLE_SETTINGS": "1"}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     log = f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
     assert proc.returncode == 0, f"sphinx-build failed (exit {proc.returncode}):\n{log}"
     assert (out / "index.html").is_file()
