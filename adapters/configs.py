@@ -6,7 +6,8 @@ arguments, so the two read the same values and reject bad input with the same me
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,45 @@ from adapters.validation import (
 )
 
 
+def _validate(config: Any, checks: Sequence[tuple[str, Callable[[str, Any], Any]]]) -> None:
+    """Run ``checks`` (``(field, check(name, value) -> value)``, in order: the first bad field is the one named)
+    on a frozen dataclass, keeping each checked value (``check_positive`` gives a float, ...)."""
+    for name, check in checks:
+        object.__setattr__(config, name, check(name, getattr(config, name)))
+
+
+def _optional(*checks: tuple[str, Callable]) -> tuple[tuple[str, Callable], ...]:
+    """The same checks for fields that may also be ``None`` (not given)."""
+    return tuple((name, lambda n, v, check=check: None if v is None else check(n, v)) for name, check in checks)
+
+
+def _flags(*names: str) -> tuple[tuple[str, Callable], ...]:
+    return tuple((name, check_flag) for name in names)
+
+
+def _ratio(name: str, value: Any) -> float:
+    return check_greater(name, value, 1, "the step-size ratio between stages")
+
+
+def _damping(name: str, value: Any) -> float:
+    return check_unit_interval(name, value, include_zero=False, include_one=True)
+
+
+# the checks the delayed-rejection samplers share: their stages, and the limits of a transition
+_STAGES = (("max_proposals", check_positive_int), ("reduction_factor", _ratio))
+_LIMITS = (("max_delta_energy", check_positive), ("max_tree_depth", check_positive_int))
+
+
+class FromArguments:
+    """Mixin for a config dataclass: :meth:`from_arguments` builds it from a constructor's ``locals()``."""
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, Any]) -> Any:
+        """The config of the entries of ``arguments`` named like its fields (others keep their defaults), so a
+        kernel's constructor passes its arguments on as ``DRHMCConfig.from_arguments(locals())``."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls) if f.name in arguments})
+
+
 class ConfigAttributes:
     """Mixin for a kernel that keeps its hyperparameters in ``self.config`` (a dataclass above): each field
     also reads as an attribute of the kernel (``kernel.damping``), unless the kernel defines that name."""
@@ -33,7 +73,7 @@ class ConfigAttributes:
 
 
 @dataclass(frozen=True)
-class DRHMCConfig:
+class DRHMCConfig(FromArguments):
     """DR-HMC's hyperparameters (Modi, Barnett & Carpenter 2023); see ``numpyro_ext.infer.DRHMC``.
 
     ``trajectory_length`` and ``num_steps`` may both be ``None``: warmup then chooses the
@@ -57,29 +97,15 @@ class DRHMCConfig:
     jitter_trajectory: bool = False
 
     def __post_init__(self) -> None:
-        def set_(name, value):
-            object.__setattr__(self, name, value)
-
-        set_("step_size", check_positive("step_size", self.step_size))
-        if self.trajectory_length is not None:
-            set_("trajectory_length", check_positive("trajectory_length", self.trajectory_length))
-        if self.num_steps is not None:
-            set_("num_steps", check_positive_int("num_steps", self.num_steps))
-        if self.trajectory_scale is not None:
-            set_("trajectory_scale", check_positive("trajectory_scale", self.trajectory_scale))
+        optional = (("trajectory_length", check_positive), ("num_steps", check_positive_int))
+        _validate(self, (("step_size", check_positive), *_optional(*optional, ("trajectory_scale", check_positive))))
         if self.trajectory_scale is not None and not self.choose_length:
             raise ValueError(
                 "trajectory_scale scales the trajectory length warmup chooses; it cannot be combined with "
                 f"trajectory_length={self.trajectory_length!r} or num_steps={self.num_steps!r} (scale those instead)"
             )
-        set_("max_proposals", check_positive_int("max_proposals", self.max_proposals))
-        ratio = check_greater("reduction_factor", self.reduction_factor, 1, "the step-size ratio between stages")
-        set_("reduction_factor", ratio)
-        set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
-        for flag in ("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass", "jitter_trajectory"):
-            check_flag(flag, getattr(self, flag))
-        set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
-        set_("max_tree_depth", check_positive_int("max_tree_depth", self.max_tree_depth))
+        flags = _flags("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass", "jitter_trajectory")
+        _validate(self, (*_STAGES, ("target_accept_prob", check_probability), *flags, *_LIMITS))
 
     @property
     def length_scale(self) -> float:
@@ -99,7 +125,7 @@ class DRHMCConfig:
 
 
 @dataclass(frozen=True)
-class DRGHMCConfig:
+class DRGHMCConfig(FromArguments):
     """DR-G-HMC's hyperparameters (Turok, Modi & Carpenter 2025); see ``numpyro_ext.infer.DRGHMC``.
 
     The defaults are the reference code's tuning recipe: one leapfrog step of twice NUTS's adapted
@@ -122,21 +148,10 @@ class DRGHMCConfig:
     max_tree_depth: int = 10
 
     def __post_init__(self) -> None:
-        def set_(name, value):
-            object.__setattr__(self, name, value)
-
-        set_("step_size", check_positive("step_size", self.step_size))
-        set_("step_size_factor", check_positive("step_size_factor", self.step_size_factor))
-        set_("num_steps", check_positive_int("num_steps", self.num_steps))
-        set_("max_proposals", check_positive_int("max_proposals", self.max_proposals))
-        ratio = check_greater("reduction_factor", self.reduction_factor, 1, "the step-size ratio between stages")
-        set_("reduction_factor", ratio)
-        set_("damping", check_unit_interval("damping", self.damping, include_zero=False, include_one=True))
-        set_("target_accept_prob", check_probability("target_accept_prob", self.target_accept_prob))
-        for flag in ("probabilistic", "constant_trajectory", "adapt_step_size", "adapt_mass_matrix", "dense_mass"):
-            check_flag(flag, getattr(self, flag))
-        set_("max_delta_energy", check_positive("max_delta_energy", self.max_delta_energy))
-        set_("max_tree_depth", check_positive_int("max_tree_depth", self.max_tree_depth))
+        first = (("step_size", check_positive), ("step_size_factor", check_positive), ("num_steps", check_positive_int))
+        damping = ("damping", _damping)
+        flags = _flags("probabilistic", "constant_trajectory", "adapt_step_size", "adapt_mass_matrix", "dense_mass")
+        _validate(self, (*first, *_STAGES, damping, ("target_accept_prob", check_probability), *flags, *_LIMITS))
 
 
 # DR-HMC options a sweep may set (``--set drhmc.trajectory_scale=0.5``) that stay out of the

@@ -38,7 +38,6 @@ from pyro.infer.mcmc.util import initialize_model
 from pyro.ops.integrator import potential_grad
 
 from adapters.configs import check_flag, check_initial_values, check_kernel_functions, check_model_or_potential
-from adapters.validation import check_inverse_mass_matrix
 from pyro_ext.infer.model_util import check_continuous, flatten_sites, target_model
 
 __all__ = [
@@ -46,7 +45,6 @@ __all__ = [
     "IntegratorState",
     "MetropolisInfo",
     "RecordingKernel",
-    "check_inverse_mass_matrix",
     "finite_or_neg_inf",
     "fixed_length_steps",
     "kinetic_energy",
@@ -361,6 +359,22 @@ class RecordingKernel(MCMCKernel):
         if not math.isnan(row["accept_prob"]):  # NUTS warmup rows have none
             self._num_averaged += 1
             self._running_accept_prob += (row["accept_prob"] - self._running_accept_prob) / self._num_averaged
+
+    def record_transition(self, new: Any, info: Any, step_size: float, warmup: bool) -> None:
+        """Append the row of one of the kernel's own transitions: a delayed-rejection core's new state and info
+        (:func:`pyro_ext.infer.drhmc.core.build_kernel`'s, :func:`pyro_ext.infer.drghmc.core.build_kernel`'s)."""
+        self.record(
+            is_accepted=info.is_accepted,
+            accept_prob=info.acceptance_rate,
+            diverging=info.is_divergent,
+            stage=info.stage,
+            num_steps=info.num_integration_steps,
+            num_grad_evals=info.num_grad_evals,
+            energy=info.energy,
+            potential_energy=-new.logdensity,
+            step_size=step_size,
+            warmup=warmup,
+        )
 
     def record_nuts(self, step: Any) -> None:
         """Append the row of one of warmup's NUTS transitions (``step``: ``num_steps``, ``step_size``,

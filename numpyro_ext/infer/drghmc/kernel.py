@@ -123,22 +123,7 @@ class DRGHMC(ConfigAttributes, WarmupKernel):
         max_tree_depth: int = 10,
     ):
         super().__init__("DRGHMC", model, potential_fn, init_strategy, inverse_mass_matrix)
-        self.config = cfg = DRGHMCConfig(
-            step_size=step_size,
-            step_size_factor=step_size_factor,
-            num_steps=num_steps,
-            max_proposals=max_proposals,
-            reduction_factor=reduction_factor,
-            damping=damping,
-            probabilistic=probabilistic,
-            constant_trajectory=constant_trajectory,
-            adapt_step_size=adapt_step_size,
-            target_accept_prob=target_accept_prob,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            max_delta_energy=max_delta_energy,
-            max_tree_depth=max_tree_depth,
-        )
+        self.config = cfg = DRGHMCConfig.from_arguments(locals())  # checked, one message for both backends
         self._step = build_kernel(
             cfg.max_proposals,
             cfg.reduction_factor,

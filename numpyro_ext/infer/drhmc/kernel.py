@@ -138,22 +138,7 @@ class DRHMC(WarmupKernel):
     ):
 
         super().__init__("DRHMC", model, potential_fn, init_strategy, inverse_mass_matrix)
-        self.config = DRHMCConfig(
-            step_size=step_size,
-            trajectory_length=trajectory_length,
-            num_steps=num_steps,
-            max_proposals=max_proposals,
-            reduction_factor=reduction_factor,
-            probabilistic=probabilistic,
-            adapt_step_size=adapt_step_size,
-            target_accept_prob=target_accept_prob,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            max_delta_energy=max_delta_energy,
-            max_tree_depth=max_tree_depth,
-            trajectory_scale=trajectory_scale,
-            jitter_trajectory=jitter_trajectory,
-        )
+        self.config = DRHMCConfig.from_arguments(locals())  # checked, one message for both backends
         cfg = self.config
         self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
 

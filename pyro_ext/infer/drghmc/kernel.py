@@ -105,22 +105,7 @@ class DRGHMC(ConfigAttributes, RecordingKernel):
         self.set_model("DRGHMC", model, potential_fn, init_strategy, jit_compile)
         if inverse_mass_matrix is not None:
             check_numeric("inverse_mass_matrix", inverse_mass_matrix, "an array of shape (d,) or (d, d)")
-        self.config = DRGHMCConfig(
-            step_size=step_size,
-            step_size_factor=step_size_factor,
-            num_steps=num_steps,
-            max_proposals=max_proposals,
-            reduction_factor=reduction_factor,
-            damping=damping,
-            probabilistic=probabilistic,
-            constant_trajectory=constant_trajectory,
-            adapt_step_size=adapt_step_size,
-            target_accept_prob=target_accept_prob,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            max_delta_energy=max_delta_energy,
-            max_tree_depth=max_tree_depth,
-        )
+        self.config = DRGHMCConfig.from_arguments(locals())  # checked, one message for both backends
         self._inverse_mass_matrix_input = inverse_mass_matrix
         self.reset_statistics()
         self._reset()
@@ -198,18 +183,7 @@ class DRGHMC(ConfigAttributes, RecordingKernel):
         z_new = self.move_to(new, point)
         self._momentum = new.momentum
         self._iteration += 1
-        self.record(
-            is_accepted=info.is_accepted,
-            accept_prob=info.acceptance_rate,
-            diverging=info.is_divergent,
-            stage=info.stage,
-            num_steps=info.num_integration_steps,
-            num_grad_evals=info.num_grad_evals,
-            energy=info.energy,
-            potential_energy=-new.logdensity,
-            step_size=self._step_size,
-            warmup=False,
-        )
+        self.record_transition(new, info, self._step_size, False)
         return dict(z_new)
 
     # ---- helpers --------------------------------------------------------------------------

@@ -133,22 +133,7 @@ class DRHMC(RecordingKernel):
         jitter_trajectory: bool = False,
     ):
         self.set_model("DRHMC", model, potential_fn, init_strategy, jit_compile)
-        self.config = cfg = DRHMCConfig(
-            step_size=step_size,
-            trajectory_length=trajectory_length,
-            num_steps=num_steps,
-            max_proposals=max_proposals,
-            reduction_factor=reduction_factor,
-            probabilistic=probabilistic,
-            adapt_step_size=adapt_step_size,
-            target_accept_prob=target_accept_prob,
-            adapt_mass_matrix=adapt_mass_matrix,
-            dense_mass=dense_mass,
-            max_delta_energy=max_delta_energy,
-            max_tree_depth=max_tree_depth,
-            trajectory_scale=trajectory_scale,
-            jitter_trajectory=jitter_trajectory,
-        )
+        self.config = cfg = DRHMCConfig.from_arguments(locals())  # checked, one message for both backends
         self._warmup_adapter = WarmupAdapter(
             cfg.step_size,
             adapt_step_size=cfg.adapt_step_size,
@@ -238,18 +223,7 @@ class DRHMC(RecordingKernel):
             new, info = self._dr_step(state, point.logdensity_fn, integrator_step_size, inverse_mass_matrix, num_steps)
         z_new = self.move_to(new, point)
         warmup = self._iteration < self._warmup_steps
-        self.record(
-            is_accepted=info.is_accepted,
-            accept_prob=info.acceptance_rate,
-            diverging=info.is_divergent,
-            stage=info.stage,
-            num_steps=info.num_integration_steps,
-            num_grad_evals=info.num_grad_evals,
-            energy=info.energy,
-            potential_energy=-new.logdensity,
-            step_size=step_size,
-            warmup=warmup,
-        )
+        self.record_transition(new, info, step_size, warmup)
         self._iteration += 1
         if warmup:
             accept = torch.as_tensor(info.first_acceptance_rate, dtype=point.position.dtype)
