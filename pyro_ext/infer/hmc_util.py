@@ -231,15 +231,17 @@ class RecordingKernel(MCMCKernel):
       in ``setup`` (Pyro's ``initialize_model``, discrete sites refused), :meth:`flat_point` and
       :meth:`move_to` around a flat core's transition;
     * ``initial_params``, checked when ``MCMC(..., initial_params=...)`` sets it;
-    * per-iteration statistics: :meth:`record` appends one row (``sample_stats``) and keeps Pyro's
+    * per-iteration statistics: :meth:`record` (through :meth:`record_transition` for a core's
+      transition, :meth:`record_nuts` for a NUTS warmup step) appends one row (``sample_stats``) and keeps Pyro's
       counters (accepted draws, divergent draw indices) over the sampling rows and the running
       acceptance probability of the current phase; :meth:`get_sample_stats` returns them as arrays,
       ``diagnostics()`` adds Pyro's ``"divergences"`` and ``"acceptance rate"``;
     * ``logging`` and ``cleanup``, with ``self._nuts`` the warmup's NUTS while it runs (else ``None``);
     * :meth:`constrain_samples` for a Target of another backend (``self._target``, or ``None``).
 
-    A subclass defines ``_reset`` (its per-chain state) and ``is_failure(exception)`` (the potential's
-    exceptions that count as a NaN density).
+    A subclass defines ``_reset`` (its per-chain state, ``self._state``: the current ``(z, potential energy,
+    potential gradient)`` or ``None``) and ``is_failure(exception)`` (the potential's exceptions that count as
+    a NaN density); :meth:`no_latent_sample` is its iteration for a model without latent sites (Pyro's HMC's).
     """
 
     _target = None
