@@ -21,7 +21,41 @@ budget ``B``:
   as the rest of the budget pays for (the pilot's simulations are counted, its draws are not used);
 * ``av-abc``     ``AVABC``: a full-rank Gaussian guide started at the best of ``min(100, B / 4S)`` prior
   draws (``S`` simulations each), ``S = 2 d + 10`` simulations per step, one ``theta`` draw per step, as
-  many steps as the rest of the budget pays for.
+  many steps as the rest of the budget pays for;
+* ``habc``       ``HABC`` (Meeds, Leenders & Welling 2015), one chain through ``numpyro.infer.MCMC``:
+  synthetic likelihood of ``S = max(20, 2 d + 10)`` simulations (with S = 7 = d + 5 and step 0.05
+  two_moons' chain sat away from the posterior: C2ST 1.0 at 10^4), SPSA gradients with ``R = 1``
+  direction and ``c = 0.01`` (``2 R S`` simulations each), one SGHMC step of ``0.1`` per iteration
+  (identity mass matrix on the unconstrained scale), friction ``C = 5``, a tenth of the seeds redrawn per
+  iteration (one more gradient), a start from the best of at most 20 (and at most ``B / 10S``) prior
+  draws; as many iterations as the budget pays for, the first fifth discarded (:func:`run_habc`,
+  :data:`HABC_DEFAULTS`).  Tried on observation 1 at 10^4 (C2ST on 1000 samples): step 0.02, ``C = 1``:
+  two_moons 0.753, gaussian_linear 0.996, gaussian_mixture 0.963; step 0.05, ``C = 1``: gaussian_linear's
+  chain overheated (sd x 7: SPSA's noise); step 0.1, ``C = 5``: 0.756, 0.935, 0.777, slcp 1.0;
+* ``habc-ad``    the same with ``gradient="autodiff"`` (reverse mode through the JAX simulator at fixed
+  seeds, ``S`` simulations per gradient, not the paper's SPSA): step 0.1, ``C = 5`` gave two_moons 0.834,
+  gaussian_linear 0.829, gaussian_mixture 0.794 in the same trial;
+* ``gps-abc``    ``GPSABC`` (Meeds & Welling 2014): a rejection pilot of ``B / 10`` prior simulations
+  (its closest tenth gives the start and the random walk's scale, 0.15 x their sd per unconstrained
+  coordinate; 0.3 and 0.5 mixed worse on two_moons: acceptance 0.18 and 0.08), ``xi = 0.2``, ``M = 50``,
+  an initial design of 20, ``delta_s = 1``, at most 2 acquisition rounds per step; ``GPSABC`` has no stop
+  at a number of simulations, so the chain is as long as the budget pays for when every step spends both
+  rounds (``(B - B/10 - 20) / 2`` steps, at most 3000), the first fifth discarded; it used 124-238
+  simulations at 10^3 and 1027-1421 at 10^4 (:func:`run_gpsabc`, :data:`GPSABC_DEFAULTS`).  On slcp's
+  observation 2 at 10^4 the chain asked for a simulation about every other step: the training set passed
+  230 points within 550 steps, each acquisition re-conditions the 8 GPs on the whole buffer (cubic in its
+  size) and each refit takes longer (12-15 s at 153-230 points), so it had not finished after 9 minutes
+  and was stopped (observation 3 at 10^4 was not run).  On gaussian_linear (observation 1, a run started
+  at a reference draw) the fitted GP noise of most statistics collapsed to about 0.001 on the
+  standardised scale (the two that did not kept 0.3-0.4), the surrogate likelihood became a spike and the
+  chain stayed at its start (acceptance 0 to 0.01); slcp's chains did not move either (acceptance 0).
+
+``pope`` is not run: POPE (:mod:`numpyro_ext.infer.abc.pope`) scores a simulation by the probability that
+*every* statistic is at most (``direction="below"``) or at least (``"above"``) a target, a one-sided
+"at least as good as" observation; an sbibm observation is two-sided (the data should be *near* ``y``), and
+the module takes one direction for all statistics, so it cannot express "below ``y`` and above ``y``" per
+statistic.  Rewriting the statistics as ``(x - y, y - x)`` with target 0 would give the kernel
+``Phi(-f / s) Phi(f / s)``, a stand-in for GPS-ABC's Gaussian one, not POPE's question.
 
 ``--set method:name=value`` overrides one setting (e.g. ``--set smc-abc:kernel_scale=2.0``).
 
@@ -40,7 +74,9 @@ Rows are written as they finish (``benchmarks/results/abc-<date>.json``); a reru
 the finished rows of that file and skips their configurations, so the grid can be run in pieces and an
 interrupted run loses nothing.  The table's ``sbibm_smcabc`` column is the published C2ST of sbibm's
 SMC-ABC at the same budget (:data:`adapters.sbibm.SBIBM_SMCABC_C2ST`, a mean over observations 1-10,
-10,000 samples).
+10,000 samples); its ``sl_ceiling`` column the C2ST of synthetic-likelihood MCMC with more than 10^8
+simulations (:data:`adapters.sbibm.SL_CEILING_C2ST`), where HABC and GPS-ABC, which sample a
+synthetic-likelihood posterior, would end up with unlimited simulations.
 """
 
 from __future__ import annotations
@@ -69,16 +105,53 @@ METHODS = {
     "smc-abc": ("smc_abc", "SMCABC"),
     "omc": ("omc", "OMC"),
     "av-abc": ("avabc", "AVABC"),
+    "habc": ("habc", "HABC"),
+    "habc-ad": ("habc", "HABC"),
+    "gps-abc": ("gpsabc", "GPSABC"),
 }
 BUDGETS = (1_000, 10_000)
 LARGE_BUDGET = 100_000
 OMC_PILOT_SEEDS = 64
+#: HABC (:func:`run_habc`): ``num_simulations`` ``S`` (``None``: ``max(20, 2 d + 10)``), SPSA repeats ``R``,
+#: SGHMC steps per iteration ``num_steps``, ``step_size``, ``friction``, ``spsa_scale``, the seeds'
+#: ``seed_refresh``, the pilot's prior draws (at most a tenth of the budget), the warmup's share, ``gradient``
+HABC_DEFAULTS: dict[str, Any] = {
+    "num_simulations": None,
+    "num_spsa_repeats": 1,
+    "num_steps": 1,
+    "step_size": 0.1,
+    "friction": 5.0,
+    "spsa_scale": 0.01,
+    "seed_refresh": 0.1,
+    "num_pilot_draws": 20,
+    "warmup_fraction": 0.2,
+    "gradient": "spsa",
+}
+#: GPS-ABC (:func:`run_gpsabc`): a rejection pilot of ``pilot_fraction`` of the budget (its closest
+#: ``pilot_keep`` give the start and the proposal's scale, ``proposal_factor`` x their sd on ``u``), ``xi``,
+#: ``M`` surrogate draws, the initial design, ``delta_s`` and ``max_acquisitions`` (the chain is as long
+#: as the budget pays for in the worst case, at most ``max_steps``), the warmup's share
+GPSABC_DEFAULTS: dict[str, Any] = {
+    "pilot_fraction": 0.1,
+    "pilot_keep": 0.1,
+    "proposal_factor": 0.15,
+    "xi": 0.2,
+    "num_surrogate_draws": 50,
+    "num_initial_simulations": 20,
+    "delta_s": 1,
+    "max_acquisitions": 2,
+    "max_steps": 3000,
+    "warmup_fraction": 0.2,
+}
 #: each method's settings (``--set method:name=value`` overrides one)
 DEFAULTS: dict[str, dict[str, Any]] = {
     "rejection": {"num_samples": 100},
     "smc-abc": {"alpha": "sbibm", "kernel_scale": 2.0, "scale": None},
     "omc": {"num_steps": 50},
     "av-abc": {"num_particles": 1, "num_pilot_draws": 100},
+    "habc": HABC_DEFAULTS,
+    "habc-ad": {**HABC_DEFAULTS, "gradient": "autodiff"},
+    "gps-abc": GPSABC_DEFAULTS,
 }
 
 
@@ -138,6 +211,97 @@ def run_omc(cls: Any, problem: Any, budget: int, settings: dict[str, Any], key: 
     result = cls(problem, num_seeds=num_seeds, **settings).run(key_run)
     result.num_simulations += pilot.num_simulations
     result.info["pilot"] = {"num_seeds": pilot_seeds, "simulations_per_seed": per_seed}
+    return result
+
+
+def run_habc(cls: Any, problem: Any, budget: int, settings: dict[str, Any], key: Any) -> Any:
+    """HABC for ``budget`` simulations as an ``ABCResult`` of one chain's post-warmup iterations.
+
+    Costs (:class:`~numpyro_ext.infer.abc.habc.HABC`): a gradient ``G = 2 R S`` simulations (SPSA) or ``S``
+    (autodiff); the start ``P S + G`` (``P`` pilot prior draws, at most ``B / (10 S)``); an iteration
+    ``G (L + 1)`` (``L`` SGHMC steps plus the gradient after the seeds' refresh; ``G L`` without refresh).
+    The chain runs as many iterations as the rest of the budget pays for, the first ``warmup_fraction``
+    discarded; the simulations are counted from the chain's final state."""
+    from numpyro.infer import MCMC
+
+    from adapters.abc import ABCResult
+
+    s = settings["num_simulations"] or max(20, 2 * problem.stat_dim + 10)
+    pilot = max(1, min(settings["num_pilot_draws"], budget // (10 * s)))
+    options = {k: settings[k] for k in ("num_spsa_repeats", "num_steps", "step_size", "friction", "spsa_scale",
+                                        "seed_refresh", "gradient")}  # fmt: skip
+    kernel = cls(problem, num_simulations=s, num_pilot_draws=pilot, **options)
+    start = pilot * s + kernel.simulations_per_gradient
+    iterations = (budget - start) // kernel.simulations_per_iteration
+    if iterations < 2:
+        raise ValueError(
+            f"HABC: a budget of {budget} pays for {iterations} iterations of {kernel.simulations_per_iteration}"
+        )
+    warmup = int(settings["warmup_fraction"] * iterations)
+    mcmc = MCMC(kernel, num_warmup=warmup, num_samples=iterations - warmup, progress_bar=False)
+    mcmc.run(key)
+    samples = mcmc.get_samples()
+    n = iterations - warmup
+    theta = np.zeros((n, problem.dim))
+    for site, (_, a, b) in problem.sites.items():
+        theta[:, a:b] = np.asarray(samples[site]).reshape(n, -1)
+    counts = kernel.check_counts(mcmc.last_state)
+    diverging = np.asarray(mcmc.get_extra_fields()["diverging"])
+    info = {"pilot": {"num_draws": pilot, "simulations": pilot * s}, "num_iterations": iterations,
+            "num_warmup": warmup, "num_simulations_per_theta": s,
+            "num_failed_gradients": counts["num_failed_gradients"], "num_diverging": int(diverging.sum())}  # fmt: skip
+    return ABCResult(
+        algorithm="HABC",
+        theta=theta,
+        names=list(problem.names),
+        sites=dict(problem.sites),
+        log_weights=np.zeros(n),
+        num_simulations=counts["num_simulations"],
+        num_nan_simulations=counts["num_nonfinite"],
+        info=info,
+    )
+
+
+def run_gpsabc(cls: Any, problem: Any, budget: int, settings: dict[str, Any], key: Any) -> Any:
+    """GPS-ABC for ``budget`` simulations: a rejection pilot, then a chain short enough to stay in the budget.
+
+    The pilot simulates ``pilot_fraction x B`` prior draws; its closest ``pilot_keep`` share (MAD-scaled
+    distance, at least ``D + 1`` draws) gives the start (the closest) and the random walk's scale per
+    unconstrained coordinate (``proposal_factor`` x their sd).  :class:`GPSABC` has no stop at a number of
+    simulations: the chain is as long as the rest of the budget pays for when every step uses all of its
+    ``max_acquisitions`` rounds of ``delta_s`` simulations (at most ``max_steps``), after the initial
+    design; the simulations actually used (pilot included) are counted from the result."""
+    import jax
+    import jax.numpy as jnp
+
+    from numpyro_ext.infer.abc.rejection import mad_scale, prior_predictive, scaled_distances
+
+    key_pilot, key_run = jax.random.split(key)
+    n_pilot = max(problem.dim + 1, int(settings["pilot_fraction"] * budget))
+    u, _, stats = prior_predictive(key_pilot, problem, n_pilot, n_pilot)
+    stats = np.asarray(stats, dtype=np.float64)
+    distances = scaled_distances(stats, np.asarray(problem.observed), mad_scale(stats))
+    keep = np.argsort(distances)[: max(problem.dim + 1, int(settings["pilot_keep"] * n_pilot))]
+    u_keep = np.asarray(u)[keep]
+    scale = settings["proposal_factor"] * np.std(u_keep, axis=0)
+    init = problem.theta(jnp.asarray(u_keep[0]))
+    per_step = settings["max_acquisitions"] * settings["delta_s"]
+    steps = min(settings["max_steps"], (budget - n_pilot - settings["num_initial_simulations"]) // max(per_step, 1))
+    if steps < 2:
+        raise ValueError(f"GPS-ABC: a budget of {budget} pays for {steps} steps of at most {per_step} simulations")
+    warmup = int(settings["warmup_fraction"] * steps)
+    options = {k: settings[k] for k in ("xi", "num_surrogate_draws", "num_initial_simulations", "delta_s",
+                                        "max_acquisitions")}  # fmt: skip
+    method = cls(problem, proposal_scale=np.maximum(scale, 1e-6), **options)
+    result = method.run(key_run, num_samples=steps - warmup, num_warmup=warmup, init_params=init)
+    result.num_simulations += n_pilot
+    result.num_nan_simulations += int(np.sum(~np.all(np.isfinite(stats), axis=-1)))
+    result.info = {
+        "pilot": {"num_simulations": n_pilot, "proposal_scale": scale.tolist()},
+        "num_steps": steps,
+        "num_warmup": warmup,
+        **{k: result.info[k] for k in ("acceptance_rate", "acquisitions", "num_capped")},
+    }
     return result
 
 
@@ -213,10 +377,20 @@ def posterior_draws(result: Any, num: int, how: str, in_support: Any, seed: int)
     return np.concatenate(kept)[:num], h
 
 
+RUNNERS = {"omc": run_omc, "habc": run_habc, "habc-ad": run_habc, "gps-abc": run_gpsabc}
+#: the ``info`` entries a row keeps
+INFO_KEYS = ("epsilon", "num_populations", "num_discarded", "pilot", "num_iterations", "num_steps", "num_warmup",
+             "num_simulations_per_theta", "num_failed_gradients", "num_diverging", "acceptance_rate", "acquisitions",
+             "num_capped")  # fmt: skip
+
+
 def code_version(method: str) -> str:
-    """The first 12 hex digits of the SHA-256 of the method's module file: rows of an earlier version of the
-    code are not mixed with the rows of the current one."""
+    """The first 12 hex digits of the SHA-256 of the method's module file (of a package's files, in name order):
+    rows of an earlier version of the code are not mixed with the rows of the current one."""
     spec = importlib.util.find_spec(f"numpyro_ext.infer.abc.{METHODS[method][0]}")
+    if spec.submodule_search_locations:  # a package: every module of it
+        files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.py"))
+        return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
     return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:12]
 
 
@@ -235,14 +409,15 @@ def run_method(task: str, observation: int, method: str, cls: Any, budget: int, 
 
     row: dict[str, Any] = {"task": task, "observation": observation, "method": method, "budget": budget}
     row["sbibm_smcabc"] = sbibm_files.SBIBM_SMCABC_C2ST[task].get(budget, math.nan)
+    row["sl_ceiling"] = sbibm_files.SL_CEILING_C2ST[task]
     row.update(settings=args.settings[method], c2st_samples=args.c2st_samples, posterior=args.posterior, seed=args.seed)
     row["code"] = code_version(method)
     problem = sbibm_tasks.sbibm_problem(task, observation)
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(args.seed), observation), budget)
     try:
         start = time.perf_counter()
-        if method == "omc":
-            result = run_omc(cls, problem, budget, args.settings[method], key)
+        if method in RUNNERS:
+            result = RUNNERS[method](cls, problem, budget, args.settings[method], key)
         else:
             algorithm, run_kwargs = build_method(method, cls, problem, budget, args.settings[method])
             result = algorithm.run(key, **run_kwargs)
@@ -264,7 +439,7 @@ def run_method(task: str, observation: int, method: str, cls: Any, budget: int, 
         num_draws=len(result.theta),
         ess=float(result.ess),
         kde_bandwidth=bandwidth,
-        info={k: result.info[k] for k in ("epsilon", "num_populations", "num_discarded", "pilot") if k in result.info},
+        info={k: v for k, v in result.info.items() if k in INFO_KEYS},
         warnings=[str(w) for w in result.warnings],
     )
     return row, reference[chosen], draws
@@ -299,6 +474,7 @@ def summarise(rows: list[dict[str, Any]], settings: dict[str, dict[str, Any]]) -
             "observations": len(groups[key]),
             "mean_c2st": float(np.mean([r["c2st"] for r in groups[key]])),
             "sbibm_smcabc": sbibm_files.SBIBM_SMCABC_C2ST[task].get(budget, math.nan),
+            "sl_ceiling": sbibm_files.SL_CEILING_C2ST[task],
             "mean_simulations": float(np.mean([r["num_simulations"] for r in groups[key]])),
             "mean_wall_s": float(np.mean([r["wall_s"] for r in groups[key]])),
         }
@@ -437,8 +613,11 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     summary = summarise(out.data["runs"], args.settings)
     out.finish({"mean_c2st": summary})
     columns = ["task", "budget", "method", "c2st_samples", "posterior", "observations", "mean_c2st", "sbibm_smcabc",
-               "mean_simulations", "mean_wall_s"]  # fmt: skip
-    print("\nmean C2ST over observations (sbibm_smcabc: sbibm's published SMC-ABC, observations 1-10)")
+               "sl_ceiling", "mean_simulations", "mean_wall_s"]  # fmt: skip
+    print(
+        "\nmean C2ST over observations (sbibm_smcabc: sbibm's published SMC-ABC, observations 1-10; "
+        "sl_ceiling: SL-MCMC, > 1e8 simulations)"
+    )
     print(table(summary, columns))
     failed = [r for r in out.data["runs"] if r.get("status") != "ok"]
     if failed:
