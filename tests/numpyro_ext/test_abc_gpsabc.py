@@ -151,6 +151,7 @@ def _toy_run(num_samples: int, seed: int, num_ref: int):
     return result, ref[500:], ref_sims
 
 
+@pytest.mark.slow  # 15-35 s; by default the Pyro twin's same test runs, and the parity tests tie the pieces
 def test_gpsabc_matches_sl_mcmc_on_the_exponential_toy_with_fewer_simulations():
     result, ref, ref_sims = _toy_run(1500, 0, 8000)
     draws = result.theta[:, 0]

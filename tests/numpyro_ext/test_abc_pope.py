@@ -63,6 +63,7 @@ def test_the_surrogate_one_sided_likelihood_is_the_library_formula(direction):
     np.testing.assert_allclose(float(value), float(expected), rtol=1e-10)
 
 
+@pytest.mark.slow  # 15-27 s; by default the Pyro twin's same test runs, and the parity tests tie the pieces
 def test_pope_finds_the_feasible_region_and_samples_the_one_sided_posterior():
     result = POPE(toy_problem(), direction="below", num_bo_iterations=15, proposal_scale=0.8).run(
         jax.random.PRNGKey(0), num_samples=3000, num_warmup=300
