@@ -61,7 +61,7 @@ def schedule() -> optax.Schedule:
         pytest.param(lambda lr: swan(lr), id="swan"),
         pytest.param(lambda lr: sinkgd(lr), id="sinkgd", marks=pytest.mark.slow),
         pytest.param(lambda lr: racs(lr), id="racs"),
-        pytest.param(lambda lr: alice(lr), id="alice", marks=pytest.mark.slow),
+        pytest.param(lambda lr: alice(lr), id="alice"),
     ],
 )
 def test_matrix_method_reaches_exact_mean_field_optimum(make):

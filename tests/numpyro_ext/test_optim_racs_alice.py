@@ -236,7 +236,10 @@ def adam_bnn_loss():
             racs(SCHEDULE, alpha=1.0, matrix_params="all"),
             marks=pytest.mark.slow,  # RACS's exact mean-field optimum runs by default (test_optim_guides.py)
         ),
-        alice(SCHEDULE, rank=2, alpha=1.0, alpha_c=1.0, leading_basis=1, update_interval=10, matrix_params="all"),
+        pytest.param(
+            alice(SCHEDULE, rank=2, alpha=1.0, alpha_c=1.0, leading_basis=1, update_interval=10, matrix_params="all"),
+            marks=pytest.mark.slow,  # Alice's exact mean-field optimum runs by default (test_optim_guides.py)
+        ),
     ],
     ids=["racs", "alice"],
 )

@@ -130,7 +130,7 @@ def test_bootstrap_Z_hat_is_unbiased(d, m):
     "d, m, resampling",
     [
         (1, 1, "systematic"),
-        (4, 2, "multinomial"),
+        pytest.param(4, 2, "multinomial", marks=pytest.mark.slow),  # 15 s; the Pyro twin runs d = 4 by default
         pytest.param(4, 2, "stratified", marks=pytest.mark.slow),
         pytest.param(1, 1, "multinomial", marks=pytest.mark.slow),
         pytest.param(1, 1, "stratified", marks=pytest.mark.slow),
@@ -249,7 +249,7 @@ def test_ctl_keeps_the_optimal_twist_fixed():
     assert np.max(np.abs(J - info.J[:T, 0, 0])) < 0.05
 
 
-# slow: the token tests below learn by CTL and SIXO by default, and Pyro's twin runs this one
+# slow, like its Pyro twin: the token tests below learn by CTL and SIXO by default
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["ctl", "sixo"])
 def test_learned_twists_lower_the_variance_of_log_Z(method):

@@ -386,7 +386,8 @@ def test_fit_twists_without_exact_samples_uses_the_weighted_paths():
     assert set(smc.twist_params) == {"L", "h", "c"}
 
 
-@pytest.mark.parametrize("method", ["ctl", pytest.param("sixo", marks=pytest.mark.slow)])
+# slow (12 s): the NumPyro token-twist tests learn by CTL and SIXO by default
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow) for m in ("ctl", "sixo")])
 def test_learned_twists_lower_the_variance_of_log_Z(method):
     model, ys, _, _ = _problem(4, 2)
     boot = TwistedSMC(LinearGaussian(model), num_particles=128)
