@@ -297,6 +297,9 @@ def adam_baseline(problem):
     return initial, final
 
 
+# slow (11 s with its Adam baseline): the Pyro twin runs it by default, and SWAN reaches the exact mean-field
+# optimum by default (test_optim_guides.py)
+@pytest.mark.slow
 @pytest.mark.parametrize("make", [swan, sinkgd])
 def test_svi_bayesian_mlp_matches_adam(make, adam_baseline, problem):
     # the guide's matrices are opted in (by default a matrix method leaves guide locations and scales to AdamW:
