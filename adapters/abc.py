@@ -348,3 +348,49 @@ def check_proposal_scale(value: Any, dim: int) -> np.ndarray:
     if not np.all(np.isfinite(array) & (array > 0)):
         raise ValueError(f"proposal_scale: every entry must be a finite number > 0, got {value!r}")
     return np.broadcast_to(array, (dim,)).copy()
+
+
+#: where GPS-ABC runs new simulations when a decision is too uncertain (both backends)
+GPSABC_ACQUISITIONS = ("variance", "random")
+
+
+def check_gpsabc_settings(
+    dim: int,
+    xi: Any,
+    num_surrogate_draws: Any,
+    proposal_scale: Any,
+    num_initial_simulations: Any,
+    epsilon: Any,
+    delta_s: Any,
+    max_acquisitions: Any,
+    acquisition: Any,
+    num_pilot_draws: Any,
+    refit_growth: Any,
+    num_fit_steps: Any,
+    fit_learning_rate: Any,
+    progress_bar: Any,
+) -> dict[str, Any]:
+    """GPS-ABC's constructor settings checked, by name (both backends' ``GPSABC``, one set of messages)."""
+    from adapters.validation import check_choice, check_greater, check_non_negative, check_positive_int
+
+    num_surrogate_draws = check_positive_int("num_surrogate_draws", num_surrogate_draws)
+    if num_surrogate_draws < 2:
+        raise ValueError(f"num_surrogate_draws must be at least 2 (a median and an error), got {num_surrogate_draws}")
+    num_initial_simulations = check_positive_int("num_initial_simulations", num_initial_simulations)
+    if num_initial_simulations < 2:
+        raise ValueError(f"num_initial_simulations must be at least 2 (a spread to fit), got {num_initial_simulations}")
+    return {
+        "xi": check_xi(xi),
+        "num_surrogate_draws": num_surrogate_draws,
+        "proposal_scale": check_proposal_scale(proposal_scale, dim),
+        "num_initial_simulations": num_initial_simulations,
+        "epsilon": check_non_negative("epsilon", epsilon),
+        "delta_s": check_positive_int("delta_s", delta_s),
+        "max_acquisitions": check_positive_int("max_acquisitions", max_acquisitions, allow_zero=True),
+        "acquisition": check_choice("acquisition", acquisition, GPSABC_ACQUISITIONS),
+        "num_pilot_draws": check_positive_int("num_pilot_draws", num_pilot_draws),
+        "refit_growth": check_greater("refit_growth", refit_growth, 1.0, "the growth of the training set"),
+        "num_fit_steps": check_positive_int("num_fit_steps", num_fit_steps),
+        "fit_learning_rate": check_greater("fit_learning_rate", fit_learning_rate, 0.0),
+        "progress_bar": bool(progress_bar),
+    }

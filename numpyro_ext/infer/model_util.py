@@ -17,6 +17,7 @@ its observed sites hidden, and ``log L(x)`` (the *likelihood*: observed sites an
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -454,9 +455,9 @@ class WarmupKernel(MCMCKernel):
         self.source = KernelModel(algorithm, model, potential_fn, init_strategy)
         self._inverse_mass_matrix = inverse_mass_matrix
 
+    @abstractmethod
     def adaptation_settings(self) -> tuple[bool, bool, bool, float]:
         """``(adapt_step_size, adapt_mass_matrix, dense_mass, target_accept_prob)`` of the warmup."""
-        raise NotImplementedError
 
     @property
     def model(self):
@@ -497,16 +498,18 @@ class WarmupKernel(MCMCKernel):
 
         return jax.vmap(init_one)(init_params, rng_key) if batched else init_one(init_params, rng_key)
 
+    @abstractmethod
     def _init_one(self, z, rng_key, potential_fn, adapter_init):
-        raise NotImplementedError
+        """One chain's first state at ``z`` (the subclass's state type)."""
 
     def sample(self, state, model_args, model_kwargs):
         return warmup_or_sample(
             self._sample_one, state, model_args, model_kwargs, self._vectorized, self._num_warmup, self.nuts_warmup
         )
 
+    @abstractmethod
     def _sample_one(self, state, model_args, model_kwargs, nuts_warmup: bool):
-        raise NotImplementedError
+        """One chain's transition: NUTS during warmup (``nuts_warmup``), the subclass's kernel after."""
 
     def initial_fields(self, z, potential_energy: Array, potential_grad: Array, adapt_state, rng_key: Array) -> dict:
         """The fields every subclass's state starts with at ``z`` (no transition yet: stage -1, zero counts)."""

@@ -43,7 +43,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-ACQUISITIONS = ("variance", "random")
 LIKELIHOODS = ("gaussian", "below", "above")
 # Bounds of the standardised hyperparameters (inputs and outputs divided by their spread): they keep
 # the kernel matrix well conditioned and the "far" inputs of masked rows far.

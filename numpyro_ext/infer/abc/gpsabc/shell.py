@@ -12,12 +12,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from adapters.abc import ABCResult, check_proposal_scale, check_xi, nan_simulation_message
+from adapters.abc import ABCResult, check_gpsabc_settings, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
-from adapters.validation import check_choice, check_greater, check_non_negative, check_positive_int
+from adapters.validation import check_positive_int
 from numpyro_ext.infer.abc.gpsabc import core
 from numpyro_ext.infer.abc.gpsabc.core import (
-    ACQUISITIONS,
     GPParams,
     GPSABCState,
     StepConfig,
@@ -102,27 +101,24 @@ class GPSABC:
         progress_bar: bool = False,
     ):
         self.problem = check_problem(problem, self.algorithm)
-        self.xi = check_xi(xi)
-        self.num_surrogate_draws = check_positive_int("num_surrogate_draws", num_surrogate_draws)
-        if self.num_surrogate_draws < 2:
-            raise ValueError(
-                f"num_surrogate_draws must be at least 2 (a median and an error), got {num_surrogate_draws}"
-            )
-        self.proposal_scale = check_proposal_scale(proposal_scale, problem.dim)
-        self.num_initial_simulations = check_positive_int("num_initial_simulations", num_initial_simulations)
-        if self.num_initial_simulations < 2:
-            raise ValueError(
-                f"num_initial_simulations must be at least 2 (a spread to fit), got {num_initial_simulations}"
-            )
-        self.epsilon = check_non_negative("epsilon", epsilon)
-        self.delta_s = check_positive_int("delta_s", delta_s)
-        self.max_acquisitions = check_positive_int("max_acquisitions", max_acquisitions, allow_zero=True)
-        self.acquisition = check_choice("acquisition", acquisition, ACQUISITIONS)
-        self.num_pilot_draws = check_positive_int("num_pilot_draws", num_pilot_draws)
-        self.refit_growth = check_greater("refit_growth", refit_growth, 1.0, "the growth of the training set")
-        self.num_fit_steps = check_positive_int("num_fit_steps", num_fit_steps)
-        self.fit_learning_rate = check_greater("fit_learning_rate", fit_learning_rate, 0.0)
-        self.progress_bar = bool(progress_bar)
+        settings = check_gpsabc_settings(
+            problem.dim,
+            xi,
+            num_surrogate_draws,
+            proposal_scale,
+            num_initial_simulations,
+            epsilon,
+            delta_s,
+            max_acquisitions,
+            acquisition,
+            num_pilot_draws,
+            refit_growth,
+            num_fit_steps,
+            fit_learning_rate,
+            progress_bar,
+        )
+        for name, value in settings.items():
+            setattr(self, name, value)
 
     # ---- set-up ---------------------------------------------------------------------------
     def _config(self) -> StepConfig:

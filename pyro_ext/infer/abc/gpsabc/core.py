@@ -48,7 +48,6 @@ __all__ = [
 ]
 
 Tensor = torch.Tensor
-ACQUISITIONS = ("variance", "random")
 LIKELIHOODS = ("gaussian", "below", "above")
 # Bounds of the standardised hyperparameters (those of the NumPyro twin): they keep the kernel
 # matrix well conditioned.
