@@ -394,3 +394,32 @@ def check_gpsabc_settings(
         "fit_learning_rate": check_greater("fit_learning_rate", fit_learning_rate, 0.0),
         "progress_bar": bool(progress_bar),
     }
+
+
+def check_sghmc_inverse_mass_matrix(value: Any, dim: int) -> np.ndarray | None:
+    """HABC's ``inverse_mass_matrix``: ``None`` (identity), or a float64 copy of a ``(D,)`` positive
+    diagonal or a ``(D, D)`` symmetric positive definite matrix (numpy, JAX or torch input)."""
+    if value is None:
+        return None
+    try:
+        array = np.asarray(value.detach().cpu() if hasattr(value, "detach") else value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"inverse_mass_matrix: expected None or an array of numbers, got {type(value).__name__}"
+        ) from None
+    if array.shape == (dim,):
+        ok = bool(np.all(np.isfinite(array)) and np.all(array > 0))
+    elif array.shape == (dim, dim):
+        ok = bool(np.all(np.isfinite(array)) and np.allclose(array, array.T))
+        ok = ok and bool(np.all(np.linalg.eigvalsh(array) > 0))
+    else:
+        raise ValueError(
+            f"inverse_mass_matrix: expected shape ({dim},) or ({dim}, {dim}) for the problem's D = {dim} "
+            f"unconstrained parameters, got shape {array.shape}"
+        )
+    if not ok:
+        raise ValueError(
+            "inverse_mass_matrix: expected positive finite entries (diagonal) or a symmetric positive "
+            f"definite matrix (dense), got {value!r}"
+        )
+    return array

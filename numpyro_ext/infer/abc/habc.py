@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer.mcmc import MCMCKernel
 
-from adapters.abc import nan_simulation_message
+from adapters.abc import check_sghmc_inverse_mass_matrix, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
 from adapters.validation import check_choice, check_positive, check_positive_int, check_unit_interval
 from numpyro_ext.infer.abc.avabc import check_differentiable_simulator, check_simulation_settings, pilot_values
@@ -268,30 +268,9 @@ class HABC(MCMCKernel):
         self._vectorized = False
 
     def _check_inverse_mass_matrix(self, value: Any) -> Array:
-        dim = self.problem.dim
-        if value is None:
-            return jnp.ones(dim, dtype=jnp.result_type(float))
-        try:
-            array = np.asarray(value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"inverse_mass_matrix: expected None or an array of numbers, got {type(value).__name__}"
-            ) from None
-        if array.shape == (dim,):
-            ok = bool(np.all(np.isfinite(array)) and np.all(array > 0))
-        elif array.shape == (dim, dim):
-            ok = bool(np.all(np.isfinite(array)) and np.allclose(array, array.T))
-            ok = ok and bool(np.all(np.linalg.eigvalsh(array) > 0))
-        else:
-            raise ValueError(
-                f"inverse_mass_matrix: expected shape ({dim},) or ({dim}, {dim}) for the problem's D = {dim} "
-                f"unconstrained parameters, got shape {array.shape}"
-            )
-        if not ok:
-            raise ValueError(
-                "inverse_mass_matrix: expected positive finite entries (diagonal) or a symmetric positive "
-                f"definite matrix (dense), got {value!r}"
-            )
+        array = check_sghmc_inverse_mass_matrix(value, self.problem.dim)
+        if array is None:
+            return jnp.ones(self.problem.dim, dtype=jnp.result_type(float))
         return jnp.asarray(array, dtype=jnp.result_type(float))
 
     # ---- the target -------------------------------------------------------------------

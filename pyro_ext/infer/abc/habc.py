@@ -65,7 +65,7 @@ import pyro
 import torch
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
-from adapters.abc import nan_simulation_message
+from adapters.abc import check_sghmc_inverse_mass_matrix, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
 from adapters.validation import check_choice, check_positive, check_positive_int, check_unit_interval
 from pyro_ext.infer.abc.avabc import check_differentiable_simulator, check_simulation_settings, pilot_values
@@ -283,30 +283,9 @@ class HABC(MCMCKernel):
         self._reset()
 
     def _check_inverse_mass_matrix(self, value: Any) -> Tensor:
-        dim = self.problem.dim
-        if value is None:
-            return torch.ones(dim, dtype=self.problem.dtype)
-        try:
-            array = np.asarray(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise TypeError(
-                f"inverse_mass_matrix: expected None or an array of numbers, got {type(value).__name__}"
-            ) from None
-        if array.shape == (dim,):
-            ok = bool(np.all(np.isfinite(array)) and np.all(array > 0))
-        elif array.shape == (dim, dim):
-            ok = bool(np.all(np.isfinite(array)) and np.allclose(array, array.T))
-            ok = ok and bool(np.all(np.linalg.eigvalsh(array) > 0))
-        else:
-            raise ValueError(
-                f"inverse_mass_matrix: expected shape ({dim},) or ({dim}, {dim}) for the problem's D = {dim} "
-                f"unconstrained parameters, got shape {array.shape}"
-            )
-        if not ok:
-            raise ValueError(
-                "inverse_mass_matrix: expected positive finite entries (diagonal) or a symmetric positive "
-                f"definite matrix (dense), got {value!r}"
-            )
+        array = check_sghmc_inverse_mass_matrix(value, self.problem.dim)
+        if array is None:
+            return torch.ones(self.problem.dim, dtype=self.problem.dtype)
         return torch.as_tensor(array, dtype=self.problem.dtype)
 
     # ---- the target -------------------------------------------------------------------
