@@ -71,8 +71,11 @@ cross-validated isotropic bandwidth) or by multinomial resampling (``--posterior
 weighted draws, at least as many as needed, are used as they are.
 
 Rows are written as they finish (``benchmarks/results/abc-<date>.json``); a rerun on the same day keeps
-the finished rows of that file and skips their configurations, so the grid can be run in pieces and an
-interrupted run loses nothing.  The table's ``sbibm_smcabc`` column is the published C2ST of sbibm's
+every row of that file: finished rows of the current code (:func:`code_version`) are kept and their
+configurations skipped, failed rows are kept until their configuration runs again (the new row replaces
+them), and rows of another code version, the file's earlier ``stale_runs`` included, are kept under
+``stale_runs`` (their configurations run again).  So the grid can be run in pieces and an interrupted run
+loses nothing.  The table's ``sbibm_smcabc`` column is the published C2ST of sbibm's
 SMC-ABC at the same budget (:data:`adapters.sbibm.SBIBM_SMCABC_C2ST`, a mean over observations 1-10,
 10,000 samples); its ``sl_ceiling`` column the C2ST of synthetic-likelihood MCMC with more than 10^8
 simulations (:data:`adapters.sbibm.SL_CEILING_C2ST`), where HABC and GPS-ABC, which sample a
@@ -83,9 +86,9 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
+import functools
 import importlib
-import importlib.util
+import inspect
 import json
 import math
 import multiprocessing
@@ -96,7 +99,7 @@ from typing import Any
 import numpy as np
 
 from adapters import sbibm as sbibm_files
-from benchmarks._harness import RESULTS_DIR, ResultFile, table
+from benchmarks._harness import ResultFile, previous_rows, result_path, sort_previous, source_version, table
 
 TASKS = tuple(sbibm_files.TASKS)
 #: method -> (module of numpyro_ext.infer.abc, class)
@@ -384,20 +387,32 @@ INFO_KEYS = ("epsilon", "num_populations", "num_discarded", "pilot", "num_iterat
              "num_capped")  # fmt: skip
 
 
+#: the modules every row depends on besides its method's: the tasks (priors, simulators, observations),
+#: sbibm's files (observations, reference posteriors) and the C2ST
+EVALUATION_MODULES = ("numpyro_ext.models.sbibm_tasks", "adapters.sbibm", "adapters.c2st")
+
+
+@functools.cache  # one version per process: the modules are imported once, rows and resuming agree
 def code_version(method: str) -> str:
-    """The first 12 hex digits of the SHA-256 of the method's module file (of a package's files, in name order):
-    rows of an earlier version of the code are not mixed with the rows of the current one."""
-    spec = importlib.util.find_spec(f"numpyro_ext.infer.abc.{METHODS[method][0]}")
-    if spec.submodule_search_locations:  # a package: every module of it
-        files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.py"))
-        return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
-    return hashlib.sha256(Path(spec.origin).read_bytes()).hexdigest()[:12]
+    """The version of the code a ``method``'s row comes from (12 hex digits): a hash of the method's module
+    (a package: its ``__init__`` and what that imports), of :data:`EVALUATION_MODULES`, of every project
+    module these import, transitively (:func:`benchmarks._harness.module_closure`: e.g. ``problem.py``,
+    ``likelihoods.py``, ``spsa.py``, ``hmc_util.py``, ``adapters/abc.py``, ``adapters/validation.py``), and
+    of the source of this study's functions that make the row (the method's runner, :func:`run_method`,
+    :func:`posterior_draws`, :func:`kde_bandwidth`, :func:`score`).  Rows of another version are not
+    mixed with the current ones (``stale_runs``).  Conservative: an edit to any of these files, relevant
+    to the method or not, makes its rows stale (kept, and rerun)."""
+    runner = RUNNERS.get(method, build_method)
+    functions = (runner, run_method, posterior_draws, kde_bandwidth, score)
+    modules = [f"numpyro_ext.infer.abc.{METHODS[method][0]}", *EVALUATION_MODULES]
+    return source_version(modules, [inspect.getsource(f) for f in functions])
 
 
 def row_key(row: dict[str, Any]) -> tuple:
-    """What identifies a configuration: a rerun skips a finished row with the same key."""
-    return (row["task"], row["observation"], row["method"], row["budget"], row["c2st_samples"], row["posterior"],
-            row["seed"], json.dumps(row["settings"], sort_keys=True, default=str))  # fmt: skip
+    """What identifies a configuration: a rerun skips a finished row with the same key (``None`` for a field
+    that a row of an older format lacks)."""
+    fields = ("task", "observation", "method", "budget", "c2st_samples", "posterior", "seed")
+    return (*(row.get(k) for k in fields), json.dumps(row.get("settings"), sort_keys=True, default=str))
 
 
 def run_method(task: str, observation: int, method: str, cls: Any, budget: int, args: argparse.Namespace) -> tuple:
@@ -505,14 +520,6 @@ def _parse_settings(overrides: list[str]) -> dict[str, dict[str, Any]]:
     return settings
 
 
-def _previous_rows(path: Any) -> list[dict[str, Any]]:
-    """The finished rows of an earlier run's result file of the same name (none when there is none)."""
-    try:
-        return [r for r in json.loads(path.read_text())["runs"] if r.get("status") == "ok"]
-    except (OSError, ValueError, KeyError):
-        return []
-
-
 def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m benchmarks abc", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", default=",".join(TASKS))
@@ -555,21 +562,21 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     methods = [m for m in methods if m in found]
     config = {k: v for k, v in vars(args).items() if k not in ("set", "imports")}
     config.update(budgets=budgets, methods_run=methods)
-    previous = _previous_rows(_result_path(out_dir, args.tag))  # read before ResultFile rewrites the file
+    # an earlier run of today (and --import's files): every row of it is kept; finished rows of the current
+    # code are not redone, failed ones are redone (and replaced), rows of other code versions go to stale_runs
+    previous = previous_rows(result_path("abc", out_dir, args.tag))  # read before ResultFile rewrites the file
     for path in args.imports:
-        previous += [r for r in _previous_rows(Path(path)) if row_key(r) not in {row_key(p) for p in previous}]
+        previous += previous_rows(Path(path))
     out = ResultFile("abc", config, out_dir, tag=args.tag)
-    # an earlier run of today: keep its rows and skip their configurations, unless the method's code changed
-    versions = {
-        m: code_version(m) for m in METHODS if importlib.util.find_spec(f"numpyro_ext.infer.abc.{METHODS[m][0]}")
-    }
-    current = [r for r in previous if r.get("code") == versions.get(r["method"])]
-    stale = [r for r in previous if r.get("code") != versions.get(r["method"])]
-    out.extend(current)
-    if stale:
-        out.data["stale_runs"] = stale
-        print(f"{len(stale)} earlier rows ran an older version of their method's code: kept under stale_runs, rerun")
-    done = {row_key(r) for r in current}
+    versions = _code_versions()
+    resumed = sort_previous(previous, row_key, lambda r: r.get("code") == versions.get(r.get("method")))
+    out.extend(resumed.finished + resumed.failed)
+    out.keep_stale(resumed.stale)
+    if resumed.stale:
+        print(f"{len(resumed.stale)} earlier rows ran another version of their code: kept under stale_runs")
+    if resumed.failed:
+        print(f"{len(resumed.failed)} earlier failed rows kept until their configuration is run again")
+    done = {row_key(r) for r in resumed.finished}
     from tqdm.auto import tqdm
 
     # observation outermost: a run cut short still covers every task and method for the first observations
@@ -588,16 +595,16 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
 
     def collect(block: bool) -> None:
         for result in [r for r in pending if block or r.ready()]:
-            out.add(result.get())
+            out.add(result.get(), key=row_key)
             pending.remove(result)
 
     try:
         for task, observation, method, budget in tqdm(todo, desc="abc", unit="run"):
             row, reference, draws = run_method(task, observation, method, found[method], budget, args)
             if draws is None:
-                out.add(row)
+                out.add(row, key=row_key)
             elif pool is None:
-                out.add(score(row, reference, draws))
+                out.add(score(row, reference, draws), key=row_key)
             else:
                 pending.append(pool.apply_async(score, (row, reference, draws)))
                 while len(pending) > args.c2st_workers:  # a bounded queue: the method waits for a free worker
@@ -627,9 +634,12 @@ def main(argv: list[str] | None = None, out_dir=None) -> dict[str, Any]:
     return out.data
 
 
-def _result_path(out_dir: Any, tag: str | None) -> Path:
-    """Where :class:`ResultFile` writes today's ``abc`` file (read before it is rewritten)."""
-    import datetime as _dt
-
-    stem = "abc" if not tag else f"abc-{tag}"
-    return (Path(out_dir) if out_dir is not None else RESULTS_DIR) / f"{stem}-{_dt.date.today().isoformat()}.json"
+def _code_versions() -> dict[str, str]:
+    """:func:`code_version` of every method whose module is there."""
+    versions = {}
+    for method in METHODS:
+        try:
+            versions[method] = code_version(method)
+        except ValueError:  # no source file: its rows are stale
+            pass
+    return versions
