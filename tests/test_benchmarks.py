@@ -305,3 +305,104 @@ def test_amortized_vi_study_rows_summary_and_resume(tmp_path, capsys):
     assert [r["elbo"] for r in again["runs"]] == [r["elbo"] for r in data["runs"]]
     with pytest.raises(SystemExit, match="unknown"):
         amortized_vi.main(["--problems", "mnist"], out_dir=tmp_path)
+
+
+# --- the abc study (issues 23, 24): resuming, code versions, one real row -----------------------
+
+needs_sbibm = pytest.mark.skipif(
+    __import__("importlib.util").util.find_spec("sbibm") is None,
+    reason="sbibm is not installed (pip install --no-deps sbibm==1.1.0): the abc study reads its files",
+)
+ABC_GRID = ["--tasks", "two_moons", "--observations", "1,2", "--methods", "rejection", "--budgets", "1000",
+            "--c2st-samples", "100", "--c2st-workers", "0"]  # fmt: skip
+
+
+def _abc_row(observation, task="two_moons", **fields):
+    """A row of the abc study for ``ABC_GRID``'s settings."""
+    from benchmarks import abc
+
+    row = {"task": task, "observation": observation, "method": "rejection", "budget": 1000, "c2st_samples": 100,
+           "posterior": "kde", "seed": 0, "settings": abc.DEFAULTS["rejection"]}  # fmt: skip
+    if fields.get("status") == "ok":
+        row.update(num_simulations=1000, wall_s=0.1)  # what the summary averages
+    return {**row, "code": abc.code_version("rejection"), **fields}
+
+
+@needs_sbibm
+def test_abc_study_resume_keeps_every_row_it_does_not_redo(tmp_path, monkeypatch, capsys):
+    """Today's file holds a finished row (not redone), a failed row of the grid (redone and replaced), a failed
+    row outside the grid and rows of an older code version, in ``runs`` and ``stale_runs`` (all kept)."""
+    from benchmarks import _harness, abc
+
+    finished = _abc_row(1, status="ok", c2st=0.9)
+    failed = _abc_row(2, status="error", error="ValueError: earlier")
+    failed_elsewhere = _abc_row(1, task="slcp", status="error", error="ValueError: not in this grid")
+    old = _abc_row(2, status="ok", c2st=0.8, code="000000000000")
+    older = _abc_row(3, status="ok", c2st=0.7, code="111111111111")
+    path = _harness.result_path("abc", tmp_path)
+    path.write_text(json.dumps({"runs": [finished, failed, failed_elsewhere, old], "stale_runs": [older, old]}))
+
+    calls = []
+
+    def fake_run_method(task, observation, method, cls, budget, args):
+        calls.append((task, observation))
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return _abc_row(observation, status="ok", c2st=0.6), None, None
+
+    monkeypatch.setattr(abc, "run_method", fake_run_method)
+    monkeypatch.setattr(abc, "available_methods", lambda methods: ({m: None for m in methods}, {}))
+    data = abc.main(ABC_GRID, out_dir=tmp_path)
+    assert calls == [("two_moons", 2)]  # observation 1 is finished; observation 2 failed before: retried
+    assert "2 earlier rows ran another version" in capsys.readouterr().out
+    redone = _abc_row(2, status="ok", c2st=0.6)
+    assert data["runs"] == [finished, failed_elsewhere, redone]
+    assert data["stale_runs"] == [old, older]  # the duplicate of `old` in both lists kept once
+    assert json.loads(path.read_text()) == data
+
+    # a second resume with one more observation, interrupted before its first new row: nothing is lost
+    with pytest.raises(KeyboardInterrupt):
+        abc.main([*ABC_GRID[:3], "1,2,4", *ABC_GRID[4:]], out_dir=tmp_path)
+    saved = json.loads(path.read_text())
+    assert calls == [("two_moons", 2), ("two_moons", 4)]
+    assert saved["runs"] == [finished, redone, failed_elsewhere] and saved["stale_runs"] == [old, older]
+
+
+def test_abc_code_version_hashes_the_project_modules_a_method_imports(tmp_path):
+    from benchmarks import _harness, abc
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    files = {
+        "__init__.py": "from pkg.method import run\n",
+        "method.py": "import numpy\nfrom pkg.problem import Problem\n\ndef run():\n    from . import helpers\n",
+        "problem.py": "import pkg.deep\n\nProblem = 1\n",
+        "deep.py": "from .sub import leaf\n",
+        "helpers.py": "x = 1\n",
+        "unrelated.py": "y = 1\n",
+        "sub/__init__.py": "",
+        "sub/leaf.py": "from ..helpers import x\n",
+    }
+    for name, text in files.items():
+        (package / name).parent.mkdir(exist_ok=True)
+        (package / name).write_text(text)
+    closure = [p.relative_to(tmp_path).as_posix() for p in _harness.module_closure("pkg.method", tmp_path)]
+    # a lazy import and relative ones count; numpy (no file here), pkg/__init__ and sub/__init__ do not
+    assert closure == ["pkg/deep.py", "pkg/helpers.py", "pkg/method.py", "pkg/problem.py", "pkg/sub/leaf.py"]
+    before = _harness.source_version(["pkg.method"], root=tmp_path)
+    (package / "unrelated.py").write_text("y = 2\n")
+    assert _harness.source_version(["pkg.method"], root=tmp_path) == before
+    (package / "sub/leaf.py").write_text("from ..helpers import x  # edited\n")
+    after = _harness.source_version(["pkg.method"], root=tmp_path)
+    assert after != before
+    assert _harness.source_version(["pkg.method"], ["def runner(): pass"], root=tmp_path) != after
+    with pytest.raises(ValueError, match="no source file of 'pkg.nope'"):
+        _harness.module_closure("pkg.nope", tmp_path)
+
+    # the real methods: HABC's rows depend on its building blocks, and each method has its own version
+    habc = {p.relative_to(_harness.ROOT).as_posix() for p in _harness.module_closure("numpyro_ext.infer.abc.habc")}
+    shared = {"numpyro_ext/infer/abc/problem.py", "numpyro_ext/infer/abc/likelihoods.py", "adapters/abc.py",
+              "numpyro_ext/infer/abc/spsa.py", "numpyro_ext/infer/hmc_util.py"}  # fmt: skip
+    assert shared <= habc and "numpyro_ext/infer/abc/rejection.py" not in habc
+    versions = {m: abc.code_version(m) for m in ("rejection", "smc-abc", "habc")}
+    assert len(set(versions.values())) == 3 and all(len(v) == 12 for v in versions.values())
