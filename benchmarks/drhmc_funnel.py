@@ -23,6 +23,17 @@ vectorized chains of ``--num-warmup`` + ``--num-samples`` iterations.  A configu
   ``T`` (a number, or ``nuts``: the NUTS warmup picks it, the default); ``eps`` (``da``: dual
   averaging of the first-stage step size to ``accept``, the default; or ``<f>x`` as for ``hmc``,
   fixed); ``c`` (4), ``K`` (3), ``prob`` (1: probabilistic delayed rejection, 0: always retry).
+* ``drghmc`` :class:`numpyro_ext.infer.DRGHMC` (delayed-rejection generalized HMC): ``metric``
+  (``diag`` default: the NUTS warmup's diagonal metric, the reference recipe; ``unit``); ``eps``
+  (``nuts``, the default: ``factor`` (2) times the step size of the kernel's own NUTS warmup, the
+  recipe; or ``<f>x`` of the ``nuts:metric=unit`` step as for ``hmc``, fixed); ``damping`` (0.08),
+  ``K`` (3), ``c`` (4), ``prob`` (1), ``steps`` (leapfrog steps per stage, 1) and ``n`` (20): a
+  generalized-HMC iteration costs a few gradients where a NUTS draw costs tens, so the chain runs
+  ``n x --num-samples`` iterations after warmup, thinned by ``n`` (memory stays that of
+  ``--num-samples`` draws); ESS comes from the thinned draws and is divided by the gradients of
+  *all* iterations.  Gradients are DR-G-HMC's ``num_grad_evals`` (every stage and ghost step),
+  summed over every iteration (the benchmark's kernel keeps a running sum across the thinned-out
+  iterations); its ``divergences`` are counted on the kept iterations and scaled by ``n``.
 
 Per run: gradient evaluations of the sampling phase (DR-HMC: every stage and ghost trajectory
 tried), bulk ESS of ``v`` and the minimum over all coordinates, per gradient; divergences;
@@ -60,6 +71,18 @@ _KEYS = {
     "nuts": {"metric": "diag", "accept": "0.8"},
     "hmc": {"eps": None, "T": None},
     "drhmc": {"metric": "diag", "T": "nuts", "eps": "da", "accept": "0.8", "c": "4", "K": "3", "prob": "1"},
+    "drghmc": {
+        "metric": "diag",
+        "eps": "nuts",
+        "factor": "2",
+        "accept": "0.8",
+        "damping": "0.08",
+        "K": "3",
+        "c": "4",
+        "prob": "1",
+        "steps": "1",
+        "n": "20",
+    },
 }
 # v's own rows of the reference score must pass these (the library's rule, adapters.metrics.ScoreRule)
 _V_RULE = {"z_mean": 0.15, "log_sd": 0.2, "q05": 0.4}
@@ -83,11 +106,25 @@ def parse_config(spec: str) -> tuple[str, dict[str, str]]:
         raise SystemExit(f"--configs: {spec!r}: metric must be diag or unit")
     for key in ("eps",):
         value = options.get(key)
-        if value is not None and value != "da" and not value.endswith("x"):
+        own = "nuts" if kind == "drghmc" else "da"
+        if value is not None and value != own and not value.endswith("x"):
             raise SystemExit(
-                f"--configs: {spec!r}: eps must be 'da' or a multiple like '2x' of the unit-metric NUTS step"
+                f"--configs: {spec!r}: eps must be {own!r} or a multiple like '2x' of the unit-metric NUTS step"
             )
+    if kind == "drghmc":
+        try:
+            numbers = {k: float(options[k]) for k in ("factor", "accept", "damping", "K", "c", "prob", "steps", "n")}
+        except ValueError as error:
+            raise SystemExit(f"--configs: {spec!r}: {error}") from None
+        for key in ("K", "steps", "n"):
+            if numbers[key] < 1 or numbers[key] != int(numbers[key]):
+                raise SystemExit(f"--configs: {spec!r}: {key} must be a positive integer, got {options[key]!r}")
     return kind, options
+
+
+def _thinning(kind: str, opts: dict[str, str]) -> int:
+    """Iterations per kept draw: ``n`` for ``drghmc``, 1 otherwise."""
+    return int(opts["n"]) if kind == "drghmc" else 1
 
 
 def _multiple(value: str) -> float:
@@ -100,7 +137,7 @@ def _kernel(kind: str, opts: dict[str, str], model, reference: dict[str, float] 
     from numpyro_ext.infer import DRHMC
 
     unit = opts.get("metric", "unit") == "unit"
-    needs_reference = opts.get("eps", "da") != "da"
+    needs_reference = opts.get("eps", "da") not in ("da", "nuts")
     if needs_reference and reference is None:
         raise SystemExit("--configs: eps=<f>x needs 'nuts:metric=unit' listed before it (its step size is the unit)")
     if kind == "hmc" and opts["T"] == "nuts" and reference is None:
@@ -119,6 +156,22 @@ def _kernel(kind: str, opts: dict[str, str], model, reference: dict[str, float] 
             adapt_step_size=False,
             adapt_mass_matrix=False,
         )
+    if kind == "drghmc":
+        settings = dict(
+            adapt_mass_matrix=not unit,
+            target_accept_prob=float(opts["accept"]),
+            step_size_factor=float(opts["factor"]),
+            num_steps=int(opts["steps"]),
+            max_proposals=int(opts["K"]),
+            reduction_factor=float(opts["c"]),
+            damping=float(opts["damping"]),
+            probabilistic=opts["prob"] == "1",
+        )
+        if needs_reference:  # fixed: warmup (NUTS at that step) only burns in and adapts the metric
+            settings.update(
+                step_size=_multiple(opts["eps"]) * reference["step_size"], adapt_step_size=False, step_size_factor=1.0
+            )
+        return _counting_drghmc()(model, **settings)
     settings: dict[str, Any] = dict(
         adapt_mass_matrix=not unit,
         target_accept_prob=float(opts["accept"]),
@@ -131,6 +184,28 @@ def _kernel(kind: str, opts: dict[str, str], model, reference: dict[str, float] 
     if needs_reference:
         settings.update(step_size=_multiple(opts["eps"]) * reference["step_size"], adapt_step_size=False)
     return DRHMC(model, **settings)
+
+
+@functools.cache
+def _counting_drghmc():
+    """:class:`numpyro_ext.infer.DRGHMC` whose ``num_grad_evals`` is a running sum over the sampling iterations.
+
+    ``MCMC(thinning=n)`` keeps every ``n``-th iteration's extra fields; with the running sum (restarted at
+    the first sampling iteration) the last kept value of each chain is the gradient count of all its
+    sampling iterations, ghosts included.
+    """
+    import jax.numpy as jnp
+
+    from numpyro_ext.infer import DRGHMC
+
+    class CountingDRGHMC(DRGHMC):
+        def sample(self, state, model_args, model_kwargs):
+            new = super().sample(state, model_args, model_kwargs)
+            # state.i == num_warmup: its count is warmup's last (NUTS) transition's, not the sampling phase's
+            before = jnp.where(state.i > self._num_warmup, state.num_grad_evals, 0)
+            return new._replace(num_grad_evals=before + new.num_grad_evals)
+
+    return CountingDRGHMC
 
 
 def run_one(
@@ -151,10 +226,12 @@ def run_one(
 
     kind, opts = parse_config(spec)
     model = functools.partial(test_problems.funnel, dim)
+    thinning = _thinning(kind, opts)
     mcmc = MCMC(
         _kernel(kind, opts, model, reference),
         num_warmup=num_warmup,
-        num_samples=num_samples,
+        num_samples=num_samples * thinning,
+        thinning=thinning,
         num_chains=num_chains,
         chain_method="vectorized",
         progress_bar=False,
@@ -165,7 +242,12 @@ def run_one(
     jax.block_until_ready(samples)
     wall = time.perf_counter() - start
     extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    grads = int(np.sum(extra["num_grad_evals"] if kind == "drhmc" else extra["num_steps"]))
+    if kind == "drghmc":  # a running sum per chain (see _counting_drghmc): its last value counts every iteration
+        grads = int(np.sum(extra["num_grad_evals"][:, -1]))
+        divergences = thinning * int(np.sum(extra["diverging"]))  # counted on the kept iterations
+    else:
+        grads = int(np.sum(extra["num_grad_evals"] if kind == "drhmc" else extra["num_steps"]))
+        divergences = int(np.sum(extra["diverging"]))
     draws = metrics.flatten_draws(samples)
     ess = metrics.ess(draws)
     score = metrics.reference_score(draws, test_problems.exact_draws("funnel", dim))
@@ -178,7 +260,7 @@ def run_one(
         "wall_s": wall,
         "grad_evals": grads,
         "grads_per_draw": grads / (num_chains * num_samples),
-        "divergences": int(np.sum(extra["diverging"])),
+        "divergences": divergences,
         "ess_v": ess["v"],
         "min_ess": min(ess.values()),
         "ess_v_per_grad": ess["v"] / grads,
@@ -203,6 +285,12 @@ def run_one(
         stage = extra["stage"].ravel()
         row["stage_share"] = [float(np.mean(stage == k)) for k in range(-1, int(opts["K"]))]
         row["trajectory_length"] = float(np.mean(np.asarray(mcmc.last_state.trajectory_length)))
+    if kind == "drghmc":
+        stage = extra["stage"].ravel()
+        row["stage_share"] = [float(np.mean(stage == k)) for k in range(-1, int(opts["K"]))]
+        row["iterations"] = num_chains * num_samples * thinning
+        row["grads_per_iteration"] = grads / row["iterations"]
+        row["thinning"] = thinning
     return row
 
 
