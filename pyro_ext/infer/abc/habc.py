@@ -277,7 +277,8 @@ class HABC(MCMCKernel):
         self.simulations_per_iteration = self.simulations_per_gradient * (
             self.num_steps + (1 if self.num_refreshed else 0)
         )
-        self.transforms = {site: problem._transforms[site].inv for site in problem._latent}  # Pyro's convention
+        # Pyro's convention: constrained -> unconstrained
+        self.transforms = {site: transform.inv for site, transform in problem.transforms.items()}
         self.state: HABCState | None = None
         self.sample_stats: list[dict[str, Any]] = []
         self._reset()
@@ -307,7 +308,9 @@ class HABC(MCMCKernel):
             # theta once per point, for every block (the problem's simulate would redo it per call)
             theta = problem.theta(point[None].expand(size, -1))
             blocks = [
-                problem._stats(problem.simulator(theta, torch.Generator(device=u.device).manual_seed(seed)), size)
+                problem.summary_statistics(
+                    problem.simulator(theta, torch.Generator(device=u.device).manual_seed(seed)), size
+                )
                 for seed in seeds
             ]
             points.append(torch.cat(blocks, dim=0).to(u.dtype))
@@ -387,7 +390,7 @@ class HABC(MCMCKernel):
 
     def _flat(self, params: Mapping[str, Any]) -> Tensor:
         """The flat unconstrained ``u`` ``(D,)`` of a dict of the sites' unconstrained values (checked)."""
-        shapes = {site: self.problem._free_shapes[site] for site in self.problem._latent}
+        shapes = dict(self.problem.unconstrained_shapes)
         expected = f"the unconstrained values of the prior's sites {shapes} (LikelihoodFreeProblem.unconstrain)"
         if not isinstance(params, Mapping) or set(params) != set(shapes):
             got = sorted(params) if isinstance(params, Mapping) else type(params).__name__
@@ -410,7 +413,7 @@ class HABC(MCMCKernel):
 
     def _params(self, u: Tensor) -> dict[str, Tensor]:
         """The sites' unconstrained values (Pyro's ``params``) of the flat ``u`` ``(D,)``."""
-        return {site: value[0].clone() for site, value in self.problem._split(u[None]).items()}
+        return {site: value[0].clone() for site, value in self.problem.split(u[None]).items()}
 
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         if args or kwargs:

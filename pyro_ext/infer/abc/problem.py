@@ -60,6 +60,20 @@ class LikelihoodFreeProblem:
     The constructor runs three simulations at prior draws (on a forked random generator, so the
     caller's stream is untouched) to check that the simulator accepts the prior's ``theta`` and
     that its summary has the observation's shape.
+
+    Attributes:
+        dim: ``D``, the length of the flat unconstrained vector ``u``.
+        stat_dim: ``d``, the number of summary statistics.
+        observed: the observation's statistics ``(d,)`` (NumPy, float64).
+        names: the column names of ``flat_theta`` (``site`` or ``site[i]``).
+        sites: ``{site: (constrained shape, start, stop)}``, the columns of each site in
+            ``flat_theta``; its order is the sites' order in ``u`` too.
+        unconstrained_shapes: ``{site: shape}`` of each site's block of ``u`` (an unconstrained
+            shape may differ from the constrained one, e.g. a simplex's), in ``u``'s order.
+        transforms: ``{site: torch.distributions.Transform}``, each site's map from the
+            unconstrained to the constrained space (``biject_to`` of its support); ``.inv`` the
+            other way, as Pyro's MCMC kernels hold them.
+        dtype: the floating dtype of ``u``.
     """
 
     def __init__(
@@ -111,10 +125,10 @@ class LikelihoodFreeProblem:
         self._summary = summary
         # The unconstraining map of each site from its support (fixed from one prior trace, as
         # pyro_ext.infer.model_util.flat_model does, so log_prior's Jacobian and theta(u) agree).
-        self._transforms = {k: biject_to(supports[k]) for k in self._latent}
+        self.transforms = {k: biject_to(supports[k]) for k in self._latent}
         self._shapes = {k: tuple(prototype[k].shape) for k in self._latent}
-        self._free_shapes = {k: tuple(self._transforms[k].inverse_shape(self._shapes[k])) for k in self._latent}
-        self._sizes = [math.prod(self._free_shapes[k]) for k in self._latent]
+        self.unconstrained_shapes = {k: tuple(self.transforms[k].inverse_shape(self._shapes[k])) for k in self._latent}
+        self._sizes = [math.prod(self.unconstrained_shapes[k]) for k in self._latent]
         self.dim = int(sum(self._sizes))
         first = prototype[self._latent[0]]
         self.dtype = first.dtype if first.is_floating_point() else torch.get_default_dtype()
@@ -122,7 +136,7 @@ class LikelihoodFreeProblem:
         self.stat_dim = self._check_simulator()
         with torch.no_grad():
             try:
-                stats = self._stats(_as_batch_of_one(observed), 1)
+                stats = self.summary_statistics(_as_batch_of_one(observed), 1)
             except Exception as error:  # noqa: BLE001 -- the user's summary on the user's data
                 raise ValueError(
                     f"observed: expected the data of one simulation x[0] (the summary sees it as a batch of one), "
@@ -144,13 +158,16 @@ class LikelihoodFreeProblem:
                     tuple(theta.shape) if isinstance(theta, Tensor) else {k: tuple(v.shape) for k, v in theta.items()}
                 )
                 raise ValueError(simulator_failure_message(error, shapes)) from error
-            stats = self._stats(x, 3)
+            stats = self.summary_statistics(x, 3)
         return int(stats.shape[1])
 
     # ---- the prior ----------------------------------------------------------------------
-    def _split(self, u: Tensor) -> dict[str, Tensor]:
+    def split(self, u: Tensor) -> dict[str, Tensor]:
+        """The unconstrained value of each site ``{site: (..., *unconstrained_shapes[site])}`` of ``u``
+        ``(..., D)`` (its columns in the order of :attr:`unconstrained_shapes`; not checked)."""
         parts = torch.split(u, self._sizes, dim=-1)
-        return {k: p.reshape(u.shape[:-1] + self._free_shapes[k]) for k, p in zip(self._latent, parts, strict=True)}
+        shapes = self.unconstrained_shapes
+        return {k: p.reshape(u.shape[:-1] + shapes[k]) for k, p in zip(self._latent, parts, strict=True)}
 
     def _check_u(self, u: Any) -> Tensor:
         u = torch.as_tensor(u)
@@ -159,7 +176,7 @@ class LikelihoodFreeProblem:
         return u
 
     def _constrained(self, u: Tensor) -> dict[str, Tensor]:
-        return {k: self._transforms[k](v) for k, v in self._split(self._check_u(u)).items()}
+        return {k: self.transforms[k](v) for k, v in self.split(self._check_u(u)).items()}
 
     def theta(self, u: Tensor) -> Any:
         """The constrained ``theta`` the simulator takes, ``(n, *event)`` (or ``{site: (n, *shape)}``
@@ -191,7 +208,7 @@ class LikelihoodFreeProblem:
                 raise ValueError(
                     f"theta: expected site {k!r} of shape (n, *{self._shapes[k]}), got {tuple(value.shape)}"
                 )
-            parts.append(self._transforms[k].inv(value).reshape(value.shape[0], -1))
+            parts.append(self.transforms[k].inv(value).reshape(value.shape[0], -1))
         return torch.cat(parts, dim=-1)
 
     def sample_prior(self, num_samples: int) -> Tensor:
@@ -208,16 +225,18 @@ class LikelihoodFreeProblem:
         u = self._check_u(u)
         if self._flat is not None:
             return self._flat.log_prior(u)
-        transform = self._transforms[PRIOR_SITE]
-        free = self._split(u)[PRIOR_SITE]
+        transform = self.transforms[PRIOR_SITE]
+        free = self.split(u)[PRIOR_SITE]
         value = transform(free)
         log_jacobian = transform.log_abs_det_jacobian(free, value).reshape(u.shape[0], -1).sum(-1)
         with pyro.validation_enabled(False):
             return self.prior.log_prob(value) + log_jacobian
 
     # ---- simulations --------------------------------------------------------------------
-    def _stats(self, x: Any, num: int) -> Tensor:
-        """Summary statistics ``(num, d)`` of a batch of ``num`` simulations (the shape checked)."""
+    def summary_statistics(self, x: Any, num: int) -> Tensor:
+        """Summary statistics ``(num, d)`` of a batch of ``num`` simulator outputs ``x`` (the summary
+        applied, or each simulation flattened; the shape checked): :meth:`simulate` without the simulator,
+        for a caller that runs the simulator itself (e.g. several generators at one ``theta``)."""
         if self._summary is None:
             x = torch.as_tensor(x)
             stats = x.reshape(num, -1) if x.dim() >= 1 and x.shape[0] == num else x
@@ -236,7 +255,7 @@ class LikelihoodFreeProblem:
         """Summary statistics ``(n, d)`` of the simulations at the unconstrained ``u`` ``(n, D)`` with
         ``generator`` (differentiable in ``u`` when the simulator is), in ``u``'s dtype."""
         u = self._check_u(u)
-        stats = self._stats(self.simulator(self.theta(u), generator), u.shape[0])
+        stats = self.summary_statistics(self.simulator(self.theta(u), generator), u.shape[0])
         return stats.to(u.dtype if u.is_floating_point() else self.dtype)
 
 
