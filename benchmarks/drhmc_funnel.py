@@ -32,8 +32,8 @@ vectorized chains of ``--num-warmup`` + ``--num-samples`` iterations.  A configu
   ``n x --num-samples`` iterations after warmup, thinned by ``n`` (memory stays that of
   ``--num-samples`` draws); ESS comes from the thinned draws and is divided by the gradients of
   *all* iterations.  Gradients are DR-G-HMC's ``num_grad_evals`` (every stage and ghost step),
-  summed over every iteration (the benchmark's kernel keeps a running sum across the thinned-out
-  iterations); its ``divergences`` are counted on the kept iterations and scaled by ``n``.
+  summed over every iteration, and so are its divergences (the kernel keeps running sums across
+  the thinned-out iterations: :func:`numpyro_ext.infer.sweep_runs.counting_drghmc`).
 
 Per run: gradient evaluations of the sampling phase (DR-HMC: every stage and ghost trajectory
 tried), bulk ESS of ``v`` and the minimum over all coordinates, per gradient; divergences;
@@ -135,6 +135,7 @@ def _kernel(kind: str, opts: dict[str, str], model, reference: dict[str, float] 
     from numpyro.infer import HMC, NUTS
 
     from numpyro_ext.infer import DRHMC
+    from numpyro_ext.infer.sweep_runs import counting_drghmc
 
     unit = opts.get("metric", "unit") == "unit"
     needs_reference = opts.get("eps", "da") not in ("da", "nuts")
@@ -171,7 +172,7 @@ def _kernel(kind: str, opts: dict[str, str], model, reference: dict[str, float] 
             settings.update(
                 step_size=_multiple(opts["eps"]) * reference["step_size"], adapt_step_size=False, step_size_factor=1.0
             )
-        return _counting_drghmc()(model, **settings)
+        return counting_drghmc()(model, **settings)
     settings: dict[str, Any] = dict(
         adapt_mass_matrix=not unit,
         target_accept_prob=float(opts["accept"]),
@@ -184,28 +185,6 @@ def _kernel(kind: str, opts: dict[str, str], model, reference: dict[str, float] 
     if needs_reference:
         settings.update(step_size=_multiple(opts["eps"]) * reference["step_size"], adapt_step_size=False)
     return DRHMC(model, **settings)
-
-
-@functools.cache
-def _counting_drghmc():
-    """:class:`numpyro_ext.infer.DRGHMC` whose ``num_grad_evals`` is a running sum over the sampling iterations.
-
-    ``MCMC(thinning=n)`` keeps every ``n``-th iteration's extra fields; with the running sum (restarted at
-    the first sampling iteration) the last kept value of each chain is the gradient count of all its
-    sampling iterations, ghosts included.
-    """
-    import jax.numpy as jnp
-
-    from numpyro_ext.infer import DRGHMC
-
-    class CountingDRGHMC(DRGHMC):
-        def sample(self, state, model_args, model_kwargs):
-            new = super().sample(state, model_args, model_kwargs)
-            # state.i == num_warmup: its count is warmup's last (NUTS) transition's, not the sampling phase's
-            before = jnp.where(state.i > self._num_warmup, state.num_grad_evals, 0)
-            return new._replace(num_grad_evals=before + new.num_grad_evals)
-
-    return CountingDRGHMC
 
 
 def run_one(
@@ -242,9 +221,9 @@ def run_one(
     jax.block_until_ready(samples)
     wall = time.perf_counter() - start
     extra = {k: np.asarray(v) for k, v in mcmc.get_extra_fields(group_by_chain=True).items()}
-    if kind == "drghmc":  # a running sum per chain (see _counting_drghmc): its last value counts every iteration
+    if kind == "drghmc":  # running sums per chain (sweep_runs.counting_drghmc): the last values count every iteration
         grads = int(np.sum(extra["num_grad_evals"][:, -1]))
-        divergences = thinning * int(np.sum(extra["diverging"]))  # counted on the kept iterations
+        divergences = int(np.sum(extra["diverging"][:, -1]))
     else:
         grads = int(np.sum(extra["num_grad_evals"] if kind == "drhmc" else extra["num_steps"]))
         divergences = int(np.sum(extra["diverging"]))

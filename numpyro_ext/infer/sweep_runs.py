@@ -1,18 +1,22 @@
-"""NumPyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): NUTS, HMC and DR-HMC.
+"""NumPyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): NUTS, HMC, DR-HMC and DR-G-HMC.
 
-Algorithms ``nuts`` and ``hmc`` (NumPyro's own kernels, the peers) and ``drhmc``, declared as
-entry points of the group ``ppl_ext.sweep_algorithms`` in ``pyproject.toml``
-(:data:`NUTS_SWEEP`, :data:`HMC_SWEEP`, :data:`DRHMC_SWEEP`); nothing imports this module
-but the sweep, when a run needs one of them.
+Algorithms ``nuts`` and ``hmc`` (NumPyro's own kernels, the peers), ``drhmc`` and ``drghmc``,
+declared as entry points of the group ``ppl_ext.sweep_algorithms`` in ``pyproject.toml``
+(:data:`NUTS_SWEEP`, :data:`HMC_SWEEP`, :data:`DRHMC_SWEEP`, :data:`DRGHMC_SWEEP`); nothing
+imports this module but the sweep (and the ``drhmc`` benchmarks, for :func:`counting_drghmc`).
 Every run uses ``MCMC(..., chain_method="vectorized")`` under float64 and counts the
-gradient evaluations of the sampling phase (``num_steps`` for NUTS/HMC, DR-HMC's
-``num_grad_evals``, ghost trajectories included).  A posterior with a NumPyro port is run
-on the model; any other :class:`~adapters.target.Target` (e.g. the Stan route) through its
-JAX view as a ``potential_fn``, with draws constrained by the target afterwards.
+gradient evaluations of the sampling phase (``num_steps`` for NUTS/HMC, DR-HMC's and
+DR-G-HMC's ``num_grad_evals``, ghost trajectories included).  DR-G-HMC takes one short step an
+iteration, so its run makes ``thinning`` iterations per kept draw (``num_samples`` draws are
+kept) and counts the gradients and divergences of every iteration (:func:`counting_drghmc`).
+A posterior with a NumPyro port is run on the model; any other :class:`~adapters.target.Target`
+(e.g. the Stan route) through its JAX view as a ``potential_fn``, with draws constrained by the
+target afterwards.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -34,13 +38,60 @@ def enable_x64() -> None:
     jax.config.update("jax_enable_x64", True)
 
 
+@functools.cache
+def counting_drghmc() -> type:
+    """:class:`numpyro_ext.infer.DRGHMC` whose ``num_grad_evals`` and ``diverging`` are running sums.
+
+    Both restart at the first sampling iteration and add every later iteration's count (``diverging``
+    becomes an ``int32`` count).  ``MCMC(thinning=n)`` keeps every ``n``-th iteration's extra fields,
+    the last of each block of ``n``, so the kept values are cumulative counts over *all* sampling
+    iterations and their differences the counts of each block.  (A class made on first use: this
+    module imports no JAX until a run needs it.)
+    """
+    import jax.numpy as jnp
+
+    from numpyro_ext.infer.drghmc import DRGHMC
+
+    class CountingDRGHMC(DRGHMC):
+        def init(self, *args, **kwargs):
+            state = super().init(*args, **kwargs)
+            return state._replace(diverging=jnp.asarray(state.diverging, jnp.int32))
+
+        def sample(self, state, model_args, model_kwargs):
+            new = super().sample(state, model_args, model_kwargs)
+            # state.i == num_warmup: its counts are warmup's last (NUTS) transition's, not the sampling phase's
+            sampling = state.i > self._num_warmup
+            return new._replace(
+                num_grad_evals=jnp.where(sampling, state.num_grad_evals, 0) + new.num_grad_evals,
+                diverging=jnp.where(sampling, state.diverging, 0) + jnp.asarray(new.diverging, jnp.int32),
+            )
+
+    return CountingDRGHMC
+
+
+def per_block(running: np.ndarray) -> np.ndarray:
+    """The counts of each kept draw's block of iterations from :func:`counting_drghmc`'s running sums
+    ``(chains, draws)``."""
+    running = np.asarray(running, dtype=np.int64)
+    return np.diff(running, axis=-1, prepend=np.zeros_like(running[..., :1]))
+
+
 def run_mcmc(
-    make_kernel: Callable[..., Any], grad_field: str, target: Any, config: Mapping[str, Any], seed: int
+    make_kernel: Callable[..., Any],
+    grad_field: str,
+    target: Any,
+    config: Mapping[str, Any],
+    seed: int,
+    thinning: int = 1,
+    running_counts: bool = False,
 ) -> RunOutput:
     """``MCMC(make_kernel(model=... | potential_fn=...))`` on ``target``: the sweep's run function.
 
     ``make_kernel(model=None, potential_fn=None)`` builds the kernel; ``grad_field`` is the
-    extra field that counts gradient evaluations per draw.
+    extra field that counts gradient evaluations per draw.  ``thinning``: iterations per kept
+    draw (``num_samples`` draws are kept); ``running_counts``: the kernel's gradient and
+    divergence fields are :func:`counting_drghmc`'s running sums (needed for exact counts when
+    ``thinning > 1``).
     """
     import jax
     from numpyro.infer import MCMC
@@ -55,7 +106,8 @@ def run_mcmc(
     mcmc = MCMC(
         kernel,
         num_warmup=int(config["num_warmup"]),
-        num_samples=int(config["num_samples"]),
+        num_samples=int(config["num_samples"]) * thinning,
+        thinning=thinning,
         num_chains=num_chains,
         chain_method="vectorized",
         progress_bar=False,
@@ -71,6 +123,8 @@ def run_mcmc(
         draws = target.constrain(np.asarray(mcmc.get_samples(group_by_chain=True)))
     extra = mcmc.get_extra_fields(group_by_chain=True)
     stats = {"diverging": np.asarray(extra["diverging"]), "num_grad_evals": np.asarray(extra[grad_field])}
+    if running_counts:  # per kept draw: the counts of its block of `thinning` iterations
+        stats = {key: per_block(value) for key, value in stats.items()}
     return RunOutput(draws, int(np.sum(stats["num_grad_evals"])), int(np.sum(stats["diverging"])), stats)
 
 
@@ -104,6 +158,13 @@ def make_drhmc(config: Mapping[str, Any]) -> Callable[..., Any]:
     )
 
 
+def make_drghmc(config: Mapping[str, Any]) -> Callable[..., Any]:
+    """``make_kernel(model=None, potential_fn=None)`` of the sweep's ``drghmc`` for a resolved ``config``:
+    :func:`counting_drghmc`'s kernel."""
+    kernel = counting_drghmc()
+    return lambda **source: kernel(**source, **{key: config[key] for key in DRGHMC_KERNEL_OPTIONS})
+
+
 def run_nuts(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
     return run_mcmc(make_nuts(config), "num_steps", target, config, seed)
 
@@ -114,6 +175,11 @@ def run_hmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
 
 def run_drhmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
     return run_mcmc(make_drhmc(config), "num_grad_evals", target, config, seed)
+
+
+def run_drghmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
+    thinning = int(config["thinning"])
+    return run_mcmc(make_drghmc(config), "num_grad_evals", target, config, seed, thinning, running_counts=True)
 
 
 NUTS_SWEEP = define_algorithm(
@@ -135,4 +201,36 @@ DRHMC_SWEEP = define_algorithm(
     "DR-HMC (numpyro_ext.infer.DRHMC), trajectory length from NUTS warmup",
     setup=enable_x64,
     optional=DRHMC_SWEEP_OPTIONS,
+)
+
+# DR-G-HMC's sweep settings: the reference recipe (Turok, Modi & Carpenter 2025; see
+# numpyro_ext.infer.drghmc.core) with the metric chosen by the drhmc-funnel defaults study
+# (docs/drhmc.rst), and `thinning` iterations per kept draw
+DRGHMC_KERNEL_OPTIONS = (
+    "step_size_factor",
+    "num_steps",
+    "max_proposals",
+    "reduction_factor",
+    "damping",
+    "probabilistic",
+    "adapt_mass_matrix",
+    "target_accept_prob",
+)
+DRGHMC_SWEEP = define_algorithm(
+    "drghmc",
+    "numpyro",
+    run_drghmc,
+    {
+        "step_size_factor": 2.0,
+        "num_steps": 1,
+        "max_proposals": 3,
+        "reduction_factor": 4,
+        "damping": 0.08,
+        "probabilistic": True,
+        "adapt_mass_matrix": True,
+        "target_accept_prob": 0.8,
+        "thinning": 10,
+    },
+    "DR-G-HMC (numpyro_ext.infer.DRGHMC), NUTS-warmup recipe, `thinning` iterations per kept draw",
+    setup=enable_x64,
 )
