@@ -406,3 +406,49 @@ def test_abc_code_version_hashes_the_project_modules_a_method_imports(tmp_path):
     assert shared <= habc and "numpyro_ext/infer/abc/rejection.py" not in habc
     versions = {m: abc.code_version(m) for m in ("rejection", "smc-abc", "habc")}
     assert len(set(versions.values())) == 3 and all(len(v) == 12 for v in versions.values())
+
+
+@needs_sbibm
+def test_abc_study_row_of_rejection_on_two_moons(monkeypatch):
+    """One real row (rejection ABC, 1000 simulations, two_moons' observation 1): its fields come from the run,
+    the C2ST's reference draws are sbibm's, and the draws sit on that observation's posterior: their median
+    distance to the nearest of sbibm's 10,000 reference draws is 0.09 (uniform prior draws: 0.64; observation
+    2's posterior: 0.35), bounded here by 0.2."""
+    import argparse
+
+    from adapters import c2st as c2st_module
+    from adapters import sbibm
+    from benchmarks import abc
+
+    found, missing = abc.available_methods(["rejection"])
+    assert not missing, missing
+    cls = found["rejection"]
+    args = argparse.Namespace(settings=abc._parse_settings([]), c2st_samples=50, posterior="kde", seed=0)
+    row, reference, draws = abc.run_method("two_moons", 1, "rejection", cls, 1000, args)
+    assert "status" not in row, row.get("error")
+    assert row["code"] == abc.code_version("rejection") and row["settings"] == {"num_samples": 100}
+    assert (row["num_simulations"], row["num_nan_simulations"], row["num_draws"], row["ess"]) == (1000, 0, 100, 100.0)
+    assert row["kde_bandwidth"] is None  # 100 equally weighted draws, 50 needed: used as they are
+    assert row["info"]["acceptance_rate"] == pytest.approx(0.1) and row["info"]["epsilon"] > 0
+    assert (row["sbibm_smcabc"], row["sl_ceiling"]) == (0.92, 0.81) and row["wall_s"] > 0
+    full = sbibm.reference_samples("two_moons", 1)
+    assert reference.shape == draws.shape == (50, 2)
+    assert len(np.unique(reference, axis=0)) == 50 and np.isin(reference, full).all()
+    assert np.all(np.abs(draws) <= 1.0)  # the prior's support, [-1, 1]^2
+
+    def nearest(x, y):
+        return np.sqrt(((x[:, None, :] - y[None]) ** 2).sum(-1)).min(1)
+
+    assert np.median(nearest(draws, full)) < 0.2
+    # the C2ST (tests/adapters/test_c2st.py) takes seconds: here only what the row gets from it
+    calls = []
+
+    def fake_c2st(x, y, seed):
+        calls.append((x, y, seed))
+        return 0.75
+
+    monkeypatch.setattr(c2st_module, "c2st", fake_c2st)
+    scored = abc.score(row, reference, draws)
+    assert len(calls) == 1 and calls[0][0] is reference and calls[0][1] is draws and calls[0][2] == 1
+    assert scored["status"] == "ok" and scored["c2st"] == 0.75 and scored["c2st_s"] >= 0
+    assert {k: scored[k] for k in row} == row
