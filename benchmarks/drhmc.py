@@ -13,6 +13,10 @@ ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
 * ``drhmc-k2-half``, ``drhmc-k3-half`` probabilistic, half the NUTS-derived trajectory length
   (``trajectory_scale=0.5``); ``drhmc-k3-jitter`` the full length times ``u ~ U(0, 1]`` per
   iteration (``jitter_trajectory=True``); the other DR-HMC rows use the full length, unjittered;
+* ``drghmc``                          DR-G-HMC (:class:`numpyro_ext.infer.DRGHMC`) with the sweep's
+  settings (:data:`numpyro_ext.infer.sweep_runs.DRGHMC_SWEEP`: the reference recipe, NUTS warmup,
+  with the defaults the ``drhmc-funnel`` study chose), ``thinning`` (10) one-step iterations per
+  kept draw; gradients and divergences of every iteration counted;
 * ``backend-timing``                  seconds per gradient of the NumPyro and the Pyro DR-HMC
   kernel with identical fixed settings (on ``funnel-10`` and ``gaussian-2`` only).
 
@@ -42,6 +46,7 @@ ALGORITHMS = (
     "drhmc-k2-half",
     "drhmc-k3-half",
     "drhmc-k3-jitter",
+    "drghmc",
 )
 TIMING = "backend-timing"
 SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
@@ -76,6 +81,10 @@ def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
 
     if algorithm == "nuts":
         return NUTS(model)
+    if algorithm == "drghmc":
+        from numpyro_ext.infer.sweep_runs import DRGHMC_SWEEP, make_drghmc
+
+        return make_drghmc(DRGHMC_SWEEP.defaults)(model=model)
     if algorithm == "hmc":
         if nuts_length is None:
             raise SystemExit("--algorithms: 'hmc' takes its trajectory length from the 'nuts' run; list 'nuts' first")
@@ -91,6 +100,15 @@ def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
         trajectory_scale=0.5 if "half" in options else 1.0,
         jitter_trajectory="jitter" in options,
     )
+
+
+def _thinning(algorithm: str) -> int:
+    """Iterations per kept draw: DR-G-HMC's sweep ``thinning``, 1 for the others."""
+    if algorithm != "drghmc":
+        return 1
+    from numpyro_ext.infer.sweep_runs import DRGHMC_SWEEP
+
+    return int(DRGHMC_SWEEP.defaults["thinning"])
 
 
 PYRO_TARGETS = ("funnel-10", "gaussian-2")
@@ -164,10 +182,12 @@ def run_one(
     from adapters import metrics
 
     model, data, reference = _target(target, path)
+    thinning = _thinning(algorithm)
     mcmc = MCMC(
         _kernel(algorithm, model, nuts_length),
         num_warmup=num_warmup,
-        num_samples=num_samples,
+        num_samples=num_samples * thinning,
+        thinning=thinning,
         num_chains=num_chains,
         chain_method="vectorized",
         progress_bar=False,
@@ -179,9 +199,16 @@ def run_one(
     jax.block_until_ready(samples)
     wall = time.perf_counter() - start
     extra = mcmc.get_extra_fields(group_by_chain=True)
-    grads = int(np.sum(extra["num_grad_evals" if algorithm.startswith("drhmc") else "num_steps"]))
-    divergences = int(np.sum(extra["diverging"]))
     extra_row = {}
+    if algorithm == "drghmc":  # running sums per chain (sweep_runs.counting_drghmc): the last values count all
+        grads = int(np.sum(extra["num_grad_evals"][:, -1]))
+        divergences = int(np.sum(extra["diverging"][:, -1]))
+        extra_row["stage_share"] = [float(np.mean(np.asarray(extra["stage"]) == k)) for k in range(-1, 3)]
+        extra_row["thinning"] = thinning
+        extra_row["grads_per_iteration"] = grads / (num_chains * num_samples * thinning)
+    else:
+        grads = int(np.sum(extra["num_grad_evals" if algorithm.startswith("drhmc") else "num_steps"]))
+        divergences = int(np.sum(extra["diverging"]))
     if algorithm == "nuts":
         extra_row["nuts_length"] = float(np.mean(extra["num_steps"] * extra["adapt_state.step_size"]))
         extra_row["nuts_step_size"] = float(np.mean(extra["adapt_state.step_size"]))

@@ -1,8 +1,10 @@
-"""Pyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): ``pyro-nuts`` and ``pyro-drhmc``.
+"""Pyro MCMC kernels as sweep algorithms (:mod:`adapters.sweep`): ``pyro-nuts``, ``pyro-drhmc``, ``pyro-drghmc``.
 
-Both are declared as entry points of the group ``ppl_ext.sweep_algorithms`` in
-``pyproject.toml`` (:data:`NUTS_SWEEP`, :data:`DRHMC_SWEEP`); nothing imports this module
-but the sweep, when a run needs one of them.
+All are declared as entry points of the group ``ppl_ext.sweep_algorithms`` in
+``pyproject.toml`` (:data:`NUTS_SWEEP`, :data:`DRHMC_SWEEP`, :data:`DRGHMC_SWEEP`); nothing
+imports this module but the sweep, when a run needs one of them.  ``pyro-drghmc`` runs
+``thinning`` iterations per kept draw (the NumPyro ``drghmc``'s settings) and counts the
+gradients and divergences of every iteration.
 
 Chains run one after the other in the calling process (Pyro's multi-chain MCMC starts
 processes, which a Dask worker may not), chain ``c`` seeded with ``1000 * seed + c``,
@@ -23,6 +25,7 @@ from pyro.infer import MCMC, NUTS, Predictive
 
 from adapters.configs import DRHMC_SWEEP_OPTIONS
 from adapters.sweep_registry import RunOutput, define_algorithm
+from pyro_ext.infer.drghmc import DRGHMC
 from pyro_ext.infer.drhmc import DRHMC
 
 
@@ -68,8 +71,16 @@ def with_deterministic_sites(
     return {**samples, **Predictive(model, posterior_samples=samples, return_sites=sites)(*args, **kwargs)}
 
 
-def run_mcmc(make_kernel: Callable[..., Any], target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
-    """Pyro ``MCMC`` of ``make_kernel(model=... | potential_fn=...)`` on ``target``, chain by chain."""
+def run_mcmc(
+    make_kernel: Callable[..., Any], target: Any, config: Mapping[str, Any], seed: int, thinning: int = 1
+) -> RunOutput:
+    """Pyro ``MCMC`` of ``make_kernel(model=... | potential_fn=...)`` on ``target``, chain by chain.
+
+    ``thinning``: iterations per kept draw (``num_samples`` draws are kept, the last of each block);
+    a kept draw's gradient and divergence counts are those of its whole block.
+    """
+    num_samples = int(config["num_samples"])
+    num_iterations = num_samples * thinning
     native = target.backend == "pyro"
     logdensity = None if native else target.as_torch()
     chains: list[dict[str, np.ndarray]] = []
@@ -81,7 +92,7 @@ def run_mcmc(make_kernel: Callable[..., Any], target: Any, config: Mapping[str, 
             kernel = make_kernel(model=target.model)
             mcmc = MCMC(
                 kernel,
-                num_samples=int(config["num_samples"]),
+                num_samples=num_iterations,
                 warmup_steps=int(config["num_warmup"]),
                 disable_progbar=True,
             )
@@ -91,25 +102,31 @@ def run_mcmc(make_kernel: Callable[..., Any], target: Any, config: Mapping[str, 
             init = torch.as_tensor(target.initial_position(seed=1000 * seed + chain))
             mcmc = MCMC(
                 kernel,
-                num_samples=int(config["num_samples"]),
+                num_samples=num_iterations,
                 warmup_steps=int(config["num_warmup"]),
                 initial_params={"x": init},
                 disable_progbar=True,
             )
             mcmc.run()
-        samples = mcmc.get_samples()
+        samples = {k: v[thinning - 1 :: thinning] for k, v in mcmc.get_samples().items()}
         if native:
             samples = with_deterministic_sites(target.model, samples, *target.model_args, **target.model_kwargs)
             chains.append({k: v.detach().cpu().numpy() for k, v in samples.items()})
         else:
             chains.append(target.constrain(samples["x"].detach().cpu().numpy()))
-        diverging.append(np.zeros(int(config["num_samples"]), dtype=bool))
-        diverging[-1][np.asarray(mcmc.diagnostics()["divergences"]["chain 0"], dtype=int)] = True
-        if isinstance(kernel, DRHMC):
+        diverged = np.zeros(num_iterations, dtype=bool)
+        diverged[np.asarray(mcmc.diagnostics()["divergences"]["chain 0"], dtype=int)] = True
+        if isinstance(kernel, (DRHMC, DRGHMC)):
             stats = kernel.get_sample_stats()
-            grads.append(np.asarray(stats["num_grad_evals"])[~np.asarray(stats["warmup"], dtype=bool)])
+            evals = np.asarray(stats["num_grad_evals"])[~np.asarray(stats["warmup"], dtype=bool)]
         else:
-            grads.append(np.asarray(kernel.sampling_evals))
+            evals = np.asarray(kernel.sampling_evals)
+        # per kept draw: the counts of its block of `thinning` iterations
+        if thinning == 1:
+            diverging.append(diverged)  # bool, as without thinning
+        else:
+            diverging.append(diverged.reshape(num_samples, thinning).sum(axis=1))
+        grads.append(evals.reshape(num_samples, thinning).sum(axis=1))
     draws = {k: np.stack([c[k] for c in chains]) for k in chains[0]}
     stats = {"diverging": np.stack(diverging), "num_grad_evals": np.stack(grads)}
     return RunOutput(draws, int(np.sum(stats["num_grad_evals"])), int(np.sum(stats["diverging"])), stats)
@@ -136,6 +153,15 @@ def run_drhmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
     return run_mcmc(make_kernel, target, config, seed)
 
 
+def run_drghmc(target: Any, config: Mapping[str, Any], seed: int) -> RunOutput:
+    from numpyro_ext.infer.sweep_runs import DRGHMC_KERNEL_OPTIONS
+
+    def make_kernel(**source):
+        return DRGHMC(**source, **{key: config[key] for key in DRGHMC_KERNEL_OPTIONS})
+
+    return run_mcmc(make_kernel, target, config, seed, int(config["thinning"]))
+
+
 NUTS_SWEEP = define_algorithm(
     "pyro-nuts", "pyro", run_nuts, {"target_accept_prob": 0.8}, "Pyro NUTS (the peer)", setup=enable_float64
 )
@@ -147,4 +173,21 @@ DRHMC_SWEEP = define_algorithm(
     "DR-HMC (pyro_ext.infer.DRHMC), trajectory length from NUTS warmup",
     setup=enable_float64,
     optional=DRHMC_SWEEP_OPTIONS,
+)
+
+
+def _drghmc_defaults() -> dict[str, Any]:
+    # the NumPyro drghmc's settings, written once (numpyro_ext.infer.sweep_runs imports no JAX at import)
+    from numpyro_ext.infer.sweep_runs import DRGHMC_SWEEP as NUMPYRO_DRGHMC
+
+    return {k: v for k, v in NUMPYRO_DRGHMC.defaults.items() if k not in ("num_warmup", "num_samples", "num_chains")}
+
+
+DRGHMC_SWEEP = define_algorithm(
+    "pyro-drghmc",
+    "pyro",
+    run_drghmc,
+    _drghmc_defaults(),
+    "DR-G-HMC (pyro_ext.infer.DRGHMC), NUTS-warmup recipe, `thinning` iterations per kept draw",
+    setup=enable_float64,
 )
