@@ -93,6 +93,21 @@ def source_version(modules: Iterable[str], extra: Iterable[str] = (), root: Path
     return digest.hexdigest()[:12]
 
 
+def function_sources(path: Path, names: Iterable[str]) -> list[str]:
+    """The source text of the top-level functions ``names`` of the file ``path``, read from the file (not from
+    the live objects, which a test may have replaced), in the order of ``names``."""
+    text = Path(path).read_text()
+    defined = {
+        node.name: ast.get_source_segment(text, node)
+        for node in ast.parse(text, filename=str(path)).body
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    }
+    missing = [name for name in names if name not in defined]
+    if missing:
+        raise ValueError(f"names: no top-level function {missing} in {path}")
+    return [defined[name] for name in names]
+
+
 def module_closure(module: str, root: Path = ROOT) -> list[Path]:
     """The source files of ``module`` and of the project modules it imports, transitively, in path order.
 

@@ -88,7 +88,6 @@ import argparse
 import ast
 import functools
 import importlib
-import inspect
 import json
 import math
 import multiprocessing
@@ -99,7 +98,15 @@ from typing import Any
 import numpy as np
 
 from adapters import sbibm as sbibm_files
-from benchmarks._harness import ResultFile, previous_rows, result_path, sort_previous, source_version, table
+from benchmarks._harness import (
+    ResultFile,
+    function_sources,
+    previous_rows,
+    result_path,
+    sort_previous,
+    source_version,
+    table,
+)
 
 TASKS = tuple(sbibm_files.TASKS)
 #: method -> (module of numpyro_ext.infer.abc, class)
@@ -390,6 +397,8 @@ INFO_KEYS = ("epsilon", "num_populations", "num_discarded", "pilot", "num_iterat
 #: the modules every row depends on besides its method's: the tasks (priors, simulators, observations),
 #: sbibm's files (observations, reference posteriors) and the C2ST
 EVALUATION_MODULES = ("numpyro_ext.models.sbibm_tasks", "adapters.sbibm", "adapters.c2st")
+#: this study's functions that make every row, besides the method's runner (their text in this file is hashed)
+ROW_FUNCTIONS = ("run_method", "posterior_draws", "kde_bandwidth", "score")
 
 
 @functools.cache  # one version per process: the modules are imported once, rows and resuming agree
@@ -398,14 +407,13 @@ def code_version(method: str) -> str:
     (a package: its ``__init__`` and what that imports), of :data:`EVALUATION_MODULES`, of every project
     module these import, transitively (:func:`benchmarks._harness.module_closure`: e.g. ``problem.py``,
     ``likelihoods.py``, ``spsa.py``, ``hmc_util.py``, ``adapters/abc.py``, ``adapters/validation.py``), and
-    of the source of this study's functions that make the row (the method's runner, :func:`run_method`,
-    :func:`posterior_draws`, :func:`kde_bandwidth`, :func:`score`).  Rows of another version are not
-    mixed with the current ones (``stale_runs``).  Conservative: an edit to any of these files, relevant
-    to the method or not, makes its rows stale (kept, and rerun)."""
-    runner = RUNNERS.get(method, build_method)
-    functions = (runner, run_method, posterior_draws, kde_bandwidth, score)
+    of the text in this file of the functions that make the row (the method's runner and
+    :data:`ROW_FUNCTIONS`).  Rows of another version are not mixed with the current ones (``stale_runs``).
+    Conservative: an edit to any of these files or functions, relevant to the method or not, makes its
+    rows stale (kept, and rerun)."""
+    runner = RUNNERS[method].__name__ if method in RUNNERS else build_method.__name__
     modules = [f"numpyro_ext.infer.abc.{METHODS[method][0]}", *EVALUATION_MODULES]
-    return source_version(modules, [inspect.getsource(f) for f in functions])
+    return source_version(modules, function_sources(Path(__file__), (runner, *ROW_FUNCTIONS)))
 
 
 def row_key(row: dict[str, Any]) -> tuple:

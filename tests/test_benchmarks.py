@@ -398,6 +398,10 @@ def test_abc_code_version_hashes_the_project_modules_a_method_imports(tmp_path):
     assert _harness.source_version(["pkg.method"], ["def runner(): pass"], root=tmp_path) != after
     with pytest.raises(ValueError, match="no source file of 'pkg.nope'"):
         _harness.module_closure("pkg.nope", tmp_path)
+    # a study's own functions are hashed by their text in its file
+    assert _harness.function_sources(package / "method.py", ["run"]) == ["def run():\n    from . import helpers"]
+    with pytest.raises(ValueError, match=r"no top-level function \['nope'\]"):
+        _harness.function_sources(package / "method.py", ["run", "nope"])
 
     # the real methods: HABC's rows depend on its building blocks, and each method has its own version
     habc = {p.relative_to(_harness.ROOT).as_posix() for p in _harness.module_closure("numpyro_ext.infer.abc.habc")}
