@@ -352,6 +352,9 @@ def check_proposal_scale(value: Any, dim: int) -> np.ndarray:
 
 #: where GPS-ABC runs new simulations when a decision is too uncertain (both backends)
 GPSABC_ACQUISITIONS = ("variance", "random")
+#: how GPS-ABC sets each statistic's GP noise (both backends): ``"fit"`` by the marginal likelihood of
+#: every simulation (repeats included), ``"repeats"`` fixed at the pooled within-location variance
+GPSABC_NOISE = ("fit", "repeats")
 
 
 def check_gpsabc_settings(
@@ -369,6 +372,9 @@ def check_gpsabc_settings(
     num_fit_steps: Any,
     fit_learning_rate: Any,
     progress_bar: Any,
+    num_initial_repeats: Any = 1,
+    noise: Any = "fit",
+    max_simulations: Any = None,
 ) -> dict[str, Any]:
     """GPS-ABC's constructor settings checked, by name (both backends' ``GPSABC``, one set of messages)."""
     from adapters.validation import check_choice, check_greater, check_non_negative, check_positive_int
@@ -379,7 +385,25 @@ def check_gpsabc_settings(
     num_initial_simulations = check_positive_int("num_initial_simulations", num_initial_simulations)
     if num_initial_simulations < 2:
         raise ValueError(f"num_initial_simulations must be at least 2 (a spread to fit), got {num_initial_simulations}")
+    num_initial_repeats = check_positive_int("num_initial_repeats", num_initial_repeats)
+    noise = check_choice("noise", noise, GPSABC_NOISE)
+    if noise == "repeats" and num_initial_repeats < 2:
+        raise ValueError(
+            f"noise='repeats' estimates the noise from repeated simulations: num_initial_repeats must be at least 2, "
+            f"got {num_initial_repeats}"
+        )
+    design = num_initial_simulations * num_initial_repeats
+    if max_simulations is not None:
+        max_simulations = check_positive_int("max_simulations", max_simulations)
+        if max_simulations < design:
+            raise ValueError(
+                f"max_simulations must be None (no stop) or at least the initial design's "
+                f"num_initial_simulations * num_initial_repeats = {design} simulations, got {max_simulations}"
+            )
     return {
+        "num_initial_repeats": num_initial_repeats,
+        "noise": noise,
+        "max_simulations": max_simulations,
         "xi": check_xi(xi),
         "num_surrogate_draws": num_surrogate_draws,
         "proposal_scale": check_proposal_scale(proposal_scale, dim),
@@ -423,3 +447,10 @@ def check_sghmc_inverse_mass_matrix(value: Any, dim: int) -> np.ndarray | None:
             f"definite matrix (dense), got {value!r}"
         )
     return array
+
+
+def check_sghmc_adaptation(value: Any) -> bool:
+    """HABC's ``adapt_mass_matrix``: a bool (numpy's included)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"adapt_mass_matrix: expected True or False, got {value!r}")
+    return bool(value)

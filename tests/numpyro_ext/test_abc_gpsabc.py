@@ -10,6 +10,13 @@
   log lambda with ``S`` fresh simulations per proposal, Wood 2010's estimator), and against the
   exact posterior Gamma(500.1, 5043.47).  GPS-ABC must agree with the reference within Monte Carlo
   error and use far fewer simulations.
+* The noise from repeats: the pooled within-location variance of ``core.pooled_noise_variance`` is
+  the textbook estimate (checked against NumPy) and lies within its chi-square sampling error of the
+  simulator's variance; on a 10-D linear toy shaped like sbibm's gaussian_linear (statistic
+  ``theta + 0.316 z``, 20 design locations) the fitted noise stays near the simulator's with two
+  repeats per location (it collapsed to the 0.001 bound without them), and ``noise="repeats"``
+  holds it at the pooled estimate.
+* ``max_simulations``: the run spends exactly the budget, then steps decide without acquiring.
 * The decision-error bound: on a Gaussian-location problem (statistic ``theta + 0.5 z``), for a
   sample of steps the exact MH decision is recomputed with the step's own ``u_mh`` and the
   synthetic likelihood of 4000 fresh simulations at ``theta`` and ``theta'``; the rate of
@@ -231,6 +238,65 @@ def test_decision_error_bound_is_honoured_long():
         assert rate < xi + 2 * np.sqrt(xi * (1 - xi) / n)
 
 
+# ---- the noise from repeated simulations and the simulation budget -------------------------
+def _repeated_data(rng, num_locations, repeats, sd, dim=2):
+    """A training set of ``repeats`` simulations ``f(u) + sd * z`` at each of ``num_locations``
+    locations (statistics ``(u_0 + u_1, sin u_0)``), and the simulations themselves."""
+    u = rng.normal(size=(num_locations, dim))
+    mean = np.stack([u[:, 0] + u[:, 1], np.sin(u[:, 0])], axis=1)
+    stats = np.repeat(mean, repeats, axis=0) + sd * rng.normal(size=(num_locations * repeats, 2))
+    data = core.empty_data(core.capacity_for(num_locations + 1), dim, 2, jnp.float64)
+    return core.add_design(data, jnp.asarray(u), jnp.asarray(stats), repeats), stats
+
+
+def test_pooled_noise_variance_is_the_within_location_variance():
+    rng = np.random.default_rng(0)
+    sd = np.array([0.5, 2.0])
+    data, stats = _repeated_data(rng, 50, 5, sd)
+    # a location whose only simulation is non-finite adds nothing
+    data = core.add_simulations(data, data.count, jnp.ones(2), jnp.full((1, 2), jnp.nan))
+    variance, dof = core.pooled_noise_variance(data)
+    groups = stats.reshape(50, 5, 2)
+    expected = np.sum((groups - groups.mean(1, keepdims=True)) ** 2, axis=(0, 1)) / (50 * 4)
+    assert int(dof) == 200
+    np.testing.assert_allclose(np.asarray(variance), expected, rtol=1e-10)
+    # dof * estimate / sigma^2 ~ chi2(200): relative sd sqrt(2 / 200) = 0.1, 4 sd allowed
+    np.testing.assert_allclose(np.asarray(variance), sd**2, rtol=0.4)
+
+
+def test_fitted_noise_does_not_collapse_with_repeats():
+    # gaussian_linear's shape: 10 parameters, statistic theta + 0.316 z, 20 design locations
+    rng = np.random.default_rng(1)
+    dim, sd, n = 10, np.sqrt(0.1), 20
+    u = 0.3 * rng.normal(size=(n, dim))
+    stats = np.repeat(u, 2, axis=0) + sd * rng.normal(size=(2 * n, dim))
+    data = core.add_design(core.empty_data(64, dim, dim, jnp.float64), jnp.asarray(u), jnp.asarray(stats), 2)
+    standardizer = core.fit_standardizer(data)
+    start = core.default_params(dim, dim, jnp.float64)
+    fitted, _ = core.fit_hyperparameters(start, data, standardizer, 300, 0.05)
+    noise_sd = np.asarray(standardizer.stat_scale * jnp.exp(fitted.log_noise))
+    # 20 degrees of freedom per statistic: the estimate's sd is about 0.16 sd; 0.6-1.6 leaves room for the GP
+    # term's pull (without repeats 8 of 10 statistics went to the 0.001 bound, about 0.0003 here)
+    assert np.all((noise_sd > 0.6 * sd) & (noise_sd < 1.6 * sd)), noise_sd
+
+
+def test_max_simulations_is_spent_exactly_then_the_chain_goes_on_without_acquiring():
+    budget = 55  # 20 of the initial design (10 locations x 2), then 35 acquisitions
+    gps = GPSABC(gaussian_problem(), xi=0.05, proposal_scale=1.5, num_initial_simulations=10, max_simulations=budget)
+    with pytest.warns(ReliabilityWarning, match="because max_simulations = 55 was spent"):
+        result = gps.run(jax.random.PRNGKey(5), num_samples=80, num_warmup=0, init_params=0.5)
+    info = result.info
+    trace = info["num_simulations_trace"]
+    assert result.num_simulations == budget == trace[-1] == info["max_simulations"]
+    assert np.all(trace <= budget) and np.all(np.diff(trace) >= 0)
+    first = info["budget_exhausted_at"]
+    assert first is not None and info["num_out_of_budget"] == int(np.sum(info["out_of_budget"])) > 0
+    assert trace[first] == budget and not info["out_of_budget"][:first].any()
+    assert np.all(info["num_rounds"][first + 1 :] == 0)  # no acquisition once the budget is spent
+    assert not (info["capped"] & info["out_of_budget"]).any()
+    assert len(result.theta) == 80 and np.all(np.isfinite(result.theta))
+
+
 # ---- bad input and non-finite simulations ------------------------------------------------
 @pytest.mark.parametrize("xi", [0.0, 0.5, -0.1, 0.7, float("nan"), True, "0.1"])
 def test_xi_outside_the_open_interval_is_an_error(xi):
@@ -249,6 +315,12 @@ def test_xi_outside_the_open_interval_is_an_error(xi):
         ({"delta_s": 0}, "delta_s"),
         ({"acquisition": "greedy"}, "acquisition"),
         ({"refit_growth": 1.0}, "refit_growth"),
+        ({"num_initial_repeats": 0}, "num_initial_repeats"),
+        ({"noise": "guess"}, "noise"),
+        ({"noise": "repeats", "num_initial_repeats": 1}, "num_initial_repeats must be at least 2"),
+        ({"max_simulations": 0}, "max_simulations"),
+        ({"max_simulations": 2.5}, "max_simulations"),
+        ({"max_simulations": 39}, r"max_simulations must be None \(no stop\) or at least .* = 40"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, match):
@@ -262,7 +334,7 @@ def test_not_a_problem_is_a_type_error():
 
 
 def test_a_surrogate_that_fails_to_fit_is_a_clear_error(monkeypatch):
-    def broken_fit(params, data, standardizer, num_steps, learning_rate):
+    def broken_fit(params, data, standardizer, num_steps, learning_rate, fix_noise=False):
         return params, jnp.asarray(jnp.nan)
 
     monkeypatch.setattr(core, "fit_hyperparameters", broken_fit)
@@ -273,6 +345,11 @@ def test_a_surrogate_that_fails_to_fit_is_a_clear_error(monkeypatch):
 def test_init_params_outside_the_support_is_an_error():
     with pytest.raises(ValueError, match="init_params"):
         GPSABC(exponential_problem()).run(jax.random.PRNGKey(0), num_samples=2, init_params=-1.0)
+
+
+def test_a_budget_below_the_pilot_and_design_is_an_error():
+    with pytest.raises(ValueError, match="max_simulations = 100 is less than the 240 simulations spent before"):
+        GPSABC(gaussian_problem(), max_simulations=100).run(jax.random.PRNGKey(0), num_samples=2)
 
 
 def test_non_finite_simulations_are_counted_and_rejected():

@@ -309,7 +309,7 @@ def test_not_a_problem_is_a_type_error():
 
 
 def test_a_surrogate_that_fails_to_fit_is_a_clear_error(monkeypatch):
-    def broken_fit(params, data, standardizer, num_steps, learning_rate):
+    def broken_fit(params, data, standardizer, num_steps, learning_rate, fix_noise=False):
         return params, torch.tensor(math.nan, dtype=F64)
 
     monkeypatch.setattr(core, "fit_hyperparameters", broken_fit)

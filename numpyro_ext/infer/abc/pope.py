@@ -101,7 +101,8 @@ class POPE(GPSABC):
         num_bo_iterations: simulations of the optimisation phase after its initial design (one each).
         num_candidates: candidates scored per optimisation round.
         kappa: ``kappa >= 0``, the confidence bound's width in the acquisition.
-        num_initial_simulations: prior draws simulated before the optimisation.
+        num_initial_simulations: prior draws simulated before the optimisation (``num_initial_repeats``
+            simulations each, a GPS-ABC setting).
         **kwargs: the settings of the GPS-ABC phase (:class:`~numpyro_ext.infer.abc.gpsabc.GPSABC`:
             ``xi``, ``num_surrogate_draws``, ``proposal_scale``, ``epsilon``, ``delta_s``,
             ``max_acquisitions``, ``acquisition``, ``refit_growth``, ``num_fit_steps``,
@@ -143,13 +144,13 @@ class POPE(GPSABC):
         num_warmup = check_positive_int("num_warmup", num_warmup, allow_zero=True)
         problem, config = self.problem, self._config()
         key_design, key_bo, key_chain = jax.random.split(rng_key, 3)
-        n0 = self.num_initial_simulations
+        n0, repeats = self.num_initial_simulations, self.num_initial_repeats
         key_u, key_sim = jax.random.split(key_design)
         u = problem.sample_prior(key_u, n0)
-        stats = problem.simulate_many(u, jax.random.split(key_sim, n0))
+        stats = problem.simulate_many(jnp.repeat(u, repeats, axis=0), jax.random.split(key_sim, n0 * repeats))
         capacity = capacity_for(n0 + self.num_bo_iterations + 2)
-        data = add_design(empty_data(capacity, problem.dim, problem.stat_dim, u.dtype), u, stats)
-        num_nan = int(jnp.sum(~data.mask[:n0]))
+        data = add_design(empty_data(capacity, problem.dim, problem.stat_dim, u.dtype), u, stats, repeats)
+        num_nan = n0 * repeats - int(jnp.sum(data.n[:n0]))
         surrogate, _ = self._fit(None, data)
         scale = jnp.asarray(self.proposal_scale, u.dtype)
         bo_u, bo_acquisition = [], []
@@ -166,7 +167,7 @@ class POPE(GPSABC):
             bo_u.append(np.asarray(candidates[j]))
             bo_acquisition.append(float(scores[j]))
             surrogate, _ = self._fit(surrogate.params, data)
-        num_bo = n0 + self.num_bo_iterations
+        num_bo = n0 * repeats + self.num_bo_iterations
         best = self._incumbent(surrogate, data, config)
         u0 = data.u[best]
         extra = {

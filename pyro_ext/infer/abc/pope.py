@@ -90,7 +90,8 @@ class POPE(GPSABC):
         num_bo_iterations: simulations of the optimisation phase after its initial design (one each).
         num_candidates: candidates scored per optimisation round.
         kappa: ``kappa >= 0``, the confidence bound's width in the acquisition.
-        num_initial_simulations: prior draws simulated before the optimisation.
+        num_initial_simulations: prior draws simulated before the optimisation (``num_initial_repeats``
+            simulations each, a GPS-ABC setting).
         **kwargs: the settings of the GPS-ABC phase (:class:`~pyro_ext.infer.abc.gpsabc.GPSABC`:
             ``xi``, ``num_surrogate_draws``, ``proposal_scale``, ``epsilon``, ``delta_s``,
             ``max_acquisitions``, ``acquisition``, ``refit_growth``, ``num_fit_steps``,
@@ -131,12 +132,12 @@ class POPE(GPSABC):
         num_warmup = check_positive_int("num_warmup", num_warmup, allow_zero=True)
         problem, config = self.problem, self._config()
         generator = new_generator()
-        n0 = self.num_initial_simulations
+        n0, repeats = self.num_initial_simulations, self.num_initial_repeats
         u = problem.sample_prior(n0)
         with torch.no_grad():
-            stats = problem.simulate(u, generator)
-        data = add_design(empty_data(problem.dim, problem.stat_dim, u.dtype), u, stats)
-        num_nan = int((~data.mask[:n0]).sum())
+            stats = problem.simulate(u.repeat_interleave(repeats, 0), generator)
+        data = add_design(empty_data(problem.dim, problem.stat_dim, u.dtype), u, stats, repeats)
+        num_nan = n0 * repeats - int(data.n[:n0].sum())
         surrogate, _ = self._fit(None, data)
         scale = torch.as_tensor(self.proposal_scale, dtype=u.dtype)
         bo_u, bo_acquisition = [], []
@@ -154,7 +155,7 @@ class POPE(GPSABC):
             bo_u.append(candidates[j].double().numpy())
             bo_acquisition.append(float(scores[j]))
             surrogate, _ = self._fit(surrogate.params, data)
-        num_bo = n0 + self.num_bo_iterations
+        num_bo = n0 * repeats + self.num_bo_iterations
         best = self._incumbent(surrogate, data, config)
         u0 = data.u[best]
         with torch.no_grad():

@@ -38,6 +38,7 @@ __all__ = [
     "grow",
     "log_likelihood_draws",
     "log_marginal_likelihood",
+    "pooled_noise_variance",
     "predict",
     "surrogate_log_likelihood",
 ]
@@ -108,11 +109,22 @@ def add_simulations(data: SurrogateData, row: Array, u: Array, stats: Array) -> 
     )
 
 
-def add_design(data: SurrogateData, u: Array, stats: Array) -> SurrogateData:
-    """One new slot per simulation (``u`` ``(k, D)``, ``stats`` ``(k, d)``): the initial design."""
+def add_design(data: SurrogateData, u: Array, stats: Array, repeats: int = 1) -> SurrogateData:
+    """One new slot per location of the initial design: ``u`` ``(k, D)``, ``stats`` ``(k * repeats, d)``,
+    the ``repeats`` simulations of location ``i`` in rows ``i * repeats ... (i + 1) * repeats - 1``."""
     for i in range(u.shape[0]):
-        data = add_simulations(data, data.count, u[i], stats[i : i + 1])
+        data = add_simulations(data, data.count, u[i], stats[i * repeats : (i + 1) * repeats])
     return data
+
+
+def pooled_noise_variance(data: SurrogateData) -> tuple[Array, Array]:
+    """Each statistic's simulator variance from repeated simulations: the pooled within-location
+    variance ``sum_i SS_i / sum_i (n_i - 1)`` ``(d,)`` (unbiased for a homoscedastic simulator; ``SS_i``
+    the sum of squared deviations of location ``i``'s ``n_i`` finite simulations) and its degrees of
+    freedom ``sum_i (n_i - 1)`` (0: no location holds two simulations, the variance is then 0)."""
+    dof = jnp.sum(jnp.where(data.mask, data.n - 1, 0))
+    sumsq = jnp.sum(jnp.where(data.mask[:, None], data.sumsq, 0.0), 0)
+    return sumsq / jnp.maximum(dof, 1), dof
 
 
 def grow(data: SurrogateData, capacity: int) -> SurrogateData:
@@ -240,14 +252,34 @@ def log_marginal_likelihood(params: GPParams, data: SurrogateData, standardizer:
     return jnp.sum(jax.vmap(one)(params, y.T, sumsq.T))
 
 
-@functools.partial(jax.jit, static_argnames=("num_steps",))
+def repeats_log_noise(data: SurrogateData, standardizer: Standardizer) -> Array:
+    """``log sigma_j`` ``(d,)`` on the standardised scale from :func:`pooled_noise_variance` (``noise="repeats"``)."""
+    variance, _ = pooled_noise_variance(data)
+    return 0.5 * jnp.log(variance / standardizer.stat_scale**2)
+
+
+@functools.partial(jax.jit, static_argnames=("num_steps", "fix_noise"))
 def fit_hyperparameters(
-    params: GPParams, data: SurrogateData, standardizer: Standardizer, num_steps: int, learning_rate: float
+    params: GPParams,
+    data: SurrogateData,
+    standardizer: Standardizer,
+    num_steps: int,
+    learning_rate: float,
+    fix_noise: bool = False,
 ) -> tuple[GPParams, Array]:
     """Maximise :func:`log_marginal_likelihood` by ``num_steps`` Adam steps from ``params``;
-    returns the bounded parameters and their log marginal likelihood (non-finite steps are skipped)."""
+    returns the bounded parameters and their log marginal likelihood (non-finite steps are skipped).
+    ``fix_noise``: the noise is not fitted but held at the pooled within-location variance of
+    :func:`repeats_log_noise` (the caller checks that there are repeats); the other hyperparameters
+    are fitted given it."""
     optimizer = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=num_steps)
-    loss = lambda p: -log_marginal_likelihood(p, data, standardizer)  # noqa: E731
+    if fix_noise:
+        log_noise = repeats_log_noise(data, standardizer)
+        params = params._replace(log_noise=log_noise)
+        # the noise's gradient is 0, so Adam leaves it where it is
+        loss = lambda p: -log_marginal_likelihood(p._replace(log_noise=log_noise), data, standardizer)  # noqa: E731
+    else:
+        loss = lambda p: -log_marginal_likelihood(p, data, standardizer)  # noqa: E731
 
     def step(carry, _):
         p, state = carry
@@ -338,8 +370,9 @@ class GPSABCInfo(NamedTuple):
     """One step: ``proposal`` ``(D,)``, ``log_u`` (the uniform of the MH test), ``accepted``,
     ``acceptance_probability`` (``tau``, the median of the ``alpha`` draws), ``decision_error``
     (``E(u_mh)`` when the step decided), ``num_rounds`` (acquisition rounds run), ``capped``
-    (still above ``xi`` after ``max_acquisitions`` rounds) and ``failed`` (a simulation at ``u'``
-    was not finite: ``u'`` is rejected)."""
+    (still above ``xi`` after ``max_acquisitions`` rounds), ``failed`` (a simulation at ``u'``
+    was not finite: ``u'`` is rejected) and ``out_of_budget`` (still above ``xi`` when another
+    round would have passed ``max_simulations``: decided by the surrogate alone)."""
 
     proposal: Array
     log_u: Array
@@ -349,6 +382,7 @@ class GPSABCInfo(NamedTuple):
     num_rounds: Array
     capped: Array
     failed: Array
+    out_of_budget: Array
 
 
 class StepConfig(NamedTuple):
@@ -362,6 +396,13 @@ class StepConfig(NamedTuple):
     delta_s: int
     max_acquisitions: int
     acquisition: str
+    max_simulations: int | None = None
+
+    def budget_allows(self, num_simulations: Any) -> Any:
+        """Whether one more round of ``delta_s`` simulations stays within ``max_simulations``."""
+        if self.max_simulations is None:
+            return num_simulations == num_simulations  # always (an array, like the other branch)
+        return num_simulations <= self.max_simulations - self.delta_s
 
 
 def log_likelihood_draws(
@@ -385,7 +426,8 @@ def gpsabc_step(
 
     Proposes ``u' = u + proposal_scale * z``, draws ``u_mh``, and while the decision error of
     :func:`decision_error` on ``M`` surrogate draws exceeds ``xi`` (at most ``max_acquisitions``
-    rounds) runs ``delta_s`` simulations at ``u`` or ``u'`` and re-conditions the GPs; a non-finite
+    rounds, and only while the simulations so far plus ``delta_s`` stay within ``max_simulations``)
+    runs ``delta_s`` simulations at ``u`` or ``u'`` and re-conditions the GPs; a non-finite
     simulation at ``u'`` ends the step with ``u'`` rejected (non-finite ones are counted, never used
     by the surrogate).  The buffer
     must have 2 free slots (the step opens at most one for ``u`` and one for ``u'``).
@@ -408,8 +450,9 @@ def gpsabc_step(
         return accept, tau, error, jnp.argmax(spread).astype(jnp.int32)
 
     def cond(carry):
-        rounds, error, failed = carry[3], carry[9], carry[11]
-        return (error > config.xi) & (rounds < config.max_acquisitions) & ~failed
+        rounds, num_sim, error, failed = carry[3], carry[4], carry[9], carry[11]
+        budget = config.budget_allows(num_sim)
+        return (error > config.xi) & (rounds < config.max_acquisitions) & ~failed & budget
 
     def body(carry):
         data, surrogate, rows, rounds, num_sim, num_nan, key, _, _, _, where, failed = carry
@@ -446,7 +489,9 @@ def gpsabc_step(
         num_sim,
         num_nan,
     )
-    info = GPSABCInfo(proposal, log_u, accept, tau, error, rounds, (error > config.xi) & ~failed, failed)
+    undecided = (error > config.xi) & ~failed
+    out_of_budget = undecided & (rounds < config.max_acquisitions) & ~config.budget_allows(num_sim)
+    info = GPSABCInfo(proposal, log_u, accept, tau, error, rounds, undecided & ~out_of_budget, failed, out_of_budget)
     return new_state, info
 
 

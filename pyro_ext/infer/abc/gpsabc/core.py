@@ -42,6 +42,7 @@ __all__ = [
     "gpsabc_step",
     "log_likelihood_draws",
     "log_marginal_likelihood",
+    "pooled_noise_variance",
     "predict",
     "predict_marginal",
     "surrogate_log_likelihood",
@@ -119,11 +120,22 @@ def add_simulations(data: SurrogateData, row: int, u: Tensor, stats: Tensor) -> 
     return SurrogateData(data.u, mean, sumsq, counts)
 
 
-def add_design(data: SurrogateData, u: Tensor, stats: Tensor) -> SurrogateData:
-    """One new slot per simulation (``u`` ``(k, D)``, ``stats`` ``(k, d)``): the initial design."""
+def add_design(data: SurrogateData, u: Tensor, stats: Tensor, repeats: int = 1) -> SurrogateData:
+    """One new slot per location of the initial design: ``u`` ``(k, D)``, ``stats`` ``(k * repeats, d)``,
+    the ``repeats`` simulations of location ``i`` in rows ``i * repeats ... (i + 1) * repeats - 1``."""
     for i in range(u.shape[0]):
-        data = add_simulations(data, data.count, u[i], stats[i : i + 1])
+        data = add_simulations(data, data.count, u[i], stats[i * repeats : (i + 1) * repeats])
     return data
+
+
+def pooled_noise_variance(data: SurrogateData) -> tuple[Tensor, int]:
+    """Each statistic's simulator variance from repeated simulations: the pooled within-location
+    variance ``sum_i SS_i / sum_i (n_i - 1)`` ``(d,)`` (unbiased for a homoscedastic simulator; ``SS_i``
+    the sum of squared deviations of location ``i``'s ``n_i`` finite simulations) and its degrees of
+    freedom ``sum_i (n_i - 1)`` (0: no location holds two simulations, the variance is then 0)."""
+    mask = data.mask
+    dof = int((data.n[mask] - 1).sum())
+    return data.sumsq[mask].sum(0) / max(dof, 1), dof
 
 
 # ---------------------------------------------------------------------------------------
@@ -321,17 +333,34 @@ def log_marginal_likelihood(params: GPParams, data: SurrogateData, standardizer:
         return _log_marginal(model, n, sumsq)
 
 
+def repeats_log_noise(data: SurrogateData, standardizer: Standardizer) -> Tensor:
+    """``log sigma_j`` ``(d,)`` on the standardised scale from :func:`pooled_noise_variance` (``noise="repeats"``)."""
+    variance, _ = pooled_noise_variance(data)
+    return 0.5 * torch.log(variance / standardizer.stat_scale**2)
+
+
 def fit_hyperparameters(
-    params: GPParams, data: SurrogateData, standardizer: Standardizer, num_steps: int, learning_rate: float
+    params: GPParams,
+    data: SurrogateData,
+    standardizer: Standardizer,
+    num_steps: int,
+    learning_rate: float,
+    fix_noise: bool = False,
 ) -> tuple[GPParams, Tensor]:
     """Maximise :func:`log_marginal_likelihood` by ``num_steps`` Adam steps (``torch.optim.Adam``, the
     settings of optax's ``adam``) on the raw log-hyperparameters from ``params``; returns the bounded
     parameters and their log marginal likelihood.  A step with a non-finite value or gradient is
-    skipped (optax's ``apply_if_finite`` in the NumPyro twin)."""
+    skipped (optax's ``apply_if_finite`` in the NumPyro twin).  ``fix_noise``: the noise is not
+    fitted but held at the pooled within-location variance of :func:`repeats_log_noise` (the caller
+    checks that there are repeats); the other hyperparameters are fitted given it."""
     _, _, n, sumsq = _training(data, standardizer)
+    if fix_noise:
+        params = params._replace(log_noise=repeats_log_noise(data, standardizer))
     model = _model(params, data, standardizer)
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    if fix_noise:  # no gradient: Adam leaves it where it is
+        model.likelihood.noise_covar.raw_noise.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=learning_rate)
     with exact_settings():
         for _ in range(num_steps):
             optimizer.zero_grad()
@@ -465,8 +494,9 @@ class GPSABCInfo(NamedTuple):
     """One step: ``proposal`` ``(D,)``, ``log_u`` (the uniform of the MH test), ``accepted``,
     ``acceptance_probability`` (``tau``, the median of the ``alpha`` draws), ``decision_error``
     (``E(u_mh)`` when the step decided), ``num_rounds`` (acquisition rounds run), ``capped``
-    (still above ``xi`` after ``max_acquisitions`` rounds) and ``failed`` (a simulation at ``u'``
-    was not finite: ``u'`` is rejected)."""
+    (still above ``xi`` after ``max_acquisitions`` rounds), ``failed`` (a simulation at ``u'``
+    was not finite: ``u'`` is rejected) and ``out_of_budget`` (still above ``xi`` when another
+    round would have passed ``max_simulations``: decided by the surrogate alone)."""
 
     proposal: Tensor
     log_u: float
@@ -476,6 +506,7 @@ class GPSABCInfo(NamedTuple):
     num_rounds: int
     capped: bool
     failed: bool
+    out_of_budget: bool
 
 
 class StepConfig(NamedTuple):
@@ -489,6 +520,11 @@ class StepConfig(NamedTuple):
     delta_s: int
     max_acquisitions: int
     acquisition: str
+    max_simulations: int | None = None
+
+    def budget_allows(self, num_simulations: int) -> bool:
+        """Whether one more round of ``delta_s`` simulations stays within ``max_simulations``."""
+        return self.max_simulations is None or num_simulations <= self.max_simulations - self.delta_s
 
 
 def log_likelihood_draws(surrogate: Surrogate, points: Tensor, config: StepConfig) -> Tensor:
@@ -512,7 +548,8 @@ def gpsabc_step(
 
     Proposes ``u' = u + proposal_scale * z``, draws ``u_mh`` (torch's global generator), and while the
     decision error of :func:`decision_error` on ``M`` surrogate draws exceeds ``xi`` (at most
-    ``max_acquisitions`` rounds) runs ``delta_s`` simulations (from ``generator``) at ``u`` or ``u'``
+    ``max_acquisitions`` rounds, and only while the simulations so far plus ``delta_s`` stay within
+    ``max_simulations``) runs ``delta_s`` simulations (from ``generator``) at ``u`` or ``u'``
     and re-conditions the GP; a non-finite simulation at ``u'`` ends the step with ``u'`` rejected
     (non-finite ones are counted, never used by the surrogate).
     """
@@ -537,7 +574,9 @@ def gpsabc_step(
     num_sim, num_nan = state.num_simulations, state.num_nan
     accept, tau, error, where = evaluate(surrogate)
     rounds, failed = 0, False
-    while float(error) > config.xi and rounds < config.max_acquisitions and not failed:
+    while (
+        float(error) > config.xi and rounds < config.max_acquisitions and not failed and config.budget_allows(num_sim)
+    ):
         if config.acquisition == "random":
             where = int(torch.rand(()) < 0.5)
         at = points[where]
@@ -565,6 +604,8 @@ def gpsabc_step(
         num_sim,
         num_nan,
     )
+    undecided = float(error) > config.xi and not failed
+    out_of_budget = undecided and rounds < config.max_acquisitions and not config.budget_allows(num_sim)
     info = GPSABCInfo(
         proposal,
         float(log_u),
@@ -572,7 +613,8 @@ def gpsabc_step(
         float(tau),
         float(error),
         rounds,
-        float(error) > config.xi and not failed,
+        undecided and not out_of_budget,
         failed,
+        out_of_budget,
     )
     return new_state, info

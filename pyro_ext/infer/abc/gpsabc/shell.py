@@ -59,11 +59,23 @@ class GPSABC:
         xi: ``xi`` in ``(0, 0.5)``, the largest tolerated decision error ``E(u_mh)`` of a step.
         num_surrogate_draws: ``M``, joint surrogate draws at ``(u, u')`` per evaluation of the error.
         proposal_scale: sd of the Gaussian random walk on the unconstrained ``u`` (a number or ``(D,)``).
-        num_initial_simulations: the initial design: simulations at the start ``u0`` and at
-            ``u0 + proposal_scale * z``, ``z ~ N(0, I)`` (one at ``u0`` itself).
+        num_initial_simulations: the initial design's locations: the start ``u0`` and
+            ``u0 + proposal_scale * z``, ``z ~ N(0, I)``.
+        num_initial_repeats: simulations at each location of the initial design: with 2 or more the
+            design holds ``num_initial_simulations * (num_initial_repeats - 1)`` degrees of freedom of
+            within-location scatter, which pin each statistic's noise ``sigma_j^2``.
+        noise: ``"fit"`` (``sigma_j^2`` fitted by the marginal likelihood of every simulation, the
+            repeats' within-location term included) or ``"repeats"`` (fixed at each fit to the pooled
+            within-location variance, :func:`~pyro_ext.infer.abc.gpsabc.core.pooled_noise_variance`;
+            needs ``num_initial_repeats >= 2``).  The NumPyro twin's docstring gives the measurements.
         epsilon: ``epsilon >= 0``, added as ``epsilon^2`` to every statistic's noise variance.
         delta_s: ``Delta S``, simulations per acquisition round (all at the chosen point, one batch).
         max_acquisitions: acquisition rounds at most per MH step.
+        max_simulations: ``None`` (no stop) or the most simulations of the run, the pilot, the
+            initial design and the acquisitions together (at least the initial design's).  When another
+            round of ``delta_s`` would pass it, the chain goes on with the surrogate as it is, without
+            acquiring: every later step decides by the surrogate's median, whatever its decision error
+            (counted per step as ``out_of_budget``), so the run ends with at most ``max_simulations``.
         acquisition: ``"variance"`` (at ``u`` or ``u'``, the one whose surrogate log likelihood
             varies more over the ``M`` draws) or ``"random"`` (either with probability 1/2).
         num_pilot_draws: without ``init_params``, the chain starts at the closest (MAD-scaled
@@ -86,8 +98,12 @@ class GPSABC:
     ``(n + 1, D)``), ``acquisitions`` (rounds in all), ``num_capped``, ``refits`` (a list of
     ``{iteration, num_training, log_marginal_likelihood}``), the final ``gp_params`` and
     ``standardizer`` (NumPy), the training set by location (``training_u``, ``training_mean``,
-    ``training_n``), ``acceptance_rate`` (post-warmup) and ``compilations`` (empty: torch compiles
-    nothing; the NumPyro twin lists its buffer sizes there).
+    ``training_n``), ``acceptance_rate`` (post-warmup), ``compilations`` (empty: torch compiles
+    nothing; the NumPyro twin lists its buffer sizes there), ``noise`` and ``noise_variance`` (each
+    statistic's ``sigma_j^2`` in use at the end, own scale), ``pooled_noise_variance`` and
+    ``pooled_noise_dof`` (the repeats' estimate and its degrees of freedom), ``max_simulations``,
+    ``out_of_budget`` per iteration, ``num_out_of_budget`` and ``budget_exhausted_at`` (the first
+    iteration that the budget stopped from acquiring, or ``None``).
     """
 
     algorithm = "GPSABC"
@@ -100,9 +116,12 @@ class GPSABC:
         num_surrogate_draws: int = 50,
         proposal_scale: Any = 0.1,
         num_initial_simulations: int = 20,
+        num_initial_repeats: int = 2,
+        noise: str = "fit",
         epsilon: float = 0.0,
         delta_s: int = 1,
         max_acquisitions: int = 10,
+        max_simulations: int | None = None,
         acquisition: str = "variance",
         num_pilot_draws: int = 200,
         refit_growth: float = 1.5,
@@ -126,6 +145,9 @@ class GPSABC:
             num_fit_steps,
             fit_learning_rate,
             progress_bar,
+            num_initial_repeats,
+            noise,
+            max_simulations,
         )
         for name, value in settings.items():
             setattr(self, name, value)
@@ -141,6 +163,7 @@ class GPSABC:
             self.delta_s,
             self.max_acquisitions,
             self.acquisition,
+            self.max_simulations,
         )
 
     def _start(self, generator: torch.Generator, init_params: Any) -> tuple[Tensor, int, int]:
@@ -171,13 +194,13 @@ class GPSABC:
         return u[int(torch.argmin(distances))], n, num_nan
 
     def _initial_design(self, generator: torch.Generator, u0: Tensor) -> SurrogateData:
-        n = self.num_initial_simulations
+        n, r = self.num_initial_simulations, self.num_initial_repeats
         z = torch.randn(n, self.problem.dim, dtype=u0.dtype)
         z[0] = 0.0
         u = u0 + torch.as_tensor(self.proposal_scale, dtype=u0.dtype) * z
         with torch.no_grad():
-            stats = self.problem.simulate(u, generator)
-        return add_design(empty_data(self.problem.dim, self.problem.stat_dim, u0.dtype), u, stats)
+            stats = self.problem.simulate(u.repeat_interleave(r, 0), generator)
+        return add_design(empty_data(self.problem.dim, self.problem.stat_dim, u0.dtype), u, stats, r)
 
     def _fit(self, params: GPParams | None, data: SurrogateData) -> tuple[Surrogate, float]:
         num_finite = int(data.mask.sum())
@@ -189,7 +212,15 @@ class GPSABC:
         standardizer = fit_standardizer(data)
         if params is None:
             params = default_params(self.problem.dim, self.problem.stat_dim, data.u.dtype)
-        params, lml = core.fit_hyperparameters(params, data, standardizer, self.num_fit_steps, self.fit_learning_rate)
+        fix_noise = self.noise == "repeats"
+        if fix_noise and core.pooled_noise_variance(data)[1] < 1:
+            raise ValueError(
+                f"{self.algorithm}: noise='repeats' needs repeated simulations at a location, and no location of the "
+                "training set holds two finite ones; raise num_initial_repeats or use noise='fit'"
+            )
+        params, lml = core.fit_hyperparameters(
+            params, data, standardizer, self.num_fit_steps, self.fit_learning_rate, fix_noise
+        )
         lml = float(lml)
         if not (math.isfinite(lml) and all(bool(torch.isfinite(leaf).all()) for leaf in params)):
             raise ValueError(
@@ -208,8 +239,9 @@ class GPSABC:
         generator = new_generator()
         u0, num_sim, num_nan = self._start(generator, init_params)
         data = self._initial_design(generator, u0)
-        num_nan += int((~data.mask[: self.num_initial_simulations]).sum())
-        num_sim += self.num_initial_simulations
+        design = self.num_initial_simulations * self.num_initial_repeats
+        num_nan += design - int(data.n[: self.num_initial_simulations].sum())
+        num_sim += design
         return self._chain(generator, u0, data, num_sim, num_nan, num_samples, num_warmup, {})
 
     def _chain(
@@ -226,6 +258,11 @@ class GPSABC:
         from tqdm.auto import tqdm
 
         config = self._config()
+        if self.max_simulations is not None and num_sim > self.max_simulations:
+            raise ValueError(
+                f"{self.algorithm}: max_simulations = {self.max_simulations} is less than the {num_sim} simulations "
+                "spent before the chain (pilot or optimisation and initial design); raise it, or pass init_params"
+            )
         surrogate, lml = self._fit(None, data)
         refits = [{"iteration": 0, "num_training": data.count, "log_marginal_likelihood": lml}]
         count_at_fit = data.count
@@ -261,12 +298,22 @@ class GPSABC:
         count = state.data.count
         num_sim, num_nan = state.num_simulations, state.num_nan
         num_capped = int(np.sum(column["capped"]))
+        out_of_budget = column["out_of_budget"].astype(bool)
+        num_out_of_budget = int(np.sum(out_of_budget))
+        budget_exhausted_at = int(np.argmax(out_of_budget)) if num_out_of_budget else None
+        pooled, dof = core.pooled_noise_variance(state.data)
         messages = [nan_simulation_message(self.algorithm, num_nan, num_sim)]
         if num_capped > self.xi * total:
             messages.append(
                 f"{self.algorithm}: {num_capped} of {total} steps still had a decision error above xi = {self.xi:g} "
                 f"after max_acquisitions = {self.max_acquisitions} rounds and decided by the surrogate's median; "
                 "raise max_acquisitions or delta_s, or check for non-finite simulations near the chain"
+            )
+        if num_out_of_budget > self.xi * total:
+            messages.append(
+                f"{self.algorithm}: {num_out_of_budget} of {total} steps decided with a decision error above xi = "
+                f"{self.xi:g} because max_simulations = {self.max_simulations} was spent (from iteration "
+                f"{budget_exhausted_at} on); the surrogate decided them alone"
             )
         result_info = {
             "num_simulations_trace": np.asarray(sim_trace),
@@ -293,6 +340,14 @@ class GPSABC:
             "num_warmup": num_warmup,
             "xi": self.xi,
             "compilations": [],
+            "noise": self.noise,
+            "noise_variance": core._noise(state.surrogate).double().numpy(),
+            "pooled_noise_variance": pooled.double().numpy(),
+            "pooled_noise_dof": dof,
+            "max_simulations": self.max_simulations,
+            "out_of_budget": out_of_budget,
+            "num_out_of_budget": num_out_of_budget,
+            "budget_exhausted_at": budget_exhausted_at,
             **extra_info,
         }
         return ABCResult(
