@@ -148,6 +148,8 @@ GPSABC_DEFAULTS: dict[str, Any] = {
     "xi": 0.2,
     "num_surrogate_draws": 50,
     "num_initial_simulations": 20,
+    "num_initial_repeats": 2,
+    "noise": "fit",
     "delta_s": 1,
     "max_acquisitions": 2,
     "max_steps": 3000,
@@ -277,10 +279,11 @@ def run_gpsabc(cls: Any, problem: Any, budget: int, settings: dict[str, Any], ke
 
     The pilot simulates ``pilot_fraction x B`` prior draws; its closest ``pilot_keep`` share (MAD-scaled
     distance, at least ``D + 1`` draws) gives the start (the closest) and the random walk's scale per
-    unconstrained coordinate (``proposal_factor`` x their sd).  :class:`GPSABC` has no stop at a number of
-    simulations: the chain is as long as the rest of the budget pays for when every step uses all of its
-    ``max_acquisitions`` rounds of ``delta_s`` simulations (at most ``max_steps``), after the initial
-    design; the simulations actually used (pilot included) are counted from the result."""
+    unconstrained coordinate (``proposal_factor`` x their sd).  The chain is as long as the rest of the
+    budget pays for when every step uses all of its ``max_acquisitions`` rounds of ``delta_s`` simulations
+    (at most ``max_steps``), after the initial design (``num_initial_simulations x num_initial_repeats``),
+    and ``max_simulations = B - pilot`` holds the run to the budget in any case; the simulations actually
+    used (pilot included) are counted from the result."""
     import jax
     import jax.numpy as jnp
 
@@ -296,13 +299,14 @@ def run_gpsabc(cls: Any, problem: Any, budget: int, settings: dict[str, Any], ke
     scale = settings["proposal_factor"] * np.std(u_keep, axis=0)
     init = problem.theta(jnp.asarray(u_keep[0]))
     per_step = settings["max_acquisitions"] * settings["delta_s"]
-    steps = min(settings["max_steps"], (budget - n_pilot - settings["num_initial_simulations"]) // max(per_step, 1))
+    design = settings["num_initial_simulations"] * settings["num_initial_repeats"]
+    steps = min(settings["max_steps"], (budget - n_pilot - design) // max(per_step, 1))
     if steps < 2:
         raise ValueError(f"GPS-ABC: a budget of {budget} pays for {steps} steps of at most {per_step} simulations")
     warmup = int(settings["warmup_fraction"] * steps)
-    options = {k: settings[k] for k in ("xi", "num_surrogate_draws", "num_initial_simulations", "delta_s",
-                                        "max_acquisitions")}  # fmt: skip
-    method = cls(problem, proposal_scale=np.maximum(scale, 1e-6), **options)
+    options = {k: settings[k] for k in ("xi", "num_surrogate_draws", "num_initial_simulations", "num_initial_repeats",
+                                        "noise", "delta_s", "max_acquisitions")}  # fmt: skip
+    method = cls(problem, proposal_scale=np.maximum(scale, 1e-6), max_simulations=budget - n_pilot, **options)
     result = method.run(key_run, num_samples=steps - warmup, num_warmup=warmup, init_params=init)
     result.num_simulations += n_pilot
     result.num_nan_simulations += int(np.sum(~np.all(np.isfinite(stats), axis=-1)))
