@@ -95,6 +95,7 @@ class DRHMCConfig(FromArguments):
     max_tree_depth: int = 10
     trajectory_scale: float | None = None
     jitter_trajectory: bool = False
+    local_step_size: bool = False
 
     def __post_init__(self) -> None:
         optional = (("trajectory_length", check_positive), ("num_steps", check_positive_int))
@@ -104,7 +105,14 @@ class DRHMCConfig(FromArguments):
                 "trajectory_scale scales the trajectory length warmup chooses; it cannot be combined with "
                 f"trajectory_length={self.trajectory_length!r} or num_steps={self.num_steps!r} (scale those instead)"
             )
-        flags = _flags("probabilistic", "adapt_step_size", "adapt_mass_matrix", "dense_mass", "jitter_trajectory")
+        flags = _flags(
+            "probabilistic",
+            "adapt_step_size",
+            "adapt_mass_matrix",
+            "dense_mass",
+            "jitter_trajectory",
+            "local_step_size",
+        )
         _validate(self, (*_STAGES, ("target_accept_prob", check_probability), *flags, *_LIMITS))
 
     @property
@@ -146,11 +154,19 @@ class DRGHMCConfig(FromArguments):
     dense_mass: bool = False
     max_delta_energy: float = 1000.0
     max_tree_depth: int = 10
+    local_step_size: bool = False
 
     def __post_init__(self) -> None:
         first = (("step_size", check_positive), ("step_size_factor", check_positive), ("num_steps", check_positive_int))
         damping = ("damping", _damping)
-        flags = _flags("probabilistic", "constant_trajectory", "adapt_step_size", "adapt_mass_matrix", "dense_mass")
+        flags = _flags(
+            "probabilistic",
+            "constant_trajectory",
+            "adapt_step_size",
+            "adapt_mass_matrix",
+            "dense_mass",
+            "local_step_size",
+        )
         _validate(self, (*first, *_STAGES, damping, ("target_accept_prob", check_probability), *flags, *_LIMITS))
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "is_batched_key",
     "is_divergent",
     "kinetic_energy",
+    "leapfrog_curvature_involution",
     "leapfrog_involution",
     "mean_accept_prob",
     "metropolis_test",
@@ -138,19 +139,56 @@ def leapfrog_involution(
     (logdensity, grad)`` when given (e.g. one vector-Jacobian product for independent chains
     ``(..., d)`` side by side; ``logdensity_fn`` may then be ``None``).
     """
+    with_curvature = leapfrog_curvature_involution(
+        logdensity_fn, inverse_mass_matrix, step_size, num_steps, value_and_grad
+    )
+
+    def involution(point: IntegratorState) -> tuple[IntegratorState, Array]:
+        end, cost, _ = with_curvature(point)  # the curvature's two dot products per step are noise next to a gradient
+        return end, cost
+
+    return involution
+
+
+def leapfrog_curvature_involution(
+    logdensity_fn: Callable[[Array], Array] | None,
+    inverse_mass_matrix: Array,
+    step_size: Array | float,
+    num_steps: Array | int,
+    value_and_grad: Callable[[Array], tuple[Array, Array]] | None = None,
+) -> Callable[[IntegratorState], tuple[IntegratorState, Array, Array]]:
+    """:func:`leapfrog_involution` that also returns the largest secant curvature met on the way.
+
+    Returns ``involution(point) -> (end, num_steps, curvature)`` with ``curvature`` the maximum over
+    the steps of ``sqrt(dg^T M^{-1} dg / dx^T M dx)``, ``dx`` a step's move and ``dg`` its change of
+    gradient.  On a quadratic ``-log pi`` with Hessian ``H`` each ratio is ``|A u| / |u|`` for the
+    preconditioned Hessian ``A = L^T H L`` (``M^{-1} = L L^T``) and some ``u``, so the maximum is a
+    lower estimate of ``A``'s largest eigenvalue, the curvature that bounds the stable step size
+    (``eps < 2 / sqrt(lambda_max)``) along this trajectory.  It needs no extra gradient and no
+    factorisation: ``dx = eps M^{-1} r_half`` gives ``dx^T M dx = eps^2 r_half^T M^{-1} r_half``.
+    Steps with a non-finite ratio are skipped (0 when every step is).
+    """
     if value_and_grad is None:
         value_and_grad = jax.value_and_grad(logdensity_fn)
 
-    def one_step(_, point: IntegratorState) -> IntegratorState:
+    def one_step(_, carry: tuple[IntegratorState, Array]) -> tuple[IntegratorState, Array]:
+        point, curvature = carry
         momentum = point.momentum + 0.5 * step_size * point.logdensity_grad
-        position = point.position + step_size * velocity(inverse_mass_matrix, momentum)
+        move = velocity(inverse_mass_matrix, momentum)
+        position = point.position + step_size * move
         logdensity, logdensity_grad = value_and_grad(position)
+        grad_change = logdensity_grad - point.logdensity_grad
+        squared = jnp.sum(grad_change * velocity(inverse_mass_matrix, grad_change), axis=-1) / (
+            step_size**2 * jnp.sum(momentum * move, axis=-1)
+        )
+        curvature = jnp.fmax(curvature, jnp.sqrt(squared))  # fmax: a NaN ratio is skipped
         momentum = momentum + 0.5 * step_size * logdensity_grad
-        return IntegratorState(position, momentum, logdensity, logdensity_grad)
+        return IntegratorState(position, momentum, logdensity, logdensity_grad), curvature
 
-    def involution(point: IntegratorState) -> tuple[IntegratorState, Array]:
-        end = jax.lax.fori_loop(0, num_steps, one_step, point)
-        return end._replace(momentum=-end.momentum), num_steps
+    def involution(point: IntegratorState) -> tuple[IntegratorState, Array, Array]:
+        start = (point, jnp.zeros_like(point.logdensity))
+        end, curvature = jax.lax.fori_loop(0, num_steps, one_step, start)
+        return end._replace(momentum=-end.momentum), num_steps, curvature
 
     return involution
 

@@ -89,7 +89,7 @@ import jax.numpy as jnp
 
 from adapters.configs import check_flag
 from adapters.validation import check_greater, check_positive, check_positive_int, check_unit_interval
-from numpyro_ext.infer.drhmc import delayed_rejection, stage_schedule
+from numpyro_ext.infer.drhmc.core import delayed_rejection, local_step_stages, stage_schedule
 from numpyro_ext.infer.hmc_util import (
     IntegratorState,
     kinetic_energy,
@@ -178,6 +178,7 @@ def build_kernel(
     probabilistic: bool = True,
     constant_trajectory: bool = False,
     max_delta_energy: float = 1000.0,
+    local_step_size: bool = False,
 ) -> Callable[..., tuple[DRGHMCState, DRGHMCInfo]]:
     """DR-G-HMC's transition, BlackJAX style.
 
@@ -191,6 +192,9 @@ def build_kernel(
 
     With ``max_proposals=1`` this is Horowitz's generalized HMC; with ``damping=1`` and
     ``constant_trajectory=True`` it is DR-HMC (the final flip is then immaterial).
+    ``local_step_size``: the stages after the first step by ATLAS's local rule
+    (:func:`numpyro_ext.infer.drhmc.core.local_step_stages`; with one leapfrog step the curvature is
+    that of the single step's secant).
     """
     check_positive_int("max_proposals", max_proposals)
     check_greater("reduction_factor", reduction_factor, 1, "the step-size ratio between stages")
@@ -198,6 +202,7 @@ def build_kernel(
     check_flag("probabilistic", probabilistic)
     check_flag("constant_trajectory", constant_trajectory)
     check_positive("max_delta_energy", max_delta_energy)
+    check_flag("local_step_size", local_step_size)
     default_damping = damping
 
     def step(
@@ -214,14 +219,26 @@ def build_kernel(
         rate = default_damping if damping is None else damping
         momentum = partial_refresh(noise, state.momentum, inverse_mass_matrix, rate)
         point = IntegratorState(state.position, momentum, state.logdensity, state.logdensity_grad)
-        proposals = [
-            leapfrog_involution(
+        auxiliary = None
+        if local_step_size:
+            proposals, auxiliary = local_step_stages(
                 logdensity_fn,
                 inverse_mass_matrix,
-                *stage_step(step_size, num_steps, k, reduction_factor, constant_trajectory),
+                step_size,
+                num_steps,
+                max_proposals,
+                reduction_factor,
+                constant_trajectory,
             )
-            for k in range(max_proposals)
-        ]
+        else:
+            proposals = [
+                leapfrog_involution(
+                    logdensity_fn,
+                    inverse_mass_matrix,
+                    *stage_step(step_size, num_steps, k, reduction_factor, constant_trajectory),
+                )
+                for k in range(max_proposals)
+            ]
 
         def log_joint(point: IntegratorState) -> Array:
             # a non-finite position or momentum (NaN gradient) is a zero-density point: rejected
@@ -229,7 +246,9 @@ def build_kernel(
             finite = jnp.all(jnp.isfinite(point.position)) & jnp.all(jnp.isfinite(point.momentum))
             return jnp.where(finite, value, -jnp.inf)
 
-        new_point, dr_info = delayed_rejection(accept_key, point, log_joint, proposals, probabilistic, max_delta_energy)
+        new_point, dr_info = delayed_rejection(
+            accept_key, point, log_joint, proposals, probabilistic, max_delta_energy, auxiliary
+        )
         # the GHMC flip: undoes the accepted stage's flip (keep going), reverses a rejected start
         new_state = DRGHMCState(
             new_point.position, -new_point.momentum, new_point.logdensity, new_point.logdensity_grad

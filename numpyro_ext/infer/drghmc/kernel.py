@@ -90,6 +90,9 @@ class DRGHMC(ConfigAttributes, WarmupKernel):
         init_strategy: NumPyro initialisation strategy for ``model``.
         max_delta_energy: an energy error above this (or a non-finite density) marks a divergence.
         max_tree_depth: tree-depth limit of the NUTS warmup.
+        local_step_size: ATLAS's local step size for the stages after the first (as
+            :class:`~numpyro_ext.infer.DRHMC`'s; the curvature is measured on the first stage's steps).
+            NumPyro backend only so far.
 
     The first sampling iteration refreshes the momentum fully (``N(0, M)`` of the adapted metric).
     The checked hyperparameters are ``kernel.config`` (:class:`adapters.configs.DRGHMCConfig`, shared by
@@ -121,6 +124,7 @@ class DRGHMC(ConfigAttributes, WarmupKernel):
         init_strategy: Callable = init_to_uniform,
         max_delta_energy: float = 1000.0,
         max_tree_depth: int = 10,
+        local_step_size: bool = False,
     ):
         super().__init__("DRGHMC", model, potential_fn, init_strategy, inverse_mass_matrix)
         self.config = cfg = DRGHMCConfig.from_arguments(locals())  # checked, one message for both backends
@@ -131,6 +135,7 @@ class DRGHMC(ConfigAttributes, WarmupKernel):
             cfg.probabilistic,
             cfg.constant_trajectory,
             cfg.max_delta_energy,
+            cfg.local_step_size,
         )
 
     # ---- WarmupKernel hooks ----------------------------------------------------------

@@ -107,6 +107,12 @@ class DRHMC(WarmupKernel):
             ``u ~ Uniform(0, 1]`` drawn independently of the state (randomised lengths as in
             Neal 2011, "MCMC using Hamiltonian dynamics": a mixture of valid kernels), which
             breaks the periodicity of a fixed length.
+        local_step_size: ATLAS's local step size (Modi 2024) for the delayed stages: when the first
+            trajectory is rejected, the next stage steps a size drawn (log-normal, log-sd ``log 1.2``)
+            around ``0.5 / sqrt(lambda)``, ``lambda`` the largest curvature that trajectory met,
+            capped at ``eps / 2``; each further stage ``reduction_factor`` times smaller, all
+            integrating the first stage's time.  The draw's density enters the Hastings ratio (see
+            :func:`numpyro_ext.infer.drhmc.core.local_step_stages`); NumPyro backend only so far.
 
     Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``, the same names from
     ``az.from_numpyro`` and ``adapters.inference_data.from_mcmc``): ``accept_prob`` (ArviZ
@@ -135,12 +141,15 @@ class DRHMC(WarmupKernel):
         max_tree_depth: int = 10,
         trajectory_scale: float | None = None,
         jitter_trajectory: bool = False,
+        local_step_size: bool = False,
     ):
 
         super().__init__("DRHMC", model, potential_fn, init_strategy, inverse_mass_matrix)
         self.config = DRHMCConfig.from_arguments(locals())  # checked, one message for both backends
         cfg = self.config
-        self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
+        self._dr_step = build_kernel(
+            cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy, cfg.local_step_size
+        )
 
     # ---- WarmupKernel hooks ----------------------------------------------------------
     def adaptation_settings(self) -> tuple[bool, bool, bool, float]:
