@@ -16,7 +16,8 @@ ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
 * ``drghmc``                          DR-G-HMC (:class:`numpyro_ext.infer.DRGHMC`) with the sweep's
   settings (:data:`numpyro_ext.infer.sweep_runs.DRGHMC_SWEEP`: the reference recipe, NUTS warmup,
   with the defaults the ``drhmc-funnel`` study chose), ``thinning`` (10) one-step iterations per
-  kept draw; gradients and divergences of every iteration counted;
+  kept draw; gradients and divergences of every iteration counted; ``drghmc-unit`` the same with a
+  unit metric (the funnel's winner);
 * ``backend-timing``                  seconds per gradient of the NumPyro and the Pyro DR-HMC
   kernel with identical fixed settings (on ``funnel-10`` and ``gaussian-2`` only).
 
@@ -47,6 +48,7 @@ ALGORITHMS = (
     "drhmc-k3-half",
     "drhmc-k3-jitter",
     "drghmc",
+    "drghmc-unit",
 )
 TIMING = "backend-timing"
 SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
@@ -81,10 +83,11 @@ def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
 
     if algorithm == "nuts":
         return NUTS(model)
-    if algorithm == "drghmc":
+    if algorithm.startswith("drghmc"):
         from numpyro_ext.infer.sweep_runs import DRGHMC_SWEEP, make_drghmc
 
-        return make_drghmc(DRGHMC_SWEEP.defaults)(model=model)
+        unit = {"adapt_mass_matrix": False} if algorithm == "drghmc-unit" else {}
+        return make_drghmc({**DRGHMC_SWEEP.defaults, **unit})(model=model)
     if algorithm == "hmc":
         if nuts_length is None:
             raise SystemExit("--algorithms: 'hmc' takes its trajectory length from the 'nuts' run; list 'nuts' first")
@@ -104,7 +107,7 @@ def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
 
 def _thinning(algorithm: str) -> int:
     """Iterations per kept draw: DR-G-HMC's sweep ``thinning``, 1 for the others."""
-    if algorithm != "drghmc":
+    if not algorithm.startswith("drghmc"):
         return 1
     from numpyro_ext.infer.sweep_runs import DRGHMC_SWEEP
 
@@ -200,7 +203,7 @@ def run_one(
     wall = time.perf_counter() - start
     extra = mcmc.get_extra_fields(group_by_chain=True)
     extra_row = {}
-    if algorithm == "drghmc":  # running sums per chain (sweep_runs.counting_drghmc): the last values count all
+    if algorithm.startswith("drghmc"):  # running sums per chain (sweep_runs.counting_drghmc): the last values count all
         grads = int(np.sum(extra["num_grad_evals"][:, -1]))
         divergences = int(np.sum(extra["diverging"][:, -1]))
         extra_row["stage_share"] = [float(np.mean(np.asarray(extra["stage"]) == k)) for k in range(-1, 3)]
