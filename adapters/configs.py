@@ -6,6 +6,7 @@ arguments, so the two read the same values and reject bad input with the same me
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -169,6 +170,14 @@ class DRGHMCConfig(FromArguments):
         )
         _validate(self, (*first, *_STAGES, damping, ("target_accept_prob", check_probability), *flags, *_LIMITS))
 
+
+# ATLAS's local step size for the delayed stages of DR-HMC / DR-G-HMC (``local_step_size=True``; Modi 2024,
+# arXiv:2410.21587; constants from its reference code, modichirag/AtlasSampler, experiments/default_args.py
+# and stepadapt_samplers.py), read by both backends' ``local_step_size_law``
+LOCAL_STEP_FRACTION = 0.5  # mean step 0.5 / sqrt(lambda): a quarter of leapfrog's stability limit 2 / sqrt(lambda)
+LOCAL_STEP_CAP = 0.5  # ... and at most half the first stage's step
+LOCAL_STEP_FLOOR = 2e-3  # ... and at least 2 eps / 1000
+LOCAL_STEP_LOG_SD = math.log(1.2)  # log-normal spread of the drawn step around that mean
 
 # DR-HMC options a sweep may set (``--set drhmc.trajectory_scale=0.5``) that stay out of the
 # stored runs' keys unless set: added after the first sweeps (see adapters.sweep.Algorithm).

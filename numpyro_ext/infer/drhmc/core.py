@@ -36,7 +36,13 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from adapters.configs import check_flag
+from adapters.configs import (  # ATLAS's constants, shared with the Pyro twin
+    LOCAL_STEP_CAP,
+    LOCAL_STEP_FLOOR,
+    LOCAL_STEP_FRACTION,
+    LOCAL_STEP_LOG_SD,
+    check_flag,
+)
 from adapters.validation import check_greater, check_positive, check_positive_int
 from numpyro_ext.infer.hmc_util import (
     IntegratorState,
@@ -325,14 +331,6 @@ def stage_schedule(step_size: Array, num_steps: Array, stage: int, reduction_fac
     """
     num_steps_k = jnp.ceil(num_steps * reduction_factor**stage - 1e-6).astype(jnp.int32)
     return step_size * num_steps / num_steps_k, num_steps_k
-
-
-# ATLAS's local step size (Modi 2024, arXiv:2410.21587; constants from its reference code,
-# modichirag/AtlasSampler, experiments/default_args.py and stepadapt_samplers.py)
-LOCAL_STEP_FRACTION = 0.5  # mean step 0.5 / sqrt(lambda): a quarter of leapfrog's stability limit 2 / sqrt(lambda)
-LOCAL_STEP_CAP = 0.5  # ... and at most half the first stage's step
-LOCAL_STEP_FLOOR = 2e-3  # ... and at least 2 eps / 1000
-LOCAL_STEP_LOG_SD = math.log(1.2)  # log-normal spread of the drawn step around that mean
 
 
 def local_step_size_law(step_size: Array | float, reduction_factor: float) -> StageAuxiliary:

@@ -21,7 +21,8 @@ Random numbers come from a ``torch.Generator`` when one is passed, else from tor
 generator (``pyro.set_rng_seed``), in this order: one ``torch.randn(d)`` of the position's dtype (the
 refresh's noise), then :func:`pyro_ext.infer.drhmc.delayed_rejection`'s float64 uniforms: for each
 tried stage ``k`` one ``u_k`` (accept iff ``log u_k < log alpha_k``) and, if stage ``k`` is rejected,
-``probabilistic`` is on and a later stage exists, one ``v_k`` (retry iff ``log v_k < log(1 - alpha_k)``).
+``probabilistic`` is on and a later stage exists, one ``v_k`` (retry iff ``log v_k < log(1 - alpha_k)``);
+with ``local_step_size``, when stage 1 is tried, the local step's float64 ``torch.randn(())`` before its ``u_1``.
 The JAX core draws the same numbers as the normal ``(d,)`` and two arrays of ``max_proposals``
 uniforms; fed the same numbers, both make the same moves (``tests/test_parity_drghmc.py``).
 """
@@ -36,7 +37,7 @@ import torch
 
 from adapters.configs import check_flag
 from adapters.validation import check_greater, check_positive, check_positive_int, check_unit_interval
-from pyro_ext.infer.drhmc.core import delayed_rejection, leapfrog_involution, stage_schedule
+from pyro_ext.infer.drhmc.core import delayed_rejection, leapfrog_involution, local_step_stages, stage_schedule
 from pyro_ext.infer.drhmc.core import init as drhmc_init
 from pyro_ext.infer.hmc_util import IntegratorState, kinetic_energy, partial_refresh, sample_momentum
 
@@ -108,6 +109,7 @@ def build_kernel(
     probabilistic: bool = True,
     constant_trajectory: bool = False,
     max_delta_energy: float = 1000.0,
+    local_step_size: bool = False,
 ) -> Callable[..., tuple[DRGHMCState, DRGHMCInfo]]:
     """DR-G-HMC's transition on a flat position vector (the module docstring has the steps).
 
@@ -115,6 +117,9 @@ def build_kernel(
     generator=None) -> (state, info)``; ``damping`` overrides the kernel's for this call (``1.0``: a
     full refresh).  ``logdensity_fn`` maps a ``(d,)`` tensor to a scalar tensor; ``inverse_mass_matrix``
     is ``(d,)`` or ``(d, d)``.  ``max_proposals=1`` is Horowitz's generalized HMC.
+    ``local_step_size``: the stages after the first step by ATLAS's local rule
+    (:func:`pyro_ext.infer.drhmc.core.local_step_stages`; with one leapfrog step the curvature is
+    that of the single step's secant).
     """
     check_positive_int("max_proposals", max_proposals)
     check_greater("reduction_factor", reduction_factor, 1, "the step-size ratio between stages")
@@ -122,6 +127,7 @@ def build_kernel(
     check_flag("probabilistic", probabilistic)
     check_flag("constant_trajectory", constant_trajectory)
     check_positive("max_delta_energy", max_delta_energy)
+    check_flag("local_step_size", local_step_size)
     default_damping = damping
 
     def step(
@@ -138,14 +144,26 @@ def build_kernel(
         rate = default_damping if damping is None else float(damping)
         momentum = partial_refresh(noise, state.momentum, inverse_mass_matrix, rate)
         point = IntegratorState(position, momentum, state.logdensity, state.logdensity_grad)
-        proposals = [
-            leapfrog_involution(
+        auxiliary = None
+        if local_step_size:
+            proposals, auxiliary = local_step_stages(
                 logdensity_fn,
                 inverse_mass_matrix,
-                *stage_step(step_size, num_steps, k, reduction_factor, constant_trajectory),
+                step_size,
+                num_steps,
+                max_proposals,
+                reduction_factor,
+                constant_trajectory,
             )
-            for k in range(max_proposals)
-        ]
+        else:
+            proposals = [
+                leapfrog_involution(
+                    logdensity_fn,
+                    inverse_mass_matrix,
+                    *stage_step(step_size, num_steps, k, reduction_factor, constant_trajectory),
+                )
+                for k in range(max_proposals)
+            ]
 
         def log_joint(point: IntegratorState) -> float:
             # a non-finite momentum (a NaN gradient) makes the kinetic energy NaN: a zero-density point
@@ -153,7 +171,9 @@ def build_kernel(
                 return _NEG_INF
             return point.logdensity - float(kinetic_energy(inverse_mass_matrix, point.momentum))
 
-        new, info = delayed_rejection(generator, point, log_joint, proposals, probabilistic, max_delta_energy)
+        new, info = delayed_rejection(
+            generator, point, log_joint, proposals, probabilistic, max_delta_energy, auxiliary
+        )
         # the GHMC flip: undoes the accepted stage's flip (keep going), reverses a rejected start
         new_state = DRGHMCState(new.position, -new.momentum, new.logdensity, new.logdensity_grad)
         # the first six fields (acceptance_rate ... is_divergent) are DelayedRejectionInfo's, in its order

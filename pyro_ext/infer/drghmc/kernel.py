@@ -65,6 +65,8 @@ class DRGHMC(ConfigAttributes, RecordingKernel):
             DR-G-HMC transition (the NUTS warmup keeps Pyro's own threshold, 1000).
         max_tree_depth: tree-depth limit of the NUTS warmup.
         jit_compile: Pyro's ``jit_compile`` of the potential energy.
+        local_step_size: ATLAS's local step size for the stages after the first (as
+            :class:`~pyro_ext.infer.DRHMC`'s; the curvature is measured on the first stage's steps).
 
     The first sampling iteration refreshes the momentum fully (``N(0, M)`` of the adapted metric).
     The checked hyperparameters are ``kernel.config`` (:class:`adapters.configs.DRGHMCConfig`, shared by
@@ -101,6 +103,7 @@ class DRGHMC(ConfigAttributes, RecordingKernel):
         max_delta_energy: float = 1000.0,
         max_tree_depth: int = 10,
         jit_compile: bool = False,
+        local_step_size: bool = False,
     ):
         self.set_model("DRGHMC", model, potential_fn, init_strategy, jit_compile)
         if inverse_mass_matrix is not None:
@@ -144,6 +147,7 @@ class DRGHMC(ConfigAttributes, RecordingKernel):
             cfg.probabilistic,
             cfg.constant_trajectory,
             cfg.max_delta_energy,
+            cfg.local_step_size,
         )
         self._step_size = cfg.step_size
         if not z:  # no latent sites: nothing to adapt or move

@@ -83,6 +83,13 @@ class DRHMC(RecordingKernel):
         jitter_trajectory: each iteration, scale every stage's length by one
             ``u ~ Uniform(0, 1]`` drawn independently of the state (Pyro's RNG).
         jit_compile: Pyro's ``jit_compile`` of the potential energy.
+        local_step_size: ATLAS's local step size (Modi 2024) for the delayed stages: when the first
+            trajectory is rejected, the next stage steps a size drawn (log-normal, log-sd ``log 1.2``)
+            around ``0.5 / sqrt(lambda)``, ``lambda`` the largest curvature that trajectory met,
+            capped at ``eps / 2``; each further stage ``reduction_factor`` times smaller, all
+            integrating the first stage's time.  The draw's density enters the Hastings ratio (see
+            :func:`pyro_ext.infer.drhmc.core.local_step_stages`); the same transition as the NumPyro
+            kernel's given the same random numbers (``tests/test_parity_drhmc_local.py``).
 
     Per-iteration statistics, warmup included, are kept on the kernel in
     ``kernel.sample_stats`` (a list of dicts, one per iteration of the chain run last in this
@@ -131,6 +138,7 @@ class DRHMC(RecordingKernel):
         jit_compile: bool = False,
         trajectory_scale: float | None = None,
         jitter_trajectory: bool = False,
+        local_step_size: bool = False,
     ):
         self.set_model("DRHMC", model, potential_fn, init_strategy, jit_compile)
         self.config = cfg = DRHMCConfig.from_arguments(locals())  # checked, one message for both backends
@@ -179,7 +187,9 @@ class DRHMC(RecordingKernel):
     def setup(self, warmup_steps: int, *args, **kwargs) -> None:
         z = self.start_chain(warmup_steps, args, kwargs)
         cfg = self.config
-        self._dr_step = build_kernel(cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy)
+        self._dr_step = build_kernel(
+            cfg.max_proposals, cfg.reduction_factor, cfg.probabilistic, cfg.max_delta_energy, cfg.local_step_size
+        )
         self.trajectory_length = cfg.trajectory_length if cfg.trajectory_length is not None else 2 * math.pi
         if not z:  # no latent sites: nothing to adapt or move
             self._state = (z, self.potential_fn(z), {})
