@@ -235,3 +235,66 @@ def test_a_bad_problem_and_a_rounding_simulator_are_refused_alike():
     prefix = "gradient: 'autodiff' cannot be used with this simulator ("
     assert jax_type is torch_type is ValueError
     assert jax_message.startswith(prefix) and torch_message.startswith(prefix)
+
+
+# ---- warmup adaptation of the metric --------------------------------------------------------
+ADAPT_DRAWS = np.random.default_rng(5).normal(size=(60, 3)) * np.array([0.05, 1.0, 4.0]) + np.array([1.0, 0.0, -2.0])
+
+
+def _numpyro_adapted(dense: bool) -> np.ndarray:
+    """NumPyro's ``sghmc_warmup_adapter`` fed ``ADAPT_DRAWS`` as 60 warmup draws: ``M^-1`` after each ``(60, ...)``."""
+    pytest.importorskip("jax", reason="the numpyro extra is not installed")
+    import jax
+    import jax.numpy as jnp
+    from numpyro.infer.hmc_util import IntegratorState
+
+    from numpyro_ext.infer.abc.habc import sghmc_warmup_adapter
+
+    init, update = sghmc_warmup_adapter(len(ADAPT_DRAWS), True, dense)
+    dtype = jnp.result_type(float)  # Welford's arithmetic is in JAX's default float (x64 under this test suite)
+    zero = jnp.zeros(3, dtype)
+    start = jnp.eye(3, dtype=dtype) if dense else jnp.ones(3, dtype)
+    state = init(IntegratorState(zero, None, 0.0, zero), jax.random.PRNGKey(0), 0.1, start, mass_matrix_size=3)
+
+    def feed(state, tz):  # one compiled pass over the draws
+        t, z = tz
+        state = update(t, 1.0, IntegratorState(z, None, 0.0, zero), state)
+        return state, state.inverse_mass_matrix
+
+    draws = jnp.asarray(ADAPT_DRAWS, dtype)
+    _, out = jax.jit(lambda s: jax.lax.scan(feed, s, (jnp.arange(len(draws)), draws)))(state)
+    return np.asarray(out)
+
+
+def _pyro_adapted(dense: bool) -> np.ndarray:
+    pytest.importorskip("pyro", reason="the pyro extra is not installed")
+    import torch
+
+    from pyro_ext.infer.abc.habc import METRIC_BLOCK, sghmc_warmup_adapter
+
+    start = torch.eye(3, dtype=torch.float64) if dense else torch.ones(3, dtype=torch.float64)
+    adapter = sghmc_warmup_adapter(len(ADAPT_DRAWS), 0.1, start, True)
+    out = []
+    for t, z in enumerate(torch.tensor(ADAPT_DRAWS, dtype=torch.float64)):
+        adapter.step(t, {"u": z}, torch.ones(()))
+        out.append(adapter.mass_matrix_adapter.inverse_mass_matrix[METRIC_BLOCK].numpy().copy())
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_warmup_adaptation_of_the_metric_is_the_same_arithmetic_in_both_backends(dense):
+    # 60 warmup draws: Stan's schedule is a start buffer of int(0.15 * 60) = 9, one window of 45, an end buffer
+    # of int(0.1 * 60) = 6; M^-1 is the start until draw 53, then the window's regularised (co)variance
+    # n / (n + 5) S + 1e-3 * 5 / (n + 5) (n = 45, S with ddof 1), in both backends
+    jax_out, torch_out = _numpyro_adapted(dense), _pyro_adapted(dense)
+    window = ADAPT_DRAWS[9:54]
+    n = len(window)
+    covariance = np.cov(window, rowvar=False) if dense else window.var(0, ddof=1)
+    shrink = 1e-3 * 5 / (n + 5) * (np.eye(3) if dense else np.ones(3))
+    expected = n / (n + 5) * covariance + shrink
+    start = np.eye(3) if dense else np.ones(3)
+    for out in (jax_out, torch_out):
+        assert np.allclose(out[:53], start)
+        assert np.allclose(out[53:], expected, rtol=1e-5, atol=1e-7), (out[-1], expected)
+    assert np.allclose(jax_out, torch_out, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(expected, start, rtol=0.1)  # the window moved it (variances 0.0025 to 16)

@@ -33,7 +33,7 @@ import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
 
-from numpyro_ext.infer.abc.habc import HABC, SGHMCState, sghmc_step
+from numpyro_ext.infer.abc.habc import HABC, SGHMCState, metric_factor, sghmc_step
 from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
 from numpyro_ext.infer.abc.spsa import spsa_grad
 
@@ -133,6 +133,39 @@ def test_spsa_gradient_matches_autodiff_at_fixed_seeds():
     assert int(four.num_finite_pairs) == 4
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_spsa_in_the_metric_perturbs_along_l_delta_and_is_unbiased(dense):
+    # with M^-1 = L L^T, SPSA perturbs u along c L Delta and maps the slope back by L^-T: for a fixed key the
+    # estimate is L^-T Delta (f(u + c L Delta) - f(u - c L Delta)) / (2c) plus the prior's gradient, and over
+    # keys its mean is the autodiff gradient (E[L^-T Delta Delta^T L^T g] = g)
+    problem = LikelihoodFreeProblem(dist.Normal(jnp.zeros(3), 1.0).to_event(1), curved_simulator, [0.7, 1.2, 0.1])
+    kernel = HABC(problem, num_simulations=20, num_spsa_repeats=1, spsa_scale=1e-3)
+    seeds = jax.random.split(jax.random.PRNGKey(3), 20)
+    u0 = jnp.array([0.3, -0.5, 0.8])
+    scales = jnp.array([0.05, 1.0, 4.0])
+    inverse_mass_matrix = jnp.diag(scales**2) + (0.01 if dense else 0.0) * (1.0 - jnp.eye(3))
+    metric = metric_factor(inverse_mass_matrix if dense else scales**2)
+    factor = np.asarray(metric) if dense else np.diag(np.asarray(metric))
+    assert np.allclose(factor @ factor.T, np.asarray(inverse_mass_matrix))
+    key = jax.random.PRNGKey(9)
+    value, grad, _, failed = kernel.evaluate(u0, seeds, key, metric)
+    delta = np.asarray(jax.random.rademacher(key, (1, 3), dtype=u0.dtype))[0]
+    f = lambda u: float(kernel.log_synthetic_likelihood(jnp.asarray(u), seeds)[0])  # noqa: E731
+    slope = (f(u0 + 1e-3 * factor @ delta) - f(u0 - 1e-3 * factor @ delta)) / 2e-3
+    prior_grad = np.asarray(jax.grad(problem.log_prior)(u0))
+    assert not bool(failed)
+    assert np.allclose(np.asarray(grad), np.linalg.solve(factor.T, slope * delta) + prior_grad, rtol=1e-6)
+    exact_sl = np.asarray(jax.grad(lambda u: kernel.log_synthetic_likelihood(u, seeds)[0])(u0))
+    keys = jax.random.split(jax.random.PRNGKey(4), 1000)
+    grads = np.asarray(jax.jit(jax.vmap(lambda k: kernel.evaluate(u0, seeds, k, metric)[1]))(keys))
+    # unbiased: within 4 standard errors of autodiff; in whitened units (L^T g) the variance is SPSA's,
+    # sum_{j != i} (L^T g_SL)_j^2, whatever the coordinates' scales (sampling error of a variance: sqrt(2 / n))
+    assert np.all(np.abs(grads.mean(0) - exact_sl - prior_grad) < 4.0 * grads.std(0, ddof=1) / np.sqrt(len(grads)))
+    whitened, exact_whitened = grads @ factor, exact_sl @ factor
+    expected = np.sum(exact_whitened**2) - exact_whitened**2
+    assert np.all(np.abs(whitened.var(0, ddof=1) / expected - 1.0) < 4.0 * np.sqrt(2.0 / len(grads)))
+
+
 def test_spsa_in_one_dimension_is_the_central_difference():
     def f(theta, keys):
         return jnp.sum(jnp.sin(3.0 * theta) * keys)
@@ -194,6 +227,59 @@ def test_sghmc_step_undoes_a_step_that_leaves_the_reals():
     new, info = sghmc_step(jax.random.PRNGKey(1), state, no_simulation, jnp.ones(2), 0.1, 1.0)
     assert bool(info.diverging) and np.array_equal(np.asarray(new.position), np.asarray(state.position))
     assert float(new.logdensity) == 0.0
+
+
+# ---- warmup adaptation of the metric ------------------------------------------------------
+ADAPT_SD = np.array([0.3, 3.0])  # the statistic's sds: posterior variances 100 times apart
+
+
+def adaptation_problem() -> LikelihoodFreeProblem:
+    """One draw of N(theta, diag(ADAPT_SD^2)) observed, prior N(0, 100^2 I)."""
+    scale = jnp.asarray(ADAPT_SD)
+    return LikelihoodFreeProblem(
+        dist.Normal(jnp.zeros(2), 100.0).to_event(1),
+        lambda theta, key: theta + scale * jax.random.normal(key, (2,)),
+        [0.1, -0.5],
+    )
+
+
+def test_warmup_adapts_the_inverse_mass_matrix_to_the_posterior_variances():
+    # From the identity, Welford's windows (Stan's schedule, 500 warmup draws, the last window 200 draws) bring
+    # M^-1 to the posterior variances although they differ 100 times; without adaptation it stays 1.
+    num_chains, num_simulations, step_size, friction = 8, 100, 0.5, 0.25
+    problem = adaptation_problem()
+    kernel = HABC(
+        problem,
+        step_size=step_size,
+        num_steps=1,
+        friction=friction,
+        num_simulations=num_simulations,
+        seed_refresh=1.0,
+        gradient="autodiff",
+    )
+    mcmc = MCMC(kernel, num_warmup=500, num_samples=1, num_chains=num_chains, chain_method="vectorized",
+                progress_bar=False)  # fmt: skip
+    mcmc.run(jax.random.PRNGKey(0), init_params=jnp.tile(jnp.asarray(problem.observed), (num_chains, 1)))
+    adapted = np.asarray(mcmc.last_state.adapt_state.inverse_mass_matrix)  # (chains, 2)
+    # what the chain samples: fresh seeds every iteration make the synthetic-likelihood posterior with the
+    # likelihood precision sharpened by (S - 1) / (S - d - 2) (numpyro_ext.infer.abc.avabc); the leapfrog's
+    # stationary variance on a Gaussian is 1 / (1 - step_size^2 / 4) in whitened units (step_size 0.5 in
+    # the adapted metric); Welford's regularisation is n / (n + 5) on the last window's n = 200 draws
+    sharpen = (num_simulations - 1) / (num_simulations - 2 - 2)
+    target = 1.0 / (1.0 / 100.0**2 + sharpen / ADAPT_SD**2)
+    expected = target / (1.0 - step_size**2 / 4.0) * 200 / 205
+    ratio = adapted / expected
+    # MC error from the chains' spread (each chain adapts on its own draws); the gradient noise of fresh
+    # seeds heats by ~ step_size V / (2 C) with V ~ d / S = 0.02 whitened: 2%, within the 4 standard errors
+    standard_error = ratio.std(0, ddof=1) / np.sqrt(num_chains)
+    assert np.all(np.abs(ratio.mean(0) - 1.0) < 4.0 * standard_error), (ratio, standard_error)
+    assert np.all(standard_error < 0.15), standard_error  # the check is sharp enough to see a factor 2
+    # the identity it started from is 11 and 0.11 times the posterior variances
+    assert np.all(np.abs(np.log(ratio.mean(0))) < 0.5) and np.all(np.abs(np.log(1.0 / expected)) > 2.0)
+    fixed = HABC(problem, num_simulations=10, adapt_mass_matrix=False)
+    mcmc = MCMC(fixed, num_warmup=40, num_samples=1, progress_bar=False)
+    mcmc.run(jax.random.PRNGKey(1), init_params=jnp.asarray(problem.observed))
+    assert np.array_equal(np.asarray(mcmc.last_state.adapt_state.inverse_mass_matrix), np.ones(2))
 
 
 # ---- HABC in NumPyro's MCMC -------------------------------------------------------------

@@ -37,7 +37,7 @@ from pyro.ops.stats import effective_sample_size
 
 from adapters.inference_data import from_mcmc
 from pyro_ext.infer.abc import HABC, spsa_grad
-from pyro_ext.infer.abc.habc import SGHMCState, sghmc_step
+from pyro_ext.infer.abc.habc import SGHMCState, metric_factor, sghmc_step
 from pyro_ext.infer.abc.problem import LikelihoodFreeProblem
 from pyro_ext.infer.abc.spsa import rademacher
 
@@ -173,6 +173,30 @@ def test_spsa_in_one_dimension_is_the_central_difference():
     central = float(at[0] - at[1]) / 2e-3
     assert np.allclose(estimate.grad.numpy(), central, rtol=1e-12)
     assert int(estimate.num_finite_pairs) == 3 and int(estimate.aux) == 0
+
+
+@pytest.mark.parametrize("dense", [False, True])
+def test_spsa_in_the_metric_perturbs_along_l_delta(dense):
+    # with M^-1 = L L^T, SPSA perturbs u along c L Delta and maps the slope back by L^-T: for a fixed generator
+    # the estimate is L^-T Delta (f(u + c L Delta) - f(u - c L Delta)) / (2c) plus the prior's gradient
+    prior = pdist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1)
+    problem = LikelihoodFreeProblem(prior, curved_simulator, torch.tensor([0.7, 1.2, 0.1], dtype=F64))
+    kernel = HABC(problem, num_simulations=20, num_spsa_repeats=1, spsa_scale=1e-3)
+    seeds = kernel.draw_seeds(generator=torch.Generator().manual_seed(3))
+    u0 = torch.tensor([0.3, -0.5, 0.8], dtype=F64)
+    scales = torch.tensor([0.05, 1.0, 4.0], dtype=F64)
+    inverse_mass_matrix = torch.diag(scales**2) + (0.01 if dense else 0.0) * (1.0 - torch.eye(3, dtype=F64))
+    metric = metric_factor(inverse_mass_matrix if dense else scales**2)
+    factor = metric.numpy() if dense else np.diag(metric.numpy())
+    assert np.allclose(factor @ factor.T, inverse_mass_matrix.numpy())
+    _, grad, _, failed = kernel.evaluate(u0, seeds, torch.Generator().manual_seed(9), metric)
+    delta = rademacher(torch.Generator().manual_seed(9), (1, 3), u0)[0].numpy()
+    at = kernel.log_synthetic_likelihood(torch.tensor(u0.numpy() + np.outer([1e-3, -1e-3], factor @ delta)), seeds)[0]
+    slope = float(at[0] - at[1]) / 2e-3
+    point = u0.clone().requires_grad_(True)
+    (prior_grad,) = torch.autograd.grad(problem.log_prior(point[None])[0], point)
+    assert not bool(failed)
+    assert np.allclose(grad.numpy(), np.linalg.solve(factor.T, slope * delta) + prior_grad.numpy(), rtol=1e-6)
 
 
 # ---- the SGHMC step -----------------------------------------------------------------------
@@ -380,6 +404,42 @@ def test_bad_problem_initial_params_gradient_and_model_arguments(problem):
             MCMC(kernel, num_samples=2, warmup_steps=0, initial_params=start, disable_progbar=True).run()
     with pytest.raises(TypeError, match="model arguments"):
         MCMC(kernel, num_samples=2, warmup_steps=0, disable_progbar=True).run(torch.zeros(3))
+
+
+# ---- warmup adaptation of the metric ------------------------------------------------------
+def test_warmup_adapts_the_metric_to_its_own_warmup_draws():
+    # 40 warmup draws: Stan's schedule is a start buffer of int(0.15 * 40) = 6, one window of 30, an end buffer of
+    # int(0.1 * 40) = 4: after draw 35 M^-1 is the regularised variance of draws 6..35 (NumPyro's arithmetic, see
+    # tests/test_parity_habc.py; the NumPyro twin checks that it reaches the posterior variances), and sampling
+    # keeps it
+    scale = torch.tensor([0.3, 3.0], dtype=F64)
+    prior = pdist.Normal(torch.zeros(2, dtype=F64), 100.0).to_event(1)
+
+    def simulator(theta, generator):
+        return theta + scale * torch.randn(theta.shape, generator=generator, dtype=theta.dtype)
+
+    problem = LikelihoodFreeProblem(prior, simulator, torch.tensor([0.1, -0.5], dtype=F64))
+    kernel = HABC(problem, step_size=0.1, num_steps=1, friction=1.0, num_simulations=20, seed_refresh=1.0,
+                  gradient="autodiff")  # fmt: skip
+    pyro.set_rng_seed(0)
+    kernel.initial_params = {"theta": torch.tensor([0.1, -0.5], dtype=F64)}
+    kernel.setup(40)
+    draws, metrics = [], []
+    for _ in range(45):
+        kernel.sample({})
+        draws.append(kernel.state.z.numpy().copy())
+        metrics.append(kernel.state.inverse_mass_matrix.numpy().copy())
+    draws, metrics = np.stack(draws), np.stack(metrics)
+    window = draws[6:36]
+    expected = 30 / 35 * window.var(0, ddof=1) + 1e-3 * 5 / 35
+    assert np.allclose(metrics[:35], 1.0) and np.allclose(metrics[35:], expected, rtol=1e-10)
+    assert not np.allclose(expected, 1.0, rtol=0.5)
+    fixed = HABC(problem, num_simulations=20, adapt_mass_matrix=False)
+    fixed.initial_params = kernel.initial_params
+    fixed.setup(40)
+    for _ in range(40):
+        fixed.sample({})
+    assert torch.equal(fixed.state.inverse_mass_matrix, torch.ones(2, dtype=F64))
 
 
 # ---- slow: the posteriors -----------------------------------------------------------------

@@ -57,18 +57,27 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
 from numpyro.infer.mcmc import MCMCKernel
 
-from adapters.abc import check_sghmc_inverse_mass_matrix, nan_simulation_message
+from adapters.abc import check_sghmc_adaptation, check_sghmc_inverse_mass_matrix, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
 from adapters.validation import check_choice, check_positive, check_positive_int, check_unit_interval
 from numpyro_ext.infer.abc.avabc import check_differentiable_simulator, check_simulation_settings, pilot_values
 from numpyro_ext.infer.abc.likelihoods import synthetic_log_likelihood
 from numpyro_ext.infer.abc.problem import PRIOR_SITE, LikelihoodFreeProblem, finite_rows
 from numpyro_ext.infer.abc.spsa import spsa_grad
-from numpyro_ext.infer.hmc_util import IntegratorState, leapfrog_involution, momentum_from_noise, sample_momentum
+from numpyro_ext.infer.hmc_util import (
+    IntegratorState,
+    KernelTransition,
+    adapt_in_warmup,
+    leapfrog_involution,
+    momentum_from_noise,
+    nuts_warmup_adapter,
+    sample_momentum,
+)
 
-__all__ = ["HABC", "HABCState", "SGHMCInfo", "SGHMCState", "sghmc_step"]
+__all__ = ["HABC", "HABCState", "SGHMCInfo", "SGHMCState", "metric_factor", "sghmc_step", "sghmc_warmup_adapter"]
 
 Array = jax.Array
 GRADIENTS = ("spsa", "autodiff")
@@ -131,19 +140,23 @@ def sghmc_step(
     grad_key, noise_key = jax.random.split(rng_key)
 
     # The leapfrog only carries the log density slot from one gradient evaluation to the next, so
-    # it also carries that evaluation's counts: (log density, non-finite simulations, failed).
-    def value_and_grad(position: Array) -> tuple[tuple[Array, Array, Array], Array]:
+    # it also carries that evaluation's counts, as one array: (log density, non-finite simulations, failed).
+    dtype = state.position.dtype
+
+    def value_and_grad(position: Array) -> tuple[Array, Array]:
         value, grad, num_nonfinite, failed = grad_fn(position, grad_key)
-        return (value, jnp.asarray(num_nonfinite, jnp.int32), jnp.asarray(failed, bool)), grad
+        counts = [jnp.asarray(value, dtype), jnp.asarray(num_nonfinite, dtype), jnp.asarray(failed, dtype)]
+        return jnp.stack(counts), grad
 
     start = IntegratorState(
         state.position,
         state.momentum,
-        (state.logdensity, jnp.zeros((), jnp.int32), jnp.zeros((), bool)),
+        jnp.stack([jnp.asarray(state.logdensity, dtype), jnp.zeros((), dtype), jnp.zeros((), dtype)]),
         state.logdensity_grad,
     )
     end, _ = leapfrog_involution(None, inverse_mass_matrix, step_size, 1, value_and_grad)(start)
-    logdensity, num_nonfinite, failed = end.logdensity
+    logdensity = end.logdensity[0]
+    num_nonfinite, failed = end.logdensity[1].astype(jnp.int32), end.logdensity[2] > 0
     noise = momentum_from_noise(
         jax.random.normal(noise_key, state.momentum.shape, state.momentum.dtype), inverse_mass_matrix
     )
@@ -163,6 +176,29 @@ def sghmc_step(
     return new, SGHMCInfo(num_nonfinite, failed, ~ok)
 
 
+def metric_factor(inverse_mass_matrix: Array) -> Array:
+    """``L`` with ``L L^T = M^-1``: ``sqrt(M^-1)`` ``(D,)`` for a diagonal, the Cholesky factor ``(D, D)`` for a
+    dense one.  ``u = u0 + L w`` whitens the metric: SGHMC with ``M^-1`` is SGHMC with the identity on ``w``."""
+    if jnp.ndim(inverse_mass_matrix) == 1:
+        return jnp.sqrt(inverse_mass_matrix)
+    return jnp.linalg.cholesky(inverse_mass_matrix)
+
+
+def sghmc_warmup_adapter(num_warmup: int, adapt_mass_matrix: bool, dense_mass: bool) -> tuple[Callable, Callable]:
+    """NumPyro's warmup adapter (:func:`~numpyro_ext.infer.hmc_util.nuts_warmup_adapter`) with the step size fixed:
+    ``(init, update)``; ``update(t, accept_prob, z_info, state)`` feeds warmup draw ``t`` (from 0) to Welford's
+    (co)variance in Stan's windows and sets ``state.inverse_mass_matrix`` to the window's regularised estimate
+    ``n / (n + 5) Var + 1e-3 * 5 / (n + 5)`` at each window's end (none with fewer than 20 warmup draws: Stan's
+    schedule is then one fast window).  ``accept_prob`` is not used (SGHMC has no accept step, hence no dual
+    averaging of the step size)."""
+    # the potential is only read by the step-size search, which adapt_step_size=False never runs
+    return nuts_warmup_adapter(_no_potential, num_warmup, False, adapt_mass_matrix, dense_mass, 0.8)
+
+
+def _no_potential(position: Array) -> Array:
+    raise RuntimeError("HABC's warmup adapter does not search a step size")
+
+
 # ---------------------------------------------------------------------------------------
 # NumPyro shell
 # ---------------------------------------------------------------------------------------
@@ -173,7 +209,8 @@ class HABCState(NamedTuple):
     ``-(log p(u) + log p_SL)`` as last estimated (SPSA: from the perturbed evaluations, exact to
     ``O(c^2)``); ``logdensity_grad`` ``(D,)``; ``seeds``: the ``S`` persistent simulation keys
     ``(S, 2)``; ``num_simulations``, ``num_nonfinite``, ``num_failed_gradients``: totals since
-    initialisation; ``diverging``: whether a step of this iteration was undone; ``rng_key``.
+    initialisation; ``diverging``: whether a step of this iteration was undone; ``adapt_state``: NumPyro's
+    ``HMCAdaptState`` (its ``inverse_mass_matrix`` is the metric in use, adapted during warmup); ``rng_key``.
     """
 
     i: Array
@@ -186,6 +223,7 @@ class HABCState(NamedTuple):
     num_nonfinite: Array
     num_failed_gradients: Array
     diverging: Array
+    adapt_state: Any
     rng_key: Array
 
 
@@ -201,7 +239,16 @@ class HABC(MCMCKernel):
 
     ``MCMC(HABC(problem, ...), num_warmup=..., num_samples=...).run(rng_key)``; ``get_samples()``
     returns the prior's constrained sites, ``az.from_numpyro`` reads the chain (``lp`` is minus the
-    state's ``potential_energy``).  Warmup iterations are run and discarded; nothing is adapted.
+    state's ``potential_energy``).  Warmup iterations are run and discarded; with ``adapt_mass_matrix``
+    they also adapt the metric: NumPyro's Welford (co)variance of the warmup draws in Stan's windows
+    (:func:`sghmc_warmup_adapter`; a 15% start buffer, doubling middle windows, a 10% end buffer, so at
+    least 20 warmup iterations; the momentum is redrawn from ``N(0, M)`` when ``M`` changes).  The step
+    size is not adapted: SGHMC has no accept step to steer dual averaging by.  It and the SPSA
+    perturbation are measured in the metric instead: the velocity ``M^-1 r`` is ``N(0, M^-1)`` and SPSA
+    perturbs ``u`` along ``L Delta`` (``L L^T = M^-1``, :func:`metric_factor`) and maps the slope back by
+    ``L^-T``, so with ``M^-1`` about the posterior covariance ``step_size`` and ``spsa_scale`` are
+    fractions of the posterior sd on every coordinate, and SPSA's noise in whitened units is
+    ``sum_{j != i} (L^T g)_j^2 / R`` (about ``D / R`` near the mode) whatever the coordinates' scales.
 
     Args:
         problem: a :class:`~numpyro_ext.infer.abc.LikelihoodFreeProblem`.
@@ -215,8 +262,11 @@ class HABC(MCMCKernel):
         gradient: ``"spsa"`` or ``"autodiff"`` (needs a simulator differentiable in ``theta``).
         epsilon: ridge ``epsilon >= 0`` of the synthetic likelihood's covariance.
         inverse_mass_matrix: ``M^-1``, ``None`` (identity), ``(D,)`` diagonal or ``(D, D)`` dense;
-            ideally about the posterior's covariance on the unconstrained scale.
+            ideally about the posterior's covariance on the unconstrained scale (the start of the
+            adaptation when ``adapt_mass_matrix``).
         num_pilot_draws: prior draws scored to start each chain when ``MCMC.run`` gets no ``init_params``.
+        adapt_mass_matrix: whether warmup adapts ``M^-1`` to the warmup draws' (co)variance (dense when
+            ``inverse_mass_matrix`` is dense, diagonal otherwise).
     """
 
     sample_field = "z"
@@ -235,6 +285,7 @@ class HABC(MCMCKernel):
         epsilon: float = 0.0,
         inverse_mass_matrix: Any = None,
         num_pilot_draws: int = 100,
+        adapt_mass_matrix: bool = True,
     ):
         if not isinstance(problem, LikelihoodFreeProblem):
             raise TypeError(f"problem: expected a numpyro_ext LikelihoodFreeProblem, got {type(problem).__name__}")
@@ -249,6 +300,7 @@ class HABC(MCMCKernel):
         self.gradient = check_choice("gradient", gradient, GRADIENTS)
         self.num_pilot_draws = check_positive_int("num_pilot_draws", num_pilot_draws)
         self.inverse_mass_matrix = self._check_inverse_mass_matrix(inverse_mass_matrix)
+        self.adapt_mass_matrix = check_sghmc_adaptation(adapt_mass_matrix)
         if self.gradient == "autodiff":
             try:
                 check_differentiable_simulator(problem)
@@ -266,6 +318,8 @@ class HABC(MCMCKernel):
         )
         self._observed = jnp.asarray(problem.observed, dtype=jnp.result_type(float))
         self._vectorized = False
+        self._num_warmup = 0
+        self._adapter_update: Callable | None = None
 
     def _check_inverse_mass_matrix(self, value: Any) -> Array:
         array = check_sghmc_inverse_mass_matrix(value, self.problem.dim)
@@ -280,14 +334,25 @@ class HABC(MCMCKernel):
         num_nonfinite = (self.num_simulations - jnp.sum(finite_rows(stats))).astype(jnp.int32)
         return synthetic_log_likelihood(stats, self._observed, self.epsilon), num_nonfinite
 
-    def evaluate(self, u: Array, seeds: Array, rng_key: Array) -> tuple[Array, Array, Array, Array]:
+    def evaluate(
+        self, u: Array, seeds: Array, rng_key: Array, metric: Array | None = None
+    ) -> tuple[Array, Array, Array, Array]:
         """``(log p(u) + log p_SL, its gradient (D,), non-finite simulations, failed)`` at ``u`` with ``seeds``.
 
-        The synthetic likelihood's gradient is SPSA's (perturbations from ``rng_key``) or autodiff's;
+        The synthetic likelihood's gradient is SPSA's (perturbations from ``rng_key``, along ``metric @ Delta``
+        when ``metric`` is the factor ``L`` of :func:`metric_factor`, ``(D,)`` or ``(D, D)``) or autodiff's;
         where it has no finite estimate only the prior's gradient is used (``failed``)."""
         if self.gradient == "spsa":
+            if metric is None:
+                to_u, grad_from_w = (lambda w: w), (lambda g: g)
+            elif jnp.ndim(metric) == 1:
+                to_u, grad_from_w = (lambda w: u + metric * (w - u)), (lambda g: g / metric)
+            else:
+                to_u = lambda w: u + metric @ (w - u)  # noqa: E731
+                grad_from_w = lambda g: jax.scipy.linalg.solve_triangular(metric, g, lower=True, trans="T")  # noqa: E731
+            # SPSA on w -> log p_SL(u + L (w - u)) at w = u: its slope is L^T grad, mapped back by L^-T
             estimate = spsa_grad(
-                self.log_synthetic_likelihood,
+                lambda w, s: self.log_synthetic_likelihood(to_u(w), s),
                 u,
                 seeds,
                 rng_key,
@@ -295,7 +360,7 @@ class HABC(MCMCKernel):
                 self.spsa_scale,
                 has_aux=True,
             )
-            log_sl, sl_grad, num_nonfinite = estimate.value, estimate.grad, estimate.aux
+            log_sl, sl_grad, num_nonfinite = estimate.value, grad_from_w(estimate.grad), estimate.aux
             ok = estimate.num_finite_pairs > 0
         else:
             (log_sl, num_nonfinite), sl_grad = jax.value_and_grad(self.log_synthetic_likelihood, has_aux=True)(u, seeds)
@@ -330,6 +395,9 @@ class HABC(MCMCKernel):
         rng_key = _raw_key(rng_key)
         batched = rng_key.ndim > 1
         self._vectorized = batched
+        self._num_warmup = int(num_warmup)
+        dense = self.inverse_mass_matrix.ndim == 2
+        self._adapter_init, self._adapter_update = sghmc_warmup_adapter(self._num_warmup, self.adapt_mass_matrix, dense)
         keys = rng_key if batched else rng_key[None]
         starts = self._check_init_params(init_params, keys.shape[0], batched)
         # all chains in one compiled call (the pilot's scoring included)
@@ -369,7 +437,16 @@ class HABC(MCMCKernel):
             u = self.problem.unconstrain(theta)
             num_simulations += self.num_pilot_draws * self.num_simulations
         seeds = jax.random.split(seed_key, self.num_simulations)
-        logdensity, grad, num_nonfinite, failed = self.evaluate(u, seeds, grad_key)
+        logdensity, grad, num_nonfinite, failed = self.evaluate(
+            u, seeds, grad_key, metric_factor(self.inverse_mass_matrix)
+        )
+        adapt_state = self._adapter_init(
+            NumPyroIntegratorState(u, None, -logdensity, -grad),
+            key,
+            self.step_size,
+            inverse_mass_matrix=self.inverse_mass_matrix,
+            mass_matrix_size=self.problem.dim,
+        )
         integer = jnp.asarray(0).dtype
         return HABCState(
             i=jnp.zeros((), jnp.int32),
@@ -382,6 +459,7 @@ class HABC(MCMCKernel):
             num_nonfinite=num_nonfinite.astype(integer),
             num_failed_gradients=failed.astype(integer),
             diverging=jnp.zeros((), bool),
+            adapt_state=adapt_state,
             rng_key=key,
         )
 
@@ -398,28 +476,51 @@ class HABC(MCMCKernel):
         return jnp.where(replace[:, None], jax.random.split(new_key, self.num_simulations), seeds)
 
     def _sample_one(self, state: HABCState) -> HABCState:
-        key, refresh_key, grad_key, steps_key = jax.random.split(state.rng_key, 4)
+        key, refresh_key, grad_key, steps_key, momentum_key = jax.random.split(state.rng_key, 5)
         integer = state.num_nonfinite.dtype
+        inverse_mass_matrix = state.adapt_state.inverse_mass_matrix
+        metric = metric_factor(inverse_mass_matrix)
         point = SGHMCState(state.z, state.momentum, -state.potential_energy, state.logdensity_grad)
         seeds, num_nonfinite, num_failed = state.seeds, jnp.zeros((), integer), jnp.zeros((), integer)
         if self.num_refreshed:
             # new seeds make a new target: its gradient at the current position starts the trajectory
             seeds = self._refresh_seeds(refresh_key, seeds)
-            logdensity, grad, nonfinite, failed = self.evaluate(state.z, seeds, grad_key)
+            logdensity, grad, nonfinite, failed = self.evaluate(state.z, seeds, grad_key, metric)
             point = point._replace(logdensity=logdensity, logdensity_grad=grad)
             num_nonfinite, num_failed = nonfinite.astype(integer), failed.astype(integer)
         step = functools.partial(
             sghmc_step,
-            grad_fn=lambda u, k: self.evaluate(u, seeds, k),
-            inverse_mass_matrix=self.inverse_mass_matrix,
+            grad_fn=lambda u, k: self.evaluate(u, seeds, k, metric),
+            inverse_mass_matrix=inverse_mass_matrix,
             step_size=self.step_size,
             friction=self.friction,
         )
         point, info = jax.lax.scan(lambda p, k: step(k, p), point, jax.random.split(steps_key, self.num_steps))
+        adapt_state, momentum = state.adapt_state, point.momentum
+        if self.adapt_mass_matrix and self._num_warmup > 0:
+            # the warmup draw feeds the Welford window (SGHMC has no acceptance probability: 1 is passed, unread)
+            one, zero = jnp.ones((), point.logdensity.dtype), jnp.zeros((), jnp.int32)
+            draw = KernelTransition(
+                position=point.position,
+                potential_energy=-point.logdensity,
+                potential_grad=-point.logdensity_grad,
+                energy=-point.logdensity,
+                adapt_accept_prob=one,
+                accept_prob=one,
+                diverging=jnp.any(info.diverging),
+                num_steps=zero,
+                num_grad_evals=zero,
+                stage=zero,
+            )
+            adapt_state = adapt_in_warmup(self._adapter_update, state.i, self._num_warmup, draw, adapt_state)
+            # a new metric: momenta N(0, M_old) would carry the old scale into the new one for ~1 / (C step) steps
+            changed = jnp.any(adapt_state.inverse_mass_matrix != inverse_mass_matrix)
+            fresh = sample_momentum(momentum_key, adapt_state.inverse_mass_matrix, point.momentum)
+            momentum = jnp.where(changed, fresh, momentum)
         return HABCState(
             i=state.i + 1,
             z=point.position,
-            momentum=point.momentum,
+            momentum=momentum,
             potential_energy=-point.logdensity,
             logdensity_grad=point.logdensity_grad,
             seeds=seeds,
@@ -427,6 +528,7 @@ class HABC(MCMCKernel):
             num_nonfinite=state.num_nonfinite + num_nonfinite + jnp.sum(info.num_nonfinite).astype(integer),
             num_failed_gradients=state.num_failed_gradients + num_failed + jnp.sum(info.failed).astype(integer),
             diverging=jnp.any(info.diverging),
+            adapt_state=adapt_state,
             rng_key=key,
         )
 

@@ -63,9 +63,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyro
 import torch
+from pyro.infer.mcmc.adaptation import WarmupAdapter
 from pyro.infer.mcmc.mcmc_kernel import MCMCKernel
 
-from adapters.abc import check_sghmc_inverse_mass_matrix, nan_simulation_message
+from adapters.abc import check_sghmc_adaptation, check_sghmc_inverse_mass_matrix, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
 from adapters.validation import check_choice, check_positive, check_positive_int, check_unit_interval
 from pyro_ext.infer.abc.avabc import check_differentiable_simulator, check_simulation_settings, pilot_values
@@ -74,7 +75,7 @@ from pyro_ext.infer.abc.problem import PRIOR_SITE, LikelihoodFreeProblem, finite
 from pyro_ext.infer.abc.spsa import spsa_grad
 from pyro_ext.infer.hmc_util import IntegratorState, leapfrog, sample_momentum
 
-__all__ = ["HABC", "HABCState", "SGHMCInfo", "SGHMCState", "sghmc_step"]
+__all__ = ["HABC", "HABCState", "SGHMCInfo", "SGHMCState", "metric_factor", "sghmc_step", "sghmc_warmup_adapter"]
 
 Tensor = torch.Tensor
 GRADIENTS = ("spsa", "autodiff")
@@ -172,6 +173,35 @@ def sghmc_step(
     return new, SGHMCInfo(num_nonfinite, failed, ~ok)
 
 
+def metric_factor(inverse_mass_matrix: Tensor) -> Tensor:
+    """``L`` with ``L L^T = M^-1``: ``sqrt(M^-1)`` ``(D,)`` for a diagonal, the Cholesky factor ``(D, D)`` for a
+    dense one (the twin of :func:`numpyro_ext.infer.abc.habc.metric_factor`)."""
+    if inverse_mass_matrix.dim() == 1:
+        return inverse_mass_matrix.sqrt()
+    return torch.linalg.cholesky(inverse_mass_matrix)
+
+
+#: the one block of :func:`sghmc_warmup_adapter`'s mass matrix: the flat unconstrained ``u``
+METRIC_BLOCK = ("u",)
+
+
+def sghmc_warmup_adapter(
+    num_warmup: int, step_size: float, inverse_mass_matrix: Tensor, adapt_mass_matrix: bool
+) -> WarmupAdapter:
+    """Pyro's :class:`~pyro.infer.mcmc.adaptation.WarmupAdapter` with the step size fixed, configured for
+    ``num_warmup`` draws of the flat ``u`` (block :data:`METRIC_BLOCK`) and started at ``inverse_mass_matrix``
+    (``(D,)``: diagonal adaptation, ``(D, D)``: dense): ``adapter.step(t, {"u": u}, accept_prob)`` feeds warmup
+    draw ``t`` (from 0) to Welford's (co)variance in Stan's windows and, at each window's end, sets
+    ``adapter.mass_matrix_adapter.inverse_mass_matrix[METRIC_BLOCK]`` to ``n / (n + 5) Var + 1e-3 * 5 / (n + 5)``
+    (the twin of :func:`numpyro_ext.infer.abc.habc.sghmc_warmup_adapter`; no adaptation with fewer than 20
+    warmup draws).  ``accept_prob`` is not used (no dual averaging: SGHMC has no accept step)."""
+    adapter = WarmupAdapter(step_size, adapt_step_size=False, adapt_mass_matrix=adapt_mass_matrix)
+    options = {"dtype": inverse_mass_matrix.dtype, "device": inverse_mass_matrix.device}
+    adapter.configure(num_warmup, step_size, {METRIC_BLOCK: tuple(inverse_mass_matrix.shape)}, options=options)
+    adapter.mass_matrix_adapter.inverse_mass_matrix = {METRIC_BLOCK: inverse_mass_matrix.clone()}
+    return adapter
+
+
 # ---------------------------------------------------------------------------------------
 # Pyro shell
 # ---------------------------------------------------------------------------------------
@@ -183,7 +213,8 @@ class HABCState(NamedTuple):
     evaluations, exact to ``O(c^2)``); ``logdensity_grad`` ``(D,)``; ``seeds``: the ``B`` block seeds
     of the ``S`` persistent simulations ``(B,)`` (int64, see the module docstring);
     ``num_simulations``, ``num_nonfinite``, ``num_failed_gradients``: totals since the chain's start;
-    ``diverging``: whether a step of this iteration was undone.
+    ``diverging``: whether a step of this iteration was undone; ``inverse_mass_matrix``: the metric in use
+    (adapted during warmup; NumPyro's ``adapt_state.inverse_mass_matrix``).
     """
 
     i: int
@@ -196,6 +227,7 @@ class HABCState(NamedTuple):
     num_nonfinite: int
     num_failed_gradients: int
     diverging: bool
+    inverse_mass_matrix: Tensor
 
 
 class HABC(MCMCKernel):
@@ -204,7 +236,15 @@ class HABC(MCMCKernel):
     ``MCMC(HABC(problem, ...), num_samples=..., warmup_steps=...).run()``; ``get_samples()`` returns the
     prior's constrained sites (the kernel's ``transforms``), ``az.from_pyro(mcmc)`` reads the chains and
     ``adapters.inference_data.from_mcmc(mcmc)`` adds the per-draw statistics.  Warmup iterations are
-    run and discarded; nothing is adapted.  ``MCMC(..., initial_params={site: value})`` starts the
+    run and discarded; with ``adapt_mass_matrix`` they also adapt the metric: Pyro's Welford (co)variance
+    of the warmup draws in Stan's windows (:func:`sghmc_warmup_adapter`, the same schedule and
+    regularisation as NumPyro's; at least 20 warmup iterations; the momentum is redrawn from ``N(0, M)``
+    when ``M`` changes).  The step size is not adapted (no accept step to steer dual averaging by); it and
+    the SPSA perturbation are measured in the metric: the velocity ``M^-1 r`` is ``N(0, M^-1)`` and SPSA
+    perturbs ``u`` along ``L Delta`` (``L L^T = M^-1``, :func:`metric_factor`) and maps the slope back by
+    ``L^-T``, so with ``M^-1`` about the posterior covariance ``step_size`` and ``spsa_scale`` are
+    fractions of the posterior sd on every coordinate (see :class:`numpyro_ext.infer.abc.habc.HABC`).
+    ``MCMC(..., initial_params={site: value})`` starts the
     chains at the given *unconstrained* values of the prior's sites (Pyro's convention); otherwise each
     chain starts at the best of ``num_pilot_draws`` prior draws.
 
@@ -220,8 +260,11 @@ class HABC(MCMCKernel):
         gradient: ``"spsa"`` or ``"autodiff"`` (needs a simulator differentiable in ``theta``).
         epsilon: ridge ``epsilon >= 0`` of the synthetic likelihood's covariance.
         inverse_mass_matrix: ``M^-1``, ``None`` (identity), ``(D,)`` diagonal or ``(D, D)`` dense;
-            ideally about the posterior's covariance on the unconstrained scale.
+            ideally about the posterior's covariance on the unconstrained scale (the start of the
+            adaptation when ``adapt_mass_matrix``).
         num_pilot_draws: prior draws scored to start each chain when ``MCMC`` gets no ``initial_params``.
+        adapt_mass_matrix: whether warmup adapts ``M^-1`` to the warmup draws' (co)variance (dense when
+            ``inverse_mass_matrix`` is dense, diagonal otherwise).
 
     Statistics: :meth:`get_sample_stats` has, per iteration of the chain run last (warmup included),
     ``potential_energy``, ``diverging``, the running totals ``num_simulations``, ``num_nonfinite``,
@@ -244,6 +287,7 @@ class HABC(MCMCKernel):
         epsilon: float = 0.0,
         inverse_mass_matrix: Any = None,
         num_pilot_draws: int = 100,
+        adapt_mass_matrix: bool = True,
     ):
         if not isinstance(problem, LikelihoodFreeProblem):
             raise TypeError(f"problem: expected a pyro_ext LikelihoodFreeProblem, got {type(problem).__name__}")
@@ -258,6 +302,7 @@ class HABC(MCMCKernel):
         self.gradient = check_choice("gradient", gradient, GRADIENTS)
         self.num_pilot_draws = check_positive_int("num_pilot_draws", num_pilot_draws)
         self.inverse_mass_matrix = self._check_inverse_mass_matrix(inverse_mass_matrix)
+        self.adapt_mass_matrix = check_sghmc_adaptation(adapt_mass_matrix)
         if self.gradient == "autodiff":
             try:
                 check_differentiable_simulator(problem)
@@ -324,16 +369,26 @@ class HABC(MCMCKernel):
         return synthetic_log_likelihood(stats, self.problem.observed, self.epsilon), num_nonfinite
 
     def evaluate(
-        self, u: Tensor, seeds: Tensor, generator: torch.Generator | None = None
+        self, u: Tensor, seeds: Tensor, generator: torch.Generator | None = None, metric: Tensor | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """``(log p(u) + log p_SL, its gradient (D,), non-finite simulations, failed)`` at ``u`` with ``seeds``.
 
-        The synthetic likelihood's gradient is SPSA's (directions from ``generator``) or autograd's;
+        The synthetic likelihood's gradient is SPSA's (directions from ``generator``, along ``metric @ Delta``
+        when ``metric`` is the factor ``L`` of :func:`metric_factor`, ``(D,)`` or ``(D, D)``) or autograd's;
         where it has no finite estimate only the prior's gradient is used (``failed``)."""
         u = u.detach()
         if self.gradient == "spsa":
+            if metric is None:
+                log_sl_fn, grad_from_w = self.log_synthetic_likelihood, (lambda g: g)
+            elif metric.dim() == 1:
+                log_sl_fn = lambda w, s: self.log_synthetic_likelihood(u + metric * (w - u), s)  # noqa: E731
+                grad_from_w = lambda g: g / metric  # noqa: E731
+            else:
+                log_sl_fn = lambda w, s: self.log_synthetic_likelihood(u + (w - u) @ metric.T, s)  # noqa: E731
+                grad_from_w = lambda g: torch.linalg.solve_triangular(metric.T, g[:, None], upper=True)[:, 0]  # noqa: E731
+            # SPSA on w -> log p_SL(u + L (w - u)) at w = u: its slope is L^T grad, mapped back by L^-T
             estimate = spsa_grad(
-                self.log_synthetic_likelihood,
+                log_sl_fn,
                 u,
                 seeds,
                 generator,
@@ -341,7 +396,7 @@ class HABC(MCMCKernel):
                 self.spsa_scale,
                 has_aux=True,
             )
-            log_sl, sl_grad, num_nonfinite = estimate.value, estimate.grad, estimate.aux
+            log_sl, sl_grad, num_nonfinite = estimate.value, grad_from_w(estimate.grad), estimate.aux
             ok = estimate.num_finite_pairs > 0
         else:
             with torch.enable_grad():
@@ -433,7 +488,10 @@ class HABC(MCMCKernel):
             u = self.problem.unconstrain(theta)[0].detach()
             num_simulations += self.num_pilot_draws * self.num_simulations
         seeds = self.draw_seeds()
-        logdensity, grad, num_nonfinite, failed = self.evaluate(u, seeds)
+        logdensity, grad, num_nonfinite, failed = self.evaluate(u, seeds, None, metric_factor(self.inverse_mass_matrix))
+        self._adapter = sghmc_warmup_adapter(
+            warmup_steps, self.step_size, self.inverse_mass_matrix, self.adapt_mass_matrix
+        )
         self.state = HABCState(
             i=0,
             z=u,
@@ -445,6 +503,7 @@ class HABC(MCMCKernel):
             num_nonfinite=int(num_nonfinite),
             num_failed_gradients=int(failed),
             diverging=False,
+            inverse_mass_matrix=self.inverse_mass_matrix,
         )
         self._initial_params = self._params(u)
 
@@ -461,28 +520,39 @@ class HABC(MCMCKernel):
 
     def sample(self, params: dict[str, Tensor]) -> dict[str, Tensor]:
         state = self.state
+        inverse_mass_matrix = state.inverse_mass_matrix
+        metric = metric_factor(inverse_mass_matrix)
         point = SGHMCState(state.z, state.momentum, -state.potential_energy, state.logdensity_grad)
         seeds, num_nonfinite, num_failed, diverging = state.seeds, 0, 0, False
         if self.num_refreshed:
             # new seeds make a new target: its gradient at the current position starts the trajectory
             seeds = self._refresh_seeds(seeds)
-            logdensity, grad, nonfinite, failed = self.evaluate(state.z, seeds)
+            logdensity, grad, nonfinite, failed = self.evaluate(state.z, seeds, None, metric)
             point = point._replace(logdensity=logdensity, logdensity_grad=grad)
             num_nonfinite, num_failed = int(nonfinite), int(failed)
 
         def grad_fn(u: Tensor, generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-            return self.evaluate(u, seeds, generator)
+            return self.evaluate(u, seeds, generator, metric)
 
         with pyro.validation_enabled(False):  # out-of-support values are expected on diverging steps
             for _ in range(self.num_steps):
-                point, info = sghmc_step(None, point, grad_fn, self.inverse_mass_matrix, self.step_size, self.friction)
+                point, info = sghmc_step(None, point, grad_fn, inverse_mass_matrix, self.step_size, self.friction)
                 num_nonfinite += int(info.num_nonfinite)
                 num_failed += int(info.failed)
                 diverging = diverging or bool(info.diverging)
+        momentum = point.momentum
+        if self.adapt_mass_matrix and state.i < self._warmup_steps:
+            # the warmup draw feeds the Welford window (SGHMC has no acceptance probability: 1 is passed, unread)
+            self._adapter.step(state.i, {"u": point.position}, torch.ones(()))
+            adapted = self._adapter.mass_matrix_adapter.inverse_mass_matrix[METRIC_BLOCK]
+            if not torch.equal(adapted, inverse_mass_matrix):
+                # a new metric: momenta N(0, M_old) would carry the old scale into the new one
+                inverse_mass_matrix = adapted
+                momentum = sample_momentum(None, inverse_mass_matrix, momentum)
         self.state = state = HABCState(
             i=state.i + 1,
             z=point.position,
-            momentum=point.momentum,
+            momentum=momentum,
             potential_energy=-point.logdensity,
             logdensity_grad=point.logdensity_grad,
             seeds=seeds,
@@ -490,6 +560,7 @@ class HABC(MCMCKernel):
             num_nonfinite=state.num_nonfinite + num_nonfinite,
             num_failed_gradients=state.num_failed_gradients + num_failed,
             diverging=diverging,
+            inverse_mass_matrix=inverse_mass_matrix,
         )
         warmup = state.i <= self._warmup_steps
         if diverging and not warmup:
