@@ -11,7 +11,8 @@ Given the same inputs, in float64 (the tests switch JAX's x64 on):
 * the decision ``(accept, tau, error)`` from given ``log alpha`` draws (odd and even ``M``, ``-inf``
   draws included) and a given ``log u``;
 * the surrogate likelihood, Gaussian and one-sided;
-* the constructors' and ``run``'s errors: same type, same message.
+* the pooled within-location noise variance and a fit with the noise held at it;
+* the constructors' and ``run``'s errors: same type, same message (``max_simulations`` included).
 
 A case is skipped when a backend is not installed.
 """
@@ -105,6 +106,22 @@ def test_a_few_adam_steps_of_the_fit_agree():
     np.testing.assert_allclose(float(tlml), float(jlml), rtol=1e-8)
 
 
+def test_pooled_noise_and_the_fit_with_the_noise_held_agree():
+    jdata, jstd, jparams = _jax_surrogate()
+    tdata, tstd, tparams = _torch_surrogate()
+    jvar, jdof = jcore.pooled_noise_variance(jdata)
+    tvar, tdof = tcore.pooled_noise_variance(tdata)
+    assert int(jdof) == tdof == int(np.sum(REPEATS - 1))
+    np.testing.assert_allclose(_np(tvar), _np(jvar), rtol=1e-12)
+    jfit, jlml = jcore.fit_hyperparameters(jparams, jdata, jstd, 20, 0.05, True)
+    tfit, tlml = tcore.fit_hyperparameters(tparams, tdata, tstd, 20, 0.05, True)
+    for a, b in zip(jfit, tfit, strict=True):
+        np.testing.assert_allclose(_np(b), _np(a), rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(float(tlml), float(jlml), rtol=1e-8)
+    # the noise is held at the pooled within-location variance (standardised scale)
+    np.testing.assert_allclose(np.exp(2 * _np(jfit.log_noise)) * _np(jstd.stat_scale) ** 2, _np(jvar), rtol=1e-10)
+
+
 def test_predictive_mean_covariance_and_noise_agree():
     jdata, jstd, jparams = _jax_surrogate()
     tdata, tstd, tparams = _torch_surrogate()
@@ -192,6 +209,13 @@ BAD = [
     {"refit_growth": 1.0},
     {"num_fit_steps": 0},
     {"fit_learning_rate": 0.0},
+    {"num_initial_repeats": 0},
+    {"noise": "guess"},
+    {"noise": "repeats", "num_initial_repeats": 1},
+    {"max_simulations": 0},
+    {"max_simulations": 2.5},
+    {"max_simulations": True},
+    {"max_simulations": 39},
 ]
 POPE_BAD = [
     {"direction": "sideways"},
@@ -219,3 +243,7 @@ def test_bad_arguments_give_the_same_errors():
     expected = _error(lambda: JaxGPSABC(jax_problem).run(jax.random.PRNGKey(0), num_samples=2, init_params=-1.0))
     assert expected is not None and "init_params" in expected[1]
     assert _error(lambda: TorchGPSABC(torch_problem).run(num_samples=2, init_params=-1.0)) == expected
+    # a budget that the pilot and the initial design already pass
+    expected = _error(lambda: JaxGPSABC(jax_problem, max_simulations=100).run(jax.random.PRNGKey(0), num_samples=2))
+    assert expected is not None and "max_simulations = 100 is less than the 240" in expected[1]
+    assert _error(lambda: TorchGPSABC(torch_problem, max_simulations=100).run(num_samples=2)) == expected

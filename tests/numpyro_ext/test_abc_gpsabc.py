@@ -170,8 +170,8 @@ def test_gpsabc_matches_sl_mcmc_on_the_exponential_toy_with_fewer_simulations():
     assert trace.shape == (1700,) and np.all(np.diff(trace) >= 0) and trace[-1] == result.num_simulations
     # the simulations per step fall as the surrogate learns: the second half of the chain costs less
     assert trace[-1] - trace[850] < trace[850] - trace[0]
-    # pilot (200 prior draws) + initial design (20) + one simulation per acquisition round (delta_s = 1)
-    assert trace[-1] == 200 + 20 + result.info["acquisitions"]
+    # pilot (200 prior draws) + initial design (20 locations x 2) + one simulation per acquisition round (delta_s = 1)
+    assert trace[-1] == 200 + 20 * 2 + result.info["acquisitions"]
     assert result.info["decision_error"].shape == (1700,)
     assert len(result.info["refits"]) >= 2 and result.num_nan_simulations == 0
 

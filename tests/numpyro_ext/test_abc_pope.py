@@ -71,7 +71,7 @@ def test_pope_finds_the_feasible_region_and_samples_the_one_sided_posterior():
     # the optimisation: the incumbent is feasible, and so are most of the points it chose
     assert result.info["bo_incumbent_theta"][0] <= TARGET
     assert np.mean(result.info["bo_u"][:, 0] <= TARGET) >= 0.5
-    assert result.info["num_bo_simulations"] == 20 + 15
+    assert result.info["num_bo_simulations"] == 20 * 2 + 15
     # the chain: the one-sided posterior
     draws = result.theta[:, 0]
     mean, sd, feasible = toy_posterior()

@@ -28,6 +28,7 @@ long ones.  Everything runs in float64 (the priors' dtype).
 from __future__ import annotations
 
 import math
+import warnings
 
 import gpytorch
 import numpy as np
@@ -211,8 +212,8 @@ def test_gpsabc_matches_sl_mcmc_on_the_exponential_toy_with_fewer_simulations():
     assert trace.shape == (1200,) and np.all(np.diff(trace) >= 0) and trace[-1] == result.num_simulations
     # the simulations per step fall as the surrogate learns: the second half of the chain costs less
     assert trace[-1] - trace[600] < trace[600] - trace[0]
-    # pilot (200 prior draws) + initial design (20) + one simulation per acquisition round (delta_s = 1)
-    assert trace[-1] == 200 + 20 + result.info["acquisitions"]
+    # pilot (200 prior draws) + initial design (20 locations x 2) + one simulation per acquisition round (delta_s = 1)
+    assert trace[-1] == 200 + 20 * 2 + result.info["acquisitions"]
     assert result.info["decision_error"].shape == (1200,)
     assert len(result.info["refits"]) >= 2 and result.num_nan_simulations == 0
 
@@ -276,6 +277,62 @@ def test_decision_error_bound_is_honoured_long():
         rate = _disagreement_rate(result, problem, n, 1)
         print(f"xi {xi}: disagreement {rate:.4f} over {n} steps, {result.num_simulations} simulations")
         assert rate < xi + 2 * np.sqrt(xi * (1 - xi) / n)
+
+
+# ---- the noise from repeated simulations and the simulation budget -------------------------
+def test_pooled_noise_variance_is_the_within_location_variance():
+    rng = np.random.default_rng(0)
+    sd = np.array([0.5, 2.0])
+    u = rng.normal(size=(50, 2))
+    mean = np.stack([u[:, 0] + u[:, 1], np.sin(u[:, 0])], axis=1)
+    stats = np.repeat(mean, 5, axis=0) + sd * rng.normal(size=(250, 2))
+    data = core.add_design(core.empty_data(2, 2, F64), torch.tensor(u), torch.tensor(stats), 5)
+    # a location whose only simulation is non-finite adds nothing
+    data = core.add_simulations(data, data.count, torch.ones(2, dtype=F64), torch.full((1, 2), math.nan, dtype=F64))
+    variance, dof = core.pooled_noise_variance(data)
+    groups = stats.reshape(50, 5, 2)
+    expected = np.sum((groups - groups.mean(1, keepdims=True)) ** 2, axis=(0, 1)) / (50 * 4)
+    assert dof == 200
+    np.testing.assert_allclose(variance.numpy(), expected, rtol=1e-10)
+    # dof * estimate / sigma^2 ~ chi2(200): relative sd sqrt(2 / 200) = 0.1, 4 sd allowed
+    np.testing.assert_allclose(variance.numpy(), sd**2, rtol=0.4)
+
+
+def test_fitted_noise_does_not_collapse_with_repeats():
+    # gaussian_linear's shape: 10 parameters, statistic theta + 0.316 z, 20 design locations, 2 repeats each
+    rng = np.random.default_rng(1)
+    dim, sd, n = 10, np.sqrt(0.1), 20
+    u = 0.3 * rng.normal(size=(n, dim))
+    stats = np.repeat(u, 2, axis=0) + sd * rng.normal(size=(2 * n, dim))
+    data = core.add_design(core.empty_data(dim, dim, F64), torch.tensor(u), torch.tensor(stats), 2)
+    standardizer = core.fit_standardizer(data)
+    fitted, _ = core.fit_hyperparameters(core.default_params(dim, dim, F64), data, standardizer, 300, 0.05)
+    noise_sd = (standardizer.stat_scale * torch.exp(fitted.log_noise)).numpy()
+    # 20 degrees of freedom per statistic: the estimate's sd is about 0.16 sd; 0.6-1.6 leaves room for the
+    # GP term's pull (without repeats the noise of most statistics went to the 0.001 bound)
+    assert np.all((noise_sd > 0.6 * sd) & (noise_sd < 1.6 * sd)), noise_sd
+
+
+def test_max_simulations_is_spent_exactly_then_the_chain_goes_on_without_acquiring():
+    budget = 45  # 20 of the initial design (10 locations x 2), then 25 acquisitions
+    pyro.set_rng_seed(6)
+    gps = GPSABC(
+        gaussian_problem(), xi=0.05, proposal_scale=1.5, num_initial_simulations=10, max_simulations=budget,
+        num_fit_steps=50,
+    )  # fmt: skip
+    with warnings.catch_warnings():  # too few steps after the budget for the warning (the NumPyro twin checks it)
+        warnings.simplefilter("ignore", ReliabilityWarning)
+        result = gps.run(num_samples=80, num_warmup=0, init_params=0.5)
+    info = result.info
+    trace = info["num_simulations_trace"]
+    assert result.num_simulations == budget == trace[-1] == info["max_simulations"]
+    assert np.all(trace <= budget) and np.all(np.diff(trace) >= 0)
+    first = info["budget_exhausted_at"]
+    assert first is not None and info["num_out_of_budget"] == int(np.sum(info["out_of_budget"])) > 0
+    assert trace[first] == budget and not info["out_of_budget"][:first].any()
+    assert np.all(info["num_rounds"][first + 1 :] == 0)  # no acquisition once the budget is spent
+    assert not (info["capped"] & info["out_of_budget"]).any()
+    assert len(result.theta) == 80 and np.all(np.isfinite(result.theta))
 
 
 # ---- bad input and non-finite simulations ------------------------------------------------
