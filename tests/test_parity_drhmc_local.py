@@ -112,3 +112,24 @@ def test_same_random_numbers_same_transitions(monkeypatch, sampler):
         stages.append(info.stage)
     assert set(stages) == {-1, 0, 1, 2}, np.bincount(np.array(stages) + 1)
     assert fewer_grads <= num_transitions // 10, fewer_grads  # the counts agree but where a ghost is cut short
+
+
+@pytest.mark.parametrize("sampler", list(CASES))
+@pytest.mark.parametrize("value", ["yes", 1, None])
+def test_a_non_flag_is_refused_with_the_same_message(sampler, value):
+    """Both backends' kernels (through the shared config) and cores name ``local_step_size`` in the same words."""
+    from tests.test_parity_drghmc import _numpyro as numpyro_drghmc
+    from tests.test_parity_drghmc import _pyro as pyro_drghmc
+    from tests.test_parity_drhmc import _error
+    from tests.test_parity_drhmc import _numpyro as numpyro_drhmc
+    from tests.test_parity_drhmc import _pyro as pyro_drhmc
+
+    name = {"drhmc": "DRHMC", "drghmc": "DRGHMC"}[sampler]
+    backends = {"drhmc": (numpyro_drhmc, pyro_drhmc), "drghmc": (numpyro_drghmc, pyro_drghmc)}[sampler]
+    kernel = lambda b: b[name](b["model"], local_step_size=value)  # noqa: E731
+    core = lambda b: b["build_kernel"](local_step_size=value)  # noqa: E731
+    for make in (kernel, core):
+        numpyro_error, pyro_error = (_error(lambda backend=backend, make=make: make(backend())) for backend in backends)
+        assert type(numpyro_error) is type(pyro_error) is ValueError
+        assert str(numpyro_error) == str(pyro_error)
+        assert str(pyro_error).startswith(f"local_step_size must be True or False, got {value!r}")
