@@ -58,6 +58,9 @@ __all__ = [
 
 Array = jax.Array
 
+# the energy error past which a trajectory's curvature is no longer measured (ATLAS's divergence, |dH| > 10)
+CURVATURE_MAX_ENERGY_ERROR = 10.0
+
 
 class IntegratorState(NamedTuple):
     """A point of HMC's extended space: ``position`` and ``momentum`` ``(..., d)``, the log density
@@ -140,11 +143,11 @@ def leapfrog_involution(
     ``(..., d)`` side by side; ``logdensity_fn`` may then be ``None``).
     """
     with_curvature = leapfrog_curvature_involution(
-        logdensity_fn, inverse_mass_matrix, step_size, num_steps, value_and_grad
+        logdensity_fn, inverse_mass_matrix, step_size, num_steps, value_and_grad, max_energy_error=None
     )
 
     def involution(point: IntegratorState) -> tuple[IntegratorState, Array]:
-        end, cost, _ = with_curvature(point)  # the curvature's two dot products per step are noise next to a gradient
+        end, cost, _ = with_curvature(point)
         return end, cost
 
     return involution
@@ -156,6 +159,7 @@ def leapfrog_curvature_involution(
     step_size: Array | float,
     num_steps: Array | int,
     value_and_grad: Callable[[Array], tuple[Array, Array]] | None = None,
+    max_energy_error: float | None = CURVATURE_MAX_ENERGY_ERROR,
 ) -> Callable[[IntegratorState], tuple[IntegratorState, Array, Array]]:
     """:func:`leapfrog_involution` that also returns the largest secant curvature met on the way.
 
@@ -166,28 +170,42 @@ def leapfrog_curvature_involution(
     lower estimate of ``A``'s largest eigenvalue, the curvature that bounds the stable step size
     (``eps < 2 / sqrt(lambda_max)``) along this trajectory.  It needs no extra gradient and no
     factorisation: ``dx = eps M^{-1} r_half`` gives ``dx^T M dx = eps^2 r_half^T M^{-1} r_half``.
-    Steps with a non-finite ratio are skipped (0 when every step is).
+
+    Only the steps before the energy error ``|H - H_start|`` first exceeds ``max_energy_error`` count
+    (ATLAS's reference code stops its trajectory there, |dH| > 10): past it the trajectory has left
+    the region it measures, and on the funnel a diverged tail's ratios are orders of magnitude off
+    (measured: with them the local step missed the neck, v's 5% quantile -2.7 against -4.9).  Steps
+    with a non-finite ratio are skipped; 0 when no step counts.  ``max_energy_error=None`` measures
+    nothing (the curvature is 0): plain :func:`leapfrog_involution`, with no extra work per step.
     """
     if value_and_grad is None:
         value_and_grad = jax.value_and_grad(logdensity_fn)
 
-    def one_step(_, carry: tuple[IntegratorState, Array]) -> tuple[IntegratorState, Array]:
-        point, curvature = carry
+    def one_step(_, carry):
+        point, curvature, energy_start, measuring = carry
         momentum = point.momentum + 0.5 * step_size * point.logdensity_grad
         move = velocity(inverse_mass_matrix, momentum)
         position = point.position + step_size * move
         logdensity, logdensity_grad = value_and_grad(position)
+        half_momentum, momentum = momentum, momentum + 0.5 * step_size * logdensity_grad
+        new_point = IntegratorState(position, momentum, logdensity, logdensity_grad)
+        if max_energy_error is None:
+            return new_point, curvature, energy_start, measuring
         grad_change = logdensity_grad - point.logdensity_grad
         squared = jnp.sum(grad_change * velocity(inverse_mass_matrix, grad_change), axis=-1) / (
-            step_size**2 * jnp.sum(momentum * move, axis=-1)
+            step_size**2 * jnp.sum(half_momentum * move, axis=-1)
         )
-        curvature = jnp.fmax(curvature, jnp.sqrt(squared))  # fmax: a NaN ratio is skipped
-        momentum = momentum + 0.5 * step_size * logdensity_grad
-        return IntegratorState(position, momentum, logdensity, logdensity_grad), curvature
+        energy_error = kinetic_energy(inverse_mass_matrix, momentum) - logdensity - energy_start
+        measuring = measuring & (jnp.abs(energy_error) <= max_energy_error)  # a NaN error stops it too
+        curvature = jnp.where(measuring, jnp.fmax(curvature, jnp.sqrt(squared)), curvature)  # fmax skips NaN
+        return new_point, curvature, energy_start, measuring
 
     def involution(point: IntegratorState) -> tuple[IntegratorState, Array, Array]:
-        start = (point, jnp.zeros_like(point.logdensity))
-        end, curvature = jax.lax.fori_loop(0, num_steps, one_step, start)
+        energy_start = jnp.zeros_like(point.logdensity)
+        if max_energy_error is not None:
+            energy_start = kinetic_energy(inverse_mass_matrix, point.momentum) - point.logdensity
+        start = (point, jnp.zeros_like(point.logdensity), energy_start, jnp.ones_like(point.logdensity, bool))
+        end, curvature, _, _ = jax.lax.fori_loop(0, num_steps, one_step, start)
         return end._replace(momentum=-end.momentum), num_steps, curvature
 
     return involution

@@ -52,7 +52,8 @@ class Twin:
 
     def leapfrog(self, point, eps, n):
         x, r, logp, g = (np.array(a, dtype=float) for a in point)
-        curvature = 0.0
+        curvature, measuring = 0.0, True
+        energy_start = 0.5 * np.sum(r * self.imm * r) - logp
         with np.errstate(all="ignore"):
             for _ in range(n):
                 r = r + 0.5 * eps * g
@@ -60,9 +61,12 @@ class Twin:
                 logp, g_new = self.value_grad(x)
                 dg = g_new - g
                 ratio = np.sqrt(np.sum(dg * self.imm * dg) / (eps**2 * np.sum(r * self.imm * r)))
-                curvature = curvature if np.isnan(ratio) else max(curvature, ratio)
                 g = g_new
                 r = r + 0.5 * eps * g
+                # the curvature is measured until the energy error first exceeds 10 (ATLAS's divergence)
+                measuring = measuring and abs(0.5 * np.sum(r * self.imm * r) - logp - energy_start) <= 10.0
+                if measuring and not np.isnan(ratio):
+                    curvature = max(curvature, ratio)
         return (x, -r, logp, g), curvature
 
     def proposal(self, point, k, a):
