@@ -33,7 +33,7 @@ import pytest
 from numpyro.diagnostics import effective_sample_size
 from numpyro.infer import MCMC
 
-from numpyro_ext.infer.abc.habc import HABC, SGHMCState, metric_factor, sghmc_step
+from numpyro_ext.infer.abc.habc import HABC, SGHMCState, metric_factor, sghmc_step, sghmc_warmup_adapter
 from numpyro_ext.infer.abc.problem import LikelihoodFreeProblem
 from numpyro_ext.infer.abc.spsa import spsa_grad
 
@@ -243,6 +243,43 @@ def adaptation_problem() -> LikelihoodFreeProblem:
     )
 
 
+def test_sghmc_warmup_adaptation_reaches_the_variances_of_a_badly_scaled_gaussian():
+    # SGHMC with exact gradients on N(0, diag(0.3^2, 3^2)) from the identity metric, M^-1 fed to each step from
+    # sghmc_warmup_adapter (500 warmup draws: Stan's windows 25, 50, 100, then the last 200): M^-1 ends at the
+    # variances, 100 times apart, up to the leapfrog's 1 / (1 - step_size^2 / 4) in the adapted metric and
+    # Welford's regularisation n / (n + 5) (n = 200).  One compiled loop over 16 chains.
+    variances, step_size, friction, num_warmup, num_chains = np.array([0.09, 9.0]), 0.5, 0.25, 500, 16
+    init, update = sghmc_warmup_adapter(num_warmup, True, False)
+
+    def grad_fn(x, key):
+        return -0.5 * jnp.sum(x**2 / variances), -x / variances, jnp.zeros((), jnp.int32), jnp.zeros((), bool)
+
+    def chain(key):
+        from numpyro.infer.hmc_util import IntegratorState as Point
+
+        x = jnp.zeros(2)
+        adapt = init(Point(x, None, 0.0, -x), key, step_size, jnp.ones(2), mass_matrix_size=2)
+        state = SGHMCState(x, jnp.zeros(2), jnp.zeros(()), -x)
+
+        def body(carry, tk):
+            state, adapt = carry
+            t, k = tk
+            state, _ = sghmc_step(k, state, grad_fn, adapt.inverse_mass_matrix, step_size, friction)
+            adapt = update(t, 1.0, Point(state.position, None, -state.logdensity, -state.logdensity_grad), adapt)
+            return (state, adapt), None
+
+        steps = (jnp.arange(num_warmup), jax.random.split(key, num_warmup))
+        return jax.lax.scan(body, (state, adapt), steps)[0][1].inverse_mass_matrix
+
+    adapted = np.asarray(jax.jit(jax.vmap(chain))(jax.random.split(jax.random.PRNGKey(0), num_chains)))
+    ratio = adapted / (variances / (1.0 - step_size**2 / 4.0) * 200 / 205)
+    # MC error from the chains' spread (each chain adapts on its own draws)
+    standard_error = ratio.std(0, ddof=1) / np.sqrt(num_chains)
+    assert np.all(np.abs(ratio.mean(0) - 1.0) < 4.0 * standard_error), (ratio, standard_error)
+    assert np.all(standard_error < 0.15), standard_error  # sharp enough to see a factor 2 (the identity: 11, 0.11)
+
+
+@pytest.mark.slow  # test budget: three compiled HABC chains (~25 s here); the adaptation loop above runs by default
 def test_warmup_adapts_the_inverse_mass_matrix_to_the_posterior_variances():
     # From the identity, Welford's windows (Stan's schedule, 500 warmup draws, the last window 200 draws) bring
     # M^-1 to the posterior variances although they differ 100 times; without adaptation it stays 1.
