@@ -178,6 +178,8 @@ LOCAL_STEP_FRACTION = 0.5  # mean step 0.5 / sqrt(lambda): a quarter of leapfrog
 LOCAL_STEP_CAP = 0.5  # ... and at most half the first stage's step
 LOCAL_STEP_FLOOR = 2e-3  # ... and at least 2 eps / 1000
 LOCAL_STEP_LOG_SD = math.log(1.2)  # log-normal spread of the drawn step around that mean
+# the energy error past which a trajectory's curvature is no longer measured (ATLAS's divergence, |dH| > 10)
+CURVATURE_MAX_ENERGY_ERROR = 10.0
 
 # DR-HMC options a sweep may set (``--set drhmc.trajectory_scale=0.5``) that stay out of the
 # stored runs' keys unless set: added after the first sweeps (see adapters.sweep.Algorithm).

@@ -75,10 +75,10 @@ def test_every_stage_satisfies_detailed_balance_exactly(monkeypatch, probabilist
     that happen); ``constant_trajectory`` gives DR-HMC's stages (each integrating the first's time) or
     DR-G-HMC's default (each ``num_steps`` steps).
     """
-    settings = (1.3, 2, 3, 3.0, probabilistic, constant_trajectory)
+    settings = (1.0, 2, 3, 3.0, probabilistic, constant_trajectory)
     rng = np.random.default_rng(1)
     tested = 0
-    for _ in range(15):
+    for _ in range(30):
         z = np.array([rng.normal(0, 3), *rng.normal(size=2)])
         z[1:] *= np.exp(z[0] / 2)
         point = drhmc.init(torch.tensor(z), funnel_logdensity)
@@ -98,7 +98,7 @@ def test_every_stage_satisfies_detailed_balance_exactly(monkeypatch, probabilist
             flow_back = math.exp(log_joint(y) + log_q[1]) * back[k]
             np.testing.assert_allclose(flow_forward, flow_back, rtol=1e-7, atol=1e-300)
             tested += 1e-12 < forward[k] < 1 - 1e-12 and k > 0 and abs(log_q_start - log_q_end) > 1e-3
-    assert tested >= 6, f"only {tested} later-stage moves with probability in (0, 1) and q differing at the ends"
+    assert tested >= 8, f"only {tested} later-stage moves with probability in (0, 1) and q differing at the ends"
 
 
 def exact_funnel_starts(num_draws, seed):
@@ -118,7 +118,7 @@ def assert_exact_funnel(z, label):
 
 @pytest.mark.parametrize(
     "sampler, num_draws",
-    [("drghmc", 1000), pytest.param("drhmc", 1500, marks=pytest.mark.slow)],  # DR-HMC's stages: ~0.07 s a draw
+    [("drghmc", 700), pytest.param("drhmc", 1500, marks=pytest.mark.slow)],  # DR-HMC's stages: ~0.07 s a draw
 )
 def test_funnel_exact_draws_stay_exact(sampler, num_draws):
     """Exact funnel draws in, transitions with ``local_step_size=True``, exact draws out.
@@ -158,19 +158,23 @@ def two_scale_potential(params):  # N(0, diag(0.05^2, 1))
 
 @pytest.mark.parametrize("kernel", [DRHMC, DRGHMC])
 def test_the_kernels_pass_the_option_to_their_cores(kernel):
-    """A first-stage step (0.5) unstable for the 0.05 scale: the local step (about 0.5 / 20 = 0.025) is
-    accepted at stage 1 on most iterations, the fixed ladder's stage 1 (0.125 or 0.5 / 4) almost never."""
-    fixed = dict(step_size=0.5, num_steps=2, adapt_step_size=False, adapt_mass_matrix=False)
+    """Four steps of 0.1, at the stability limit of the 0.05 scale: stage 0 often fails.  The fixed ladder's
+    stage ``k`` takes ``4 * 4^k`` steps, so a transition takes 4, 20 or 84; the local step (about
+    ``0.5 / sqrt(400) = 0.025``, log-normal) takes ``ceil(0.4 / a)``, other counts (DR-G-HMC with a full
+    refresh and ``constant_trajectory=True`` is DR-HMC)."""
+    fixed = dict(step_size=0.1, num_steps=4, adapt_step_size=False, adapt_mass_matrix=False)
     if kernel is DRGHMC:
-        fixed.update(step_size_factor=1.0, damping=1.0)
-    stage_one = {}
+        fixed.update(step_size_factor=1.0, damping=1.0, constant_trajectory=True)
+    num_steps = {}
     for local in (True, False):
         torch.manual_seed(0)
         k = kernel(potential_fn=two_scale_potential, local_step_size=local, **fixed)
         initial = {"x": torch.tensor([0.01, 0.3], dtype=torch.float64)}
         MCMC(k, warmup_steps=0, num_samples=40, initial_params=initial, disable_progbar=True).run()
-        stage_one[local] = (k.get_sample_stats()["stage"] == 1).mean()
-    assert stage_one[True] > 0.5 and stage_one[False] < 0.1, stage_one
+        stats_ = k.get_sample_stats()
+        assert (stats_["stage"] >= 1).mean() > 0.3, np.bincount(stats_["stage"] + 1)
+        num_steps[local] = set(stats_["num_steps"].tolist())
+    assert num_steps[False] <= {4, 20, 84} and len(num_steps[True] - {4, 20, 84}) >= 3, num_steps
 
 
 @pytest.mark.parametrize("kernel", [DRHMC, DRGHMC])

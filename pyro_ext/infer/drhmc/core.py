@@ -66,6 +66,7 @@ from typing import Any, NamedTuple
 import torch
 
 from adapters.configs import (  # ATLAS's constants, shared with the JAX twin
+    CURVATURE_MAX_ENERGY_ERROR,
     LOCAL_STEP_CAP,
     LOCAL_STEP_FLOOR,
     LOCAL_STEP_FRACTION,
@@ -393,10 +394,12 @@ def leapfrog_involution(
     :func:`pyro_ext.infer.hmc_util.leapfrog`, which runs a batch of chains for every step.)
     ``logdensity_fn`` maps ``(d,)`` to a scalar tensor; positions and momenta are ``(d,)``.
     """
-    with_curvature = leapfrog_curvature_involution(logdensity_fn, inverse_mass_matrix, step_size, num_steps)
+    with_curvature = leapfrog_curvature_involution(
+        logdensity_fn, inverse_mass_matrix, step_size, num_steps, max_energy_error=None
+    )
 
     def involution(point: IntegratorState) -> tuple[IntegratorState, int]:
-        end, evals, _ = with_curvature(point)  # the curvature's two dot products per step are noise next to a gradient
+        end, evals, _ = with_curvature(point)
         return end, evals
 
     return involution
@@ -407,6 +410,7 @@ def leapfrog_curvature_involution(
     inverse_mass_matrix: torch.Tensor,
     step_size: float,
     num_steps: int,
+    max_energy_error: float | None = CURVATURE_MAX_ENERGY_ERROR,
 ) -> Callable[[IntegratorState], tuple[IntegratorState, int, float]]:
     """:func:`leapfrog_involution` that also returns the largest secant curvature met on the way.
 
@@ -414,29 +418,40 @@ def leapfrog_curvature_involution(
     over the steps of ``sqrt(dg^T M^{-1} dg / dx^T M dx)``, ``dx`` a step's move and ``dg`` its change
     of gradient, as the JAX twin's (:func:`numpyro_ext.infer.hmc_util.leapfrog_curvature_involution`,
     whose docstring has why it estimates the curvature that bounds the stable step size); ``dx = eps
-    M^{-1} r_half`` gives ``dx^T M dx = eps^2 r_half^T M^{-1} r_half``.  A NaN ratio is skipped (0 when
-    every one is); the step that reaches a non-finite log density ends the trajectory and adds none.
+    M^{-1} r_half`` gives ``dx^T M dx = eps^2 r_half^T M^{-1} r_half``.
+
+    Only the steps before the energy error ``|H - H_start|`` first exceeds ``max_energy_error`` count
+    (ATLAS's divergence, ``adapters.configs.CURVATURE_MAX_ENERGY_ERROR``; a NaN error stops the
+    measuring too, and so does the step that reaches a non-finite log density, which also ends the
+    trajectory); a NaN ratio is skipped; 0 when no step counts.  ``max_energy_error=None`` measures
+    nothing (the curvature is 0): plain :func:`leapfrog_involution`, with no extra work per step.
     """
 
     def involution(point: IntegratorState) -> tuple[IntegratorState, int, float]:
         position, momentum, logdensity, grad = point
-        evals, curvature = 0, 0.0
+        evals, curvature, measuring = 0, 0.0, max_energy_error is not None
+        if measuring:
+            energy_start = float(kinetic_energy(inverse_mass_matrix, momentum)) - logdensity
         for _ in range(num_steps):
-            momentum = momentum + 0.5 * step_size * grad
-            move = velocity(inverse_mass_matrix, momentum)
+            half_momentum = momentum + 0.5 * step_size * grad
+            move = velocity(inverse_mass_matrix, half_momentum)
             position = position + step_size * move
             logdensity, new_grad = _value_and_grad(logdensity_fn, position)
             evals += 1
-            if logdensity == _NEG_INF:
-                grad = new_grad
+            if logdensity == _NEG_INF:  # the proposal is rejected whatever the remaining steps would do
+                momentum, grad = half_momentum, new_grad
                 break
-            change = new_grad - grad
-            squared = (change @ velocity(inverse_mass_matrix, change)) / (step_size**2 * (momentum @ move))
-            ratio = float(torch.sqrt(squared))
-            if not math.isnan(ratio):  # as jnp.fmax: a NaN ratio is skipped
-                curvature = max(curvature, ratio)
+            momentum = half_momentum + 0.5 * step_size * new_grad
+            if measuring:
+                energy_error = float(kinetic_energy(inverse_mass_matrix, momentum)) - logdensity - energy_start
+                measuring = abs(energy_error) <= max_energy_error  # False for a NaN error too
+            if measuring:
+                change = new_grad - grad
+                squared = (change @ velocity(inverse_mass_matrix, change)) / (step_size**2 * (half_momentum @ move))
+                ratio = float(torch.sqrt(squared))
+                if not math.isnan(ratio):  # as jnp.fmax: a NaN ratio is skipped
+                    curvature = max(curvature, ratio)
             grad = new_grad
-            momentum = momentum + 0.5 * step_size * grad
         return IntegratorState(position, -momentum, logdensity, grad), evals, curvature
 
     return involution
