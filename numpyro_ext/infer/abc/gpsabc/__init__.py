@@ -37,6 +37,16 @@ and outputs, at the start and whenever the training set has grown by the factor 
 since the last fit (warm-started); every acquisition re-conditions the GPs at the current
 hyperparameters.  A fit whose log marginal likelihood is not finite raises an error.
 
+The noise ``sigma_j^2``: the initial design simulates ``num_initial_repeats`` times (default 2) at
+each of its locations.  ``noise="fit"`` (default) fits ``sigma_j^2`` with the other hyperparameters,
+the repeats' within-location scatter entering the marginal likelihood exactly; ``noise="repeats"``
+holds it at each fit to the pooled within-location variance ``sum_i SS_ij / sum_i (n_i - 1)``
+(:func:`~.core.pooled_noise_variance`).  With one simulation per location the fitted noise can
+collapse to its lower bound (sbibm's gaussian_linear: 8 of 10 statistics at 0.001, standardised,
+the chain frozen); :class:`GPSABC`'s docstring gives the measurements.  ``max_simulations`` stops
+the acquisitions once the next round would pass it; the chain then goes on with the surrogate
+alone (``info["out_of_budget"]`` per step).
+
 Training set: a fixed-capacity buffer with a mask (``SurrogateData``), doubled on the host when an
 MH step could overflow it, so the jitted step compiles once per capacity (``log2`` times in a
 run).  Masked rows (unused slots and non-finite simulations, which are counted and never used)
@@ -74,7 +84,9 @@ from numpyro_ext.infer.abc.gpsabc.core import (
     grow,
     log_likelihood_draws,
     log_marginal_likelihood,
+    pooled_noise_variance,
     predict,
+    repeats_log_noise,
     surrogate_log_likelihood,
 )
 from numpyro_ext.infer.abc.gpsabc.shell import GPSABC
@@ -102,6 +114,8 @@ __all__ = [
     "grow",
     "log_likelihood_draws",
     "log_marginal_likelihood",
+    "pooled_noise_variance",
     "predict",
+    "repeats_log_noise",
     "surrogate_log_likelihood",
 ]

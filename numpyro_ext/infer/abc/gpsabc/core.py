@@ -40,6 +40,7 @@ __all__ = [
     "log_marginal_likelihood",
     "pooled_noise_variance",
     "predict",
+    "repeats_log_noise",
     "surrogate_log_likelihood",
 ]
 

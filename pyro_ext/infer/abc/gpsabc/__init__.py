@@ -39,6 +39,14 @@ standardised inputs and outputs, at the start and whenever the training set has 
 factor ``refit_growth`` since the last fit (warm-started); every acquisition re-conditions the GP
 at the current hyperparameters.  A fit whose log marginal likelihood is not finite raises an error.
 
+The noise ``sigma_j^2``: the initial design simulates ``num_initial_repeats`` times (default 2) at
+each of its locations, and ``noise="fit"`` (default) fits ``sigma_j^2`` with the rest, the repeats'
+within-location scatter in the marginal likelihood; ``noise="repeats"`` holds it at each fit to the
+pooled within-location variance (:func:`~.core.pooled_noise_variance`).  Without repeats a fitted noise
+can collapse to its lower bound (the surrogate then claims near-certainty; the NumPyro twin's
+docstring gives the sbibm measurements).  ``max_simulations`` stops the acquisitions once the next
+round would pass it; the chain then goes on with the surrogate alone (``info["out_of_budget"]``).
+
 Training set (:class:`SurrogateData`): simulations grouped by location; the GP sees each
 location's mean with noise ``sigma^2 / n`` (:class:`~.core.GroupedNoise`, the noise model of a
 GPyTorch Gaussian likelihood) and the scatter within locations enters the marginal likelihood
@@ -76,8 +84,10 @@ from pyro_ext.infer.abc.gpsabc.core import (
     gpsabc_step,
     log_likelihood_draws,
     log_marginal_likelihood,
+    pooled_noise_variance,
     predict,
     predict_marginal,
+    repeats_log_noise,
     surrogate_log_likelihood,
 )
 from pyro_ext.infer.abc.gpsabc.shell import GPSABC
@@ -105,6 +115,8 @@ __all__ = [
     "gpsabc_step",
     "log_likelihood_draws",
     "log_marginal_likelihood",
+    "pooled_noise_variance",
+    "repeats_log_noise",
     "predict",
     "predict_marginal",
     "surrogate_log_likelihood",

@@ -45,6 +45,7 @@ __all__ = [
     "pooled_noise_variance",
     "predict",
     "predict_marginal",
+    "repeats_log_noise",
     "surrogate_log_likelihood",
 ]
 
