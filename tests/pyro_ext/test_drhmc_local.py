@@ -118,7 +118,7 @@ def assert_exact_funnel(z, label):
 
 @pytest.mark.parametrize(
     "sampler, num_draws",
-    [("drghmc", 700), pytest.param("drhmc", 1500, marks=pytest.mark.slow)],  # DR-HMC's stages: ~0.07 s a draw
+    [("drghmc", 700), pytest.param("drhmc", 1500, marks=pytest.mark.slow)],  # slow: DR-HMC ~15 s
 )
 def test_funnel_exact_draws_stay_exact(sampler, num_draws):
     """Exact funnel draws in, transitions with ``local_step_size=True``, exact draws out.
