@@ -133,19 +133,3 @@ def test_a_non_flag_is_refused_with_the_same_message(sampler, value):
         assert type(numpyro_error) is type(pyro_error) is ValueError
         assert str(numpyro_error) == str(pyro_error)
         assert str(pyro_error).startswith(f"local_step_size must be True or False, got {value!r}")
-
-
-def test_both_backends_read_the_same_constants():
-    """ATLAS's constants: one definition (``adapters.configs``) that both cores use."""
-    pytest.importorskip("jax", reason="the numpyro extra is not installed")
-    pytest.importorskip("pyro", reason="the pyro extra is not installed")
-    import adapters.configs as shared
-    import numpyro_ext.infer.drhmc.core as jax_core
-    import numpyro_ext.infer.hmc_util as jax_hmc_util
-    import pyro_ext.infer.drhmc.core as torch_core
-
-    names = ["LOCAL_STEP_FRACTION", "LOCAL_STEP_CAP", "LOCAL_STEP_FLOOR", "LOCAL_STEP_LOG_SD"]
-    for name in names:
-        assert getattr(jax_core, name) == getattr(torch_core, name) == getattr(shared, name), name
-    assert jax_hmc_util.CURVATURE_MAX_ENERGY_ERROR == torch_core.CURVATURE_MAX_ENERGY_ERROR
-    assert torch_core.CURVATURE_MAX_ENERGY_ERROR == shared.CURVATURE_MAX_ENERGY_ERROR

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from adapters.configs import CURVATURE_MAX_ENERGY_ERROR
 from adapters.validation import check_inverse_mass_matrix  # re-exported: the kernels' shell checks at init
 
 __all__ = [
@@ -57,9 +58,6 @@ __all__ = [
 ]
 
 Array = jax.Array
-
-# the energy error past which a trajectory's curvature is no longer measured (ATLAS's divergence, |dH| > 10)
-CURVATURE_MAX_ENERGY_ERROR = 10.0
 
 
 class IntegratorState(NamedTuple):

@@ -92,7 +92,6 @@ class DRGHMC(ConfigAttributes, WarmupKernel):
         max_tree_depth: tree-depth limit of the NUTS warmup.
         local_step_size: ATLAS's local step size for the stages after the first (as
             :class:`~numpyro_ext.infer.DRHMC`'s; the curvature is measured on the first stage's steps).
-            NumPyro backend only so far.
 
     The first sampling iteration refreshes the momentum fully (``N(0, M)`` of the adapted metric).
     The checked hyperparameters are ``kernel.config`` (:class:`adapters.configs.DRGHMCConfig`, shared by

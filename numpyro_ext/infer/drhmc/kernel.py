@@ -112,7 +112,8 @@ class DRHMC(WarmupKernel):
             around ``0.5 / sqrt(lambda)``, ``lambda`` the largest curvature that trajectory met,
             capped at ``eps / 2``; each further stage ``reduction_factor`` times smaller, all
             integrating the first stage's time.  The draw's density enters the Hastings ratio (see
-            :func:`numpyro_ext.infer.drhmc.core.local_step_stages`); NumPyro backend only so far.
+            :func:`numpyro_ext.infer.drhmc.core.local_step_stages`).  Measured on Neal's funnel it is not
+            better than the fixed ladder (see the docs' "Local step size"), so it is off by default.
 
     Sample statistics (``MCMC.get_extra_fields()`` and ArviZ ``sample_stats``, the same names from
     ``az.from_numpyro`` and ``adapters.inference_data.from_mcmc``): ``accept_prob`` (ArviZ
