@@ -18,9 +18,12 @@ from numpyro_ext.infer.drhmc.core import (
     DelayedRejectionInfo,
     DRHMCInfo,
     DRHMCState,
+    StageAuxiliary,
     build_kernel,
     delayed_rejection,
     init,
+    local_step_size_law,
+    local_step_stages,
     stage_schedule,
 )
 from numpyro_ext.infer.drhmc.kernel import DRHMC, DRHMCKernelState
@@ -33,8 +36,11 @@ __all__ = [
     "DRHMCState",
     "DelayedRejectionInfo",
     "IntegratorState",
+    "StageAuxiliary",
     "build_kernel",
     "delayed_rejection",
     "init",
+    "local_step_size_law",
+    "local_step_stages",
     "stage_schedule",
 ]
