@@ -1,6 +1,8 @@
 """Study ``drhmc``: DR-HMC against NUTS and tuned static HMC, side by side in one process.
 
-Targets: Neal's funnel (d = 10, 50, 100), a 2-D Gaussian with correlation 0.95 and the
+Targets: Neal's funnel (d = 10, 50, 100), a 2-D Gaussian with correlation 0.95, ``sv-100`` (the centered
+stochastic-volatility model on 100 simulated returns, its reference a long NUTS run of the
+non-centered form: :func:`numpyro_ext.models.test_problems.stochastic_volatility`) and the
 ported posteriordb posteriors.  Algorithms (all NumPyro, 4 vectorized chains):
 
 * ``nuts``   NumPyro NUTS (the peer);
@@ -30,6 +32,7 @@ Gaussian) or posteriordb's reference draws.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from typing import Any
 
@@ -51,7 +54,7 @@ ALGORITHMS = (
     "drghmc-unit",
 )
 TIMING = "backend-timing"
-SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2")
+SYNTHETIC = ("funnel-10", "funnel-50", "funnel-100", "gaussian-2", "sv-100")
 
 
 def _target(name: str, path: str | None):
@@ -65,6 +68,8 @@ def _target(name: str, path: str | None):
     if name in SYNTHETIC:
         problem, dim = name.rsplit("-", 1)
         dim = int(dim)
+        if problem == "sv":
+            return _stochastic_volatility(dim)
         if problem == "funnel":
             return functools.partial(test_problems.funnel, dim), {}, test_problems.exact_draws("funnel", dim)
         return (
@@ -74,6 +79,35 @@ def _target(name: str, path: str | None):
         )
     port = posteriordb.numpyro_model(name, path)
     return port.model, port.data, posteriordb.load(name, path)
+
+
+@functools.lru_cache
+def _stochastic_volatility(num_steps: int):
+    """The centered stochastic-volatility model on ``num_steps`` simulated returns (the hard geometry: the
+    log volatilities' scale follows ``sigma``), and its reference: NUTS on the non-centered form (same
+    posterior), 4 chains x 20000 draws thinned by 5 after 2000 warmup iterations, seed 2026 (computed
+    once per process, about 3-5 min)."""
+    import jax
+    from numpyro.infer import MCMC, NUTS
+
+    from adapters import metrics
+    from numpyro_ext.models import test_problems
+
+    y = test_problems.stochastic_volatility_data(num_steps)
+    noncentered = functools.partial(test_problems.stochastic_volatility, y, centered=False)
+    mcmc = MCMC(
+        NUTS(noncentered, target_accept_prob=0.95),
+        num_warmup=2000,
+        num_samples=20000,
+        thinning=5,
+        num_chains=4,
+        chain_method="vectorized",
+        progress_bar=False,
+    )
+    mcmc.run(jax.random.PRNGKey(2026))
+    samples = mcmc.get_samples(group_by_chain=True)
+    reference = metrics.flatten_draws({k: samples[k] for k in ("mu", "phi", "sigma", "h")})
+    return functools.partial(test_problems.stochastic_volatility, y), {}, reference
 
 
 def _kernel(algorithm: str, model, nuts_length: tuple[float, float] | None):
