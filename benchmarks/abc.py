@@ -38,17 +38,18 @@ budget ``B``:
 * ``gps-abc``    ``GPSABC`` (Meeds & Welling 2014): a rejection pilot of ``B / 10`` prior simulations
   (its closest tenth gives the start and the random walk's scale, 0.15 x their sd per unconstrained
   coordinate; 0.3 and 0.5 mixed worse on two_moons: acceptance 0.18 and 0.08), ``xi = 0.2``, ``M = 50``,
-  an initial design of 20, ``delta_s = 1``, at most 2 acquisition rounds per step; ``GPSABC`` has no stop
-  at a number of simulations, so the chain is as long as the budget pays for when every step spends both
-  rounds (``(B - B/10 - 20) / 2`` steps, at most 3000), the first fifth discarded; it used 124-238
-  simulations at 10^3 and 1027-1421 at 10^4 (:func:`run_gpsabc`, :data:`GPSABC_DEFAULTS`).  On slcp's
-  observation 2 at 10^4 the chain asked for a simulation about every other step: the training set passed
-  230 points within 550 steps, each acquisition re-conditions the 8 GPs on the whole buffer (cubic in its
-  size) and each refit takes longer (12-15 s at 153-230 points), so it had not finished after 9 minutes
-  and was stopped (observation 3 at 10^4 was not run).  On gaussian_linear (observation 1, a run started
-  at a reference draw) the fitted GP noise of most statistics collapsed to about 0.001 on the
-  standardised scale (the two that did not kept 0.3-0.4), the surrogate likelihood became a spike and the
-  chain stayed at its start (acceptance 0 to 0.01); slcp's chains did not move either (acceptance 0).
+  an initial design of 20 locations with 2 simulations each, ``delta_s = 1``, at most 2 acquisition
+  rounds per step; the chain is as long as the budget pays for when every step spends both rounds
+  (``(B - B/10 - 40) / 2`` steps, at most 3000), the first fifth discarded, and ``max_simulations =
+  B - B/10`` holds it to the budget (:func:`run_gpsabc`, :data:`GPSABC_DEFAULTS`).  Before the design
+  repeated its simulations (one per location), the fitted GP noise of most of gaussian_linear's
+  statistics collapsed to about 0.001 on the standardised scale, the surrogate likelihood became a
+  spike and the chains of gaussian_linear and slcp stayed at their starts (acceptance 0 to 0.01, C2ST
+  1.00).  With the repeats they move (acceptance 0.45-0.75) and acquire at nearly every step (400-500
+  acquisitions in 430 steps at 10^3, 2-14 minutes a run); each acquisition re-conditions every GP on the
+  whole buffer and each refit runs 300 Adam steps on it, both cubic in its size, so their 10^4 runs
+  (1,500-2,500 locations) were not run.  two_moons and gaussian_mixture used 206-315 simulations at
+  10^3 and 1,337-1,410 at 10^4.
 
 ``pope`` is not run: POPE (:mod:`numpyro_ext.infer.abc.pope`) scores a simulation by the probability that
 *every* statistic is at most (``direction="below"``) or at least (``"above"``) a target, a one-sided
