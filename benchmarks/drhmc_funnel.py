@@ -68,6 +68,8 @@ DEFAULT_CONFIGS = (
     "hmc:eps=1x,T=nuts",
     "hmc:eps=0.25x,T=nuts",
     "hmc:eps=0.0625x,T=nuts",
+    "drghmc:metric=unit",
+    "drghmc:metric=unit,damping=0.2",
 )
 _KEYS = {
     "nuts": {"metric": "diag", "accept": "0.8"},
