@@ -137,6 +137,7 @@ HABC_DEFAULTS: dict[str, Any] = {
     "num_pilot_draws": 20,
     "warmup_fraction": 0.2,
     "gradient": "spsa",
+    "adapt_mass_matrix": True,  # the 2026-12-08 columns; the kernel's default is off (those columns are worse)
 }
 #: GPS-ABC (:func:`run_gpsabc`): a rejection pilot of ``pilot_fraction`` of the budget (its closest
 #: ``pilot_keep`` give the start and the proposal's scale, ``proposal_factor`` x their sd on ``u``), ``xi``,
@@ -241,8 +242,8 @@ def run_habc(cls: Any, problem: Any, budget: int, settings: dict[str, Any], key:
 
     s = settings["num_simulations"] or max(20, 2 * problem.stat_dim + 10)
     pilot = max(1, min(settings["num_pilot_draws"], budget // (10 * s)))
-    options = {k: settings[k] for k in ("num_spsa_repeats", "num_steps", "step_size", "friction", "spsa_scale",
-                                        "seed_refresh", "gradient")}  # fmt: skip
+    names = ("adapt_mass_matrix", "num_spsa_repeats", "num_steps", "step_size", "friction", "spsa_scale")
+    options = {k: settings[k] for k in (*names, "seed_refresh", "gradient")}
     kernel = cls(problem, num_simulations=s, num_pilot_draws=pilot, **options)
     start = pilot * s + kernel.simulations_per_gradient
     iterations = (budget - start) // kernel.simulations_per_iteration

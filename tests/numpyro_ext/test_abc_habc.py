@@ -298,6 +298,7 @@ def test_warmup_adapts_the_inverse_mass_matrix_to_the_posterior_variances():
         num_simulations=num_simulations,
         seed_refresh=1.0,
         gradient="autodiff",
+        adapt_mass_matrix=True,
     )
     mcmc = MCMC(kernel, num_warmup=500, num_samples=1, num_chains=num_chains, chain_method="vectorized",
                 progress_bar=False)  # fmt: skip

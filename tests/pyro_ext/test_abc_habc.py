@@ -420,7 +420,7 @@ def test_warmup_adapts_the_metric_to_its_own_warmup_draws():
 
     problem = LikelihoodFreeProblem(prior, simulator, torch.tensor([0.1, -0.5], dtype=F64))
     kernel = HABC(problem, step_size=0.1, num_steps=1, friction=1.0, num_simulations=20, seed_refresh=1.0,
-                  gradient="autodiff")  # fmt: skip
+                  gradient="autodiff", adapt_mass_matrix=True)  # fmt: skip
     pyro.set_rng_seed(0)
     kernel.initial_params = {"theta": torch.tensor([0.1, -0.5], dtype=F64)}
     kernel.setup(40)

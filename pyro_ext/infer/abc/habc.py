@@ -264,7 +264,9 @@ class HABC(MCMCKernel):
             adaptation when ``adapt_mass_matrix``).
         num_pilot_draws: prior draws scored to start each chain when ``MCMC`` gets no ``initial_params``.
         adapt_mass_matrix: whether warmup adapts ``M^-1`` to the warmup draws' (co)variance (dense when
-            ``inverse_mass_matrix`` is dense, diagonal otherwise).
+            ``inverse_mass_matrix`` is dense, diagonal otherwise).  Off by default: on the sbibm tasks
+            at 10^4 simulations, with the step size then a fraction of a posterior sd, the chains moved
+            slower (C2ST worse on three of four tasks; docs/abc.rst).
 
     Statistics: :meth:`get_sample_stats` has, per iteration of the chain run last (warmup included),
     ``potential_energy``, ``diverging``, the running totals ``num_simulations``, ``num_nonfinite``,
@@ -287,7 +289,7 @@ class HABC(MCMCKernel):
         epsilon: float = 0.0,
         inverse_mass_matrix: Any = None,
         num_pilot_draws: int = 100,
-        adapt_mass_matrix: bool = True,
+        adapt_mass_matrix: bool = False,
     ):
         if not isinstance(problem, LikelihoodFreeProblem):
             raise TypeError(f"problem: expected a pyro_ext LikelihoodFreeProblem, got {type(problem).__name__}")
