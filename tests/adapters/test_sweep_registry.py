@@ -14,7 +14,7 @@ from adapters import sweep_registry
 from adapters.sweep_registry import ENTRY_POINT_GROUP, AlgorithmLoadError
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = {"nuts", "hmc", "drhmc", "pyro-nuts", "pyro-drhmc"}
+OURS = {"nuts", "hmc", "drhmc", "drghmc", "pyro-nuts", "pyro-drhmc", "pyro-drghmc"}
 
 
 @pytest.fixture
