@@ -170,7 +170,7 @@ def leapfrog_curvature_involution(
     factorisation: ``dx = eps M^{-1} r_half`` gives ``dx^T M dx = eps^2 r_half^T M^{-1} r_half``.
 
     Only the steps before the energy error ``|H - H_start|`` first exceeds ``max_energy_error`` count
-    (ATLAS's reference code stops its trajectory there, |dH| > 10): past it the trajectory has left
+    (ATLAS's reference code stops its trajectory there, ``|dH| > 10``): past it the trajectory has left
     the region it measures, and on the funnel a diverged tail's ratios are orders of magnitude off
     (measured: with them the local step missed the neck, v's 5% quantile -2.7 against -4.9).  Steps
     with a non-finite ratio are skipped; 0 when no step counts.  ``max_energy_error=None`` measures
