@@ -420,6 +420,36 @@ def check_gpsabc_settings(
     }
 
 
+HABC_GRADIENTS = ("spsa", "autodiff")
+
+
+def check_habc_settings(
+    step_size: Any,
+    num_steps: Any,
+    friction: Any,
+    num_spsa_repeats: Any,
+    spsa_scale: Any,
+    seed_refresh: Any,
+    gradient: Any,
+    num_pilot_draws: Any,
+    adapt_mass_matrix: Any,
+) -> dict[str, Any]:
+    """HABC's scalar settings, checked with one message for both backends: ``{name: checked value}``."""
+    from adapters.validation import check_choice, check_positive, check_positive_int, check_unit_interval
+
+    return {
+        "step_size": check_positive("step_size", step_size),
+        "num_steps": check_positive_int("num_steps", num_steps),
+        "friction": check_positive("friction", friction),
+        "num_spsa_repeats": check_positive_int("num_spsa_repeats", num_spsa_repeats),
+        "spsa_scale": check_positive("spsa_scale", spsa_scale),
+        "seed_refresh": check_unit_interval("seed_refresh", seed_refresh, include_one=True),
+        "gradient": check_choice("gradient", gradient, HABC_GRADIENTS),
+        "num_pilot_draws": check_positive_int("num_pilot_draws", num_pilot_draws),
+        "adapt_mass_matrix": check_sghmc_adaptation(adapt_mass_matrix),
+    }
+
+
 def check_sghmc_inverse_mass_matrix(value: Any, dim: int) -> np.ndarray | None:
     """HABC's ``inverse_mass_matrix``: ``None`` (identity), or a float64 copy of a ``(D,)`` positive
     diagonal or a ``(D, D)`` symmetric positive definite matrix (numpy, JAX or torch input)."""

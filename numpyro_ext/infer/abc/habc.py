@@ -60,9 +60,8 @@ import numpy as np
 from numpyro.infer.hmc_util import IntegratorState as NumPyroIntegratorState
 from numpyro.infer.mcmc import MCMCKernel
 
-from adapters.abc import check_sghmc_adaptation, check_sghmc_inverse_mass_matrix, nan_simulation_message
+from adapters.abc import HABC_GRADIENTS, check_habc_settings, check_sghmc_inverse_mass_matrix, nan_simulation_message
 from adapters.diagnostics import warn_unreliable
-from adapters.validation import check_choice, check_positive, check_positive_int, check_unit_interval
 from numpyro_ext.infer.abc.avabc import check_differentiable_simulator, check_simulation_settings, pilot_values
 from numpyro_ext.infer.abc.likelihoods import synthetic_log_likelihood
 from numpyro_ext.infer.abc.problem import PRIOR_SITE, LikelihoodFreeProblem, finite_rows
@@ -80,7 +79,7 @@ from numpyro_ext.infer.hmc_util import (
 __all__ = ["HABC", "HABCState", "SGHMCInfo", "SGHMCState", "metric_factor", "sghmc_step", "sghmc_warmup_adapter"]
 
 Array = jax.Array
-GRADIENTS = ("spsa", "autodiff")
+GRADIENTS = HABC_GRADIENTS
 
 #: ``grad_fn(position, key) -> (log density, its gradient (D,), non-finite simulations, failed)``
 GradientFn = Callable[[Array, Array], tuple[Array, Array, Array, Array]]
@@ -292,17 +291,14 @@ class HABC(MCMCKernel):
         if not isinstance(problem, LikelihoodFreeProblem):
             raise TypeError(f"problem: expected a numpyro_ext LikelihoodFreeProblem, got {type(problem).__name__}")
         self.problem = problem
-        self.step_size = check_positive("step_size", step_size)
-        self.num_steps = check_positive_int("num_steps", num_steps)
-        self.friction = check_positive("friction", friction)
         self.num_simulations, self.epsilon = check_simulation_settings(problem, num_simulations, epsilon)
-        self.num_spsa_repeats = check_positive_int("num_spsa_repeats", num_spsa_repeats)
-        self.spsa_scale = check_positive("spsa_scale", spsa_scale)
-        self.seed_refresh = check_unit_interval("seed_refresh", seed_refresh, include_one=True)
-        self.gradient = check_choice("gradient", gradient, GRADIENTS)
-        self.num_pilot_draws = check_positive_int("num_pilot_draws", num_pilot_draws)
+        settings = check_habc_settings(
+            step_size, num_steps, friction, num_spsa_repeats, spsa_scale, seed_refresh, gradient, num_pilot_draws,
+            adapt_mass_matrix,
+        )  # fmt: skip
+        for name, value in settings.items():  # self.step_size, self.num_steps, ..., self.adapt_mass_matrix
+            setattr(self, name, value)
         self.inverse_mass_matrix = self._check_inverse_mass_matrix(inverse_mass_matrix)
-        self.adapt_mass_matrix = check_sghmc_adaptation(adapt_mass_matrix)
         if self.gradient == "autodiff":
             try:
                 check_differentiable_simulator(problem)
